@@ -1,0 +1,92 @@
+"""Typed exceptions of energylens.
+
+Every error a user can cause is an ``EnergylensError``: its message says what was wrong, the
+valid choices, and what to try. The CLI prints the message on one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "EnergylensError",
+    "UnknownNameError",
+    "InvalidWorkloadError",
+    "ConfigError",
+    "DoesNotFitError",
+    "UnsupportedOpError",
+    "VerificationError",
+    "ParseError",
+    "EstimateError",
+    "ShardingError",
+    "DeviceUnavailableError",
+    "closest",
+]
+
+
+class EnergylensError(Exception):
+    """Base class of all errors caused by bad input or an unsupported request."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to ``name`` (case-insensitive), or None when none is close."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.4)
+    return lowered[match[0]] if match else None
+
+
+class UnknownNameError(EnergylensError, KeyError):
+    """A name (model, GPU, pass, dataset...) that is not in its registry."""
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str]):
+        self.kind, self.name, self.choices = kind, name, sorted(choices)
+        self.suggestion = closest(name, self.choices)
+        hint = f" Did you mean {self.suggestion!r}?" if self.suggestion else ""
+        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(self.choices)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InvalidWorkloadError(EnergylensError, ValueError):
+    """A workload, cluster or option with an impossible value (batch <= 0, ...)."""
+
+
+class ConfigError(EnergylensError, ValueError):
+    """A model config that cannot be read or lacks a field the model needs."""
+
+
+class DoesNotFitError(EnergylensError):
+    """A plan whose memory per GPU exceeds the GPU's capacity."""
+
+    def __init__(self, message: str, required_bytes: float, capacity_bytes: float):
+        self.required_bytes, self.capacity_bytes = required_bytes, capacity_bytes
+        super().__init__(message)
+
+
+class UnsupportedOpError(EnergylensError):
+    """An aten op (or IR op) that a lowering or an estimator does not know."""
+
+
+class VerificationError(EnergylensError):
+    """An IR graph that breaks an invariant (the message names the op and the rule)."""
+
+
+class ParseError(EnergylensError, ValueError):
+    """IR text that does not parse (the message gives the line and column)."""
+
+
+class EstimateError(EnergylensError):
+    """A cost query outside what the cost model can price (never silently 0)."""
+
+
+class ShardingError(EnergylensError, ValueError):
+    """An impossible sharding (tp not dividing heads, more GPUs than the cluster, ...)."""
+
+
+class DeviceUnavailableError(EnergylensError):
+    """A runtime request that needs a GPU, NVML or a permission this machine lacks."""

@@ -1,0 +1,1 @@
+"""Bundled HF config.json files of the supported models."""

@@ -1,0 +1,187 @@
+"""Shared types of energylens: what a user asks for and the typed records estimates return.
+
+Units are in field names (``_s`` seconds, ``_j`` joules, ``_w`` watts, ``_bytes`` bytes).
+All records are frozen dataclasses with ``to_dict()`` for scripts and JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from energylens.errors import InvalidWorkloadError
+
+__all__ = [
+    "Workload",
+    "Cluster",
+    "Parallel",
+    "SLO",
+    "OpCost",
+    "OpEstimate",
+    "PhaseEstimate",
+    "MemoryEstimate",
+    "Estimate",
+    "Record",
+]
+
+
+def _positive_int(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidWorkloadError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+class Record:
+    """Mixin: ``to_dict()`` turns a (nested) dataclass record into plain data."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Workload(Record):
+    """A batch of ``batch`` sequences with ``prompt_len`` prompt tokens and ``output_len`` output tokens.
+
+    >>> Workload(batch=16, prompt_len=2048, output_len=512).decode_context_len
+    2304
+    """
+
+    batch: int = 1
+    prompt_len: int = 1024
+    output_len: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "prompt_len", "output_len"):
+            _positive_int("Workload", name, getattr(self, name))
+
+    @property
+    def decode_context_len(self) -> int:
+        """Mean KV length of a decode step: prompt_len + output_len / 2."""
+        return self.prompt_len + self.output_len // 2
+
+
+@dataclass(frozen=True)
+class Parallel(Record):
+    """Parallelism in vLLM's meaning: dense layers use tp x dp GPUs; experts are spread with ep over them."""
+
+    tp: int = 1
+    ep: int = 1
+    dp: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "ep", "dp"):
+            _positive_int("Parallel", name, getattr(self, name))
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.dp
+
+
+@dataclass(frozen=True)
+class Cluster(Record):
+    """``num_gpus`` GPUs of one kind (a name from ``energylens gpus``), with an optional interconnect."""
+
+    gpu: str
+    num_gpus: int = 1
+    interconnect: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("Cluster", "num_gpus", self.num_gpus)
+        from energylens.costmodel.hardware import get_gpu  # validates the name, lists the choices
+
+        object.__setattr__(self, "gpu", get_gpu(self.gpu).name)
+
+
+@dataclass(frozen=True)
+class SLO(Record):
+    """Latency targets: inter-token latency and time to first token, in milliseconds (None: no target)."""
+
+    itl_ms: float | None = None
+    ttft_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class OpCost(Record):
+    """Cost of one execution of one op; energy kept in its parts (static, per FLOP, per byte)."""
+
+    time_s: float
+    flops: float
+    hbm_bytes: float
+    static_j: float
+    flop_j: float
+    byte_j: float
+
+    @property
+    def energy_j(self) -> float:
+        return self.static_j + self.flop_j + self.byte_j
+
+
+@dataclass(frozen=True)
+class OpEstimate(Record):
+    """One row of the per-op table: an op of a phase, its source, and its cost over all its repetitions."""
+
+    phase: str
+    name: str
+    kind: str
+    source: str
+    count: int
+    flops: float
+    hbm_bytes: float
+    time_s: float
+    energy_j: float
+
+
+@dataclass(frozen=True)
+class PhaseEstimate(Record):
+    """Prefill of the whole batch, or one decode step of the batch.
+
+    ``avg_power_w`` is the total over all GPUs of the plan. For decode, ``itl_s`` is the step
+    time and ``energy_per_token_j`` the step energy divided by the batch.
+    """
+
+    name: str
+    latency_s: float
+    energy_j: float
+    avg_power_w: float
+    flops: float
+    hbm_bytes: float
+    static_j: float
+    dynamic_j: float
+    tokens: int
+
+    @property
+    def itl_s(self) -> float:
+        return self.latency_s
+
+    @property
+    def energy_per_token_j(self) -> float:
+        return self.energy_j / self.tokens
+
+
+@dataclass(frozen=True)
+class MemoryEstimate(Record):
+    """Memory per GPU, in bytes."""
+
+    weights_bytes: float
+    kv_cache_bytes: float
+    activation_bytes: float
+    capacity_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+
+@dataclass(frozen=True)
+class Estimate(Record):
+    """What ``energylens.estimate`` returns: per phase, memory and the per-op table."""
+
+    model: str
+    gpu: str
+    num_gpus: int
+    workload: Workload
+    parallel: Parallel
+    prefill: PhaseEstimate
+    decode: PhaseEstimate
+    memory: MemoryEstimate
+    ops: tuple[OpEstimate, ...] = field(default=())
