@@ -1,0 +1,3 @@
+from energylens.cli import main
+
+main()
