@@ -1,0 +1,195 @@
+"""Export a plan to Megatron-Core configuration fields.
+
+Names and meanings are those of megatron-core ``0.16.1`` (:data:`MEGATRON_CORE_VERSION`, the last
+release for Python 3.11): ``megatron/core/model_parallel_config.py`` (``ModelParallelConfig``),
+``megatron/core/transformer/transformer_config.py`` (``TransformerConfig``, a subclass),
+``megatron/core/parallel_state.py`` (``initialize_model_parallel``) and
+``megatron/core/inference/model_inference_wrappers/inference_wrapper_config.py``.
+
+Mapping (plan, in vLLM's meaning -> Megatron-Core):
+
+- ``tp`` -> ``tensor_model_parallel_size``; pipeline parallel is 1.
+- ``dp`` is not a config field: Megatron derives it in ``initialize_model_parallel`` as
+  ``world_size // (tensor x pipeline x context parallel)``, so the plan's dp follows from launching
+  ``num_gpus`` ranks (``torchrun`` world size); :func:`megatron_extras` gives both, for checking.
+- ``ep`` -> ``expert_model_parallel_size``; experts are spread over the same ``tp x dp`` GPUs, so
+  ``expert_tensor_parallel_size = tp x dp / ep`` (expert data parallel 1). ``ep = tp x dp`` gives
+  expert tensor parallel 1 (vLLM's ``--enable-expert-parallel``); ``ep = 1`` tensor-shards experts
+  over all GPUs (vLLM without it). Megatron also runs the sizes in between.
+- ``ep > 1`` -> ``moe_token_dispatcher_type="alltoall"`` (``"allgather"`` otherwise, the default).
+- ``sequence_parallel`` -> ``sequence_parallel`` (Megatron refuses it without tensor parallelism).
+- ``comm_sms`` (SMs for communication overlapping compute):
+  tensor parallel: ``tp_comm_overlap=True`` plus Transformer Engine userbuffers settings
+  ``{"num_sm": k, "set_sm_margin": 1}`` for the forward GEMMs (``qkv_fprop``, ``proj_fprop``,
+  ``fc1_fprop``, ``fc2_fprop``; names and keys from TE's ``initialize_ub``). Those settings are not
+  a ``TransformerConfig`` field: Megatron-LM reads them from the YAML file named by
+  ``--tp-comm-overlap-cfg`` (``tp_comm_overlap_cfg``), see :attr:`MegatronExtras.tp_comm_overlap_cfg`.
+  Megatron overlaps TP communication only with sequence parallelism (Megatron-LM asserts it).
+  Expert parallel: the ``flex`` dispatcher with DeepEP and ``moe_deepep_num_sms=k`` (even).
+- ``fused`` -> Megatron's fusion switches ``bias_activation_fusion``, ``masked_softmax_fusion``,
+  ``bias_dropout_fusion``, ``apply_rope_fusion`` (needs Transformer Engine) and, with experts,
+  ``moe_permute_fusion``.
+- ``quantization="fp8"`` -> ``fp8="e4m3"`` (FP8 through Transformer Engine).
+- ``max_num_seqs`` / ``max_model_len`` -> ``InferenceWrapperConfig.inference_max_requests`` /
+  ``inference_max_seq_length`` (in :attr:`MegatronExtras.inference_wrapper`).
+- ``gpu_clock_mhz`` is not a Megatron setting: :attr:`MegatronExtras.gpu_clock_command`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.export.plan import PlanLike, check_plan
+from energylens.typing import Record
+
+__all__ = ["MEGATRON_CORE_VERSION", "UB_FPROP_LAYERS", "MegatronExtras", "to_megatron", "megatron_extras"]
+
+MEGATRON_CORE_VERSION = "0.16.1"
+"""The megatron-core release whose field names this exporter follows."""
+
+UB_FPROP_LAYERS: tuple[str, ...] = ("qkv_fprop", "proj_fprop", "fc1_fprop", "fc2_fprop")
+"""Transformer Engine userbuffers keys of the forward GEMMs (inference runs no backward)."""
+
+
+def _check_megatron(plan: PlanLike) -> None:
+    check_plan(plan)
+    if plan.sequence_parallel and plan.parallel.tp == 1:
+        raise ShardingError(
+            "sequence_parallel needs tensor parallelism (tp > 1) in Megatron-Core; "
+            "set sequence_parallel=False or tp > 1"
+        )
+
+
+def _tp_overlap(plan: PlanLike) -> bool:
+    return plan.comm_sms is not None and plan.parallel.tp > 1 and plan.sequence_parallel
+
+
+def _ep_overlap(plan: PlanLike) -> bool:
+    return plan.comm_sms is not None and plan.parallel.ep > 1
+
+
+def to_megatron(plan: PlanLike) -> dict[str, Any]:
+    """Megatron-Core config fields for ``plan``: every key is a field of ``TransformerConfig``
+    (those of its base ``ModelParallelConfig`` included), so
+    ``TransformerConfig(num_layers=..., hidden_size=..., num_attention_heads=..., **to_megatron(plan))``.
+
+    Raises :class:`~energylens.errors.ShardingError` when ``tp x dp != num_gpus``, when ``ep`` does
+    not divide ``tp x dp``, or for sequence parallelism without tensor parallelism.
+
+    >>> from energylens.export.plan import PlanSpec
+    >>> from energylens.typing import Parallel
+    >>> plan = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=4, dp=2), 64, 1280)
+    >>> cfg = to_megatron(plan)
+    >>> cfg["tensor_model_parallel_size"], cfg["expert_model_parallel_size"], cfg["expert_tensor_parallel_size"]
+    (4, 4, 2)
+    """
+    _check_megatron(plan)
+    p = plan.parallel
+    cfg: dict[str, Any] = {
+        "tensor_model_parallel_size": p.tp,
+        "pipeline_model_parallel_size": 1,
+        "sequence_parallel": plan.sequence_parallel,
+        "expert_model_parallel_size": p.ep,
+        "expert_tensor_parallel_size": p.tp * p.dp // p.ep,
+        "moe_token_dispatcher_type": "alltoall" if p.ep > 1 else "allgather",
+        "tp_comm_overlap": _tp_overlap(plan),
+    }
+    if _ep_overlap(plan):
+        if plan.comm_sms % 2:
+            raise InvalidWorkloadError(
+                f"comm_sms={plan.comm_sms}: Megatron gives these SMs to DeepEP (moe_deepep_num_sms), "
+                f"whose SM count must be even; use {plan.comm_sms - 1} or {plan.comm_sms + 1}"
+            )
+        cfg["moe_token_dispatcher_type"] = "flex"
+        cfg["moe_flex_dispatcher_backend"] = "deepep"
+        cfg["moe_deepep_num_sms"] = plan.comm_sms
+    fused = bool(plan.fused)
+    cfg["bias_activation_fusion"] = fused
+    cfg["masked_softmax_fusion"] = fused
+    cfg["bias_dropout_fusion"] = fused
+    cfg["apply_rope_fusion"] = fused
+    if p.ep > 1:
+        cfg["moe_permute_fusion"] = fused
+    if plan.quantization == "fp8":
+        cfg["fp8"] = "e4m3"
+    return cfg
+
+
+@dataclass(frozen=True)
+class MegatronExtras(Record):
+    """What a Megatron-Core deployment needs besides config fields.
+
+    - ``world_size``: ranks to launch (``torchrun`` total); Megatron derives
+      ``data_parallel_size = world_size // (tp x pp x cp)`` from it.
+    - ``initialize_model_parallel``: keyword arguments of
+      ``megatron.core.parallel_state.initialize_model_parallel``.
+    - ``inference_wrapper``: fields of ``InferenceWrapperConfig`` (batch and sequence limits).
+    - ``tp_comm_overlap_cfg``: Transformer Engine userbuffers settings (write as YAML for
+      Megatron-LM's ``--tp-comm-overlap-cfg``, or pass as ``ub_cfgs`` to TE's ``initialize_ub``);
+      None without TP overlap.
+    - ``gpu_clock_command``: ``nvidia-smi -lgc`` to lock the plan's clock (root), or None.
+    - ``notes``: parts of the plan Megatron-Core cannot express.
+    """
+
+    world_size: int
+    data_parallel_size: int
+    expert_data_parallel_size: int
+    initialize_model_parallel: dict[str, int]
+    inference_wrapper: dict[str, Any]
+    tp_comm_overlap_cfg: dict[str, dict[str, int]] | None = None
+    gpu_clock_command: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def megatron_extras(plan: PlanLike) -> MegatronExtras:
+    """Launch size, parallel-state arguments, inference limits and overlap settings for ``plan``.
+
+    >>> from energylens.export.plan import PlanSpec
+    >>> from energylens.typing import Parallel
+    >>> ex = megatron_extras(PlanSpec("m", "H100-SXM", 8, Parallel(tp=4, dp=2), 64, 1280))
+    >>> ex.world_size, ex.data_parallel_size
+    (8, 2)
+    """
+    cfg = to_megatron(plan)
+    p = plan.parallel
+    tp, pp = cfg["tensor_model_parallel_size"], cfg["pipeline_model_parallel_size"]
+    etp, ep = cfg["expert_tensor_parallel_size"], cfg["expert_model_parallel_size"]
+    inference: dict[str, Any] = {
+        "inference_max_requests": plan.max_num_seqs,
+        "inference_max_seq_length": plan.max_model_len,
+    }
+    if "fp8" in cfg:
+        inference["fp8"] = cfg["fp8"]
+    notes = []
+    if plan.comm_sms is not None and p.tp > 1 and not plan.sequence_parallel:
+        notes.append(
+            f"comm_sms={plan.comm_sms} not applied to tensor-parallel communication: Megatron overlaps it "
+            "with GEMMs only under sequence parallelism (plan has sequence_parallel=False)"
+        )
+    if plan.comm_sms is not None and p.tp == 1 and p.ep == 1:
+        notes.append(
+            f"comm_sms={plan.comm_sms} not applied: the plan has no tensor or expert parallel communication"
+        )
+    ub = None
+    if cfg["tp_comm_overlap"]:
+        ub = {name: {"num_sm": plan.comm_sms, "set_sm_margin": 1} for name in UB_FPROP_LAYERS}
+    clock = None
+    if plan.gpu_clock_mhz is not None:
+        clock = f"nvidia-smi -lgc {plan.gpu_clock_mhz},{plan.gpu_clock_mhz}"
+    return MegatronExtras(
+        world_size=plan.num_gpus,
+        data_parallel_size=plan.num_gpus // (tp * pp),
+        expert_data_parallel_size=plan.num_gpus // (etp * ep * pp),
+        initialize_model_parallel={
+            "tensor_model_parallel_size": tp,
+            "pipeline_model_parallel_size": pp,
+            "expert_model_parallel_size": ep,
+            "expert_tensor_parallel_size": etp,
+        },
+        inference_wrapper=inference,
+        tp_comm_overlap_cfg=ub,
+        gpu_clock_command=clock,
+        notes=tuple(notes),
+    )

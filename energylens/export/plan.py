@@ -1,0 +1,90 @@
+"""The plan protocol the exporters read, and the checks they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.typing import Parallel, Record
+
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan"]
+
+QUANTIZATIONS: tuple[str, ...] = ("fp8",)
+"""Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
+
+
+@runtime_checkable
+class PlanLike(Protocol):
+    """What an exporter reads from a plan (the search's Plan satisfies it)."""
+
+    model: str
+    gpu: str
+    num_gpus: int
+    parallel: Parallel
+    max_num_seqs: int
+    max_model_len: int
+    fused: bool
+    comm_sms: int | None
+    gpu_clock_mhz: int | None
+    quantization: str | None
+    sequence_parallel: bool
+
+
+@dataclass(frozen=True)
+class PlanSpec(Record):
+    """A plan as the exporters need it.
+
+    ``parallel`` has vLLM's meaning: attention and dense layers on ``tp x dp`` GPUs (``tp``-way
+    tensor parallel inside each of ``dp`` replicas); experts spread ``ep``-way over the same GPUs.
+    ``max_num_seqs`` is the batch (sequences in flight), ``max_model_len`` prompt + output tokens.
+    ``comm_sms`` is the number of SMs given to communication kernels when communication overlaps
+    compute (None: no overlap); ``gpu_clock_mhz`` the locked graphics clock (None: default).
+    """
+
+    model: str
+    gpu: str
+    num_gpus: int
+    parallel: Parallel
+    max_num_seqs: int
+    max_model_len: int
+    fused: bool = True
+    comm_sms: int | None = None
+    gpu_clock_mhz: int | None = None
+    quantization: str | None = None
+    sequence_parallel: bool = False
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidWorkloadError(f"plan.{name} must be a positive integer, got {value!r}")
+
+
+def check_plan(plan: PlanLike) -> None:
+    """Check what every exporter relies on; raise a user-facing error otherwise.
+
+    - ``tp x dp`` must equal ``num_gpus`` (every GPU of the plan serves the model once);
+    - ``ep`` must divide ``tp x dp`` (experts are spread over those GPUs);
+    - counts are positive integers, ``quantization`` is one of :data:`QUANTIZATIONS` or None.
+    """
+    for name in ("num_gpus", "max_num_seqs", "max_model_len"):
+        _positive(name, getattr(plan, name))
+    for name in ("comm_sms", "gpu_clock_mhz"):
+        if getattr(plan, name) is not None:
+            _positive(name, getattr(plan, name))
+    p = plan.parallel
+    if p.tp * p.dp != plan.num_gpus:
+        raise ShardingError(
+            f"plan uses tp x dp = {p.tp} x {p.dp} = {p.tp * p.dp} GPUs but num_gpus is {plan.num_gpus}; "
+            f"tp x dp must equal num_gpus (choose tp and dp with tp*dp == {plan.num_gpus})"
+        )
+    if (p.tp * p.dp) % p.ep:
+        divisors = [d for d in range(1, p.tp * p.dp + 1) if (p.tp * p.dp) % d == 0]
+        raise ShardingError(
+            f"ep={p.ep} does not divide the {p.tp * p.dp} GPUs (tp x dp) that experts are spread over; "
+            f"valid ep values: {', '.join(map(str, divisors))}"
+        )
+    if plan.quantization is not None and plan.quantization not in QUANTIZATIONS:
+        raise InvalidWorkloadError(
+            f"unknown quantization {plan.quantization!r}; valid: None, {', '.join(map(repr, QUANTIZATIONS))}"
+        )

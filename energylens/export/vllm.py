@@ -1,0 +1,234 @@
+"""Export a plan to vLLM engine arguments, or to a ``vllm serve`` command line.
+
+Argument names and meanings are those of vLLM ``0.33.0`` (:data:`VLLM_VERSION`), read from its
+source (``vllm/engine/arg_utils.py``: ``EngineArgs`` and ``EngineArgs.add_cli_args``;
+``vllm/config/parallel.py``; ``vllm/model_executor/layers/fused_moe/config.py``:
+``FusedMoEParallelConfig.make``). The accepted names are vendored in ``vllm_args_0.33.0.txt`` and
+every key this module emits is checked against that list.
+
+Mapping (plan -> vLLM):
+
+- ``tp`` -> ``tensor_parallel_size``; ``dp`` -> ``data_parallel_size``.
+- ``ep``: vLLM has no expert-parallel *size*. With ``enable_expert_parallel`` the MoE layers use
+  ``ep_size = tp x dp`` (x prefill context parallel, 1 here) and expert tensor parallel 1; without
+  it experts are tensor-sharded over all ``tp x dp`` GPUs (ep 1). So ``ep`` must be 1 or ``tp x dp``.
+- ``max_num_seqs``, ``max_model_len``, ``quantization`` ("fp8") map one to one.
+- ``fused=False`` -> ``compilation_config={"mode": 0}`` (``CompilationMode.NONE``: no
+  torch.compile, so none of vLLM's Inductor fusion passes); ``fused=True`` keeps vLLM's default
+  (``VLLM_COMPILE`` with its fusion passes), so nothing is emitted.
+- ``comm_sms`` (SMs for communication while it overlaps compute): vLLM reserves SMs for
+  communication only in dual batch overlap (``enable_dbo``) with the DeepEP high-throughput
+  all-to-all, i.e. for MoE with expert parallelism and ``dp > 1`` (all-to-all is used only then);
+  the count is the environment variable ``VLLM_DBO_COMM_SMS`` (see :func:`vllm_env`), and DeepEP
+  needs it even. Elsewhere vLLM has no such knob and the request is reported by :func:`vllm_notes`.
+- ``sequence_parallel``: vLLM 0.33 has no dense sequence-parallel option (it shards MoE inputs by
+  sequence on its own when EP, tp > 1 and dp > 1); reported by :func:`vllm_notes`.
+- ``gpu_clock_mhz`` is not a vLLM argument: the CLI form carries an ``nvidia-smi -lgc`` comment.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.export.plan import PlanLike, check_plan
+
+__all__ = [
+    "VLLM_VERSION",
+    "VllmArg",
+    "load_vllm_args",
+    "to_vllm",
+    "vllm_env",
+    "vllm_notes",
+    "vllm_expert_parallel_sizes",
+]
+
+VLLM_VERSION = "0.33.0"
+"""The vLLM release whose argument names and meanings this exporter follows."""
+
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+"""Fraction of each GPU's memory vLLM may use (vLLM 0.33's own default is 0.92)."""
+
+
+@dataclass(frozen=True)
+class VllmArg:
+    """One vLLM engine argument: its ``EngineArgs`` name, argparse kind and CLI flags."""
+
+    dest: str
+    kind: str  # "bool" (--flag / --no-flag), "store_true" or "value"
+    flags: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        """The canonical ``--kebab-case`` flag."""
+        return next(f for f in self.flags if f.startswith("--"))
+
+
+@cache
+def load_vllm_args(version: str = VLLM_VERSION) -> dict[str, VllmArg]:
+    """The vendored argument list of vLLM ``version``: ``EngineArgs`` name -> :class:`VllmArg`."""
+    path = Path(__file__).with_name(f"vllm_args_{version}.txt")
+    if not path.exists():
+        have = sorted(p.stem.removeprefix("vllm_args_") for p in path.parent.glob("vllm_args_*.txt"))
+        raise InvalidWorkloadError(
+            f"no vendored argument list for vLLM {version}; available: {', '.join(have)}"
+        )
+    args: dict[str, VllmArg] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        dest, kind, *flags = line.split()
+        args[dest] = VllmArg(dest, kind, tuple(flags))
+    return args
+
+
+def vllm_expert_parallel_sizes(tp: int, dp: int) -> tuple[int, ...]:
+    """The expert-parallel sizes vLLM can run with ``tp`` and ``dp``: 1, and ``tp x dp``.
+
+    >>> vllm_expert_parallel_sizes(4, 2)
+    (1, 8)
+    """
+    return (1,) if tp * dp == 1 else (1, tp * dp)
+
+
+def _check_vllm(plan: PlanLike) -> None:
+    check_plan(plan)
+    p = plan.parallel
+    choices = vllm_expert_parallel_sizes(p.tp, p.dp)
+    if p.ep not in choices:
+        raise ShardingError(
+            f"vLLM cannot run ep={p.ep} with tp={p.tp}, dp={p.dp}: --enable-expert-parallel spreads experts "
+            f"over all tp x dp = {p.tp * p.dp} GPUs, and without it experts are tensor-sharded (ep=1). "
+            f"Valid ep values here: {', '.join(map(str, choices))} (Megatron-Core export accepts any divisor)."
+        )
+
+
+def _dbo_applies(plan: PlanLike) -> bool:
+    p = plan.parallel
+    return plan.comm_sms is not None and p.ep > 1 and p.dp > 1
+
+
+def vllm_env(plan: PlanLike) -> dict[str, str]:
+    """Environment variables the plan needs besides engine arguments (``VLLM_DBO_COMM_SMS``)."""
+    _check_vllm(plan)
+    if _dbo_applies(plan):
+        if plan.comm_sms % 2:
+            raise InvalidWorkloadError(
+                f"comm_sms={plan.comm_sms}: vLLM gives these SMs to DeepEP, whose SM count must be even; "
+                f"use {plan.comm_sms - 1} or {plan.comm_sms + 1}"
+            )
+        return {"VLLM_DBO_COMM_SMS": str(plan.comm_sms)}
+    return {}
+
+
+def vllm_notes(plan: PlanLike) -> list[str]:
+    """Parts of the plan vLLM cannot express (empty when the export is exact)."""
+    _check_vllm(plan)
+    notes = []
+    if plan.comm_sms is not None and not _dbo_applies(plan):
+        notes.append(
+            f"comm_sms={plan.comm_sms} not applied: vLLM {VLLM_VERSION} reserves SMs for communication only "
+            "under dual batch overlap with expert parallelism and dp > 1 (DeepEP all-to-all)"
+        )
+    if plan.sequence_parallel:
+        notes.append(
+            f"sequence_parallel not applied: vLLM {VLLM_VERSION} has no dense sequence-parallel option"
+        )
+    return notes
+
+
+def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any]:
+    _check_vllm(plan)
+    if not 0 < gpu_memory_utilization <= 1:
+        raise InvalidWorkloadError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    p = plan.parallel
+    args: dict[str, Any] = {
+        "model": plan.model,
+        "tensor_parallel_size": p.tp,
+        "data_parallel_size": p.dp,
+    }
+    if p.ep > 1:
+        args["enable_expert_parallel"] = True
+    args["max_num_seqs"] = plan.max_num_seqs
+    args["max_model_len"] = plan.max_model_len
+    args["gpu_memory_utilization"] = gpu_memory_utilization
+    if plan.quantization is not None:
+        args["quantization"] = plan.quantization
+    if not plan.fused:
+        args["compilation_config"] = {"mode": 0}  # CompilationMode.NONE
+    if _dbo_applies(plan):
+        vllm_env(plan)  # checks the SM count
+        args["enable_dbo"] = True
+        args["all2all_backend"] = "deepep_high_throughput"
+    known = load_vllm_args()
+    unknown = sorted(set(args) - set(known))
+    if unknown:  # a bug in this module, not a user error
+        raise AssertionError(f"vLLM {VLLM_VERSION} has no engine argument(s) {unknown}")
+    return args
+
+
+def _cli(plan: PlanLike, args: dict[str, Any]) -> str:
+    known = load_vllm_args()
+    p = plan.parallel
+    lines = [
+        f"# energylens plan for vLLM {VLLM_VERSION}: {plan.model} on {plan.num_gpus}x {plan.gpu} "
+        f"(tp={p.tp}, ep={p.ep}, dp={p.dp})"
+    ]
+    if plan.gpu_clock_mhz is not None:
+        lines.append(
+            f"# GPU clock is not a vLLM argument; lock it to {plan.gpu_clock_mhz} MHz first "
+            "(needs root; undo with `nvidia-smi -rgc`):"
+        )
+        lines.append(f"# nvidia-smi -lgc {plan.gpu_clock_mhz},{plan.gpu_clock_mhz}")
+    lines += [f"# note: {n}" for n in vllm_notes(plan)]
+    words = [f"{k}={shlex.quote(v)}" for k, v in vllm_env(plan).items()]
+    words += ["vllm", "serve", shlex.quote(args["model"])]
+    parts = [" ".join(words)]
+    for key, value in args.items():
+        if key == "model":
+            continue
+        arg = known[key]
+        if arg.kind in ("bool", "store_true"):
+            if value:
+                parts.append(arg.flag)
+            elif arg.kind == "bool":
+                parts.append("--no-" + arg.flag[2:])
+            continue
+        text = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
+        parts.append(f"{arg.flag} {shlex.quote(text)}")
+    lines.append(" \\\n    ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+@overload
+def to_vllm(
+    plan: PlanLike, cli: Literal[False] = ..., *, gpu_memory_utilization: float = ...
+) -> dict[str, Any]: ...
+@overload
+def to_vllm(plan: PlanLike, cli: Literal[True], *, gpu_memory_utilization: float = ...) -> str: ...
+def to_vllm(
+    plan: PlanLike, cli: bool = False, *, gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+) -> dict[str, Any] | str:
+    """vLLM engine arguments for ``plan`` (``vllm.EngineArgs(**to_vllm(plan))``), or with
+    ``cli=True`` the ``vllm serve MODEL --tensor-parallel-size ...`` command, preceded by comment
+    lines for what is not an argument (GPU clock, parts vLLM cannot express).
+
+    Raises :class:`~energylens.errors.ShardingError` when ``tp x dp != num_gpus`` or when ``ep`` is
+    neither 1 nor ``tp x dp`` (the only expert-parallel sizes vLLM can run).
+
+    >>> from energylens.export.plan import PlanSpec
+    >>> from energylens.typing import Parallel
+    >>> plan = PlanSpec("meta-llama/Llama-3.1-70B-Instruct", "H100-SXM", 4, Parallel(tp=4),
+    ...                 max_num_seqs=64, max_model_len=1280)
+    >>> to_vllm(plan)["tensor_parallel_size"]
+    4
+    >>> print(to_vllm(plan, cli=True).splitlines()[1])
+    vllm serve meta-llama/Llama-3.1-70B-Instruct \\
+    """
+    args = _engine_args(plan, gpu_memory_utilization)
+    return _cli(plan, args) if cli else args

@@ -1,0 +1,226 @@
+"""Megatron-Core export: names accepted by megatron-core's own dataclasses, mapping, errors.
+
+Needs ``megatron-core`` (pure Python; the ``dev`` extra installs it); skipped when it is absent.
+Where megatron-core is installed but cannot be imported (a torch it does not support), the field
+names are read from its installed source files with ``ast`` instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import inspect
+import warnings
+from pathlib import Path
+
+import pytest
+
+from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.export import PlanSpec, megatron_extras, to_megatron
+from energylens.export.megatron import UB_FPROP_LAYERS
+from energylens.typing import Parallel
+
+if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.core") is None:
+    pytest.skip(
+        "megatron-core is not installed (pip install 'megatron-core>=0.16,<0.17')", allow_module_level=True
+    )
+
+MCORE = Path(importlib.util.find_spec("megatron.core").origin).parent
+
+
+def _import_mcore():
+    """(ModelParallelConfig, TransformerConfig, InferenceWrapperConfig, initialize_model_parallel) or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from megatron.core.inference.model_inference_wrappers.inference_wrapper_config import (
+                InferenceWrapperConfig,
+            )
+            from megatron.core.model_parallel_config import ModelParallelConfig
+            from megatron.core.parallel_state import initialize_model_parallel
+            from megatron.core.transformer.transformer_config import TransformerConfig
+    except Exception:  # installed but not importable with this torch: fall back to its source text
+        return None
+    return ModelParallelConfig, TransformerConfig, InferenceWrapperConfig, initialize_model_parallel
+
+
+MC = _import_mcore()
+
+
+def _ast_fields(relpath: str, cls: str) -> set[str]:
+    tree = ast.parse((MCORE / relpath).read_text())
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
+    return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+
+
+def mpc_fields() -> set[str]:
+    if MC:
+        return {f.name for f in dataclasses.fields(MC[0])}
+    return _ast_fields("model_parallel_config.py", "ModelParallelConfig")
+
+
+def transformer_fields() -> set[str]:
+    if MC:
+        return {f.name for f in dataclasses.fields(MC[1])}
+    return mpc_fields() | _ast_fields("transformer/transformer_config.py", "TransformerConfig")
+
+
+def inference_fields() -> set[str]:
+    if MC:
+        return {f.name for f in dataclasses.fields(MC[2])}
+    return _ast_fields(
+        "inference/model_inference_wrappers/inference_wrapper_config.py", "InferenceWrapperConfig"
+    )
+
+
+def init_params() -> set[str]:
+    if MC:
+        return set(inspect.signature(MC[3]).parameters)
+    tree = ast.parse((MCORE / "parallel_state.py").read_text())
+    fn = next(
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "initialize_model_parallel"
+    )
+    return {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+
+
+def te_available() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def plan(tp: int = 1, ep: int = 1, dp: int = 1, **kw) -> PlanSpec:
+    base = dict(
+        model="Qwen/Qwen3-30B-A3B",
+        gpu="H100-SXM",
+        num_gpus=tp * dp,
+        parallel=Parallel(tp=tp, ep=ep, dp=dp),
+        max_num_seqs=64,
+        max_model_len=1280,
+    )
+    base.update(kw)
+    return PlanSpec(**base)
+
+
+PLANS = [
+    plan(),
+    plan(tp=8, fused=False),
+    plan(tp=8, sequence_parallel=True, comm_sms=16, fused=False),
+    plan(tp=4, dp=2, ep=8, comm_sms=20, sequence_parallel=True, fused=False),
+    plan(tp=4, dp=2, ep=2, fused=False),
+    plan(tp=2, dp=4, ep=8, quantization="fp8", gpu_clock_mhz=1410),
+]
+IDS = [f"tp{p.parallel.tp}ep{p.parallel.ep}dp{p.parallel.dp}" for p in PLANS]
+
+
+def needs_te(cfg: dict) -> bool:
+    """Fields whose TransformerConfig validation imports Transformer Engine."""
+    return bool(cfg.get("apply_rope_fusion") or cfg.get("fp8") or cfg.get("moe_permute_fusion"))
+
+
+@pytest.mark.parametrize("p", PLANS, ids=IDS)
+def test_names_are_megatron_fields(p: PlanSpec) -> None:
+    cfg = to_megatron(p)
+    assert set(cfg) <= transformer_fields(), set(cfg) - transformer_fields()
+    ex = megatron_extras(p)
+    assert set(ex.initialize_model_parallel) <= init_params()
+    assert set(ex.inference_wrapper) <= inference_fields()
+
+
+@pytest.mark.skipif(
+    MC is None, reason="megatron-core does not import with this torch; names checked with ast"
+)
+@pytest.mark.parametrize("p", PLANS, ids=IDS)
+def test_model_parallel_config_accepts_export(p: PlanSpec) -> None:
+    cfg = to_megatron(p)
+    mpc = {k: v for k, v in cfg.items() if k in mpc_fields()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = MC[0](**mpc)
+    assert built.tensor_model_parallel_size == p.parallel.tp
+    assert built.expert_model_parallel_size == p.parallel.ep
+    assert built.expert_tensor_parallel_size * p.parallel.ep == p.parallel.tp * p.parallel.dp
+
+
+@pytest.mark.skipif(
+    MC is None, reason="megatron-core does not import with this torch; names checked with ast"
+)
+@pytest.mark.parametrize("p", PLANS, ids=IDS)
+def test_transformer_config_accepts_export(p: PlanSpec) -> None:
+    cfg = to_megatron(p)
+    if needs_te(cfg) and not te_available():
+        pytest.skip("fused RoPE / FP8 / MoE permute fusion are validated through Transformer Engine (absent)")
+    experts = {"num_moe_experts": 16} if p.parallel.ep > 1 else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = MC[1](
+            num_layers=2,
+            hidden_size=64,
+            num_attention_heads=8,
+            num_query_groups=8,
+            add_bias_linear=False,
+            **experts,
+            **cfg,
+        )
+    for key, value in cfg.items():
+        assert getattr(built, key) == value, key
+
+
+def test_data_parallel_is_derived_from_world_size() -> None:
+    ex = megatron_extras(plan(tp=4, dp=2, ep=8))
+    assert "data_parallel_size" not in to_megatron(plan(tp=4, dp=2, ep=8))
+    assert "data_parallel_size" not in mpc_fields()
+    assert ex.world_size == 8 and ex.data_parallel_size == 2 and ex.expert_data_parallel_size == 1
+    # what Megatron computes in initialize_model_parallel: world_size // (tp * pp * cp)
+    init = ex.initialize_model_parallel
+    assert ex.world_size // (init["tensor_model_parallel_size"] * init["pipeline_model_parallel_size"]) == 2
+
+
+def test_expert_layout() -> None:
+    assert to_megatron(plan(tp=4, dp=2, ep=8))["expert_tensor_parallel_size"] == 1
+    assert to_megatron(plan(tp=4, dp=2, ep=1))["expert_tensor_parallel_size"] == 8
+    cfg = to_megatron(plan(tp=4, dp=2, ep=2))
+    assert cfg["expert_tensor_parallel_size"] == 4 and cfg["moe_token_dispatcher_type"] == "alltoall"
+
+
+def test_tp_comm_overlap_with_sms() -> None:
+    p = plan(tp=8, sequence_parallel=True, comm_sms=16)
+    assert to_megatron(p)["tp_comm_overlap"] is True
+    ub = megatron_extras(p).tp_comm_overlap_cfg
+    assert set(ub) == set(UB_FPROP_LAYERS) and all(
+        v == {"num_sm": 16, "set_sm_margin": 1} for v in ub.values()
+    )
+    no_sp = plan(tp=8, comm_sms=16)
+    assert to_megatron(no_sp)["tp_comm_overlap"] is False
+    assert megatron_extras(no_sp).tp_comm_overlap_cfg is None
+    assert "sequence parallelism" in megatron_extras(no_sp).notes[0]
+
+
+def test_ep_overlap_uses_deepep_sms() -> None:
+    cfg = to_megatron(plan(tp=4, dp=2, ep=8, comm_sms=20))
+    assert cfg["moe_token_dispatcher_type"] == "flex"
+    assert cfg["moe_flex_dispatcher_backend"] == "deepep" and cfg["moe_deepep_num_sms"] == 20
+    with pytest.raises(InvalidWorkloadError, match="even"):
+        to_megatron(plan(tp=4, dp=2, ep=8, comm_sms=19))
+
+
+def test_fusion_fp8_limits_and_clock() -> None:
+    cfg = to_megatron(plan(tp=2, dp=4, ep=8, quantization="fp8"))
+    assert cfg["fp8"] == "e4m3" and cfg["apply_rope_fusion"] is True and cfg["moe_permute_fusion"] is True
+    assert not any(v for k, v in to_megatron(plan(fused=False)).items() if k.endswith("_fusion"))
+    ex = megatron_extras(plan(gpu_clock_mhz=1200, quantization="fp8"))
+    assert ex.inference_wrapper == {
+        "inference_max_requests": 64,
+        "inference_max_seq_length": 1280,
+        "fp8": "e4m3",
+    }
+    assert ex.gpu_clock_command == "nvidia-smi -lgc 1200,1200"
+    assert ex.to_dict()["world_size"] == 1
+
+
+def test_errors() -> None:
+    with pytest.raises(ShardingError, match="tp x dp must equal num_gpus"):
+        to_megatron(plan(tp=4, dp=2, num_gpus=16))
+    with pytest.raises(ShardingError, match="valid ep values: 1, 2, 4, 8"):
+        to_megatron(plan(tp=4, dp=2, ep=3))
+    with pytest.raises(ShardingError, match="sequence_parallel needs tensor parallelism"):
+        to_megatron(plan(tp=1, dp=2, sequence_parallel=True))

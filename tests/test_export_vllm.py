@@ -1,0 +1,220 @@
+"""vLLM export: names checked against vLLM's own argument list, CLI round trip, errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.export import PlanSpec, to_vllm, vllm_env, vllm_notes
+from energylens.export.vllm import VLLM_VERSION, load_vllm_args, vllm_expert_parallel_sizes
+from energylens.export.vllm_args_extract import extract
+from energylens.typing import Parallel
+
+ARGS_FILE = Path(__file__).parents[1] / "energylens" / "export" / f"vllm_args_{VLLM_VERSION}.txt"
+
+
+def plan(tp: int = 1, ep: int = 1, dp: int = 1, **kw) -> PlanSpec:
+    base = dict(
+        model="Qwen/Qwen3-30B-A3B",
+        gpu="H100-SXM",
+        num_gpus=tp * dp,
+        parallel=Parallel(tp=tp, ep=ep, dp=dp),
+        max_num_seqs=64,
+        max_model_len=1280,
+    )
+    base.update(kw)
+    return PlanSpec(**base)
+
+
+PLANS = [
+    plan(),
+    plan(tp=4),
+    plan(tp=8, fused=False, quantization="fp8", gpu_clock_mhz=1410),
+    plan(tp=4, dp=2, ep=8, comm_sms=20, sequence_parallel=True),
+    plan(tp=1, dp=8, ep=8),
+    plan(tp=2, dp=2, comm_sms=16, fused=False),
+]
+
+
+def parser_from_vendored_list() -> argparse.ArgumentParser:
+    """An argparse parser with vLLM's flags, kinds and dests, as its add_cli_args declares them."""
+    p = argparse.ArgumentParser(prog="vllm serve", allow_abbrev=False)
+    p.add_argument("model_tag")
+    for arg in load_vllm_args().values():
+        if arg.kind == "bool":
+            p.add_argument(*arg.flags, dest=arg.dest, action=argparse.BooleanOptionalAction, default=None)
+        elif arg.kind == "store_true":
+            p.add_argument(*arg.flags, dest=arg.dest, action="store_true", default=None)
+        else:
+            p.add_argument(*arg.flags, dest=arg.dest, default=None)
+    return p
+
+
+def split_cli(text: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """(environment, argv after `vllm serve`, comment lines) of a to_vllm(cli=True) text."""
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    command = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    words = shlex.split(command.replace("\\\n", " "))  # a shell drops backslash-newline
+    env = {}
+    while "=" in words[0] and not words[0].startswith("-"):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    assert words[:2] == ["vllm", "serve"]
+    return env, words[2:], comments
+
+
+def test_vendored_list_has_provenance() -> None:
+    head = ARGS_FILE.read_text().splitlines()[:6]
+    text = "\n".join(head)
+    assert VLLM_VERSION in text and "vllm/engine/arg_utils.py" in text and "Apache-2.0" in text
+
+
+def test_vendored_list_is_vllm_argument_list() -> None:
+    args = load_vllm_args()
+    # spot checks against vLLM 0.33.0 add_cli_args (aliases included)
+    assert args["tensor_parallel_size"].flags == ("--tensor-parallel-size", "-tp")
+    assert args["data_parallel_size"].flags == ("--data-parallel-size", "-dp")
+    assert args["enable_expert_parallel"].kind == "bool"
+    assert args["enable_expert_parallel"].flags == ("--enable-expert-parallel", "-ep")
+    assert args["quantization"].flag == "--quantization"
+    for dest, arg in args.items():
+        assert arg.flag == "--" + dest.replace("_", "-") or dest in {"kv_cache_dtype"}, dest
+
+
+@pytest.mark.parametrize("p", PLANS, ids=lambda p: f"tp{p.parallel.tp}ep{p.parallel.ep}dp{p.parallel.dp}")
+def test_every_key_is_a_vllm_engine_argument(p: PlanSpec) -> None:
+    args = load_vllm_args()
+    out = to_vllm(p)
+    assert set(out) <= set(args), set(out) - set(args)
+    for key, value in out.items():
+        if args[key].kind in ("bool", "store_true"):
+            assert isinstance(value, bool), key
+
+
+def test_names_against_vllm_engineargs_when_importable() -> None:
+    arg_utils = pytest.importorskip(
+        "vllm.engine.arg_utils", reason="vLLM needs a CUDA torch; not installed here"
+    )
+    fields = {f.name for f in dataclasses.fields(arg_utils.EngineArgs)}
+    for p in PLANS:
+        assert set(to_vllm(p)) <= fields
+
+
+@pytest.mark.parametrize("p", PLANS, ids=lambda p: f"tp{p.parallel.tp}ep{p.parallel.ep}dp{p.parallel.dp}")
+def test_cli_parses_back(p: PlanSpec) -> None:
+    text = to_vllm(p, cli=True)
+    env, argv, _ = split_cli(text)
+    for word in argv:
+        if word.startswith("-"):
+            assert re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", word), word
+    ns = vars(parser_from_vendored_list().parse_args(argv))
+    expected = to_vllm(p)
+    assert ns.pop("model_tag") == expected.pop("model")
+    for key, value in expected.items():
+        got = ns[key]
+        if isinstance(value, dict):
+            assert json.loads(got) == value
+        elif isinstance(value, bool):
+            assert got is value
+        else:
+            assert got == str(value), key
+    assert {k for k, v in ns.items() if v is not None} == set(expected)
+    assert env == vllm_env(p)
+
+
+def test_dense_tp_plan() -> None:
+    out = to_vllm(plan(tp=4))
+    assert out == {
+        "model": "Qwen/Qwen3-30B-A3B",
+        "tensor_parallel_size": 4,
+        "data_parallel_size": 1,
+        "max_num_seqs": 64,
+        "max_model_len": 1280,
+        "gpu_memory_utilization": 0.9,
+    }
+
+
+def test_expert_parallel_is_tp_times_dp() -> None:
+    assert vllm_expert_parallel_sizes(4, 2) == (1, 8)
+    assert vllm_expert_parallel_sizes(1, 1) == (1,)
+    assert to_vllm(plan(tp=4, dp=2, ep=8))["enable_expert_parallel"] is True
+    assert "enable_expert_parallel" not in to_vllm(plan(tp=4, dp=2, ep=1))
+
+
+def test_ep_not_expressible() -> None:
+    with pytest.raises(ShardingError, match=r"ep=2 .*Valid ep values here: 1, 8"):
+        to_vllm(plan(tp=4, dp=2, ep=2))
+    with pytest.raises(ShardingError, match="ep=4"):
+        to_vllm(plan(tp=4, dp=2, ep=4), cli=True)
+
+
+def test_tp_times_dp_must_be_num_gpus() -> None:
+    with pytest.raises(ShardingError, match="tp x dp must equal num_gpus"):
+        to_vllm(plan(tp=4, dp=2, num_gpus=4))
+
+
+def test_bad_values() -> None:
+    with pytest.raises(InvalidWorkloadError, match="quantization"):
+        to_vllm(plan(quantization="int3"))
+    with pytest.raises(InvalidWorkloadError, match="gpu_memory_utilization"):
+        to_vllm(plan(), gpu_memory_utilization=1.5)
+    with pytest.raises(InvalidWorkloadError, match="even"):
+        to_vllm(plan(tp=4, dp=2, ep=8, comm_sms=21))
+
+
+def test_gpu_clock_is_a_comment_not_an_argument() -> None:
+    p = plan(tp=8, gpu_clock_mhz=1410)
+    assert not any("clock" in k for k in to_vllm(p))
+    _, argv, comments = split_cli(to_vllm(p, cli=True))
+    assert "# nvidia-smi -lgc 1410,1410" in comments
+    assert not any("clock" in w or "lgc" in w for w in argv)
+
+
+def test_unfused_disables_compilation() -> None:
+    assert to_vllm(plan(fused=False))["compilation_config"] == {"mode": 0}
+    assert "compilation_config" not in to_vllm(plan(fused=True))
+
+
+def test_comm_sms_under_dbo_and_notes() -> None:
+    moe = plan(tp=4, dp=2, ep=8, comm_sms=20)
+    out = to_vllm(moe)
+    assert out["enable_dbo"] is True and out["all2all_backend"] == "deepep_high_throughput"
+    assert vllm_env(moe) == {"VLLM_DBO_COMM_SMS": "20"}
+    assert vllm_notes(moe) == []
+    dense = plan(tp=8, comm_sms=16, sequence_parallel=True)
+    assert "enable_dbo" not in to_vllm(dense) and vllm_env(dense) == {}
+    notes = vllm_notes(dense)
+    assert len(notes) == 2 and "comm_sms=16" in notes[0] and "sequence_parallel" in notes[1]
+    assert all(f"# note: {n}" in to_vllm(dense, cli=True) for n in notes)
+
+
+def test_extractor_on_a_small_source() -> None:
+    source = """
+@dataclass
+class EngineArgs:
+    tensor_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    enable_prefix_caching: bool | None = None
+
+    @staticmethod
+    def add_cli_args(parser):
+        g = parser.add_argument_group("x")
+        g.add_argument("--tensor-parallel-size", "-tp", **kw["tensor_parallel_size"])
+        g.add_argument("--enable-expert-parallel", "-ep", **kw["enable_expert_parallel"])
+        g.add_argument("--enable-prefix-caching", **kw["enable_prefix_caching"])
+        g.add_argument("--flag", action="store_true")
+        return parser
+"""
+    assert extract(source) == [
+        ("enable_expert_parallel", "bool", ["--enable-expert-parallel", "-ep"]),
+        ("enable_prefix_caching", "bool", ["--enable-prefix-caching"]),
+        ("flag", "store_true", ["--flag"]),
+        ("tensor_parallel_size", "value", ["--tensor-parallel-size", "-tp"]),
+    ]
