@@ -1,0 +1,108 @@
+"""Bundled model configs and load_config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from energylens.errors import ConfigError, UnknownNameError
+from energylens.models import ModelSpec, list_models, load_config
+
+REQUIRED = [
+    "meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Llama-3.3-70B-Instruct",
+    "meta-llama/Llama-3.1-405B-Instruct", "meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-3B-Instruct",
+    "Qwen/Qwen3-0.6B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B", "Qwen/Qwen3-32B", "Qwen/Qwen3-30B-A3B-Instruct-2507",
+    "Qwen/Qwen3-235B-A22B-Instruct-2507", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8",
+    "meta-llama/Llama-3.1-405B-Instruct-FP8", "nvidia/Llama-3.1-70B-Instruct-FP8",
+]
+
+
+def test_all_required_models_are_bundled() -> None:
+    assert set(REQUIRED) <= set(list_models())
+    for name in list_models():
+        spec = load_config(name)
+        assert spec.name == name and spec.family in ("llama", "qwen3", "qwen3_moe")
+
+
+@pytest.mark.parametrize("alias,name", [
+    ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+    ("META-LLAMA/llama-3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+    ("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct"),
+    ("meta-llama/Meta-Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct"),
+    ("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
+    ("Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
+])
+def test_aliases(alias: str, name: str) -> None:
+    assert load_config(alias).name == name
+
+
+def test_config_values() -> None:
+    l1 = load_config("meta-llama/Llama-3.2-1B-Instruct")
+    assert (l1.get("hidden_size"), l1.get("num_hidden_layers"), l1.get("head_dim")) == (2048, 16, 64)
+    assert l1.get("tie_word_embeddings") is True and l1.get("rope_scaling")["factor"] == 32.0
+    q = load_config("Qwen/Qwen3-235B-A22B-Instruct-2507")
+    assert q.is_moe and q.get("num_experts") == 128 and q.get("max_position_embeddings") == 262144
+    assert load_config("Qwen/Qwen3-14B").get("intermediate_size") == 17408
+
+
+def test_fp8_specs() -> None:
+    assert load_config("Qwen/Qwen3-235B-A22B-Instruct-2507-FP8").quantization == "fp8"
+    assert load_config("meta-llama/Llama-3.1-405B-Instruct-FP8").quantization == "fp8"
+    nv = load_config("nvidia/Llama-3.1-70B-Instruct-FP8")
+    assert nv.quantization == "fp8" and nv.quant_config["quantization"]["exclude_modules"] == ["lm_head"]
+    assert load_config("meta-llama/Llama-3.1-70B-Instruct").quantization is None
+
+
+def test_unknown_model_suggests() -> None:
+    with pytest.raises(UnknownNameError) as exc:
+        load_config("llama-3.1-9b")
+    assert exc.value.suggestion == "meta-llama/Llama-3.1-8B-Instruct"
+    assert "Qwen/Qwen3-8B" in str(exc.value)
+
+
+def test_local_dir_and_file(tmp_path) -> None:
+    from energylens.testing import tiny_llama_config
+
+    (tmp_path / "config.json").write_text(json.dumps(tiny_llama_config()))
+    assert load_config(str(tmp_path)).get("hidden_size") == 64
+    assert load_config(tmp_path / "config.json").family == "llama"
+
+
+def test_malformed_json_names_file(tmp_path) -> None:
+    p = tmp_path / "bad.json"
+    p.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        load_config(str(p))
+
+
+def test_missing_field_names_field(tmp_path) -> None:
+    from energylens.testing import tiny_llama_config
+
+    cfg = tiny_llama_config()
+    del cfg["hidden_size"]
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"m\.json.*hidden_size"):
+        load_config(str(p))
+    with pytest.raises(ConfigError, match="model_type"):
+        load_config({"hidden_size": 1})
+
+
+def test_pretrained_config_and_dict() -> None:
+    from transformers import LlamaConfig
+
+    from energylens.testing import tiny_llama_config
+
+    spec = load_config(LlamaConfig(**{k: v for k, v in tiny_llama_config().items() if k != "model_type"}))
+    assert isinstance(spec, ModelSpec) and spec.family == "llama" and spec.get("hidden_size") == 64
+    assert load_config(tiny_llama_config()).get("num_attention_heads") == 4
+
+
+def test_import_does_not_import_torch() -> None:
+    code = ("import sys, energylens.models, energylens.frontends.hf; energylens.models.load_config('qwen3-8b'); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
