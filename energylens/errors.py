@@ -46,7 +46,7 @@ class UnknownNameError(EnergylensError, KeyError):
         self.kind, self.name, self.choices = kind, name, sorted(choices)
         self.suggestion = closest(name, self.choices)
         hint = f" Did you mean {self.suggestion!r}?" if self.suggestion else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(self.choices)}")
+        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind} names: {', '.join(self.choices)}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

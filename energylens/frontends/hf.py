@@ -21,6 +21,7 @@ imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,14 @@ __all__ = ["ModelIR", "trace_model", "trace", "cache_dir", "cache_key", "PHASES"
 
 #: Bump when the lowering changes, so cached IR text is re-traced.
 FRONTEND_VERSION = "1"
+
+
+@functools.cache
+def _lowering_source_hash() -> str:
+    """Hash of this file and aten.py: any change to the lowering invalidates cached traces."""
+    here = Path(__file__).parent
+    data = b"".join((here / f).read_bytes() for f in ("hf.py", "aten.py"))
+    return hashlib.sha256(data).hexdigest()[:16]
 PHASES = ("prefill", "decode")
 _PRIMES = (5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101)
 
@@ -73,6 +82,7 @@ def cache_key(spec: ModelSpec) -> str:
     payload = {
         "config": config_dict(spec.config), "quant": spec.quant_config, "name": spec.name,
         "energylens": _version("energylens"), "frontend": FRONTEND_VERSION,
+        "lowering": _lowering_source_hash(),
         "torch": _version("torch"), "transformers": _version("transformers"),
     }
     text = json.dumps(payload, sort_keys=True, default=str)

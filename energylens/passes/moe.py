@@ -1,0 +1,179 @@
+"""The MoE pass: the routing distribution of the expert einsums, and the expert load it implies.
+
+``Moe(routing, skew, histogram, seed)`` records how tokens are routed to experts in the graph's
+attributes (``routing``, ``routing_skew``, ``routing_histogram``, ``routing_seed``); the expert
+einsums (ops whose operands all carry the expert dim ``e``, over ``C`` tokens per expert) are
+the ops it describes. The cost model turns it into per-rank token counts with ``expert_load`` and
+prices the straggler: under expert parallelism every GPU waits for the most loaded one, burning
+static power meanwhile. A graph without experts is returned unchanged.
+
+Routing models:
+
+* ``uniform``: each routed token picks experts uniformly; per-expert counts are multinomial.
+* ``zipf``: expert popularity ~ 1 / rank^skew (rank order shuffled over the experts with the
+  seed, so hot experts do not all sit on rank 0); counts multinomial with those probabilities.
+* ``histogram``: measured per-expert counts (or probabilities), rescaled to the token count.
+
+>>> load = expert_load(4096, 128, 8, 8, "uniform", seed=0)
+>>> len(load.per_rank), round(sum(load.per_rank))
+(8, 32768)
+>>> 1.0 <= load.straggler < 1.05
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from energylens.errors import ConfigError
+from energylens.ir.core import Einsum, Graph, Op
+from energylens.passes.manager import register_pass
+from energylens.typing import Record
+
+__all__ = ["Moe", "ExpertLoad", "Routing", "expert_load", "expert_ops", "routing_of", "graph_expert_load"]
+
+Routing = Literal["uniform", "zipf", "histogram"]
+_ROUTINGS = ("uniform", "zipf", "histogram")
+
+
+def _check(routing: str, skew: float, histogram: Sequence[float] | None, num_experts: int | None = None) -> None:
+    if routing not in _ROUTINGS:
+        raise ConfigError(f"unknown routing {routing!r}; valid: {', '.join(_ROUTINGS)}")
+    if skew < 0:
+        raise ConfigError(f"routing skew must be >= 0 (0: uniform popularity), got {skew}")
+    if routing == "histogram":
+        if not histogram:
+            raise ConfigError("routing='histogram' needs histogram=[count per expert, ...]")
+        if any(c < 0 for c in histogram) or sum(histogram) <= 0:
+            raise ConfigError("histogram counts must be >= 0 with a positive sum")
+        if num_experts is not None and len(histogram) != num_experts:
+            raise ConfigError(f"histogram has {len(histogram)} entries but the model has {num_experts} experts")
+    elif histogram:
+        raise ConfigError(f"histogram=... is only used with routing='histogram', not {routing!r}")
+
+
+@register_pass
+@dataclass(frozen=True)
+class Moe:
+    """Annotate a MoE graph with its routing distribution (see the module docstring)."""
+
+    name: ClassVar[str] = "moe"
+    routing: Routing = "uniform"
+    skew: float = 1.0
+    histogram: tuple[float, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.routing, self.skew, self.histogram)
+
+    def __call__(self, graph: Graph) -> Graph:
+        if not expert_ops(graph):
+            return graph
+        experts = int(graph.attr.get("num_experts", graph.dim_sizes.get("e") or 0)) or None
+        _check(self.routing, self.skew, self.histogram, experts)
+        new = {"routing": self.routing, "routing_seed": str(self.seed)}
+        if self.routing == "zipf":
+            new["routing_skew"] = repr(float(self.skew))
+        if self.routing == "histogram":
+            new["routing_histogram"] = ",".join(repr(float(c)) for c in self.histogram or ())
+        keep = tuple((k, v) for k, v in graph.attrs if not k.startswith("routing"))
+        return dataclasses.replace(graph, attrs=keep + tuple(new.items()))
+
+
+def expert_ops(graph: Graph) -> list[Op]:
+    """The expert einsums: every operand carries the expert dim ``e`` (and the result too)."""
+    return [op for op, _ in graph.walk()
+            if isinstance(op, Einsum) and all("e" in v.type.dims for v in (*op.operands, op.result))]
+
+
+def routing_of(graph: Graph) -> tuple[Routing, float, tuple[float, ...] | None, int]:
+    """(routing, skew, histogram, seed) recorded by ``Moe``; ``("uniform", 1.0, None, 0)`` if none."""
+    a = graph.attr
+    hist = tuple(float(c) for c in a["routing_histogram"].split(",")) if "routing_histogram" in a else None
+    return (a.get("routing", "uniform"), float(a.get("routing_skew", 1.0)), hist,  # type: ignore[return-value]
+            int(a.get("routing_seed", 0)))
+
+
+@dataclass(frozen=True)
+class ExpertLoad(Record):
+    """Routed token-slots per expert and per EP rank, and the straggler factor (max rank / mean)."""
+
+    per_expert: tuple[float, ...]
+    per_rank: tuple[float, ...]
+    straggler: float
+
+    @property
+    def max_rank_tokens(self) -> float:
+        return max(self.per_rank)
+
+
+def _probabilities(num_experts: int, top_k: int, routing: str, skew: float,
+                   histogram: tuple[float, ...] | None, rng: np.random.Generator) -> np.ndarray:
+    if routing == "uniform":
+        p = np.full(num_experts, 1.0 / num_experts)
+    elif routing == "zipf":
+        p = 1.0 / np.arange(1, num_experts + 1) ** skew
+        p = rng.permutation(p)
+    else:
+        p = np.asarray(histogram, dtype=float)
+    p = p / p.sum()
+    # A token picks top_k *distinct* experts: no expert gets more than 1/top_k of the slots.
+    cap = 1.0 / top_k
+    for _ in range(num_experts):
+        over = p > cap
+        if not over.any():
+            break
+        excess = (p[over] - cap).sum()
+        p[over] = cap
+        under = ~over & (p < cap)
+        p[under] += excess * p[under] / p[under].sum()
+    return p
+
+
+@functools.lru_cache(maxsize=4096)
+def _load(num_tokens: int, num_experts: int, top_k: int, ep: int, routing: str, skew: float,
+          histogram: tuple[float, ...] | None, seed: int) -> ExpertLoad:
+    rng = np.random.default_rng(seed)
+    p = _probabilities(num_experts, top_k, routing, skew, histogram, rng)
+    slots = num_tokens * top_k
+    counts = rng.multinomial(slots, p).astype(float)
+    per_rank = counts.reshape(ep, num_experts // ep).sum(axis=1)
+    mean = slots / ep
+    straggler = float(per_rank.max() / mean) if mean > 0 else 1.0
+    return ExpertLoad(tuple(counts.tolist()), tuple(per_rank.tolist()), straggler)
+
+
+def expert_load(num_tokens: int, num_experts: int, top_k: int, ep: int, routing: Routing | str = "uniform",
+                seed: int = 0, *, skew: float = 1.0, histogram: Sequence[float] | None = None) -> ExpertLoad:
+    """Token-slots routed to each expert and each of ``ep`` ranks (experts placed contiguously).
+
+    ``num_tokens`` tokens each go to ``top_k`` distinct experts (``num_tokens * top_k`` slots in
+    all). ``straggler`` = max rank load / mean rank load (1.0: balanced); under EP every rank
+    waits for the most loaded one. Deterministic for a given ``seed``.
+    """
+    if num_experts <= 0 or not 0 < top_k <= num_experts:
+        raise ConfigError(f"MoE routing needs 0 < top_k <= num_experts, got top_k={top_k}, num_experts={num_experts}")
+    if ep <= 0 or num_experts % ep:
+        raise ConfigError(f"ep={ep} does not divide the {num_experts} experts")
+    if num_tokens < 0:
+        raise ConfigError(f"num_tokens must be >= 0, got {num_tokens}")
+    hist = tuple(float(c) for c in histogram) if histogram is not None else None
+    _check(routing, skew, hist, num_experts)
+    return _load(int(num_tokens), num_experts, top_k, ep, routing, float(skew), hist, seed)
+
+
+def graph_expert_load(graph: Graph, num_tokens: int, ep: int) -> ExpertLoad:
+    """``expert_load`` with the routing the ``Moe`` pass recorded on ``graph`` (uniform if none)."""
+    routing, skew, hist, seed = routing_of(graph)
+    a = graph.attr
+    try:
+        experts, top_k = int(a["num_experts"]), int(a["top_k"])
+    except KeyError:
+        raise ConfigError(f"graph {graph.name!r} has no num_experts/top_k attributes (not a MoE model)") from None
+    return expert_load(num_tokens, experts, top_k, ep, routing, seed, skew=skew, histogram=hist)

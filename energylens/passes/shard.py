@@ -1,0 +1,499 @@
+"""The shard pass: tensor, expert and data parallelism as "dimension -> mesh axis" annotations.
+
+``Shard(tp, ep, dp)`` seeds the parameter dimensions that each kind of parallelism splits and
+propagates the splits through the graph by dimension name; collectives come out of four rules,
+not out of matching one model's layers:
+
+* **Seeds** (vLLM's layout). ``tp``: attention heads (``g`` KV heads with their group ``r`` only
+  when tp > KV heads, i.e. KV heads replicated; or ``q``/``hq``/``hk``), the MLP intermediate
+  ``f``, the vocabulary ``v`` (when tp divides it). ``ep``: the expert dim ``e`` of expert weights
+  (params with ``e`` and ``m``); ``etp`` (= tp x dp / ep GPUs per expert): their ``m``. ``dp``:
+  the token dims ``B``/``T`` of inputs and caches (each replica serves its own sequences).
+* **Propagation**: an op's sharding is the union of its operands' (a dim split in one operand and
+  whole in another: the whole one is sliced locally, for free); a result keeps the splits of its
+  dims. A Gather that turns tokens into tokens-per-expert moves a ``dp`` split to ``C``.
+* **Partial sums**: an einsum contracting a split dim, or a gather from a table split along the
+  gathered dim (vocab-parallel embedding), leaves partial sums -> ``all_reduce`` over that axis
+  right after it (Megatron's row-parallel linear). Column-parallel then row-parallel MLP and
+  attention fall out of this: one all_reduce per block.
+* **Full operands**: a reduction over a split dim, a graph output or a region carry that must be
+  whole -> ``all_gather`` first (e.g. vocab-split logits).
+* **Experts**: an op with an expert weight works in the *expert layout* (``e`` over ``ep``): a
+  token tensor entering it goes through ``all_to_all`` over ``ep`` (dispatch), and one leaving it
+  for a non-expert op through another (combine). With ep = 1 and dp > 1 the replicas' tokens are
+  all-gathered over ``dp`` instead.
+
+The mesh sizes are recorded in the graph attribute ``mesh`` (``"tp=2,dp=1,ep=2,etp=1"``);
+``mesh_of(graph)`` reads it back. ``Shard()`` with tp = ep = dp = 1 returns its input unchanged.
+
+Cost-side helpers: ``local_dim_sizes`` (per-GPU sizes of an op's dims), ``replication`` (how
+many GPUs compute the same piece), ``collective_bytes`` (message bytes per GPU).
+
+>>> from energylens.ir.text import EXAMPLE, parse_graph
+>>> g = Shard(tp=2)(parse_graph(EXAMPLE))
+>>> [op.kind for op, _ in g.walk()]
+['einsum', 'einsum', 'collective', 'elementwise']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from energylens.errors import EstimateError, ShardingError
+from energylens.ir.core import Collective, Decl, Einsum, Gather, Graph, Op, Reduce, Repeat, Value
+from energylens.passes.manager import register_pass
+from energylens.typing import Parallel
+
+__all__ = [
+    "Shard",
+    "MESH_AXES",
+    "mesh_sizes",
+    "mesh_of",
+    "check_parallel",
+    "valid_tp_values",
+    "valid_ep_values",
+    "local_dim_sizes",
+    "replication",
+    "collective_bytes",
+]
+
+#: Mesh axes: tp and dp (attention and dense layers), ep and etp (MoE experts) over the same GPUs.
+MESH_AXES: tuple[str, ...] = ("tp", "dp", "ep", "etp")
+_EXPERT_AXES = frozenset({"ep", "etp"})
+#: Dims that count tokens (a dp split lives on them): sequences, flattened tokens, tokens per expert.
+_TOKEN_DIMS = ("B", "T", "C")
+_SHORT = {"all_reduce": "ar", "all_gather": "ag", "all_to_all": "a2a", "reduce_scatter": "rs"}
+
+State = dict[str, str]  # dim -> mesh axis of one value
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh and model shape
+
+
+def mesh_sizes(parallel: Parallel) -> dict[str, int]:
+    """Size of each mesh axis for ``parallel`` (``etp`` = GPUs sharing one expert = tp x dp / ep).
+
+    >>> mesh_sizes(Parallel(tp=4, ep=2))
+    {'tp': 4, 'dp': 1, 'ep': 2, 'etp': 2}
+    """
+    return {"tp": parallel.tp, "dp": parallel.dp, "ep": parallel.ep,
+            "etp": max(1, parallel.tp * parallel.dp // parallel.ep)}
+
+
+def mesh_of(graph: Graph) -> dict[str, int]:
+    """The mesh a sharded graph was built for (all axes 1 for an unsharded graph)."""
+    text = graph.attr.get("mesh")
+    mesh = dict.fromkeys(MESH_AXES, 1)
+    if text:
+        for part in text.split(","):
+            axis, _, size = part.partition("=")
+            mesh[axis.strip()] = int(size)
+    return mesh
+
+
+def _int_size(graph: Graph, dim: str) -> int | None:
+    size = graph.dim_sizes.get(dim)
+    return size if isinstance(size, int) else None
+
+
+def _heads(graph: Graph) -> tuple[int | None, int | None]:
+    """(attention heads, KV heads) from the graph's dims (q or g*r or hq/d; g or hk/d)."""
+    q, g, r, d = (_int_size(graph, n) for n in ("q", "g", "r", "d"))
+    hq, hk = _int_size(graph, "hq"), _int_size(graph, "hk")
+    heads = q if q else (g * r if g and r else (hq // d if hq and d else None))
+    kv = g if g else (hk // d if hk and d else None)
+    return heads, kv
+
+
+def _num_experts(graph: Graph) -> int | None:
+    if "num_experts" in graph.attr:
+        return int(graph.attr["num_experts"])
+    return _int_size(graph, "e")
+
+
+def _tp_ok(tp: int, heads: int | None, kv: int | None) -> bool:
+    if heads and heads % tp:
+        return False
+    # vLLM: tp divides the KV heads, or KV heads are replicated (tp a multiple of them).
+    return not kv or (kv % tp == 0 if tp <= kv else tp % kv == 0)
+
+
+def valid_tp_values(graph: Graph, up_to: int = 64) -> list[int]:
+    """Tensor-parallel degrees (<= ``up_to``) that the graph's heads and MLP width allow."""
+    heads, kv = _heads(graph)
+    f = _int_size(graph, "f")
+    return [t for t in range(1, up_to + 1) if _tp_ok(t, heads, kv) and (not f or f % t == 0)]
+
+
+def valid_ep_values(graph: Graph, num_gpus: int) -> list[int]:
+    """Expert-parallel degrees allowed on ``num_gpus`` (= tp x dp) GPUs: divisors of both."""
+    e = _num_experts(graph) or 1
+    return [k for k in range(1, num_gpus + 1) if num_gpus % k == 0 and e % k == 0]
+
+
+def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None) -> None:
+    """Raise ``ShardingError`` if ``parallel`` cannot run ``graph`` (on ``num_gpus`` GPUs, if given).
+
+    >>> from energylens.ir.text import EXAMPLE, parse_graph
+    >>> check_parallel(parse_graph(EXAMPLE), Parallel(tp=2), num_gpus=1)
+    Traceback (most recent call last):
+    ...
+    energylens.errors.ShardingError: tp x dp = 2 x 1 = 2 GPUs, but the cluster has 1; use tp x dp <= 1
+    """
+    tp, ep, dp = parallel.tp, parallel.ep, parallel.dp
+    gpus = tp * dp
+    if num_gpus is not None and gpus > num_gpus:
+        raise ShardingError(f"tp x dp = {tp} x {dp} = {gpus} GPUs, but the cluster has {num_gpus}; "
+                            f"use tp x dp <= {num_gpus}")
+    heads, kv = _heads(graph)
+    if not _tp_ok(tp, heads, kv):
+        what = f"{heads} attention heads" + (f" and {kv} KV heads" if kv else "")
+        raise ShardingError(
+            f"tp={tp} does not divide the model's {what} "
+            f"(tp must divide the heads and either divide the KV heads or be a multiple of them); "
+            f"valid tp: {', '.join(map(str, valid_tp_values(graph)))}")
+    f = _int_size(graph, "f")
+    if f and f % tp:
+        raise ShardingError(f"tp={tp} does not divide the MLP intermediate size f={f}; "
+                            f"valid tp: {', '.join(map(str, valid_tp_values(graph)))}")
+    experts = _num_experts(graph)
+    if ep > 1 and not experts:
+        raise ShardingError(f"ep={ep} but graph {graph.name!r} has no experts (dim 'e'); use ep=1")
+    if ep > gpus:
+        raise ShardingError(f"ep={ep} is larger than tp x dp = {tp} x {dp} = {gpus}: experts are spread over "
+                            f"the same GPUs as the dense layers; valid ep: "
+                            f"{', '.join(map(str, valid_ep_values(graph, gpus)))}")
+    if experts and experts % ep:
+        raise ShardingError(f"ep={ep} does not divide the {experts} experts; valid ep on {gpus} GPUs: "
+                            f"{', '.join(map(str, valid_ep_values(graph, gpus)))}")
+    if gpus % ep:
+        raise ShardingError(f"ep={ep} does not divide tp x dp = {gpus} GPUs (each expert group needs the same "
+                            f"number of GPUs); valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))}")
+    m = _int_size(graph, "m")
+    etp = gpus // ep
+    if experts and m and m % etp:
+        raise ShardingError(f"tp x dp / ep = {etp} GPUs per expert does not divide the expert intermediate size "
+                            f"m={m}; raise ep (valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class Shard:
+    """Shard a graph over ``tp`` x ``dp`` GPUs, experts over ``ep`` of them (vLLM's meaning).
+
+    >>> Shard(tp=4, ep=2).name
+    'shard'
+    """
+
+    name: ClassVar[str] = "shard"
+    tp: int = 1
+    ep: int = 1
+    dp: int = 1
+
+    def __post_init__(self) -> None:
+        Parallel(self.tp, self.ep, self.dp)  # positive ints, or InvalidWorkloadError
+
+    @property
+    def parallel(self) -> Parallel:
+        return Parallel(self.tp, self.ep, self.dp)
+
+    def __call__(self, graph: Graph) -> Graph:
+        check_parallel(graph, self.parallel)
+        mesh = mesh_sizes(self.parallel)
+        if all(n == 1 for n in mesh.values()):
+            return graph
+        return _Sharder(graph, mesh).run()
+
+
+def _dims_of(op: Op) -> list[str]:
+    """Every dim of an op, in order of appearance (operands, then result)."""
+    return list(dict.fromkeys(d for v in (*op.operands, op.result) for d in v.type.dims))
+
+
+class _Sharder:
+    """One run of the shard pass: walks the graph in order, tracking each value's state."""
+
+    def __init__(self, graph: Graph, mesh: dict[str, int]):
+        self.g, self.mesh = graph, mesh
+        self.heads, self.kv = _heads(graph)
+        self.state: dict[str, State] = {}
+        self.params: set[str] = set()
+        self.cache: dict[tuple[str, str, str], Value] = {}   # (value, fn, axis) -> collective result
+        self.out: list[Op] = []
+        self.must_be_whole = set(graph.outputs)
+        self.required: dict[str, State] = {}                  # value -> state it must have (carry)
+        self.names = {d.value.name for d, _ in graph.all_decls()} | {op.result.name for op, _ in graph.walk()}
+
+    # -- seeds ------------------------------------------------------------------------------
+    def seed(self, decl: Decl) -> State:
+        dims = decl.value.type.dims
+        m, s = self.mesh, {}
+        if decl.role == "param":
+            self.params.add(decl.value.name)
+            if "e" in dims and "m" in dims:  # an expert weight
+                if m["ep"] > 1:
+                    s["e"] = "ep"
+                if m["etp"] > 1:
+                    s["m"] = "etp"
+                return s
+        elif m["dp"] > 1:
+            for d in _TOKEN_DIMS:
+                if d in dims:
+                    s[d] = "dp"
+                    break
+        tp = m["tp"]
+        if tp == 1:
+            return s
+        for d in dims:
+            if d in ("q", "hq", "f"):
+                s[d] = "tp"
+            elif d == "g":
+                s[d] = "tp"
+                if self.kv and tp > self.kv and "r" in dims:  # KV heads replicated: split the group too
+                    s["r"] = "tp"
+            elif d == "hk" and self.kv and tp <= self.kv:     # flattened KV heads: replicated when tp > kv
+                s[d] = "tp"
+            elif d == "v" and decl.role == "param":
+                v = _int_size(self.g, "v")
+                if v and v % tp == 0:                          # vocab-parallel embedding / lm_head
+                    s[d] = "tp"
+        return s
+
+    # -- collectives --------------------------------------------------------------------------
+    def fresh(self, name: str) -> str:
+        """``name``, or ``name.2``, ``name.3``... if some value of the graph already has it."""
+        out, k = name, 1
+        while out in self.names:
+            k += 1
+            out = f"{name}.{k}"
+        self.names.add(out)
+        return out
+
+    def _collective(self, v: Value, fn: str, axis: str, new_state: State, source_op: Op, name: str) -> Value:
+        out = Value(name, v.type)
+        sharding = tuple((d, a) for d, a in new_state.items() if a != axis) if fn != "all_to_all" else ()
+        self.out.append(Collective(result=out, operands=(v,), fn=fn, axis=axis, sharding=sharding,
+                                   source=dataclasses.replace(source_op.source, aten="")))
+        self.state[name] = new_state
+        return out
+
+    def convert(self, v: Value, fn: str, axis: str, new_state: State, op: Op) -> Value:
+        """``v`` after a collective (cached: each value is converted once per region)."""
+        key = (v.name, fn, axis)
+        if key not in self.cache:
+            name = self.fresh(f"{v.name}.{_SHORT[fn]}_{axis}")
+            self.cache[key] = self._collective(v, fn, axis, new_state, op, name)
+        return self.cache[key]
+
+    def gather_axes(self, v: Value, axes: set[str], op: Op) -> Value:
+        """All-gather ``v`` over each of ``axes`` (whole along the dims they split)."""
+        for axis in sorted(axes):
+            st = {d: a for d, a in self.state[v.name].items() if a != axis}
+            v = self.convert(v, "all_gather", axis, st, op)
+        return v
+
+    # -- layouts ------------------------------------------------------------------------------
+    def is_expert_op(self, op: Op, states: list[State]) -> bool:
+        if any(v.name in self.params and _EXPERT_AXES & set(st.values()) for v, st in zip(op.operands, states,
+                                                                                           strict=True)):
+            return True
+        rdims = op.result.type.dims
+        return (not isinstance(op, Gather) and "e" in rdims and "C" in rdims
+                and any(_EXPERT_AXES & set(st.values()) for st in states))
+
+    def to_expert(self, v: Value, op: Op) -> Value:
+        st = self.state[v.name]
+        if _EXPERT_AXES & set(st.values()):
+            return v
+        v = self.gather_axes(v, {a for d, a in st.items() if d not in _TOKEN_DIMS}, op)
+        if self.mesh["ep"] > 1 and "e" in v.type.dims:
+            return self.convert(v, "all_to_all", "ep", {"e": "ep"}, op)          # dispatch
+        if any(a == "dp" for a in self.state[v.name].values()):
+            return self.gather_axes(v, {"dp"}, op)                               # replicas' tokens
+        return v
+
+    def to_dense(self, v: Value, op: Op) -> Value:
+        st = self.state[v.name]
+        if not _EXPERT_AXES & set(st.values()):
+            return v
+        v = self.gather_axes(v, {a for d, a in st.items() if d != "e" and a in _EXPERT_AXES}, op)
+        if self.state[v.name].get("e") == "ep":
+            v = self.convert(v, "all_to_all", "ep", {}, op)                     # combine: own tokens back
+        return v
+
+    # -- ops ----------------------------------------------------------------------------------
+    def op(self, op: Op) -> None:
+        operands = list(op.operands)
+        states = [self.state.get(v.name, {}) for v in operands]
+        expert = self.is_expert_op(op, states)
+        for i, v in enumerate(operands):
+            if v.name not in self.params:
+                operands[i] = self.to_expert(v, op) if expert else self.to_dense(v, op)
+        if isinstance(op, Reduce):   # a reduction needs its reduced dims whole
+            split = {self.state[operands[0].name][d] for d in op.dims if d in self.state[operands[0].name]}
+            operands[0] = self.gather_axes(operands[0], split, op)
+        # Union of the operands' splits; a conflicting split is gathered first.
+        union: State = {}
+        for i, v in enumerate(operands):
+            clash = {a for d, a in self.state.get(v.name, {}).items() if union.get(d, a) != a}
+            if clash:
+                operands[i] = v = self.gather_axes(v, clash, op)
+            for d, a in self.state.get(v.name, {}).items():
+                union.setdefault(d, a)
+        new = dataclasses.replace(op, operands=tuple(operands))
+        order = _dims_of(new)
+        sharding = tuple((d, union[d]) for d in order if d in union)
+        rdims = op.result.type.dims
+        rstate = {d: a for d, a in sharding if d in rdims}
+        partial: set[str] = set()
+        if isinstance(op, Einsum):
+            partial = {union[d] for d in op.contracted_dims if d in union}
+        elif isinstance(op, Gather):
+            table = self.state.get(operands[0].name, {})
+            if op.fn != "scatter" and op.dim in table:
+                partial = {table[op.dim]}                      # vocab-parallel lookup: zeros elsewhere
+            lost = {a for d, a in union.items() if d in _TOKEN_DIMS and d not in rdims}
+            for axis in lost:                                  # tokens -> tokens per expert keep their split
+                target = next((d for d in _TOKEN_DIMS if d in rdims and d not in rstate), None)
+                if target is not None:
+                    rstate[target] = axis
+                    sharding += ((target, axis),)
+        name = op.result.name
+        required = self.required.get(name)
+        if name in self.must_be_whole:
+            required = {d: a for d, a in rstate.items() if a == "dp" and d in _TOKEN_DIMS}
+        extra = set() if required is None else {a for d, a in rstate.items() if required.get(d) != a}
+        final = name
+        if partial or extra:
+            name = self.fresh(f"{final}.partial" if partial else f"{final}.shard")
+        new = dataclasses.replace(new, sharding=sharding, result=Value(name, op.result.type))
+        self.out.append(new)
+        self.state[name] = rstate
+        v = new.result
+        for i, axis in enumerate(sorted(partial)):
+            last = i == len(partial) - 1 and not extra
+            v = self._collective(v, "all_reduce", axis, rstate, op, final if last else self.fresh(f"{final}.ar_{axis}"))
+        for i, axis in enumerate(sorted(extra)):
+            st = {d: a for d, a in self.state[v.name].items() if a != axis}
+            last = i == len(extra) - 1
+            v = self._collective(v, "all_gather", axis, st, op, final if last else self.fresh(f"{final}.ag_{axis}"))
+
+    def ops(self, ops: tuple[Op, ...]) -> tuple[Op, ...]:
+        self.out, self.cache = [], {}
+        for op in ops:
+            self.op(op)
+        return tuple(self.out)
+
+    def run(self) -> Graph:
+        g = self.g
+        for d in g.decls:
+            self.state[d.value.name] = self.seed(d)
+        body: list[Op | Repeat] = []
+        pending: list[Op] = []
+        for item in g.body:
+            if isinstance(item, Repeat):
+                body.extend(self.ops(tuple(pending)))
+                pending = []
+                for d in item.decls:
+                    self.state[d.value.name] = self.seed(d)
+                self.required[item.carry] = dict(self.state.get(item.init, {}))
+                body.append(dataclasses.replace(item, ops=self.ops(item.ops)))
+            else:
+                pending.append(item)
+        body.extend(self.ops(tuple(pending)))
+        mesh = ",".join(f"{a}={self.mesh[a]}" for a in MESH_AXES)
+        attrs = tuple((k, v) for k, v in g.attrs if k != "mesh") + (("mesh", mesh),)
+        return dataclasses.replace(g, body=tuple(body), attrs=attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost-side helpers
+
+
+def local_dim_sizes(op: Op, binding: Mapping[str, float], mesh: Mapping[str, int]) -> dict[str, float]:
+    """Per-GPU size of each of ``op``'s dims: a dim sharded over an axis of size n is divided by n.
+
+    ``binding`` holds every dim's global size (``Graph.bind(B=..., S=..., K=...)``); ``mesh`` the
+    axis sizes (``mesh_of(graph)``). Token dims (``B``, ``T``, ``C``: each replica's own tokens,
+    however counted) are divided by their axis size. Other dims sharded over the *same* axis split
+    it jointly, in the order of ``op.sharding``: a whole dim smaller than the axis (2 KV heads on
+    tp=4) is split completely (local size 1) and the rest of the axis goes to the next such dim
+    (the group ``r``) or, when none is left, replicates the op. For a ``Collective`` the sizes are
+    those of its buffer (its own axis is not in ``op.sharding``).
+
+    >>> from energylens.ir.core import Elementwise, TensorType
+    >>> x = Value("x", TensorType(("B", "g", "r"), "bf16"))
+    >>> op = Elementwise(result=Value("y", x.type), operands=(x,), fn="silu",
+    ...                  sharding=(("g", "tp"), ("r", "tp")))
+    >>> local_dim_sizes(op, {"B": 8, "g": 2, "r": 4}, {"tp": 4})
+    {'B': 8.0, 'g': 1.0, 'r': 2.0}
+    """
+    return _local(op, binding, mesh)[0]
+
+
+def _local(op: Op, binding: Mapping[str, float], mesh: Mapping[str, int]) -> tuple[dict[str, float], float]:
+    try:
+        sizes = {d: float(binding[d]) for d in _dims_of(op)}
+    except KeyError as e:
+        raise EstimateError(f"{op.kind} %{op.result.name}: dimension {e.args[0]!r} has no size "
+                            f"(bound: {sorted(binding)})") from None
+    by_axis: dict[str, list[str]] = {}
+    for d, a in op.sharding:
+        by_axis.setdefault(a, []).append(d)
+    pieces = 1.0
+    for axis, dims in by_axis.items():
+        if axis not in mesh:
+            raise ShardingError(f"{op.kind} %{op.result.name}: mesh axis {axis!r} is not in the mesh "
+                                f"({', '.join(f'{k}={v}' for k, v in mesh.items())})")
+        n = mesh[axis]
+        tokens = [d for d in dims if d in _TOKEN_DIMS]
+        for d in tokens:             # each replica's own tokens, whichever token dim counts them
+            sizes[d] /= n
+        if tokens:
+            pieces *= n
+            continue
+        for d in dims:
+            if n <= 1:
+                break
+            s = sizes[d]
+            if s.is_integer() and 1 <= s < n and n % s == 0:
+                sizes[d] = 1.0
+                n //= int(s)
+                pieces *= s
+            else:
+                sizes[d] = s / n
+                pieces *= n
+                n = 1
+    return sizes, pieces
+
+
+def replication(op: Op, binding: Mapping[str, float], mesh: Mapping[str, int]) -> float:
+    """How many of the plan's tp x dp GPUs compute the same piece of ``op`` (1: no redundancy).
+
+    Every op runs on all tp x dp GPUs; the sum over GPUs of its local work is
+    ``replication x`` its global work (a norm under tp=4 has replication 4).
+    """
+    _, pieces = _local(op, binding, mesh)
+    return mesh.get("tp", 1) * mesh.get("dp", 1) / pieces
+
+
+def collective_bytes(op: Collective, binding: Mapping[str, float], mesh: Mapping[str, int]) -> float:
+    """Message bytes per GPU of a collective, as nccl-tests counts them (the cost model's input).
+
+    ``all_reduce``: the tensor; ``all_gather``: the gathered output; ``reduce_scatter``: the input
+    before scattering; ``all_to_all``: the tensor / ep (each GPU sends and receives its 1/ep share
+    of the dispatched tokens). Sizes are local (``local_dim_sizes``: splits over other axes apply).
+    The collective runs over ``mesh[op.axis]`` GPUs.
+    """
+    sizes = local_dim_sizes(op, binding, mesh)
+    full = math.prod(sizes[d] for d in op.result.type.dims) * op.result.type.itemsize
+    return full / mesh.get(op.axis, 1) if op.fn == "all_to_all" else full

@@ -1,0 +1,157 @@
+"""Pass manager: strict registry, pipeline strings, verification after each pass, print-after-all."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+from test_pass_graphs import llama_decode
+
+from energylens.errors import ConfigError, UnknownNameError, VerificationError
+from energylens.ir.core import Graph
+from energylens.passes import Fuse, Moe, Shard
+from energylens.passes import manager as mgr
+from energylens.passes.manager import (
+    PassManager,
+    PassVerificationError,
+    get_pass,
+    list_passes,
+    parse_pipeline,
+    register_pass,
+    run_pipeline,
+)
+
+
+@pytest.fixture
+def scratch_registry():
+    saved = dict(mgr._REGISTRY)
+    yield
+    mgr._REGISTRY.clear()
+    mgr._REGISTRY.update(saved)
+
+
+def test_builtins_registered() -> None:
+    names = list_passes()
+    assert {"shard", "fuse", "moe"} <= set(names)
+    assert get_pass("shard") is Shard
+
+
+def test_overlap_registered_when_present() -> None:
+    try:
+        from energylens.passes.overlap import Overlap
+    except ImportError:
+        pytest.skip("overlap pass not written yet")
+    assert get_pass("overlap") is Overlap
+
+
+def test_unknown_pass_lists_names_and_closest() -> None:
+    with pytest.raises(UnknownNameError, match=r"unknown pass 'fusee'. Did you mean 'fuse'\?.*shard") as e:
+        parse_pipeline("shard{tp=2},fusee")
+    assert e.value.suggestion == "fuse"
+
+
+def test_duplicate_name_raises(scratch_registry) -> None:
+    @dataclass(frozen=True)
+    class Other:
+        name: ClassVar[str] = "shard"
+
+        def __call__(self, graph: Graph) -> Graph:
+            return graph
+
+    with pytest.raises(ConfigError, match="already registered"):
+        register_pass(Other)
+
+
+def test_register_requires_frozen_dataclass_and_kebab_name(scratch_registry) -> None:
+    class NotDataclass:
+        name: ClassVar[str] = "not-dc"
+
+    with pytest.raises(ConfigError, match="frozen dataclass"):
+        register_pass(NotDataclass)
+
+    @dataclass(frozen=True)
+    class BadName:
+        name: ClassVar[str] = "Bad_Name"
+
+    with pytest.raises(ConfigError, match="kebab-case"):
+        register_pass(BadName)
+
+
+def test_pipeline_parsing() -> None:
+    assert parse_pipeline("shard{tp=4,ep=2},fuse,moe{routing=zipf,skew=1.2}") == (
+        Shard(tp=4, ep=2), Fuse(), Moe(routing="zipf", skew=1.2))
+    assert parse_pipeline(" shard { tp = 2 } , fuse{attention=false} ") == (Shard(tp=2), Fuse(attention=False))
+    assert parse_pipeline('moe{routing="histogram", histogram=[1, 2, 3.5]}') == (
+        Moe(routing="histogram", histogram=(1.0, 2.0, 3.5)),)
+    assert parse_pipeline("moe{skew=2}")[0].skew == 2.0        # int accepted for a float option
+    assert parse_pipeline("") == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("shard{tp=2.5}", r"option tp=2.5 has the wrong type; expected int"),
+    ("shard{tp=true}", r"option tp=True has the wrong type; expected int"),
+    ("shard{tpp=2}", r"pass 'shard' has no option 'tpp'. Did you mean 'tp'\? Valid options: tp, ep, dp"),
+    ("moe{routing=foo}", r"expected 'uniform' \| 'zipf' \| 'histogram'"),
+    ("shard{tp=}", r"expected a value .* at column 10"),
+    ("shard{tp=2", r"expected ',' or '}' at column 11, found end of input"),
+    ("fuse,", r"expected a pass name at column 6"),
+    ("shard{tp=2,tp=4}", r"option 'tp' of pass 'shard' is given twice"),
+    ("shard{tp=0}", r"pass 'shard': Parallel.tp must be a positive integer"),
+    ("shard;fuse", r"unexpected character ';'"),
+])
+def test_pipeline_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_pipeline(text)
+
+
+def test_pipeline_runs_and_verifies() -> None:
+    out = run_pipeline(llama_decode(), "shard{tp=2},fuse")
+    assert out == Fuse()(Shard(tp=2)(llama_decode()))
+
+
+@dataclass(frozen=True)
+class _Breaks:
+    name: ClassVar[str] = "breaks"
+
+    def __call__(self, graph: Graph) -> Graph:
+        return dataclasses.replace(graph, outputs=("nowhere",))
+
+
+def test_verifier_names_the_breaking_pass() -> None:
+    pm = PassManager((Shard(tp=2), Fuse(), _Breaks()))
+    with pytest.raises(PassVerificationError, match=r"pass 'breaks' produced an invalid graph: .*nowhere.*"
+                                                   r"\(passes that ran before it: shard, fuse\)") as e:
+        pm(llama_decode())
+    assert isinstance(e.value, VerificationError) and e.value.before == ("shard", "fuse")
+    assert PassManager((_Breaks(),), verify=False)(llama_decode()).outputs == ("nowhere",)
+
+
+def test_print_after_all() -> None:
+    seen: list[str] = []
+    run_pipeline(llama_decode(), "shard{tp=2},fuse", print_after_all=lambda name, g: seen.append(name))
+    assert seen == ["shard", "fuse"]
+    out = io.StringIO()
+    run_pipeline(llama_decode(), "fuse", print_after_all=out)
+    text = out.getvalue()
+    assert text.startswith("// after fuse\ngraph @tiny_llama")
+
+
+@pytest.mark.parametrize("pipeline", ["shard{tp=2}", "shard{tp=2,dp=2},fuse", "fuse,shard{tp=4}", "moe,fuse"])
+def test_random_graphs_stay_valid(pipeline: str) -> None:
+    """On seeded random graphs a pipeline either refuses with ShardingError or yields a valid graph."""
+    import copy
+
+    from energylens.errors import ShardingError
+    from energylens.testing import random_graph
+
+    for seed in range(150):
+        g = random_graph(seed)
+        before = copy.deepcopy(g)
+        try:
+            run_pipeline(g, pipeline)       # verifies after every pass
+        except ShardingError:
+            pass
+        assert g == before

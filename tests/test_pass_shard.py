@@ -1,0 +1,228 @@
+"""Shard pass: golden IR, FLOPs conservation, identity at tp=ep=dp=1, purity, errors, cost helpers."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+from test_pass_graphs import llama_decode, moe_decode, traced
+
+from energylens.errors import ShardingError
+from energylens.ir.core import Collective, Einsum, Graph
+from energylens.ir.text import print_graph
+from energylens.ir.verify import verify_graph
+from energylens.passes.shard import (
+    Shard,
+    check_parallel,
+    collective_bytes,
+    local_dim_sizes,
+    mesh_of,
+    replication,
+    valid_ep_values,
+    valid_tp_values,
+)
+from energylens.typing import Parallel
+
+BINDING = {"B": 4, "S": 1, "K": 64}
+
+
+@pytest.fixture(scope="module")
+def llama() -> Graph:
+    return traced("tiny_llama_config")
+
+
+@pytest.fixture(scope="module")
+def qwen_moe() -> Graph:
+    return traced("tiny_qwen3_moe_config")
+
+
+def _collectives(g: Graph) -> list[tuple[str, str]]:
+    return [(op.fn, op.axis) for op, _ in g.walk() if isinstance(op, Collective)]
+
+
+# -- golden before/after --------------------------------------------------------------------------
+
+def test_golden_llama_tp2(llama: Graph, golden) -> None:
+    golden("pass_llama_decode", print_graph(llama))
+    out = Shard(tp=2)(llama)
+    verify_graph(out)
+    golden("pass_shard_tp2_llama_decode", print_graph(out))
+
+
+def test_golden_moe_tp2_ep2(qwen_moe: Graph, golden) -> None:
+    golden("pass_qwen3_moe_decode", print_graph(qwen_moe))
+    out = Shard(tp=2, ep=2)(qwen_moe)
+    verify_graph(out)
+    golden("pass_shard_tp2_ep2_qwen3_moe_decode", print_graph(out))
+
+
+def test_golden_moe_tp2(qwen_moe: Graph, golden) -> None:
+    out = Shard(tp=2)(qwen_moe)
+    verify_graph(out)
+    golden("pass_shard_tp2_qwen3_moe_decode", print_graph(out))
+
+
+# -- Megatron structure from the rules --------------------------------------------------------------
+
+def test_megatron_llama_one_all_reduce_per_block() -> None:
+    g = Shard(tp=2)(llama_decode())
+    region = [op for op, count in g.walk() if count == 2]
+    # attention and MLP each end in one all_reduce over tp; the embedding is vocab-parallel
+    assert [(op.fn, op.axis) for op in region if isinstance(op, Collective)] == [("all_reduce", "tp")] * 2
+    assert _collectives(g)[0] == ("all_reduce", "tp")          # vocab-parallel embedding
+    assert _collectives(g)[-1] == ("all_gather", "tp")         # vocab-split logits gathered
+    ops = {op.result.name: op for op, _ in g.walk()}
+    assert ops["q"].sharding == (("g", "tp"),)                # column parallel
+    assert ops["gate"].sharding == (("f", "tp"),)
+    assert ops["o.partial"].sharding == (("g", "tp"),)        # row parallel -> partial sums
+    assert ops["down.partial"].sharding == (("f", "tp"),)
+    assert mesh_of(g) == {"tp": 2, "dp": 1, "ep": 1, "etp": 2}
+
+
+def test_expert_parallel_all_to_all_around_experts() -> None:
+    g = Shard(tp=2, ep=2)(moe_decode())
+    region = [(op.fn, op.axis) for op, c in g.walk() if c == 2 and isinstance(op, Collective)]
+    assert region == [("all_reduce", "tp"), ("all_to_all", "ep"), ("all_to_all", "ep")]
+    ops = {op.result.name: op for op, _ in g.walk()}
+    assert ops["egate"].sharding == (("e", "ep"),)
+    assert ops["router"].sharding == ()                        # router replicated
+
+
+def test_expert_tensor_parallel_when_ep_is_smaller() -> None:
+    g = Shard(tp=4, ep=2)(moe_decode())
+    ops = {op.result.name: op for op, _ in g.walk()}
+    assert ops["egate"].sharding == (("e", "ep"), ("m", "etp"))
+    region = [(op.fn, op.axis) for op, c in g.walk() if c == 2 and isinstance(op, Collective)]
+    assert region == [("all_reduce", "tp"), ("all_to_all", "ep"), ("all_reduce", "etp"), ("all_to_all", "ep")]
+
+
+def test_data_parallel_splits_batch() -> None:
+    g = Shard(tp=1, dp=2)(llama_decode())
+    verify_graph(g)
+    assert _collectives(g) == []                               # replicas never talk
+    assert all(dict(op.sharding).get("B") == "dp" for op, _ in g.walk() if "B" in op.result.type.dims)
+
+
+def test_kv_heads_replicated_when_tp_exceeds_them() -> None:
+    g = Shard(tp=4)(llama_decode())                            # 4 heads, 2 KV heads
+    ops = {op.result.name: op for op, _ in g.walk()}
+    assert ops["q"].sharding == (("g", "tp"), ("r", "tp"))
+    mesh = mesh_of(g)
+    sizes = g.bind(**BINDING)
+    assert local_dim_sizes(ops["q"], sizes, mesh)["g"] == 1 and local_dim_sizes(ops["q"], sizes, mesh)["r"] == 1
+    assert replication(ops["q"], sizes, mesh) == 1
+    assert replication(ops["k"], sizes, mesh) == 2             # each KV head on 2 GPUs
+
+
+# -- properties --------------------------------------------------------------------------------------
+
+PLANS = [dict(tp=2), dict(tp=4), dict(dp=2), dict(tp=2, dp=2), dict(tp=2, ep=2), dict(tp=4, ep=2),
+         dict(tp=2, dp=2, ep=4), dict(tp=2, dp=2, ep=2), dict(tp=1, dp=4, ep=4)]
+
+
+def _einsum_flops(g: Graph, sizes: dict[str, float]) -> float:
+    return sum(2 * math.prod(sizes[d] for d in op.all_dims) * n for op, n in g.walk() if isinstance(op, Einsum))
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+@pytest.mark.parametrize("build", [llama_decode, moe_decode], ids=["llama", "moe"])
+def test_sharding_conserves_flops(build, plan) -> None:
+    g = build()
+    if plan.get("ep", 1) > 1 and "e" not in g.dim_sizes:
+        pytest.skip("dense model")
+    out = Shard(**plan)(g)
+    verify_graph(out)
+    sizes = out.bind(**BINDING)
+    mesh = mesh_of(out)
+    gpus = mesh["tp"] * mesh["dp"]
+    assert _einsum_flops(out, sizes) == _einsum_flops(g, sizes)
+    total = 0.0
+    for op, n in out.walk():
+        if not isinstance(op, Einsum):
+            continue
+        local = local_dim_sizes(op, sizes, mesh)
+        local_flops = 2 * math.prod(local[d] for d in op.all_dims)
+        rep = replication(op, sizes, mesh)
+        assert rep >= 1
+        # sum over GPUs of the local FLOPs == global FLOPs x redundancy
+        assert gpus * local_flops == pytest.approx(2 * math.prod(sizes[d] for d in op.all_dims) * rep)
+        total += gpus * local_flops / rep * n
+        router = any("e" in v.type.dims and "m" not in v.type.dims for v in op.operands)  # replicated (vLLM)
+        if plan.get("tp", 1) <= 2 and not router and any(v.name.startswith("model.layers.") for v in op.operands):
+            assert rep == 1, f"{op.result.name} {op.sharding} is computed {rep} times"
+    assert total == pytest.approx(_einsum_flops(g, sizes))
+
+
+@pytest.mark.parametrize("build", [llama_decode, moe_decode])
+def test_tp1_is_identity(build) -> None:
+    g = build()
+    out = Shard()(g)
+    assert out == g
+    assert _collectives(out) == []
+    assert Shard(tp=1, ep=1, dp=1)(g) == g
+
+
+@pytest.mark.parametrize("plan", PLANS[:6])
+def test_shard_does_not_mutate_input(plan) -> None:
+    g = moe_decode()
+    before = copy.deepcopy(g)
+    text = print_graph(g)
+    Shard(**plan)(g)
+    assert g == before and print_graph(g) == text
+
+
+def test_traced_models_shard_for_every_plan(llama: Graph, qwen_moe: Graph) -> None:
+    for plan in PLANS:
+        for g in (llama, qwen_moe):
+            if plan.get("ep", 1) > 1 and "e" not in g.dim_sizes:
+                continue
+            out = Shard(**plan)(g)
+            verify_graph(out)
+            assert _einsum_flops(out, out.bind(**BINDING)) == _einsum_flops(g, g.bind(**BINDING))
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+def test_tp_not_dividing_heads() -> None:
+    with pytest.raises(ShardingError, match=r"tp=3 .* 4 attention heads and 2 KV heads.*valid tp: 1, 2, 4"):
+        Shard(tp=3)(llama_decode())
+
+
+def test_ep_not_dividing_experts() -> None:
+    with pytest.raises(ShardingError, match=r"ep=3 does not divide the 8 experts; valid ep on 6 GPUs: 1, 2"):
+        Shard(tp=2, dp=3, ep=3)(moe_decode())
+    with pytest.raises(ShardingError, match=r"ep=4 does not divide tp x dp = 6"):
+        check_parallel(moe_decode(), Parallel(tp=2, dp=3, ep=4))
+
+
+def test_ep_larger_than_gpus_and_dense_ep() -> None:
+    with pytest.raises(ShardingError, match=r"ep=4 is larger than tp x dp = 2 x 1 = 2.*valid ep: 1, 2"):
+        Shard(tp=2, ep=4)(moe_decode())
+    with pytest.raises(ShardingError, match=r"no experts"):
+        Shard(tp=2, ep=2)(llama_decode())
+
+
+def test_check_parallel_cluster_size() -> None:
+    with pytest.raises(ShardingError, match=r"tp x dp = 4 x 2 = 8 GPUs, but the cluster has 4"):
+        check_parallel(llama_decode(), Parallel(tp=4, dp=2), num_gpus=4)
+    check_parallel(llama_decode(), Parallel(tp=4), num_gpus=8)
+
+
+def test_valid_values() -> None:
+    assert valid_tp_values(llama_decode(), up_to=8) == [1, 2, 4]
+    assert valid_ep_values(moe_decode(), 8) == [1, 2, 4, 8]
+
+
+# -- cost helpers --------------------------------------------------------------------------------------
+
+def test_collective_bytes() -> None:
+    g = Shard(tp=2, ep=2, dp=2)(moe_decode())
+    sizes, mesh = g.bind(B=8, S=1, K=64), mesh_of(g)
+    coll = {op.result.name: op for op, _ in g.walk() if isinstance(op, Collective)}
+    # all_reduce of the attention output: this replica's B/dp sequences x h, bf16
+    assert collective_bytes(coll["o"], sizes, mesh) == 8 / 2 * 1 * 64 * 2
+    # dispatch all_to_all: e x C x h / ep, with C = B*S*2/8 = 2 tokens per expert
+    assert collective_bytes(coll["disp.a2a_ep"], sizes, mesh) == 8 * 2 * 64 * 2 / 2
+    # logits all_gather: the gathered [B/dp, v] output
+    assert collective_bytes(coll["logits"], sizes, mesh) == 8 / 2 * 128 * 2
