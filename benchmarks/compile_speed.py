@@ -26,13 +26,14 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from energylens.models import load_config
-spec = load_config(sys.argv[1])
-config = spec.hf_config()
+from energylens.models import config_dict, load_config
+d = dict(config_dict(load_config(sys.argv[1]).config))
+d.pop("quantization_config", None)
+config = AutoConfig.for_model(d.pop("model_type"), **d)
 with torch.device("meta"):
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
 ids = torch.zeros((2, 16), dtype=torch.long, device="meta")
-torch.export.export(model, (ids,), strict=False)
+torch.export.export(model, (ids,), {"use_cache": False}, strict=False)
 print(json.dumps({"s": time.perf_counter() - t0,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

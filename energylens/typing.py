@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from energylens.errors import InvalidWorkloadError
 
@@ -21,6 +21,7 @@ __all__ = [
     "OpEstimate",
     "PhaseEstimate",
     "MemoryEstimate",
+    "ServingEstimate",
     "Estimate",
     "Record",
 ]
@@ -31,11 +32,31 @@ def _positive_int(owner: str, name: str, value: Any) -> None:
         raise InvalidWorkloadError(f"{owner}.{name} must be a positive integer, got {value!r}")
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 class Record:
-    """Mixin: ``to_dict()`` turns a (nested) dataclass record into plain data."""
+    """Mixin: ``to_dict()`` turns a (nested) dataclass record into plain data.
+
+    Derived properties listed in ``_derived`` (``itl_s``, ``total_bytes``...) are included.
+    """
+
+    _derived: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        for name in self._derived:
+            out[name] = _plain(getattr(self, name))
+        return out
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,8 @@ class SLO(Record):
 class OpCost(Record):
     """Cost of one execution of one op; energy kept in its parts (static, per FLOP, per byte)."""
 
+    _derived: ClassVar[tuple[str, ...]] = ("energy_j",)
+
     time_s: float
     flops: float
     hbm_bytes: float
@@ -139,6 +162,8 @@ class PhaseEstimate(Record):
     time and ``energy_per_token_j`` the step energy divided by the batch.
     """
 
+    _derived: ClassVar[tuple[str, ...]] = ("itl_s", "energy_per_token_j")
+
     name: str
     latency_s: float
     energy_j: float
@@ -162,6 +187,8 @@ class PhaseEstimate(Record):
 class MemoryEstimate(Record):
     """Memory per GPU, in bytes."""
 
+    _derived: ClassVar[tuple[str, ...]] = ("total_bytes",)
+
     weights_bytes: float
     kv_cache_bytes: float
     activation_bytes: float
@@ -170,6 +197,34 @@ class MemoryEstimate(Record):
     @property
     def total_bytes(self) -> float:
         return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+
+@dataclass(frozen=True)
+class ServingEstimate(Record):
+    """Steady-state continuous batching with chunked prefill (as vLLM serves), per plan.
+
+    Each decode step of ``batch`` sequences also carries on average ``prefill_tokens_per_step``
+    prefill tokens (``batch * prompt_len / output_len``). ``median_itl_s`` is the time of the step
+    with the median prefill load; ``mean_step_s`` the mean step time; ``avg_power_w`` the total
+    over all GPUs; ``energy_per_output_token_j`` counts prefill energy too.
+    """
+
+    _derived: ClassVar[tuple[str, ...]] = ("output_tokens_per_s",)
+
+    batch: int
+    prompt_len: int
+    output_len: int
+    prefill_tokens_per_step: float
+    median_prefill_tokens_per_step: float
+    median_itl_s: float
+    mean_step_s: float
+    avg_power_w: float
+    energy_per_output_token_j: float
+    static_j_per_output_token: float
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.batch / self.mean_step_s
 
 
 @dataclass(frozen=True)
@@ -185,3 +240,5 @@ class Estimate(Record):
     decode: PhaseEstimate
     memory: MemoryEstimate
     ops: tuple[OpEstimate, ...] = field(default=())
+    serving: ServingEstimate | None = None
+    profile: str = ""  # provenance of the cost-model profile used (method and data)

@@ -1,0 +1,150 @@
+"""Accuracy of energylens against published serving measurements.
+
+Predicts every supported row of an ML.ENERGY-schema CSV through the public API
+(``energylens.estimate``, its steady-state serving view) and compares median ITL, average power and
+energy per output token. Prints a per-row table, the skipped rows with their reasons, and ends with
+exactly one line ``MAPE itl=X% power=Y% energy_per_token=Z% rows=N skipped=M``.
+
+Dev-set error (profiles fitted on the same file)::
+
+    python benchmarks/accuracy.py --dataset mlenergy --data data/public/mlenergy_dev.csv
+
+Held-out protocol (fit the GPU profiles on the other models' rows, report on this model only)::
+
+    python benchmarks/accuracy.py --dataset mlenergy --data data/public/mlenergy_dev.csv \\
+        --holdout-model Qwen/Qwen3-8B
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: use its energylens
+
+import energylens as el  # noqa: E402
+from energylens.api import resolve_model  # noqa: E402
+from energylens.costmodel.fit import fit_profile, read_mlenergy, row_skip_reason, write_profile  # noqa: E402
+from energylens.costmodel.hardware import get_gpu  # noqa: E402
+from energylens.errors import DoesNotFitError, EnergylensError, UnknownNameError  # noqa: E402
+
+DATASETS = ("mlenergy",)
+
+
+@dataclass
+class Result:
+    row: object
+    itl_s: float
+    power_w: float
+    energy_per_token_j: float
+
+
+def _pct(pred: float, meas: float) -> float:
+    return (pred / meas - 1.0) * 100.0
+
+
+def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console: Console) -> None:
+    train = [r for r in rows if r.model_id != holdout and row_skip_reason(r) is None]
+    gpus = sorted({get_gpu(r.gpu_model).name for r in train})
+    for gpu in gpus:
+        try:
+            prof = fit_profile(gpu, train, resolve_model, data_label=f"{data} without {holdout} (held-out fit)")
+        except EnergylensError as exc:
+            console.print(f"[yellow]no held-out fit for {gpu}: {exc}; it uses its datasheet default[/]")
+            continue
+        write_profile(prof, out_dir)
+        console.print(f"fitted {gpu} on {prof.provenance.rows} rows of "
+                      f"{', '.join(sorted({r.model_id for r in train if get_gpu(r.gpu_model).name == gpu}))}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=DATASETS, required=True)
+    ap.add_argument("--data", required=True, help="CSV with the schema of data/public/mlenergy_dev.csv")
+    ap.add_argument("--profiles", default=None, help="folder of profile JSONs (default: the bundled ones)")
+    ap.add_argument("--holdout-model", default=None,
+                    help="fit profiles on the other models' rows and report on this model's rows only")
+    args = ap.parse_args(argv)
+    console = Console(width=200, highlight=False)
+
+    rows = read_mlenergy(args.data)
+    profiles = args.profiles
+    tmp = None
+    if args.holdout_model:
+        if args.holdout_model not in {r.model_id for r in rows}:
+            ap.error(f"--holdout-model {args.holdout_model!r} has no rows in {args.data}")
+        tmp = tempfile.TemporaryDirectory(prefix="energylens-holdout-")
+        _fit_holdout(rows, args.holdout_model, Path(tmp.name), args.data, console)
+        profiles = tmp.name
+        rows = [r for r in rows if r.model_id == args.holdout_model]
+
+    results: list[Result] = []
+    skipped: list[tuple[object, str]] = []
+    for r in rows:
+        reason = row_skip_reason(r)
+        if reason is None:
+            try:
+                est = el.estimate(r.model_id, el.Cluster(r.gpu_model), r.workload(), profiles=profiles)
+            except UnknownNameError as exc:
+                reason = f"unknown {exc.kind} {exc.name!r}"
+            except DoesNotFitError as exc:
+                reason = f"does not fit: {exc}"
+            except EnergylensError as exc:
+                reason = f"cannot estimate: {exc}"
+            else:
+                s = est.serving
+                results.append(Result(r, s.median_itl_s, s.avg_power_w, s.energy_per_output_token_j))
+        if reason is not None:
+            skipped.append((r, reason))
+
+    table = Table(title=f"{args.dataset}: {args.data}" + (f" (held out: {args.holdout_model})" if args.holdout_model else ""))
+    for col in ("line", "model", "task", "gpu", "batch", "ITL ms meas", "pred", "err%",
+                "power W meas", "pred", "err%", "J/tok meas", "pred", "err%"):
+        table.add_column(col, justify="left" if col in ("model", "task", "gpu") else "right")
+    for res in results:
+        r = res.row
+        table.add_row(
+            str(r.line), r.model_id, r.task, r.gpu_model, f"{r.avg_batch_size:.0f}",
+            f"{r.median_itl_ms:.2f}", f"{res.itl_s * 1e3:.2f}", f"{_pct(res.itl_s * 1e3, r.median_itl_ms):+.1f}",
+            f"{r.avg_power_watts_total:.0f}", f"{res.power_w:.0f}", f"{_pct(res.power_w, r.avg_power_watts_total):+.1f}",
+            f"{r.energy_per_token_j:.4f}", f"{res.energy_per_token_j:.4f}",
+            f"{_pct(res.energy_per_token_j, r.energy_per_token_j):+.1f}")
+    console.print(table)
+    if skipped:
+        console.print(f"skipped {len(skipped)} rows:")
+        for r, reason in skipped:
+            console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
+                          f"max_num_seqs={r.max_num_seqs}: {reason}")
+    if tmp is not None:
+        tmp.cleanup()
+
+    def mape(key: str) -> float:
+        if not results:
+            return float("nan")
+        meas = {"itl": lambda r: r.median_itl_ms / 1e3, "power": lambda r: r.avg_power_watts_total,
+                "ept": lambda r: r.energy_per_token_j}[key]
+        pred = {"itl": lambda x: x.itl_s, "power": lambda x: x.power_w, "ept": lambda x: x.energy_per_token_j}[key]
+        return sum(abs(pred(x) / meas(x.row) - 1) for x in results) / len(results) * 100
+
+    for gpu in sorted({x.row.gpu_model for x in results}):
+        sub = [x for x in results if x.row.gpu_model == gpu]
+        errs = [(abs(x.itl_s * 1e3 / x.row.median_itl_ms - 1), abs(x.power_w / x.row.avg_power_watts_total - 1),
+                 abs(x.energy_per_token_j / x.row.energy_per_token_j - 1)) for x in sub]
+        console.print(f"  {gpu}: itl {sum(e[0] for e in errs) / len(errs):.1%}  power "
+                      f"{sum(e[1] for e in errs) / len(errs):.1%}  energy/token {sum(e[2] for e in errs) / len(errs):.1%}"
+                      f"  ({len(sub)} rows)")
+    sys.stdout.flush()
+    print(f"MAPE itl={mape('itl'):.1f}% power={mape('power'):.1f}% energy_per_token={mape('ept'):.1f}% "
+          f"rows={len(results)} skipped={len(skipped)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

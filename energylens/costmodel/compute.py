@@ -1,0 +1,72 @@
+"""Latency of one op: a roofline with efficiency curves, plus a per-kernel overhead.
+
+``time = max(compute time, memory time) + kernels * kernel_overhead``, where
+
+* compute time = tensor-core FLOPs / (dense peak x GEMM efficiency(rows)) + CUDA-core FLOPs /
+  (vector rate). The GEMM efficiency curve ``compute_efficiency * rows / (rows + gemm_half_rows)``
+  says that a GEMM with few rows (decode GEMV, a MoE expert that got two tokens) cannot fill the
+  tensor cores, so it is bandwidth bound long before its FLOPs matter;
+* memory time = HBM bytes / (peak bandwidth x achieved fraction); decode attention reading the
+  KV cache has its own achieved fraction (paged, short rows).
+
+Every function here works on floats and on numpy arrays alike (the fit prices thousands of ops
+at once with the same code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from energylens.costmodel.hardware import GPUSpec
+from energylens.costmodel.profile import Profile
+
+__all__ = ["OpWork", "gemm_efficiency", "op_time_s"]
+
+
+@dataclass(frozen=True)
+class OpWork:
+    """What one execution of an op must do, independent of calibration (fields may be arrays).
+
+    ``tc_flops`` run on tensor cores at ``peak_flops_per_s`` (dense rate of the op's dtype);
+    ``vec_flops`` on CUDA cores; ``rows`` is the GEMM dimension that limits tensor-core
+    utilisation (0 for non-GEMMs); ``kv`` is 1 when the op streams the KV cache; ``kernels`` is
+    the number of kernel launches it costs (0 when it runs inside another op's kernel).
+    """
+
+    tc_flops: Any
+    vec_flops: Any
+    hbm_bytes: Any
+    rows: Any
+    peak_flops_per_s: Any
+    kv: Any
+    kernels: Any
+
+    @property
+    def flops(self) -> Any:
+        return self.tc_flops + self.vec_flops
+
+
+def gemm_efficiency(rows: Any, profile: Profile) -> Any:
+    """Achieved fraction of dense peak of a GEMM whose limiting dimension has ``rows`` rows."""
+    rows = np.maximum(rows, 1e-9)
+    return profile.compute_efficiency * rows / (rows + profile.gemm_half_rows)
+
+
+def compute_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
+    tc = work.tc_flops / (work.peak_flops_per_s * gemm_efficiency(work.rows, profile))
+    vec = work.vec_flops / (gpu.bf16_dense_tflops * 1e12 * profile.vector_flops_fraction)
+    return tc + vec
+
+
+def memory_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
+    eff = np.where(work.kv > 0, profile.attn_mem_efficiency, profile.mem_efficiency)
+    return work.hbm_bytes / (gpu.hbm_bandwidth_bytes_per_s * eff)
+
+
+def op_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
+    """Roofline time of one execution of an op, in seconds (before any power cap)."""
+    return (np.maximum(compute_time_s(work, gpu, profile), memory_time_s(work, gpu, profile))
+            + work.kernels * profile.kernel_overhead_s)

@@ -1,0 +1,376 @@
+"""Calibrating a GPU profile on serving measurements (ML.ENERGY-style CSV rows).
+
+The physics (roofline per op, MoE distinct experts, mixed chunked-prefill steps, TDP cap) is
+fixed; the fit only chooses the ten per-GPU coefficients of a ``Profile``:
+
+* time: ``mem_efficiency``, ``attn_mem_efficiency``, ``compute_efficiency``, ``gemm_half_rows``,
+  ``kernel_overhead_s``, ``step_overhead_s``, ``seq_overhead_s``;
+* power: ``static_power_w``, ``flop_pj``, ``byte_pj``.
+
+Targets per row: median ITL, mean step time (``avg_batch_size / output_tok_per_s``), average
+power and energy per output token. Two stages, alternated twice: the seven time coefficients on
+the two time targets, then the three power coefficients on power and energy per token with the
+times fixed. Loss: sum of Huber (delta 0.05) losses of the log-ratios, minimised by Nelder-Mead
+with restarts over bounded, transformed parameters; rows whose time stays off by more than 40%
+after the first pass (a run that stalled on something outside the GPU) are dropped once and
+listed in the provenance. No per-model constant exists anywhere: a model
+enters only through its traced IR graphs.
+
+Re-run the bundled fit with ``python -m energylens.costmodel.fit --data data/public/mlenergy_dev.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from energylens.costmodel.compute import op_time_s
+from energylens.costmodel.hardware import GPUSpec, get_gpu, list_gpus
+from energylens.costmodel.power import op_energy
+from energylens.costmodel.profile import PROFILES_DIR, Profile, Provenance, default_profile, profile_path
+from energylens.costmodel.serving import prefill_mixture, prefill_tokens_per_step, stack_works, step_ops
+from energylens.errors import EnergylensError
+from energylens.typing import Workload
+
+__all__ = [
+    "TASK_PROMPT_LEN", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "FIT_PARAMS",
+    "write_profile", "nelder_mead",
+]
+
+#: Mean prompt tokens per ML.ENERGY v3.0 task (ML.ENERGY v3.0 blog, Qwen3 tokenizer; data/public/README.md).
+TASK_PROMPT_LEN: dict[str, int] = {"lm-arena-chat": 634, "gpqa": 224}
+
+MLENERGY_COLUMNS = (
+    "model_id", "task", "gpu_model", "num_gpus", "tp", "ep", "dp", "max_num_seqs", "avg_batch_size",
+    "avg_output_len", "avg_power_watts_total", "energy_per_token_j", "output_tok_per_s", "median_itl_ms",
+)
+
+
+@dataclass(frozen=True)
+class MLEnergyRow:
+    """One ML.ENERGY serving run (the columns energylens uses), with its line number in the file."""
+
+    line: int
+    model_id: str
+    task: str
+    gpu_model: str
+    num_gpus: int
+    tp: int
+    ep: int
+    dp: int
+    max_num_seqs: int
+    avg_batch_size: float
+    avg_output_len: float
+    avg_power_watts_total: float
+    energy_per_token_j: float
+    output_tok_per_s: float
+    median_itl_ms: float
+
+    @property
+    def mean_step_s(self) -> float:
+        """Measured mean time per decode step: running sequences / output tokens per second."""
+        return self.avg_batch_size / self.output_tok_per_s
+
+    def workload(self) -> Workload:
+        return Workload(batch=max(1, round(self.avg_batch_size)), prompt_len=TASK_PROMPT_LEN[self.task],
+                        output_len=max(1, round(self.avg_output_len)))
+
+
+def read_mlenergy(path: str | Path) -> list[MLEnergyRow]:
+    """Rows of a CSV with the schema of ML.ENERGY's ``mlenergy_dev.csv`` (extra columns ignored)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in MLENERGY_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EnergylensError(f"{path}: not an ML.ENERGY CSV, missing columns {', '.join(missing)}")
+        rows = []
+        for i, r in enumerate(reader, start=2):
+            ints = {k: int(float(r[k])) for k in ("num_gpus", "tp", "ep", "dp", "max_num_seqs")}
+            floats = {k: float(r[k]) for k in ("avg_batch_size", "avg_output_len", "avg_power_watts_total",
+                                               "energy_per_token_j", "output_tok_per_s", "median_itl_ms")}
+            rows.append(MLEnergyRow(line=i, model_id=r["model_id"], task=r["task"], gpu_model=r["gpu_model"],
+                                    **ints, **floats))
+    return rows
+
+
+def row_skip_reason(row: MLEnergyRow) -> str | None:
+    """Why a row cannot be predicted yet (None: it can). Unknown models are found when tracing."""
+    if row.num_gpus > 1 or row.tp > 1 or row.ep > 1 or row.dp > 1:
+        return f"multi-GPU plans come with issue 4 ({row.num_gpus} GPUs, tp={row.tp} ep={row.ep} dp={row.dp})"
+    if row.task not in TASK_PROMPT_LEN:
+        return f"unknown prompt length for task {row.task!r} (known: {', '.join(TASK_PROMPT_LEN)})"
+    if row.gpu_model.lower() not in {g.lower() for g in list_gpus()} and _gpu_or_none(row.gpu_model) is None:
+        return f"unknown GPU {row.gpu_model!r}"
+    return None
+
+
+def _gpu_or_none(name: str) -> GPUSpec | None:
+    try:
+        return get_gpu(name)
+    except EnergylensError:
+        return None
+
+
+# -- the fitted parameters: name, lower, upper (bounded by a logistic transform; log-spaced when log) --
+FIT_PARAMS: tuple[tuple[str, float, float, bool], ...] = (
+    ("mem_efficiency", 0.3, 1.0, False),
+    ("attn_mem_efficiency", 0.15, 1.0, False),
+    ("compute_efficiency", 0.3, 1.0, False),
+    ("gemm_half_rows", 1.0, 2048.0, True),
+    ("kernel_overhead_s", 1e-7, 5e-5, True),
+    ("step_overhead_s", 1e-5, 2e-2, True),
+    ("seq_overhead_s", 1e-8, 2e-4, True),
+    ("static_power_w", 0.05, 0.95, False),  # as a fraction of TDP
+    ("flop_pj", 0.01, 10.0, True),
+    ("byte_pj", 1.0, 500.0, True),
+)
+
+
+#: The first N_TIME_PARAMS of FIT_PARAMS set times; the rest set power.
+N_TIME_PARAMS = 7
+
+
+def _bounds(gpu: GPUSpec) -> list[tuple[str, float, float, bool]]:
+    """FIT_PARAMS with the static power floored at the GPU's idle power (a busy GPU never draws less)."""
+    return [(n, max(lo, gpu.idle_power_w / gpu.tdp_w) if n == "static_power_w" else lo, hi, log)
+            for n, lo, hi, log in FIT_PARAMS]
+
+
+def _decode(x: np.ndarray, gpu: GPUSpec) -> dict[str, float]:
+    tdp_w = gpu.tdp_w
+    out = {}
+    for xi, (name, lo, hi, log) in zip(x, _bounds(gpu), strict=True):
+        s = 1.0 / (1.0 + math.exp(-float(np.clip(xi, -30, 30))))
+        v = math.exp(math.log(lo) + s * (math.log(hi) - math.log(lo))) if log else lo + s * (hi - lo)
+        out[name] = v * tdp_w if name == "static_power_w" else v
+    return out
+
+
+def _encode(params: dict[str, float], gpu: GPUSpec) -> np.ndarray:
+    tdp_w = gpu.tdp_w
+    x = []
+    for name, lo, hi, log in _bounds(gpu):
+        v = params[name] / tdp_w if name == "static_power_w" else params[name]
+        s = ((math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))) if log else (v - lo) / (hi - lo)
+        s = min(max(s, 1e-4), 1 - 1e-4)
+        x.append(math.log(s / (1 - s)))
+    return np.array(x)
+
+
+def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 0.5, iters: int = 3000,
+                tol: float = 1e-10) -> tuple[np.ndarray, float]:
+    """Minimise ``f`` from ``x0`` with the Nelder-Mead simplex (standard coefficients)."""
+    n = len(x0)
+    simplex = [x0] + [x0 + step * np.eye(n)[i] for i in range(n)]
+    vals = [f(x) for x in simplex]
+    for _ in range(iters):
+        order = np.argsort(vals)
+        simplex, vals = [simplex[i] for i in order], [vals[i] for i in order]
+        if abs(vals[-1] - vals[0]) < tol:
+            break
+        centroid = np.mean(simplex[:-1], axis=0)
+        xr = centroid + (centroid - simplex[-1])
+        fr = f(xr)
+        if fr < vals[0]:
+            xe = centroid + 2 * (centroid - simplex[-1])
+            fe = f(xe)
+            simplex[-1], vals[-1] = (xe, fe) if fe < fr else (xr, fr)
+        elif fr < vals[-2]:
+            simplex[-1], vals[-1] = xr, fr
+        else:
+            xc = centroid + 0.5 * (simplex[-1] - centroid)
+            fc = f(xc)
+            if fc < vals[-1]:
+                simplex[-1], vals[-1] = xc, fc
+            else:
+                simplex = [simplex[0]] + [simplex[0] + 0.5 * (x - simplex[0]) for x in simplex[1:]]
+                vals = [vals[0]] + [f(x) for x in simplex[1:]]
+    i = int(np.argmin(vals))
+    return simplex[i], vals[i]
+
+
+@dataclass
+class _Features:
+    """Stacked op work of every training row's mean step and median step."""
+
+    work: Any
+    count: np.ndarray
+    seg: np.ndarray  # step variant of each op
+    seg_row: np.ndarray  # row of each step variant
+    seg_weight: np.ndarray  # Poisson weight of the variant in the mean step (0: the median step)
+    median_seg: np.ndarray  # the median-step variant of each row
+    batch: np.ndarray
+    n_rows: int
+
+
+def _features(rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], gpu: GPUSpec) -> _Features:
+    works, counts, segs, seg_row, seg_weight, median_seg = [], [], [], [], [], []
+    prof = default_profile(gpu)
+    for i, row in enumerate(rows):
+        wl = row.workload()
+        traced = trace(row.model_id)
+        ctx = wl.prompt_len + wl.output_len / 2
+        variants = [*prefill_mixture(wl), (0.0, prefill_tokens_per_step(wl, median=True))]
+        for w, p in variants:
+            seg = len(seg_row)
+            seg_row.append(i)
+            seg_weight.append(w)
+            for po in step_ops(traced.prefill, traced.decode, wl.batch, ctx, wl.prompt_len, p, gpu, prof):
+                works.append(po.work)
+                counts.append(po.count)
+                segs.append(seg)
+        median_seg.append(len(seg_row) - 1)
+    return _Features(work=stack_works(works), count=np.array(counts, float), seg=np.array(segs),
+                     seg_row=np.array(seg_row), seg_weight=np.array(seg_weight), median_seg=np.array(median_seg),
+                     batch=np.array([r.workload().batch for r in rows], float), n_rows=len(rows))
+
+
+def _predict(feat: _Features, gpu: GPUSpec, params: dict[str, float]) -> dict[str, np.ndarray]:
+    prof = SimpleNamespace(vector_flops_fraction=1 / 15, **params)
+    t0 = op_time_s(feat.work, gpu, prof)  # type: ignore[arg-type]
+    t, static_j, flop_j, byte_j = op_energy(feat.work, t0, gpu, prof)  # type: ignore[arg-type]
+    n = len(feat.seg_row)
+    step_t = np.bincount(feat.seg, weights=feat.count * t, minlength=n)
+    step_e = np.bincount(feat.seg, weights=feat.count * (static_j + flop_j + byte_j), minlength=n)
+    over = params["step_overhead_s"] + params["seq_overhead_s"] * feat.batch
+    mean_t = np.bincount(feat.seg_row, weights=feat.seg_weight * step_t, minlength=feat.n_rows) + over
+    mean_e = (np.bincount(feat.seg_row, weights=feat.seg_weight * step_e, minlength=feat.n_rows)
+              + params["static_power_w"] * over)
+    med_t = step_t[feat.median_seg] + over
+    return {"itl_s": med_t, "step_s": mean_t, "power_w": mean_e / mean_t, "energy_per_token_j": mean_e / feat.batch}
+
+
+#: Rows whose fitted time is off by more than this log-ratio are refitted without (robust fit).
+OUTLIER_LOG = math.log(1.4)
+
+
+def _huber(r: np.ndarray, delta: float = 0.05) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred / meas - 1)) * 100)
+
+
+def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], *,
+                data_label: str = "", restarts: int = 4) -> Profile:
+    """Fit the ten coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU)."""
+    gpu = get_gpu(gpu_name)
+    rows = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and row_skip_reason(r) is None]
+    if len(rows) < 4:
+        raise EnergylensError(f"need at least 4 single-GPU rows of {gpu.name} to fit a profile, got {len(rows)}")
+    feat = _features(rows, trace, gpu)
+    meas = {"itl_s": np.array([r.median_itl_ms / 1e3 for r in rows]),
+            "step_s": np.array([r.mean_step_s for r in rows]),
+            "power_w": np.array([r.avg_power_watts_total for r in rows]),
+            "energy_per_token_j": np.array([r.energy_per_token_j for r in rows])}
+
+    keep = np.ones(len(rows), bool)
+    n_time = N_TIME_PARAMS
+
+    def loss_of(x: np.ndarray, targets: tuple[str, ...]) -> float:
+        pred = _predict(feat, gpu, _decode(x, gpu))
+        return float(sum(_huber(np.log(pred[k] / meas[k]))[keep].sum() for k in targets))
+
+    def solve(x: np.ndarray, free: slice, targets: tuple[str, ...]) -> tuple[np.ndarray, float]:
+        def f(sub: np.ndarray) -> float:
+            full = x.copy()
+            full[free] = sub
+            return loss_of(full, targets)
+
+        sub, best = x[free].copy(), f(x[free])
+        for k in range(restarts):
+            s_new, val = nelder_mead(f, sub, step=1.0 if k == 0 else 0.3)
+            if val < best:
+                sub, best = s_new, val
+        out = x.copy()
+        out[free] = sub
+        return out, best
+
+    def two_stage(x: np.ndarray) -> np.ndarray:
+        # time coefficients on the time targets, then power coefficients on power and energy per
+        # token with the times fixed; twice, since the TDP cap couples them a little
+        for _ in range(2):
+            x, _ = solve(x, slice(0, n_time), ("itl_s", "step_s"))
+            x, _ = solve(x, slice(n_time, None), ("power_w", "energy_per_token_j"))
+        return x
+
+    base = default_profile(gpu)
+    x = two_stage(_encode({name: getattr(base, name) for name, *_ in FIT_PARAMS}, gpu))
+    # Robust refit: rows whose time is off by more than OUTLIER_LOG (a run that stalled on something
+    # outside the GPU's physics) are dropped once, then the fit is repeated on the rest.
+    pred = _predict(feat, gpu, _decode(x, gpu))
+    worst = np.maximum(np.abs(np.log(pred["itl_s"] / meas["itl_s"])), np.abs(np.log(pred["step_s"] / meas["step_s"])))
+    keep = worst <= OUTLIER_LOG
+    if keep.sum() >= 4 and not keep.all():
+        x = two_stage(x)
+    best = loss_of(x, ("itl_s", "step_s", "power_w", "energy_per_token_j"))
+    dropped = [f"{r.model_id} {r.task} batch {r.avg_batch_size:g} (line {r.line})" for r, k in zip(rows, keep, strict=True)
+               if not k]
+    params = _decode(x, gpu)
+    pred = _predict(feat, gpu, params)
+    models = sorted({r.model_id for r in rows})
+    residuals = {f"mape_{k}_pct": round(_mape(pred[k][keep], meas[k][keep]), 2) for k in meas}
+    residuals.update({f"mape_{k}_pct_all_rows": round(_mape(pred[k], meas[k]), 2) for k in meas})
+    residuals["loss"] = round(best, 5)
+    return Profile(
+        gpu=gpu.name, vector_flops_fraction=1 / 15, **params,
+        provenance=Provenance(
+            method="fit", data=data_label or "ML.ENERGY rows", rows=int(keep.sum()),
+            fit=("two-stage Nelder-Mead on bounded transformed parameters: time coefficients on median ITL "
+                 "and mean step time, then power coefficients on average power and energy per token; "
+                 "loss = sum of Huber(0.05) of log(pred/meas); models: " + ", ".join(models)),
+            residuals=residuals,
+            notes=("in-sample residuals (dev-set error, not a held-out claim); "
+                   f"outlier rows dropped (time off by > {math.exp(OUTLIER_LOG) - 1:.0%}): "
+                   + ("; ".join(dropped) or "none")),
+        ),
+    )
+
+
+def write_profile(profile: Profile, directory: str | Path = PROFILES_DIR) -> Path:
+    path = profile_path(profile.gpu, Path(directory))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = profile.model_dump()
+    for k, v in list(data.items()):
+        if isinstance(v, float):
+            data[k] = float(f"{v:.6g}")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Fit energylens GPU profiles on ML.ENERGY serving rows")
+    ap.add_argument("--data", default="data/public/mlenergy_dev.csv")
+    ap.add_argument("--out", default=str(PROFILES_DIR))
+    ap.add_argument("--exclude-model", action="append", default=[], help="leave this model's rows out")
+    ap.add_argument("--defaults", action="store_true", help="also write datasheet-default profiles "
+                    "for GPUs without rows")
+    args = ap.parse_args(argv)
+    from energylens.api import resolve_model
+
+    rows = [r for r in read_mlenergy(args.data) if r.model_id not in args.exclude_model]
+    fitted = set()
+    for gpu_name in sorted({g.name for r in rows if (g := _gpu_or_none(r.gpu_model))}):
+        prof = fit_profile(gpu_name, rows, resolve_model,
+                           data_label=f"{args.data} (ML.ENERGY Benchmark v3.0 dev rows; see data/public/mlenergy_dev.README.md)")
+        print(f"{gpu_name}: {write_profile(prof, args.out)}  {prof.provenance.residuals}")
+        fitted.add(gpu_name)
+    if args.defaults:
+        for name in list_gpus():
+            if name not in fitted:
+                print(f"{name}: {write_profile(default_profile(get_gpu(name)), args.out)}  (datasheet default)")
+
+
+if __name__ == "__main__":
+    main()

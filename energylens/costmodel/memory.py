@@ -1,0 +1,79 @@
+"""Memory per GPU: weights + KV cache + activations, checked against the GPU's capacity.
+
+* weights: every ``param`` declaration (repeated regions counted ``count`` times);
+* KV cache: every ``cache`` declaration of the decode graph at ``batch`` sequences and the mean
+  context of the workload (``prompt_len + output_len/2``: the steady state of continuous batching,
+  where sequences are at all stages of their output);
+* activations: the largest working set of one prefill op (its non-weight operands and result;
+  attention scores stay on chip) over one chunk of prefill: ``min(batch * prompt_len, 8192)``
+  tokens, vLLM's default chunked-prefill token budget.
+
+>>> gib(80 * 2**30)
+'80.0 GiB'
+"""
+
+from __future__ import annotations
+
+from energylens.costmodel.analysis import _numel, _on_chip
+from energylens.costmodel.hardware import GPUSpec
+from energylens.costmodel.serving import MAX_NUM_BATCHED_TOKENS
+from energylens.errors import DoesNotFitError
+from energylens.ir.core import Graph
+from energylens.typing import MemoryEstimate, Workload
+
+__all__ = ["memory_estimate", "check_fits", "gib"]
+
+
+def gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def weights_bytes(graph: Graph) -> float:
+    sizes = graph.bind(B=1, S=1, K=1)
+    return sum(_numel(d.value.type, sizes) * d.value.type.itemsize * n
+               for d, n in graph.all_decls() if d.role == "param")
+
+
+def kv_cache_bytes(decode: Graph, batch: float, context_len: float) -> float:
+    sizes = decode.bind(B=batch, S=1, K=context_len)
+    return sum(_numel(d.value.type, sizes) * d.value.type.itemsize * n
+               for d, n in decode.all_decls() if d.role == "cache")
+
+
+def activation_bytes(prefill: Graph, batch: float, prompt_len: float) -> float:
+    sizes = prefill.bind(B=batch, S=prompt_len, K=prompt_len)
+    params = {d.value.name for d, _ in prefill.all_decls() if d.role in ("param", "cache")}
+    peak = 0.0
+    for op, _ in prefill.walk():
+        live = [v for v in (*op.operands, op.result) if v.name not in params and not _on_chip(v)]
+        peak = max(peak, sum(_numel(v.type, sizes) * v.type.itemsize for v in live))
+    return peak
+
+
+def _chunk(workload: Workload) -> tuple[float, float]:
+    """(sequences, tokens each) of one chunked-prefill step of the workload."""
+    tokens = min(workload.batch * workload.prompt_len, MAX_NUM_BATCHED_TOKENS)
+    return tokens / workload.prompt_len, float(workload.prompt_len)
+
+
+def memory_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec,
+                    num_gpus: int = 1) -> MemoryEstimate:
+    """Bytes per GPU of weights, KV cache and activations (everything split evenly over ``num_gpus``)."""
+    return MemoryEstimate(
+        weights_bytes=weights_bytes(decode) / num_gpus,
+        kv_cache_bytes=kv_cache_bytes(decode, workload.batch, workload.decode_context_len) / num_gpus,
+        activation_bytes=activation_bytes(prefill, *_chunk(workload)) / num_gpus,
+        capacity_bytes=float(gpu.hbm_capacity_bytes),
+    )
+
+
+def check_fits(mem: MemoryEstimate, model: str, gpu: GPUSpec) -> None:
+    """Raise ``DoesNotFitError`` saying by how much ``mem`` exceeds the GPU's capacity."""
+    if mem.total_bytes <= mem.capacity_bytes:
+        return
+    over = mem.total_bytes - mem.capacity_bytes
+    raise DoesNotFitError(
+        f"{model} needs {gib(mem.total_bytes)} per GPU (weights {gib(mem.weights_bytes)}, KV cache "
+        f"{gib(mem.kv_cache_bytes)}, activations {gib(mem.activation_bytes)}) but {gpu.name} has "
+        f"{gib(mem.capacity_bytes)}: {gib(over)} over. Try more GPUs (tp), fp8 weights, or a smaller batch",
+        required_bytes=mem.total_bytes, capacity_bytes=mem.capacity_bytes)

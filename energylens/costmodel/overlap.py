@@ -1,0 +1,209 @@
+"""SM contention: time and energy of a collective that runs concurrently with compute.
+
+Physics (per GPU; every GPU of the collective runs the same schedule):
+
+* An SM-driven collective kernel (MSCCL++/NCCL style) with ``k`` thread blocks of ``b`` threads moves
+  its bytes at ``k * r(b)`` with a per-SM rate ``r(b) = r_512 * (b / 512) ** gamma`` (more threads in
+  flight per SM, more bytes in flight), and pays a fixed latency plus a per-block set-up and
+  synchronisation cost: ``T_comm(k, b) = latency + bytes / (k r(b)) + per_block * k``.
+* While it runs, a compute kernel loses the SMs (and issue slots) it takes: it slows by
+  ``(N / (N - k)) ** sm_exponent``; a memory-bound kernel also shares HBM bandwidth with the
+  collective's traffic, an extra factor ``1 + mem_interference``. The collective in turn slows by
+  ``1 + comm_slowdown[class]`` while it shares the GPU with a kernel of that class.
+* The window is simulated event by event: both progress at their contended rates until one finishes;
+  the rest of the other runs alone (compute at full speed; the collective at its solo speed, the
+  compute stream waiting at the sync point).
+* Energy = static power x window time (every GPU, the waiting included) + each kernel's dynamic
+  energy (its dynamic power x its solo time: the work does not change when it is stretched) + the
+  collective: ``comm_active_w + sm_power * k * (b / 512) ** delta`` (links and memory traffic while it
+  is in flight, plus its SMs) for as long as they are held (contended
+  time), so a stretched collective costs more. Power is capped at the GPU's TDP.
+
+Coefficients live in ``profiles/overlap_<gpu>.json`` with their provenance (data, fit, residuals).
+
+>>> p = OverlapParams.load("A100-SXM4-40GB")
+>>> k = [Kernel(time_s=1e-3, dyn_power_w=150.0, cls="gemm")]
+>>> w = overlap_window(k, comm_bytes=32 * 2**20, comm_sms=8, block_size=1024, params=p)
+>>> w.time_s >= 1e-3 and w.energy_j > w.static_j
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from energylens.costmodel.hardware import get_gpu
+from energylens.errors import EstimateError, UnknownNameError
+from energylens.typing import Record
+
+__all__ = [
+    "KERNEL_CLASSES",
+    "Kernel",
+    "OverlapParams",
+    "OverlapCost",
+    "sm_comm_time_s",
+    "overlap_window",
+    "serial_cost",
+]
+
+#: Kernel classes the contention model distinguishes.
+KERNEL_CLASSES: tuple[str, ...] = ("memory", "gemm", "attention", "comm")
+
+#: GPU -> overlap profile file stem (profiles/overlap_<stem>.json).
+_PROFILE_OF: dict[str, str] = {"A100-SXM4-40GB": "a100_sxm4_40gb", "A100-SXM-80GB": "a100_sxm4_40gb"}
+
+
+@dataclass(frozen=True)
+class Kernel(Record):
+    """One compute kernel on stream 0: solo time (s), dynamic power above static (W), class."""
+
+    time_s: float
+    dyn_power_w: float
+    cls: str = "gemm"
+
+    def __post_init__(self) -> None:
+        if self.cls not in KERNEL_CLASSES:
+            raise UnknownNameError("kernel class", self.cls, KERNEL_CLASSES)
+        if self.time_s < 0 or self.dyn_power_w < 0:
+            raise EstimateError(f"kernel time and power must be >= 0, got {self.time_s}, {self.dyn_power_w}")
+
+
+@dataclass(frozen=True)
+class OverlapParams(Record):
+    """Contention and power coefficients of one GPU (units in the names)."""
+
+    num_sms: int
+    per_sm_bytes_per_s_512: float
+    block_exponent: float
+    per_block_s: float
+    comm_latency_s: float
+    sm_exponent: float
+    mem_interference: float
+    comm_slowdown: Mapping[str, float]
+    static_w: float
+    sm_power_w: float
+    sm_power_block_exponent: float
+    comm_active_w: float = 0.0
+    iteration_overhead_s: float = 0.0
+    tdp_w: float = float("inf")
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def load(gpu: str) -> OverlapParams:
+        """The fitted coefficients of ``gpu`` (``profiles/overlap_<gpu>.json``)."""
+        spec = get_gpu(gpu)
+        stem = _PROFILE_OF.get(spec.name)
+        if stem is None:
+            raise UnknownNameError("GPU with an overlap profile", spec.name, _PROFILE_OF)
+        return _load(stem, spec.name)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any], *, num_sms: int, tdp_w: float = float("inf")) -> OverlapParams:
+        c = d["coefficients"]
+        return OverlapParams(
+            num_sms=num_sms, tdp_w=tdp_w, provenance=d.get("provenance", {}),
+            per_sm_bytes_per_s_512=c["per_sm_bytes_per_s_512"], block_exponent=c["block_exponent"],
+            per_block_s=c["per_block_s"], comm_latency_s=c["comm_latency_s"],
+            sm_exponent=c["sm_exponent"], mem_interference=c["mem_interference"],
+            comm_slowdown=dict(c["comm_slowdown"]), static_w=c["static_w"], sm_power_w=c["sm_power_w"],
+            sm_power_block_exponent=c["sm_power_block_exponent"], comm_active_w=c.get("comm_active_w", 0.0),
+            iteration_overhead_s=c.get("iteration_overhead_s", 0.0))
+
+
+@functools.cache
+def _load(stem: str, gpu: str) -> OverlapParams:
+    path = resources.files("energylens.costmodel").joinpath("profiles", f"overlap_{stem}.json")
+    spec = get_gpu(gpu)
+    return OverlapParams.from_dict(json.loads(path.read_text()), num_sms=spec.compute_units, tdp_w=spec.tdp_w)
+
+
+@dataclass(frozen=True)
+class OverlapCost(Record):
+    """Time and energy of one GPU over an overlapped window, energy in its parts.
+
+    ``comm_exposed_s`` is the time the compute stream waited for the collective after the window.
+    """
+
+    time_s: float
+    static_j: float
+    compute_j: float
+    comm_j: float
+    comm_time_s: float
+    comm_exposed_s: float
+
+    @property
+    def energy_j(self) -> float:
+        return self.static_j + self.compute_j + self.comm_j
+
+
+def sm_comm_time_s(comm_bytes: float, comm_sms: int, block_size: int, params: OverlapParams) -> float:
+    """Solo time (s) of an SM-driven collective: latency + bytes / (k r(b)) + per_block * k."""
+    if comm_bytes < 0:
+        raise EstimateError(f"collective size must be >= 0 bytes, got {comm_bytes}")
+    if not 0 < comm_sms < params.num_sms:
+        raise EstimateError(f"comm_sms must be in 1..{params.num_sms - 1}, got {comm_sms}")
+    if block_size <= 0:
+        raise EstimateError(f"block_size must be > 0 threads, got {block_size}")
+    rate = comm_sms * params.per_sm_bytes_per_s_512 * (block_size / 512) ** params.block_exponent
+    return params.comm_latency_s + comm_bytes / rate + params.per_block_s * comm_sms
+
+
+def _comm_power_w(comm_sms: int, block_size: int, p: OverlapParams) -> float:
+    return p.comm_active_w + p.sm_power_w * comm_sms * (block_size / 512) ** p.sm_power_block_exponent
+
+
+def _cap(time_s: float, energy_j: float, p: OverlapParams) -> float:
+    """Energy with average power capped at TDP (the GPU throttles above it)."""
+    return min(energy_j, p.tdp_w * time_s) if time_s > 0 else energy_j
+
+
+def serial_cost(kernels: Sequence[Kernel], params: OverlapParams) -> OverlapCost:
+    """Kernels run alone, back to back (no collective)."""
+    t = sum(k.time_s for k in kernels)
+    dyn = sum(k.time_s * k.dyn_power_w for k in kernels)
+    return OverlapCost(time_s=t, static_j=params.static_w * t, compute_j=dyn, comm_j=0.0,
+                       comm_time_s=0.0, comm_exposed_s=0.0)
+
+
+def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: float, comm_sms: int, block_size: int,
+                   params: OverlapParams) -> OverlapCost:
+    """One GPU's window: a collective launched before ``kernels[0]``, synchronised after the last.
+
+    An empty ``kernels`` is the serial case (collective alone, then the compute).
+    """
+    p = params
+    t_comm = sm_comm_time_s(comm_bytes, comm_sms, block_size, p)
+    slow_sm = (p.num_sms / (p.num_sms - comm_sms)) ** p.sm_exponent
+    left = 1.0  # fraction of the collective still to do
+    t = held = 0.0
+    for kern in kernels:
+        if left <= 0:
+            t += kern.time_s
+            continue
+        slow = slow_sm * (1 + p.mem_interference if kern.cls == "memory" else 1.0)
+        ti = kern.time_s * slow
+        tc = t_comm * (1 + p.comm_slowdown.get(kern.cls, 0.0))
+        if left * tc >= ti:  # the kernel ends first
+            left -= ti / tc if tc > 0 else left
+            t += ti
+            held += ti
+        else:  # the collective ends inside this kernel; the rest of the kernel runs alone
+            tt = left * tc
+            t += tt + (1 - tt / ti) * kern.time_s
+            held += tt
+            left = 0.0
+    exposed = left * t_comm
+    t += exposed
+    held += exposed
+    static = p.static_w * t
+    compute = sum(k.time_s * k.dyn_power_w for k in kernels)
+    comm = _comm_power_w(comm_sms, block_size, p) * held
+    total = _cap(t, static + compute + comm, p)
+    scale = total / (static + compute + comm) if static + compute + comm > 0 else 1.0
+    return OverlapCost(time_s=t, static_j=static * scale, compute_j=compute * scale, comm_j=comm * scale,
+                       comm_time_s=held, comm_exposed_s=exposed)

@@ -1,0 +1,118 @@
+"""Calibrated per-GPU coefficients of the cost model (``profiles/<gpu>.json``), with provenance.
+
+A profile holds the few numbers the physics cannot take from a datasheet: achieved fractions of
+peak bandwidth and compute, the GEMM efficiency curve, fixed per-kernel and per-step overheads,
+and the three power coefficients (static watts, pJ per FLOP, pJ per HBM byte). Every profile says
+where it came from (``provenance``): the data and fit it was calibrated on and the residuals,
+or that it is a datasheet-derived default.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from energylens.costmodel.hardware import GPUSpec, get_gpu
+from energylens.errors import EstimateError
+
+__all__ = ["Profile", "Provenance", "default_profile", "load_profile", "profile_path", "PROFILES_DIR"]
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+
+
+class Provenance(BaseModel):
+    """Where a profile's numbers came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str  # "fit" or "datasheet-default"
+    data: str = ""  # file(s) the fit used, with their source
+    fit: str = ""  # what was fitted and how
+    rows: int = 0
+    residuals: dict[str, float] = Field(default_factory=dict)  # e.g. MAPE per target, in %
+    notes: str = ""
+
+
+class Profile(BaseModel):
+    """Cost-model coefficients of one GPU. Units in field names; efficiencies are fractions of peak."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpu: str
+    mem_efficiency: float = Field(gt=0, le=1)  # achieved / peak HBM bandwidth, streaming kernels
+    attn_mem_efficiency: float = Field(gt=0, le=1)  # same, decode attention reading the KV cache
+    compute_efficiency: float = Field(gt=0, le=1)  # achieved / dense peak, large GEMMs
+    gemm_half_rows: float = Field(ge=0)  # GEMM rows at which efficiency is half of compute_efficiency
+    vector_flops_fraction: float = Field(gt=0, le=1)  # CUDA-core (non-tensor) rate / dense bf16 peak
+    kernel_overhead_s: float = Field(ge=0)  # launch + tail per kernel (CUDA graphs on)
+    step_overhead_s: float = Field(ge=0)  # per serving step: scheduler, sampler launch, sync
+    seq_overhead_s: float = Field(ge=0)  # per sequence per serving step: sampling, logits processing
+    static_power_w: float = Field(gt=0)  # power drawn while busy regardless of work (idle + clocks up)
+    flop_pj: float = Field(ge=0)  # dynamic energy per FLOP, picojoules
+    byte_pj: float = Field(ge=0)  # dynamic energy per HBM byte, picojoules
+    provenance: Provenance
+
+    def with_params(self, **params: Any) -> Profile:
+        return self.model_copy(update=params)
+
+
+#: Default efficiencies for a GPU without measurements (typical of tuned inference kernels).
+_DEFAULTS: dict[str, float] = {
+    "mem_efficiency": 0.80,
+    "attn_mem_efficiency": 0.65,
+    "compute_efficiency": 0.75,
+    "gemm_half_rows": 64.0,
+    "kernel_overhead_s": 3e-6,
+    "step_overhead_s": 1e-3,
+    "seq_overhead_s": 5e-6,
+}
+
+
+def default_profile(gpu: GPUSpec) -> Profile:
+    """A datasheet-derived profile: default efficiencies, idle + 15% of TDP as static power,
+    and dynamic energies that put a compute-bound GEMM and a bandwidth-bound stream at about TDP."""
+    static_w = gpu.idle_power_w + 0.15 * gpu.tdp_w
+    dyn_w = gpu.tdp_w - static_w
+    flop_pj = dyn_w / (gpu.bf16_dense_tflops * 1e12 * _DEFAULTS["compute_efficiency"]) * 1e12
+    byte_pj = dyn_w / (gpu.hbm_bandwidth_bytes_per_s * _DEFAULTS["mem_efficiency"]) * 1e12
+    return Profile(
+        gpu=gpu.name, vector_flops_fraction=1 / 15, static_power_w=static_w, flop_pj=flop_pj,
+        byte_pj=byte_pj, **_DEFAULTS,
+        provenance=Provenance(
+            method="datasheet-default",
+            data=f"energylens/costmodel/hardware/ ({gpu.name} datasheet numbers only)",
+            fit="none: default efficiencies; static power = idle + 15% TDP; pJ/FLOP and pJ/byte put "
+                "a compute-bound GEMM or a bandwidth-bound stream at TDP",
+            notes="not calibrated against measurements on this GPU; expect larger errors",
+        ),
+    )
+
+
+def profile_path(gpu_name: str, directory: Path | None = None) -> Path:
+    return (directory or PROFILES_DIR) / f"{gpu_name.lower()}.json"
+
+
+@functools.cache
+def _load(path: str) -> Profile:
+    return Profile.model_validate(json.loads(Path(path).read_text()))
+
+
+def load_profile(gpu: str | GPUSpec, directory: str | Path | None = None) -> Profile:
+    """The profile of ``gpu`` from ``directory`` (default: the bundled ``profiles/``).
+
+    A GPU with no profile file gets ``default_profile`` (its provenance says so).
+    """
+    spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
+    path = profile_path(spec.name, Path(directory) if directory else None)
+    if not path.exists():
+        if directory is not None and not Path(directory).is_dir():
+            raise EstimateError(f"profile directory {directory} does not exist")
+        return default_profile(spec)
+    prof = _load(str(path.resolve()))
+    if prof.gpu != spec.name:
+        raise EstimateError(f"profile {path} is for {prof.gpu}, not {spec.name}")
+    return prof

@@ -1,0 +1,145 @@
+"""Steady-state serving with continuous batching and chunked prefill (as vLLM serves).
+
+``batch`` sequences decode together; each finishes after ``output_len`` tokens on average, so
+``lam = batch / output_len`` new requests join per step: the number joining one step is a Poisson
+count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill tokens next to its
+``batch`` decode tokens (capped by the token budget ``max_num_batched_tokens``), on average
+``batch * prompt_len / output_len``. One such *mixed step* runs:
+
+* every token-wise op (projections, MLP / experts, norms, ``lm_head``) once over
+  ``batch + prefill`` tokens: the weights are read once for both;
+* decode attention of ``batch`` sequences over the mean context ``prompt_len + output_len/2``;
+* prefill attention of the new prompts (causal, ``prompt_len`` each);
+* plus a fixed step overhead and a per-sequence overhead (scheduling, sampling).
+
+Mean time and energy per step are the Poisson-weighted mixture over ``n`` (a step is not linear
+in its prefill tokens: a MoE step's distinct experts saturate), giving throughput, power and
+energy per output token with prefill included. The median inter-token latency is the step carrying
+``max(0, lam - ln 2) * prompt_len`` prefill tokens: ``lam - ln 2`` is the lower bound of the
+Poisson median (Choi 1994) used as its continuous version, so pure decode steps set the median
+while new requests are rare (``lam < ln 2``) and the prefill share grows smoothly after that
+(prefix-cache hits and bursty admission keep real medians at the low side of the integer median).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from energylens.costmodel.analysis import PricedOp, is_attention_op, price_graph
+from energylens.costmodel.compute import OpWork
+from energylens.costmodel.hardware import GPUSpec
+from energylens.costmodel.profile import Profile
+from energylens.ir.core import Graph
+from energylens.typing import ServingEstimate, Workload
+
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost"]
+
+#: vLLM's default token budget per step with chunked prefill (the ML.ENERGY runs use it).
+MAX_NUM_BATCHED_TOKENS = 8192
+
+
+def poisson_median(lam: float) -> int:
+    """Median of a Poisson count with mean ``lam`` (0 for lam < ln 2)."""
+    if lam <= 0:
+        return 0
+    cdf, k, p = 0.0, 0, math.exp(-lam)
+    while True:
+        cdf += p
+        if cdf >= 0.5:
+            return k
+        k += 1
+        p *= lam / k
+
+
+def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+                    coverage: float = 0.999) -> list[tuple[float, float]]:
+    """(probability, prefill tokens) of the steps of steady-state serving: ``n`` new prompts per
+    step, ``n`` Poisson with mean ``batch / output_len``; the tail beyond ``coverage`` is dropped."""
+    lam = workload.batch / workload.output_len
+    budget = max(0, max_num_batched_tokens - workload.batch)
+    out, cdf, n, p = [], 0.0, 0, math.exp(-lam)
+    while True:
+        out.append((p, float(min(n * workload.prompt_len, budget))))
+        cdf += p
+        if cdf >= coverage or n >= 200:
+            break
+        n += 1
+        p *= lam / n
+    return [(w / cdf, t) for w, t in out]
+
+
+def prefill_tokens_per_step(workload: Workload, median: bool = False,
+                            max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS) -> float:
+    lam = workload.batch / workload.output_len
+    n = max(0.0, lam - math.log(2)) if median else lam  # continuous lower bound of the Poisson median
+    return float(min(n * workload.prompt_len, max(0, max_num_batched_tokens - workload.batch)))
+
+
+def step_ops(prefill: Graph, decode: Graph, batch: float, context_len: float, prompt_len: float,
+             prefill_tokens: float, gpu: GPUSpec, profile: Profile) -> list[PricedOp]:
+    """The ops of one mixed step (see the module docstring), each priced once per execution."""
+    tokens = batch + prefill_tokens
+    ops = price_graph(decode, {"B": batch, "S": tokens / batch, "K": context_len}, gpu, profile,
+                      select=lambda op: not is_attention_op(op))
+    ops += price_graph(decode, {"B": batch, "S": 1, "K": context_len}, gpu, profile, select=is_attention_op)
+    if prefill_tokens > 0:
+        ops += price_graph(prefill, {"B": prefill_tokens / prompt_len, "S": prompt_len, "K": prompt_len},
+                           gpu, profile, select=is_attention_op)
+    return ops
+
+
+@dataclass(frozen=True)
+class StepCost:
+    time_s: float
+    energy_j: float
+    static_j: float
+    flops: float
+    hbm_bytes: float
+
+
+def step_cost(ops: Sequence[PricedOp], batch: float, profile: Profile) -> StepCost:
+    """Totals of one step: the ops plus the step and per-sequence overheads (at static power)."""
+    overhead_s = profile.step_overhead_s + profile.seq_overhead_s * batch
+    t = sum(p.count * p.cost.time_s for p in ops) + overhead_s
+    static = sum(p.count * p.cost.static_j for p in ops) + profile.static_power_w * overhead_s
+    dyn = sum(p.count * (p.cost.flop_j + p.cost.byte_j) for p in ops)
+    return StepCost(time_s=t, energy_j=static + dyn, static_j=static,
+                    flops=sum(p.count * p.cost.flops for p in ops),
+                    hbm_bytes=sum(p.count * p.cost.hbm_bytes for p in ops))
+
+
+def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec, profile: Profile,
+                     num_gpus: int = 1) -> ServingEstimate:
+    """Median ITL, power and energy per output token of steady-state continuous batching."""
+    ctx = workload.prompt_len + workload.output_len / 2
+
+    def cost(p: float) -> StepCost:
+        ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile)
+        return step_cost(ops, workload.batch, profile)
+
+    mix = [(w, cost(p)) for w, p in prefill_mixture(workload)]
+    mean_t = sum(w * c.time_s for w, c in mix)
+    mean_e = sum(w * c.energy_j for w, c in mix)
+    mean_static = sum(w * c.static_j for w, c in mix)
+    p_med = prefill_tokens_per_step(workload, median=True)
+    return ServingEstimate(
+        batch=workload.batch, prompt_len=workload.prompt_len, output_len=workload.output_len,
+        prefill_tokens_per_step=sum(w * p for w, p in prefill_mixture(workload)),
+        median_prefill_tokens_per_step=p_med,
+        median_itl_s=cost(p_med).time_s, mean_step_s=mean_t,
+        avg_power_w=mean_e / mean_t * num_gpus,
+        energy_per_output_token_j=mean_e * num_gpus / workload.batch,
+        static_j_per_output_token=mean_static * num_gpus / workload.batch,
+    )
+
+
+def stack_works(works: Sequence[OpWork]) -> OpWork:
+    """One OpWork whose fields are arrays over ``works`` (for vectorised pricing in the fit)."""
+    fields = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels")
+    return OpWork(**{f: np.array([float(getattr(w, f)) for w in works]) for f in fields})
+
+

@@ -1,0 +1,129 @@
+"""energylens.estimate: phases, serving view, memory, per-op table, to_dict, errors."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import energylens as el
+from energylens.errors import DoesNotFitError, EnergylensError
+from energylens.ir.core import (
+    Decl,
+    Einsum,
+    Elementwise,
+    Gather,
+    Graph,
+    Reduce,
+    Repeat,
+    Source,
+    TensorType,
+    Value,
+)
+
+
+def V(name, dims, dtype="bf16"):
+    return Value(name, TensorType(tuple(dims), dtype))
+
+
+def tiny(phase):
+    """A 2-layer toy decoder following docs/ir.md (hand-built; no frontend needed)."""
+    dims = (("B", None), ("S", None), ("K", None), ("h", 256), ("f", 512), ("v", 1000), ("g", 2), ("r", 2),
+            ("d", 64))
+    emb, ids, head = V("emb", ("v", "h")), V("input_ids", ("B", "S"), "i64"), V("head", ("h", "v"))
+    x = V("x", ("B", "S", "h"))
+    wq, wk, wv, wo = V("wq", ("h", "g", "r", "d")), V("wk", ("h", "g", "d")), V("wv", ("h", "g", "d")), V("wo", ("g", "r", "d", "h"))
+    w1, w2 = V("w1", ("h", "f")), V("w2", ("f", "h"))
+    q, k, v = V("q", ("B", "g", "r", "S", "d")), V("k", ("B", "S", "g", "d")), V("v", ("B", "S", "g", "d"))
+    src = Source("aten.linear", "model.layers.self_attn")
+    ops = [Reduce(result=V("n", ("B", "S", "h")), operands=(x,), fn="rms_norm", dims=("h",)),
+           Einsum(result=q, operands=(V("n", ("B", "S", "h")), wq), spec="bsh,hgrd->bgrsd", source=src),
+           Einsum(result=k, operands=(V("n", ("B", "S", "h")), wk), spec="bsh,hgd->bsgd", source=src),
+           Einsum(result=v, operands=(V("n", ("B", "S", "h")), wv), spec="bsh,hgd->bsgd", source=src)]
+    decls = [Decl(wq, "param"), Decl(wk, "param"), Decl(wv, "param"), Decl(wo, "param"), Decl(w1, "param"),
+             Decl(w2, "param")]
+    if phase == "decode":
+        kc, vc = V("kc", ("B", "g", "K", "d")), V("vc", ("B", "g", "K", "d"))
+        decls += [Decl(kc, "cache"), Decl(vc, "cache")]
+        ops += [Gather(result=V("kc2", ("B", "g", "K", "d")), operands=(kc, k), dim="K", fn="scatter"),
+                Gather(result=V("vc2", ("B", "g", "K", "d")), operands=(vc, v), dim="K", fn="scatter")]
+        K, Vv = V("kc2", ("B", "g", "K", "d")), V("vc2", ("B", "g", "K", "d"))
+    else:
+        K, Vv = V("ka", ("B", "g", "K", "d")), V("va", ("B", "g", "K", "d"))
+    ops += [Einsum(result=V("s", ("B", "g", "r", "S", "K")), operands=(q, K), spec="bgrsd,bgkd->bgrsk",
+                   causal=phase == "prefill"),
+            Reduce(result=V("p", ("B", "g", "r", "S", "K")), operands=(V("s", ("B", "g", "r", "S", "K")),),
+                   fn="softmax", dims=("K",)),
+            Einsum(result=V("o", ("B", "g", "r", "S", "d")), operands=(V("p", ("B", "g", "r", "S", "K")), Vv),
+                   spec="bgrsk,bgkd->bgrsd"),
+            Einsum(result=V("a", ("B", "S", "h")), operands=(V("o", ("B", "g", "r", "S", "d")), wo),
+                   spec="bgrsd,grdh->bsh"),
+            Einsum(result=V("m", ("B", "S", "f")), operands=(V("a", ("B", "S", "h")), w1), spec="bsh,hf->bsf"),
+            Elementwise(result=V("m2", ("B", "S", "f")), operands=(V("m", ("B", "S", "f")),), fn="silu"),
+            Einsum(result=V("y", ("B", "S", "h")), operands=(V("m2", ("B", "S", "f")), w2), spec="bsf,fh->bsh")]
+    body = (Gather(result=x, operands=(emb, ids), dim="v", source=Source("aten.embedding", "model.embed_tokens")),
+            Repeat(name="layers", count=2, decls=tuple(decls), ops=tuple(ops), init="x", carry="y"),
+            Einsum(result=V("logits", ("B", "v")), operands=(V("y", ("B", "S", "h")), head), spec="bsh,hv->bv",
+                   source=Source("aten.linear", "lm_head")))
+    return Graph(name=phase, dims=dims, decls=(Decl(emb, "param"), Decl(ids, "input"), Decl(head, "param")),
+                 body=body, outputs=("logits",), attrs=(("model", "toy/tiny"), ("phase", phase)))
+
+
+TOY = SimpleNamespace(prefill=tiny("prefill"), decode=tiny("decode"))
+
+
+def test_estimate_on_hand_built_model():
+    wl = el.Workload(batch=4, prompt_len=128, output_len=64)
+    est = el.estimate(TOY, el.Cluster("H100"), wl)
+    assert est.model == "toy/tiny" and est.gpu == "H100-SXM"
+    assert est.prefill.tokens == 4 * 128 and est.decode.tokens == 4
+    assert est.decode.itl_s == est.decode.latency_s > 0
+    assert est.decode.energy_per_token_j == pytest.approx(est.decode.energy_j / 4)
+    for ph in (est.prefill, est.decode):
+        assert ph.energy_j == pytest.approx(ph.static_j + ph.dynamic_j)
+        assert ph.avg_power_w <= el.Cluster("H100").num_gpus * 700 + 1e-6
+    assert est.prefill.latency_s > est.decode.latency_s
+    s = est.serving
+    assert s.median_itl_s >= est.decode.itl_s * 0.99 and s.mean_step_s >= s.median_itl_s * 0.99
+    assert s.energy_per_output_token_j > 0 and 0 < s.avg_power_w <= 700
+    assert est.memory.total_bytes == pytest.approx(est.memory.weights_bytes + est.memory.kv_cache_bytes
+                                                   + est.memory.activation_bytes)
+    phases = {o.phase for o in est.ops}
+    assert phases == {"prefill", "decode"}
+    assert sum(o.time_s for o in est.ops if o.phase == "decode") == pytest.approx(est.decode.latency_s)
+    assert any(o.source == "lm_head" for o in est.ops)
+
+
+def test_to_dict_is_plain_data_with_derived_fields():
+    est = el.estimate(TOY, el.Cluster("B200"), el.Workload(batch=2, prompt_len=64, output_len=32))
+    d = est.to_dict()
+    json.dumps(d)
+    assert d["decode"]["itl_s"] == est.decode.itl_s
+    assert d["decode"]["energy_per_token_j"] == est.decode.energy_per_token_j
+    assert d["memory"]["total_bytes"] == est.memory.total_bytes
+    assert d["serving"]["output_tokens_per_s"] == pytest.approx(est.serving.output_tokens_per_s)
+    assert isinstance(d["ops"], list) and {"name", "source", "flops", "hbm_bytes", "time_s", "energy_j"} <= set(d["ops"][0])
+
+
+def test_multi_gpu_is_refused_clearly():
+    wl = el.Workload(batch=2, prompt_len=64, output_len=32)
+    with pytest.raises(EnergylensError, match="multi-GPU plans are not supported yet"):
+        el.estimate(TOY, el.Cluster("H100", num_gpus=2), wl)
+    with pytest.raises(EnergylensError, match="multi-GPU"):
+        el.estimate(TOY, el.Cluster("H100"), wl, el.Parallel(tp=2))
+
+
+def test_real_model_does_not_fit():
+    with pytest.raises(DoesNotFitError) as exc:
+        el.estimate("meta-llama/Llama-3.1-70B-Instruct", el.Cluster("H100-SXM"),
+                    el.Workload(batch=8, prompt_len=1024, output_len=256))
+    assert "Llama-3.1-70B-Instruct needs" in str(exc.value) and "H100-SXM has 80.0 GiB" in str(exc.value)
+
+
+def test_real_model_estimate():
+    est = el.estimate("meta-llama/Llama-3.1-8B-Instruct", el.Cluster("H100"),
+                      el.Workload(batch=8, prompt_len=634, output_len=400))
+    # decode of an 8B model at batch 8 streams ~16 GB of weights: a few ms on an H100
+    assert 0.004 < est.serving.median_itl_s < 0.02
+    assert 14e9 < est.memory.weights_bytes < 18e9

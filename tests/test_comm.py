@@ -1,0 +1,84 @@
+"""Communication model: table interpolation, monotonicity, alpha-beta fallback, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from energylens.costmodel.comm import (
+    COLLECTIVES,
+    collective_cost,
+    collective_time_s,
+    comm_power_w,
+    comm_profile,
+    wait_energy_j,
+)
+from energylens.errors import EstimateError, UnknownNameError
+
+GPU = "A100-SXM4-40GB"
+
+
+def test_table_points_are_reproduced() -> None:
+    e = comm_profile("a100_sxm")["tables"]["all_reduce"]["2"]
+    for b, t in zip(e["bytes"], e["latency_s"], strict=True):
+        got, how = collective_time_s("all_reduce", b, 2, GPU)
+        assert how == "table" and got == pytest.approx(t, rel=1e-9)
+
+
+def test_loglog_interpolation_between_points() -> None:
+    e = comm_profile("a100_sxm")["tables"]["all_gather"]["4"]
+    b0, b1, t0, t1 = e["bytes"][15], e["bytes"][16], e["latency_s"][15], e["latency_s"][16]
+    mid, _ = collective_time_s("all_gather", (b0 * b1) ** 0.5, 4, GPU)
+    assert mid == pytest.approx((t0 * t1) ** 0.5, rel=1e-9)
+
+
+@pytest.mark.parametrize("fn", ["all_reduce", "all_gather", "reduce_scatter", "all_to_all"])
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_large_messages_monotone(fn: str, n: int) -> None:
+    sizes = [2**k for k in range(20, 33)]  # 1 MiB .. 4 GiB (beyond the table: alpha-beta)
+    times = [collective_time_s(fn, s, n, "H100-SXM")[0] for s in sizes]
+    assert all(b >= a for a, b in zip(times, times[1:], strict=False))
+
+
+def test_alpha_beta_outside_the_table() -> None:
+    e = comm_profile("h100_sxm")["tables"]["all_reduce"]["8"]
+    big = e["bytes"][-1] * 4
+    t, how = collective_time_s("all_reduce", big, 8, "H100-SXM")
+    assert how == "alpha_beta_large"
+    assert t == pytest.approx(e["alpha_s"] + e["beta_s_per_byte"] * big)
+    t_small, how_small = collective_time_s("all_reduce", 10, 8, "H100-SXM")
+    assert how_small == "alpha_beta_small" and 0 < t_small <= e["latency_s"][0]
+    t6, how6 = collective_time_s("all_gather", 2**26, 6, "H100-SXM")
+    assert how6 == "alpha_beta_gpus" and t6 > 0
+    t16, how16 = collective_time_s("all_gather", 2**26, 16, "H100-SXM")  # two nodes: over IB
+    assert how16 == "alpha_beta_link" and t16 > collective_time_s("all_gather", 2**26, 8, "H100-SXM")[0]
+
+
+def test_links_and_trivial_cases() -> None:
+    nv, _ = collective_time_s("all_reduce", 2**28, 4, GPU)
+    pcie, how = collective_time_s("all_reduce", 2**28, 4, GPU, "pcie")
+    assert how == "alpha_beta_link" and pcie > nv
+    assert collective_time_s("send_recv", 2**20, 2, GPU)[1] == "alpha_beta_link"
+    assert collective_time_s("all_reduce", 2**20, 1, GPU) == (0.0, "trivial")
+
+
+def test_energy_parts() -> None:
+    c = collective_cost("all_reduce", 32 * 2**20, 2, GPU)
+    assert c.energy_j == pytest.approx(c.power_w * c.time_s * 2)
+    assert c.power_w > wait_energy_j(GPU, 1.0)  # a GPU in the collective draws more than a waiting one
+    assert comm_power_w(GPU) < 400
+
+
+def test_errors() -> None:
+    with pytest.raises(UnknownNameError, match="all_reduce"):
+        collective_time_s("allreduce", 1024, 2, GPU)
+    with pytest.raises(EstimateError, match=">= 0"):
+        collective_time_s("all_reduce", -1, 2, GPU)
+    with pytest.raises(EstimateError, match="no NVLink"):
+        collective_time_s("all_reduce", 1024, 2, "L40S")
+    with pytest.raises(UnknownNameError):
+        collective_time_s("all_reduce", 1024, 2, GPU, "ethernet")
+    with pytest.raises(UnknownNameError):
+        collective_time_s("all_reduce", 1024, 2, "no-such-gpu")
+    with pytest.raises(EstimateError):
+        wait_energy_j(GPU, -1.0)
+    assert "send_recv" in COLLECTIVES

@@ -1,0 +1,55 @@
+"""Energy = static x time + pJ/FLOP + pJ/byte, capped at TDP, never below the static floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from energylens.costmodel.compute import OpWork, op_time_s
+from energylens.costmodel.hardware import get_gpu
+from energylens.costmodel.power import op_energy
+from energylens.costmodel.profile import default_profile, load_profile
+
+GPU = get_gpu("H100-SXM")
+
+
+def work(tc_flops=0.0, hbm_bytes=0.0, rows=4096.0):
+    return OpWork(tc_flops=tc_flops, vec_flops=0.0, hbm_bytes=hbm_bytes, rows=rows,
+                  peak_flops_per_s=GPU.peak_flops_per_s("bf16"), kv=0.0, kernels=1.0)
+
+
+@pytest.mark.parametrize("prof", [default_profile(GPU), load_profile("H100-SXM")])
+@pytest.mark.parametrize("w", [work(tc_flops=1e15), work(hbm_bytes=1e10), work(tc_flops=1e12, hbm_bytes=1e9),
+                               work(tc_flops=1e6, hbm_bytes=1e3)])
+def test_power_never_exceeds_tdp_and_energy_covers_static_floor(prof, w):
+    t0 = op_time_s(w, GPU, prof)
+    t, static_j, flop_j, byte_j = op_energy(w, t0, GPU, prof)
+    energy = static_j + flop_j + byte_j
+    assert t >= t0
+    assert energy / t <= GPU.tdp_w * (1 + 1e-9)
+    assert energy >= prof.static_power_w * t * (1 - 1e-12)
+    assert static_j == pytest.approx(prof.static_power_w * t)
+
+
+def test_tdp_cap_stretches_time():
+    prof = default_profile(GPU).with_params(flop_pj=5.0)  # a GEMM at peak would draw >> TDP
+    w = work(tc_flops=1e15)
+    t0 = op_time_s(w, GPU, prof)
+    t, static_j, flop_j, byte_j = op_energy(w, t0, GPU, prof)
+    assert t > t0
+    assert (static_j + flop_j + byte_j) / t == pytest.approx(GPU.tdp_w)
+
+
+def test_vectorised_matches_scalar():
+    prof = load_profile("H100")
+    ws = [work(tc_flops=1e12, hbm_bytes=1e8), work(hbm_bytes=1e10, rows=1)]
+    arr = OpWork(**{f: np.array([getattr(w, f) for w in ws]) for f in OpWork.__dataclass_fields__})
+    t = op_time_s(arr, GPU, prof)
+    assert t == pytest.approx([op_time_s(w, GPU, prof) for w in ws])
+
+
+def test_bundled_profiles_have_provenance():
+    assert load_profile("H100-SXM").provenance.method == "fit"
+    assert load_profile("B200").provenance.method == "fit"
+    other = load_profile("L40S")
+    assert other.provenance.method == "datasheet-default" and "not calibrated" in other.provenance.notes

@@ -1,0 +1,97 @@
+"""Overlap pass (purity, window sm_share) and SM-contention model; the accuracy script's last line."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from energylens.costmodel.overlap import (
+    Kernel,
+    OverlapParams,
+    overlap_window,
+    serial_cost,
+    sm_comm_time_s,
+)
+from energylens.errors import EstimateError, InvalidWorkloadError
+from energylens.ir.core import Collective
+from energylens.passes.overlap import Overlap, kernels_of
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("accuracy_overlap", ROOT / "benchmarks" / "accuracy_overlap.py")
+acc = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+sys.modules["accuracy_overlap"] = acc
+_spec.loader.exec_module(acc)  # type: ignore[union-attr]
+
+P = OverlapParams.load("A100-SXM4-40GB")
+
+
+def test_pass_is_pure_and_sets_sm_share() -> None:
+    g = acc.build_block()
+    before = dataclasses.replace(g)
+    out = Overlap(start=2, end=4, comm_sms=8, comm_block_size=512)(g)
+    assert g == before and all(op.sm_share is None and op.stream == 0 for op in g.body)
+    coll = [i for i, op in enumerate(out.body) if isinstance(op, Collective) and op.stream == 1]
+    assert len(coll) == 1
+    c = out.body[coll[0]]
+    assert c.sm_share == pytest.approx(8 / 108)
+    rest = out.body[:coll[0]] + out.body[coll[0] + 1:]
+    kernels = kernels_of(rest)
+    assert len(kernels) == 7 and rest[kernels[2][0]] is out.body[coll[0] + 1]
+    shared = [j for j, k in enumerate(kernels) if all(rest[i].sm_share is not None for i in k)]
+    assert shared == [2, 3, 4]
+    assert all(rest[i].sm_share == pytest.approx(1 - 8 / 108) for j in shared for i in kernels[j])
+    assert ("overlap.other_reduced.block_size", "512") in out.attrs
+
+
+def test_pass_errors() -> None:
+    g = acc.build_block()
+    with pytest.raises(InvalidWorkloadError):
+        Overlap(start=3, end=2, comm_sms=4)
+    with pytest.raises(InvalidWorkloadError):
+        Overlap(start=0, end=0, comm_sms=0)
+    with pytest.raises(InvalidWorkloadError, match="past the last kernel"):
+        Overlap(start=5, end=9, comm_sms=4)(g)
+    with pytest.raises(InvalidWorkloadError, match="no"):
+        Overlap(start=0, end=0, comm_sms=4, collective="nope")(g)
+    assert Overlap.name == "overlap"
+
+
+def test_contention_slows_compute_and_respects_static_floor() -> None:
+    kern = [Kernel(time_s=5e-4, dyn_power_w=200.0, cls="gemm"), Kernel(time_s=2e-4, dyn_power_w=200.0, cls="memory")]
+    solo = serial_cost(kern, P)
+    for k in (1, 4, 16, 40):
+        w = overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=k, block_size=1024, params=P)
+        t_comm = sm_comm_time_s(32 * 2**20, k, 1024, P)
+        assert w.time_s >= max(solo.time_s, t_comm) - 1e-12  # never better than either alone
+        assert w.time_s <= solo.time_s + t_comm * (1 + max(P.comm_slowdown.values())) + 1e-12
+        assert w.energy_j >= P.static_w * w.time_s  # never below the static floor
+    tiny = overlap_window(kern, comm_bytes=1024, comm_sms=40, block_size=1024, params=P)
+    big = overlap_window(kern, comm_bytes=1 << 30, comm_sms=40, block_size=1024, params=P)
+    assert tiny.time_s > solo.time_s  # a collective that ends early still slowed the compute a little
+    assert big.comm_exposed_s > 0 and big.time_s > tiny.time_s
+
+
+def test_contention_errors() -> None:
+    with pytest.raises(EstimateError):
+        sm_comm_time_s(1024, 0, 512, P)
+    with pytest.raises(EstimateError):
+        sm_comm_time_s(-1, 4, 512, P)
+
+
+def test_accuracy_script_on_sample(tmp_path: Path) -> None:
+    rows = list(csv.reader(open(ROOT / "data/public/overlap_sweep_dev.csv")))
+    keep = [rows[0]] + [r for r in rows[1:] if int(r[2]) in (2, 8, 16)]
+    sample = tmp_path / "sample.csv"
+    with open(sample, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/accuracy_overlap.py"), "--data", str(sample),
+                          "--fit-windows", "none"], capture_output=True, text=True, check=True).stdout
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"MAPE time=[\d.]+% energy=[\d.]+% pareto_recovery=[\d.]+% rows=48", last), last
