@@ -27,6 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+if not console.is_terminal:  # pipes and CI: wide enough that tables do not wrap
+    console = Console(width=160)
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
