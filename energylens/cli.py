@@ -126,11 +126,14 @@ def models() -> None:
     from energylens.models import list_models, load_config
 
     table = Table(title="bundled models (energylens/models/)")
-    for col in ("model", "family", "layers", "hidden", "quantization"):
+    for col in ("model", "family", "layers", "hidden", "heads / KV heads", "experts (top-k)", "quantization"):
         table.add_column(col)
     for name in list_models():
         spec = load_config(name)
-        table.add_row(name, spec.family, str(spec.num_layers), str(spec.hidden_size), spec.quantization or "-")
+        experts = f"{spec.get('num_experts')} ({spec.get('num_experts_per_tok')})" if spec.is_moe else "-"
+        table.add_row(name, spec.family, str(spec.get("num_hidden_layers")), str(spec.get("hidden_size")),
+                      f"{spec.get('num_attention_heads')} / {spec.get('num_key_value_heads')}", experts,
+                      spec.quantization or "-")
     console.print(table)
 
 
@@ -141,12 +144,13 @@ def gpus() -> None:
     from energylens.costmodel.hardware import get_gpu, list_gpus
 
     table = Table(title="GPUs (energylens/costmodel/hardware/)")
-    for col in ("gpu", "SMs", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GB", "HBM TB/s", "TDP W", "idle W"):
+    for col in ("gpu", "SMs / CUs", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GiB", "HBM TB/s", "TDP W", "idle W"):
         table.add_column(col, justify="left" if col == "gpu" else "right")
     for name in list_gpus():
         g = get_gpu(name)
-        table.add_row(g.name, str(g.sm_count), f"{g.bf16_tflops:g}", f"{g.fp8_tflops or 0:g}",
-                      f"{g.hbm_capacity_bytes / 1e9:.0f}", f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
+        fp8 = f"{g.fp8_dense_tflops:g}" if g.fp8_dense_tflops else "-"
+        table.add_row(g.name, str(g.compute_units), f"{g.bf16_dense_tflops:g}", fp8,
+                      f"{g.hbm_capacity_bytes / 2**30:.0f}", f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
                       f"{g.tdp_w:g}", f"{g.idle_power_w:g}")
     console.print(table)
 

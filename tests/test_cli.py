@@ -1,0 +1,85 @@
+"""The command line: the README's main command, listings, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from energylens.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_estimate_prints_phases_memory_and_top_ops():
+    r = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "H100-SXM", "--batch", "32",
+            "--prompt-len", "1024", "--output-len", "256", "--top", "5")
+    assert r.exit_code == 0, r.output
+    for text in ("prefill (whole batch)", "decode step (context 1152)", "memory per GPU", "top 5 ops by energy",
+                 "model.layers.mlp.down_proj"):
+        assert text in r.output
+
+
+def test_estimate_json_is_plain_data():
+    r = run("estimate", "Qwen/Qwen3-0.6B", "--batch", "4", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["decode"]["itl_s"] > 0 and d["prefill"]["energy_j"] > 0
+    assert d["memory"]["total_bytes"] > d["memory"]["weights_bytes"] > 1e9
+
+
+def test_70b_does_not_fit_on_one_h100():
+    r = run("estimate", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "H100-SXM", "--batch", "8")
+    assert r.exit_code == 2
+    assert "H100-SXM has 80.0 GiB" in r.output and "over" in r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--batch", "0"), "Workload.batch must be a positive integer, got 0"),
+    (("--prompt-len", "-3"), "Workload.prompt_len must be a positive integer, got -3"),
+    (("--output-len", "0"), "Workload.output_len must be a positive integer, got 0"),
+    (("--gpu", "H1000"), "unknown GPU 'H1000'. Did you mean 'H200'?"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    r = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", *args)
+    assert r.exit_code == 2
+    assert r.output.strip() == f"error: {r.output.strip()[len('error: '):]}"
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_unknown_model_suggests_closest():
+    r = run("estimate", "llama-3.1-8b-instrct")
+    assert r.exit_code == 2
+    assert "Did you mean 'meta-llama/Llama-3.1-8B-Instruct'?" in r.output
+
+
+def test_malformed_config_file(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text('{"model_type": "llama"')
+    r = run("estimate", str(bad))
+    assert r.exit_code == 2
+    assert "is not valid JSON" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_models_and_gpus_list():
+    r = run("models")
+    assert r.exit_code == 0 and "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8" in r.output
+    r = run("gpus")
+    assert r.exit_code == 0 and "H100-SXM" in r.output and "MI300X" in r.output
+
+
+def test_ir_prints_text_that_parses():
+    from energylens.ir.text import parse_graph
+
+    r = run("ir", "Qwen/Qwen3-0.6B", "--phase", "prefill")
+    assert r.exit_code == 0, r.output
+    g = parse_graph(r.output)
+    assert g.attr["phase"] == "prefill"
+    r = run("ir", "Qwen/Qwen3-0.6B", "--phase", "both")
+    assert r.exit_code == 2 and "unknown phase 'both'" in r.output
