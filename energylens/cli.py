@@ -90,9 +90,10 @@ def estimate(
                     _si(d.hbm_bytes, "B"))
     console.print(summary)
     m = est.memory
-    console.print(f"memory per GPU: {_si(m.total_bytes, 'B')} of {_si(m.capacity_bytes, 'B')} "
-                  f"(weights {_si(m.weights_bytes, 'B')}, KV cache {_si(m.kv_cache_bytes, 'B')}, "
-                  f"activations {_si(m.activation_bytes, 'B')})")
+    gib = 2**30
+    console.print(f"memory per GPU: {m.total_bytes / gib:.1f} GiB of {m.capacity_bytes / gib:.1f} GiB "
+                  f"(weights {m.weights_bytes / gib:.1f} GiB, KV cache {m.kv_cache_bytes / gib:.2f} GiB, "
+                  f"activations {m.activation_bytes / gib:.2f} GiB)")
     ops = Table(title=f"top {top} ops by energy (all layers)")
     for col in ("phase", "op", "kind", "source", "x", "FLOPs", "bytes", "time", "energy"):
         ops.add_column(col, justify="right" if col in ("x", "FLOPs", "bytes", "time", "energy") else "left")
