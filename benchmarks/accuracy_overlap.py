@@ -6,12 +6,21 @@ workload is built in the einsum IR (7 kernels of the attention block on one nano
 TP=2, plus the independent 32 MiB all-reduce), the ``overlap`` pass places the all-reduce, and
 ``energylens.costmodel.overlap`` prices the schedule on the A100-SXM4-40GB.
 
-Protocol: with ``--fit-windows`` (default: the dev windows -1:-1,0:1,2:2,3:4,5:5,6:6), the kernel
-solo times and the contention/power coefficients are fitted on the rows of those windows and the error
-is reported on the *other* rows (held out). With ``--fit-windows none`` the packaged profile is used
-and every row is reported. Pareto recovery: within each overlap window, the configurations (SMs, block
-size) on the measured time/energy Pareto front (mean of the repeats), and the share of them that the
-predicted front also marks, pooled over windows.
+Protocol (held out by window): with ``--fit-windows`` (default: the dev windows
+-1:-1,0:1,2:2,3:4,5:5,6:6), the kernel solo times and the global contention/power coefficients are
+fitted (scipy least squares, fitting only) on the rows of those windows, and the errors are reported on
+the rows of every *other* window (held out; with the default, 0:2 and 3:5). With ``--fit-windows none``
+the packaged profile is used and every row is reported. Measured values are the mean of the repeats.
+
+Pareto recovery (the last line): the configurations of the reported rows are (window, SMs, block
+size); the measured front is the set of them that no other reported configuration beats in both time
+and energy (means of the repeats), pooled over all reported windows, because that is the choice a plan
+search makes (window, SMs and block together); recovery is the share of that front that the predicted
+front over the same configurations also marks. The per-window variant (one front per window, the SM
+choice for a fixed window) and the precision of both (share of the predicted front that is measured
+Pareto-optimal; recall alone rewards a model that marks everything) are printed on ``#`` lines.
+Caveat: many front points differ by less than the energy noise of a mean of three repeats (~0.7%);
+one repeat's own front recovers only 40-60% of the mean front on window 0:2.
 
     python benchmarks/accuracy_overlap.py --data data/public/overlap_sweep_dev.csv
 """
@@ -52,7 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "energylens" / "costmodel" / "profiles" / "overlap_a100_sxm4_40gb.json"
 DEFAULT_FIT = "-1:-1,0:1,2:2,3:4,5:5,6:6"
 NUM_RANKS = 2
-CLASSES = ("memory", "memory", "gemm", "memory", "memory", "attention", "gemm")
+# kernel 6 is the row-parallel linear *with* its TP all-reduce (32 MiB, NCCL): mostly an SM-driven
+# collective on NVLink, so it contends as a "comm" kernel, not as a GEMM
+CLASSES = ("memory", "memory", "gemm", "memory", "memory", "attention", "comm")
 NAMES = ("bias_dropout_add", "layer_norm", "linear_qkv", "qkv_split", "rope", "attention", "linear_proj")
 
 
@@ -154,44 +165,65 @@ def _graph_for(row: Row, base: Graph, num_sms: int) -> Graph:
 
 
 # -- parameters: kernel solo times (log), then the contention / power coefficients ------------------
+# Global physics only: no per-row or per-window constant. The 7 solo times calibrate the fixed block
+# (they are not measured alone in this file; a weak prior ties the memory-bound ones to their HBM bytes).
 P_NAMES = ("log_t0", "log_t1", "log_t2", "log_t3", "log_t4", "log_t5", "log_t6", "overhead_s",
-           "per_sm_bytes_per_s_512", "block_exponent", "per_block_s", "sm_exponent", "mem_interference",
-           "slow_memory", "slow_gemm", "slow_attention",
-           "static_w", "pw_memory", "pw_gemm", "pw_attention", "sm_power_w", "sm_power_block_exponent",
-           "comm_active_w")
+           "per_sm_bytes_per_s_512", "block_exponent", "per_block_s", "serial_per_block_s", "comm_latency_s",
+           "alpha_memory", "alpha_gemm", "alpha_attention", "alpha_comm",
+           "sigma_memory", "sigma_gemm", "sigma_attention", "sigma_comm",
+           "slow_memory", "slow_gemm", "slow_attention", "slow_comm",
+           "static_w", "pw_memory", "pw_gemm", "pw_attention", "pw_comm", "sm_power_share",
+           "sm_power_w", "sm_power_block_exponent", "comm_active_w")
 X0 = [math.log(x) for x in (1e-4, 1e-4, 4e-4, 2e-4, 2e-4, 3e-4, 1e-3)] + [
-    1e-4, 4e9, 0.8, 1e-5, 0.4, 0.1, 0.1, 0.1, 0.1, 90.0, 100.0, 150.0, 150.0, 2.0, 0.5, 20.0]
-LB = [math.log(1e-6)] * 7 + [0, 1e8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -2, 0]
-UB = [math.log(1e-2)] * 7 + [2e-3, 1e11, 2, 1e-3, 5, 5, 10, 10, 10, 400, 400, 400, 400, 20, 3, 300]
+    1e-4, 4e9, 0.8, 2e-6, 5e-6, 2e-5,
+    0.3, 0.8, 0.8, 0.3, 0.05, 0.05, 0.05, 0.05, 0.3, 0.1, 0.1, 0.1,
+    80.0, 150.0, 150.0, 150.0, 100.0, 0.5, 2.0, 0.5, 20.0]
+LB = [math.log(1e-6)] * 7 + [0, 1e8, 0, 0, 0, 0] + [0] * 12 + [0, 0, 0, 0, 0, 0, 0, -2, 0]
+UB = [math.log(1e-2)] * 7 + [2e-3, 1e11, 2, 1e-4, 1e-4, 1e-3] + [3] * 4 + [2] * 4 + [5] * 4 + [
+    400, 400, 400, 400, 400, 1, 20, 3, 300]
 COMM_BYTES = 32 * 2**20
 
 
 def _params(x: Sequence[float], num_sms: int, tdp_w: float) -> tuple[list[float], OverlapParams]:
     times = [math.exp(v) for v in x[:7]]
     d = dict(zip(P_NAMES, x, strict=True))
+    classes = ("memory", "gemm", "attention", "comm")
     p = OverlapParams(
         num_sms=num_sms, tdp_w=tdp_w, per_sm_bytes_per_s_512=d["per_sm_bytes_per_s_512"],
-        block_exponent=d["block_exponent"], per_block_s=d["per_block_s"], comm_latency_s=0.0,
-        sm_exponent=d["sm_exponent"], mem_interference=d["mem_interference"],
-        comm_slowdown={"memory": d["slow_memory"], "gemm": d["slow_gemm"], "attention": d["slow_attention"]},
+        block_exponent=d["block_exponent"], per_block_s=d["per_block_s"], comm_latency_s=d["comm_latency_s"],
+        sm_exponent=d["alpha_gemm"], mem_interference=d["sigma_memory"],
+        comm_slowdown={c: d[f"slow_{c}"] for c in classes},
         static_w=d["static_w"], sm_power_w=d["sm_power_w"],
         sm_power_block_exponent=d["sm_power_block_exponent"], comm_active_w=d["comm_active_w"],
-        iteration_overhead_s=d["overhead_s"])
+        iteration_overhead_s=d["overhead_s"],
+        sm_exponent_by_class={c: d[f"alpha_{c}"] for c in classes},
+        interference={c: d[f"sigma_{c}"] for c in classes}, sm_power_share=d["sm_power_share"],
+        serial_per_block_s=d["serial_per_block_s"])
     return times, p
 
 
 def _powers(x: Sequence[float]) -> dict[str, float]:
     d = dict(zip(P_NAMES, x, strict=True))
-    return {"memory": d["pw_memory"], "gemm": d["pw_gemm"], "attention": d["pw_attention"]}
+    return {c: d[f"pw_{c}"] for c in ("memory", "gemm", "attention", "comm")}
+
+
+_WINDOWS: dict[tuple[int, int, int, int], list[int]] = {}
+
+
+def _window_kernels(row: Row, base: Graph, num_sms: int) -> list[int]:
+    """Kernel indices inside the row's overlap window, read from the IR the overlap pass produces."""
+    key = (row.start, row.end, row.sms, row.block)
+    if key not in _WINDOWS:
+        got = _window_of(_graph_for(row, base, num_sms))
+        _WINDOWS[key] = got[0] if got else []
+    return _WINDOWS[key]
 
 
 def predict(row: Row, base: Graph, times: Sequence[float], powers: dict[str, float],
             p: OverlapParams) -> tuple[float, float]:
     """(time s, energy J of both ranks) of one row under kernel solo ``times`` and coefficients ``p``."""
-    g = _graph_for(row, base, p.num_sms)
     kern = [Kernel(time_s=t, dyn_power_w=powers[c], cls=c) for t, c in zip(times, CLASSES, strict=True)]
-    got = _window_of(g)
-    win = got[0] if got else []
+    win = _window_kernels(row, base, p.num_sms)
     inside = [kern[j] for j in win]
     outside = [kern[j] for j in range(len(kern)) if j not in win]
     w = overlap_window(inside, comm_bytes=COMM_BYTES, comm_sms=row.sms, block_size=row.block, params=p)
@@ -218,7 +250,7 @@ def fit(rows: Sequence[Row], base: Graph, num_sms: int, tdp_w: float) -> tuple[n
         out += [0.02 * (v - float(np.mean(ratio))) for v in ratio]
         return np.asarray(out)
 
-    res = least_squares(resid, np.asarray(X0), bounds=(LB, UB), x_scale="jac", max_nfev=400)
+    res = least_squares(resid, np.asarray(X0), bounds=(LB, UB), x_scale="jac", max_nfev=4000)
     r = res.fun[: 2 * len(rows)]
     stats = {"rows": len(rows), "time_mape_pct": float(100 * np.abs(r[0::2]).mean()),
              "energy_mape_pct": float(100 * np.abs(r[1::2]).mean()),
@@ -253,6 +285,28 @@ def pareto(points: Sequence[tuple[float, float]]) -> set[int]:
     return front
 
 
+def pareto_scores(rows: Sequence[Row], preds: Sequence[tuple[float, float]], *,
+                  pooled: bool) -> tuple[float, float, int, int]:
+    """(recall %, precision %, measured front size, predicted front size) of the predicted front.
+
+    ``pooled``: one front over every configuration (window, SMs, block size) of ``rows``, the choice a
+    plan search makes; else one front per overlap window (the SM/block choice for a fixed window),
+    counted over all windows together.
+    """
+    groups = [list(range(len(rows)))] if pooled else [
+        [i for i, r in enumerate(rows) if (r.start, r.end) == w] for w in sorted({(r.start, r.end) for r in rows})]
+    hit = n_meas = n_pred = 0
+    for idx in groups:
+        meas = pareto([(rows[i].time_s, rows[i].energy_j) for i in idx])
+        pred = pareto([preds[i] for i in idx])
+        hit += len(meas & pred)
+        n_meas += len(meas)
+        n_pred += len(pred)
+    rec = 100.0 * hit / n_meas if n_meas else float("nan")
+    prec = 100.0 * hit / n_pred if n_pred else float("nan")
+    return rec, prec, n_meas, n_pred
+
+
 def to_profile(x: np.ndarray, fit_windows: str, stats: dict, data: str) -> dict:
     times, p = _params(x, 108, 400.0)
     pw = _powers(x)
@@ -267,12 +321,19 @@ def to_profile(x: np.ndarray, fit_windows: str, stats: dict, data: str) -> dict:
             "fit": "scipy.optimize.least_squares on relative time and energy errors, "
                    "benchmarks/accuracy_overlap.py --write-profile",
             "fit_windows": fit_windows, "residuals_on_fit_rows": stats,
+            "model": "energylens.costmodel.overlap: event-simulated window; per-class SM-loss exponent and "
+                     "interference stretch, comm slowdown by class, serial per-block cost, SM share of "
+                     "dynamic power; kernel 6 (linear proj + its NCCL TP all-reduce) priced as 'comm'",
+            "calibration": "the 7 kernel solo times and per-class dynamic powers are fitted with the "
+                           "global coefficients (no solo-kernel measurements in the data)",
         },
         "coefficients": {
             "per_sm_bytes_per_s_512": d["per_sm_bytes_per_s_512"], "block_exponent": d["block_exponent"],
-            "per_block_s": d["per_block_s"], "comm_latency_s": 0.0, "sm_exponent": d["sm_exponent"],
-            "mem_interference": d["mem_interference"], "comm_slowdown": dict(p.comm_slowdown),
-            "static_w": d["static_w"], "sm_power_w": d["sm_power_w"],
+            "per_block_s": d["per_block_s"], "serial_per_block_s": d["serial_per_block_s"],
+            "comm_latency_s": d["comm_latency_s"], "sm_exponent": p.sm_exponent,
+            "sm_exponent_by_class": dict(p.sm_exponent_by_class), "mem_interference": p.mem_interference,
+            "interference": dict(p.interference), "comm_slowdown": dict(p.comm_slowdown),
+            "static_w": d["static_w"], "sm_power_share": d["sm_power_share"], "sm_power_w": d["sm_power_w"],
             "sm_power_block_exponent": d["sm_power_block_exponent"], "comm_active_w": d["comm_active_w"],
             "iteration_overhead_s": d["overhead_s"],
         },
@@ -335,14 +396,20 @@ def main_overlap(args: argparse.Namespace) -> int:
                   f"{100 * (t / r.time_s - 1):6.2f} {r.energy_j:8.3f} {e:8.3f} {100 * (e / r.energy_j - 1):6.2f}")
     t_err = float(np.mean([abs(t / r.time_s - 1) for r, (t, _) in zip(test, preds, strict=True)])) * 100
     e_err = float(np.mean([abs(e / r.energy_j - 1) for r, (_, e) in zip(test, preds, strict=True)])) * 100
-    hit = total = 0
-    for w in sorted({(r.start, r.end) for r in test}):
-        idx = [i for i, r in enumerate(test) if (r.start, r.end) == w]
-        meas = pareto([(test[i].time_s, test[i].energy_j) for i in idx])
-        pred = pareto([preds[i] for i in idx])
-        hit += len(meas & pred)
-        total += len(meas)
-    rec = 100.0 * hit / total if total else float("nan")
+    per_win = pareto_scores(test, preds, pooled=False)
+    pooled = pareto_scores(test, preds, pooled=True)
+    if not args.quiet:
+        for name, (rec_, prec_, n_meas, n_pred) in (("per window", per_win), ("pooled", pooled)):
+            print(f"# pareto {name}: recall={rec_:.1f}% precision={prec_:.1f}% "
+                  f"(measured front {n_meas} configurations, predicted front {n_pred})")
+    rec = pooled[0]
+    if args.fit_windows.lower() != "none" and args.write_profile:
+        prof = json.loads(PROFILE.read_text())
+        prof["provenance"]["held_out"] = {
+            "windows": note, "rows": len(test), "time_mape_pct": t_err, "energy_mape_pct": e_err,
+            "pareto_recall_pooled_pct": pooled[0], "pareto_precision_pooled_pct": pooled[1],
+            "pareto_recall_per_window_pct": per_win[0], "pareto_precision_per_window_pct": per_win[1]}
+        PROFILE.write_text(json.dumps(prof, indent=1) + "\n")
     print(f"MAPE time={t_err:.2f}% energy={e_err:.2f}% pareto_recovery={rec:.1f}% rows={len(test)}")
     return 0
 

@@ -95,3 +95,56 @@ def test_accuracy_script_on_sample(tmp_path: Path) -> None:
                           "--fit-windows", "none"], capture_output=True, text=True, check=True).stdout
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"MAPE time=[\d.]+% energy=[\d.]+% pareto_recovery=[\d.]+% rows=48", last), last
+
+
+def test_serial_per_block_cost_and_contended_time() -> None:
+    kern = [Kernel(time_s=2e-3, dyn_power_w=200.0, cls="gemm")]
+    p0 = dataclasses.replace(P, serial_per_block_s=0.0)
+    p1 = dataclasses.replace(P, serial_per_block_s=5e-6)
+    for k in (4, 16):
+        a = overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=k, block_size=1024, params=p0)
+        b = overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=k, block_size=1024, params=p1)
+        assert b.time_s == pytest.approx(a.time_s + 5e-6 * k)  # no overlap hides it
+        assert 0 < b.contended_s <= b.time_s
+
+
+def test_interference_stretch_makes_more_sms_cheaper() -> None:
+    # a hidden collective that stalls compute at full SM power: more SMs -> shorter contention -> less energy
+    p = dataclasses.replace(P, interference={"gemm": 0.3}, sm_exponent_by_class={"gemm": 0.0}, sm_power_share=1.0,
+                            sm_power_w=0.0, comm_active_w=0.0, serial_per_block_s=0.0, per_block_s=0.0,
+                            comm_slowdown={"gemm": 0.0})
+    kern = [Kernel(time_s=3e-3, dyn_power_w=250.0, cls="gemm")]
+    e = [overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=k, block_size=1024, params=p).energy_j
+         for k in (8, 12, 16)]
+    assert e[0] > e[1] > e[2]
+
+
+def test_sm_loss_alone_keeps_sm_energy_when_alpha_is_one() -> None:
+    # power follows active SMs and time follows 1/active SMs: the SM part of the energy is unchanged
+    p = dataclasses.replace(P, interference={"gemm": 0.0}, sm_exponent_by_class={"gemm": 1.0}, sm_power_share=1.0)
+    kern = [Kernel(time_s=3e-3, dyn_power_w=250.0, cls="gemm")]
+    w = overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=16, block_size=1024, params=p)
+    assert w.compute_j == pytest.approx(3e-3 * 250.0)
+
+
+def test_old_profile_dicts_still_load() -> None:
+    c = {k: 0.0 for k in ("per_block_s", "comm_latency_s", "sm_exponent", "mem_interference", "sm_power_w",
+                          "sm_power_block_exponent")}
+    c |= {"per_sm_bytes_per_s_512": 4e9, "block_exponent": 0.8, "comm_slowdown": {}, "static_w": 80.0}
+    old = OverlapParams.from_dict({"coefficients": c}, num_sms=108)
+    assert old.sm_power_share == 0.0 and old.serial_per_block_s == 0.0 and old.interference == {}
+    w = overlap_window([Kernel(1e-3, 100.0, "memory")], comm_bytes=1 << 20, comm_sms=8, block_size=512, params=old)
+    assert w.compute_j == pytest.approx(0.1)
+
+
+def test_pareto_scores_pooled_and_per_window() -> None:
+    R = acc.Row
+    rows = [R(0, 1, 4, 1024, 1.0, 2.0), R(0, 1, 8, 1024, 2.0, 1.0), R(2, 2, 4, 1024, 1.5, 1.5),
+            R(2, 2, 8, 1024, 3.0, 3.0)]
+    preds = [(r.time_s, r.energy_j) for r in rows]
+    assert acc.pareto_scores(rows, preds, pooled=True) == (100.0, 100.0, 3, 3)
+    per = acc.pareto_scores(rows, preds, pooled=False)
+    assert per[:2] == (100.0, 100.0) and per[2] == 3  # window 2:2: only its 4-SM point
+    flat = [(1.0, 1.0)] * 4  # marking everything recovers the front, at low precision
+    rec, prec, _, n_pred = acc.pareto_scores(rows, flat, pooled=True)
+    assert rec == 100.0 and prec == 75.0 and n_pred == 4

@@ -4,20 +4,26 @@ Physics (per GPU; every GPU of the collective runs the same schedule):
 
 * An SM-driven collective kernel (MSCCL++/NCCL style) with ``k`` thread blocks of ``b`` threads moves
   its bytes at ``k * r(b)`` with a per-SM rate ``r(b) = r_512 * (b / 512) ** gamma`` (more threads in
-  flight per SM, more bytes in flight), and pays a fixed latency plus a per-block set-up and
-  synchronisation cost: ``T_comm(k, b) = latency + bytes / (k r(b)) + per_block * k``.
-* While it runs, a compute kernel loses the SMs (and issue slots) it takes: it slows by
-  ``(N / (N - k)) ** sm_exponent``; a memory-bound kernel also shares HBM bandwidth with the
-  collective's traffic, an extra factor ``1 + mem_interference``. The collective in turn slows by
-  ``1 + comm_slowdown[class]`` while it shares the GPU with a kernel of that class.
+  flight per SM, more bytes in flight), and pays a fixed latency plus a per-block set-up cost:
+  ``T_comm(k, b) = latency + bytes / (k r(b)) + per_block * k``. Its ``k`` blocks also pay a
+  per-block cost that no overlap hides (the cross-GPU barrier of every block and the stream sync at
+  the window's end): ``serial_per_block * k`` on the critical path.
+* While it runs, a compute kernel of class ``c`` loses the SMs the collective holds, slowing by
+  ``(N / (N - k)) ** alpha_c`` (``alpha`` ~ 1 for a kernel whose waves need every SM, ~ 0 for a
+  memory-bound kernel that saturates HBM on fewer SMs), and is further stretched by ``1 + sigma_c``
+  by interference (HBM/L2 traffic and issue slots of the spinning collective). The collective in
+  turn slows by ``1 + comm_slowdown[c]``.
 * The window is simulated event by event: both progress at their contended rates until one finishes;
   the rest of the other runs alone (compute at full speed; the collective at its solo speed, the
   compute stream waiting at the sync point).
-* Energy = static power x window time (every GPU, the waiting included) + each kernel's dynamic
-  energy (its dynamic power x its solo time: the work does not change when it is stretched) + the
-  collective: ``comm_active_w + sm_power * k * (b / 512) ** delta`` (links and memory traffic while it
-  is in flight, plus its SMs) for as long as they are held (contended
-  time), so a stretched collective costs more. Power is capped at the GPU's TDP.
+* Energy = static power x window time (the waiting included) + each kernel's dynamic energy, split
+  into a memory-side part (``1 - phi``: HBM bytes, fixed by the work) and an SM part (``phi``) whose
+  power follows the active SMs: while contended it burns ``phi * p * (N - k) / N`` for the stretched
+  time, so a kernel slowed by SM loss alone costs ``((N - k) / N) ** (1 - alpha)`` of its SM energy
+  while interference stalls (``sigma``) burn full SM power for nothing. The collective draws
+  ``comm_active_w + sm_power * k * (b / 512) ** delta`` for as long as it holds its blocks. So a
+  collective given more SMs finishes sooner, shortening the stretch of the compute it contends with:
+  energy can fall with ``k`` while time rises (the serial per-block cost). Power is capped at TDP.
 
 Coefficients live in ``profiles/overlap_<gpu>.json`` with their provenance (data, fit, residuals).
 
@@ -91,6 +97,16 @@ class OverlapParams(Record):
     comm_active_w: float = 0.0
     iteration_overhead_s: float = 0.0
     tdp_w: float = float("inf")
+    #: per-class SM-loss exponent ``alpha_c`` (a class missing here uses ``sm_exponent``)
+    sm_exponent_by_class: Mapping[str, float] = field(default_factory=dict)
+    #: per-class interference stretch ``sigma_c`` (a class missing here: ``mem_interference`` for
+    #: "memory", else 0)
+    interference: Mapping[str, float] = field(default_factory=dict)
+    #: SM share ``phi`` of a kernel's dynamic power (1: all of it follows the active SMs, the old model
+    #: of fixed dynamic energy is ``phi = 0``)
+    sm_power_share: float = 0.0
+    #: per-block time (s) of the collective that overlap does not hide
+    serial_per_block_s: float = 0.0
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -112,7 +128,10 @@ class OverlapParams(Record):
             sm_exponent=c["sm_exponent"], mem_interference=c["mem_interference"],
             comm_slowdown=dict(c["comm_slowdown"]), static_w=c["static_w"], sm_power_w=c["sm_power_w"],
             sm_power_block_exponent=c["sm_power_block_exponent"], comm_active_w=c.get("comm_active_w", 0.0),
-            iteration_overhead_s=c.get("iteration_overhead_s", 0.0))
+            iteration_overhead_s=c.get("iteration_overhead_s", 0.0),
+            sm_exponent_by_class=dict(c.get("sm_exponent_by_class", {})),
+            interference=dict(c.get("interference", {})), sm_power_share=c.get("sm_power_share", 0.0),
+            serial_per_block_s=c.get("serial_per_block_s", 0.0))
 
 
 @functools.cache
@@ -126,7 +145,8 @@ def _load(stem: str, gpu: str) -> OverlapParams:
 class OverlapCost(Record):
     """Time and energy of one GPU over an overlapped window, energy in its parts.
 
-    ``comm_exposed_s`` is the time the compute stream waited for the collective after the window.
+    ``comm_exposed_s`` is the time the compute stream waited for the collective after the window
+    (its serial per-block part included); ``contended_s`` the time both streams ran together.
     """
 
     time_s: float
@@ -135,6 +155,7 @@ class OverlapCost(Record):
     comm_j: float
     comm_time_s: float
     comm_exposed_s: float
+    contended_s: float = 0.0
 
     @property
     def energy_j(self) -> float:
@@ -170,6 +191,16 @@ def serial_cost(kernels: Sequence[Kernel], params: OverlapParams) -> OverlapCost
                        comm_time_s=0.0, comm_exposed_s=0.0)
 
 
+def _alpha(cls: str, p: OverlapParams) -> float:
+    return p.sm_exponent_by_class.get(cls, p.sm_exponent)
+
+
+def _sigma(cls: str, p: OverlapParams) -> float:
+    if cls in p.interference:
+        return p.interference[cls]
+    return p.mem_interference if cls == "memory" else 0.0
+
+
 def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: float, comm_sms: int, block_size: int,
                    params: OverlapParams) -> OverlapCost:
     """One GPU's window: a collective launched before ``kernels[0]``, synchronised after the last.
@@ -177,33 +208,42 @@ def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: float, comm_sms: in
     An empty ``kernels`` is the serial case (collective alone, then the compute).
     """
     p = params
-    t_comm = sm_comm_time_s(comm_bytes, comm_sms, block_size, p)
-    slow_sm = (p.num_sms / (p.num_sms - comm_sms)) ** p.sm_exponent
+    n, k = p.num_sms, comm_sms
+    t_comm = sm_comm_time_s(comm_bytes, k, block_size, p)
+    active = (n - k) / n  # SM share left to compute while the collective holds its blocks
     left = 1.0  # fraction of the collective still to do
     t = held = 0.0
+    compute = 0.0
     for kern in kernels:
         if left <= 0:
             t += kern.time_s
+            compute += kern.time_s * kern.dyn_power_w
             continue
-        slow = slow_sm * (1 + p.mem_interference if kern.cls == "memory" else 1.0)
-        ti = kern.time_s * slow
+        f_sm = (1.0 / active) ** _alpha(kern.cls, p)
+        stretch = f_sm * (1 + _sigma(kern.cls, p))
+        ti = kern.time_s * stretch  # contended duration of the whole kernel
         tc = t_comm * (1 + p.comm_slowdown.get(kern.cls, 0.0))
         if left * tc >= ti:  # the kernel ends first
+            q = 1.0
             left -= ti / tc if tc > 0 else left
-            t += ti
-            held += ti
         else:  # the collective ends inside this kernel; the rest of the kernel runs alone
-            tt = left * tc
-            t += tt + (1 - tt / ti) * kern.time_s
-            held += tt
+            q = left * tc / ti  # share of the kernel's work done while contended
             left = 0.0
-    exposed = left * t_comm
+        tt = q * ti
+        t += tt + (1 - q) * kern.time_s
+        held += tt
+        # memory side: fixed by the work; SM side: power x active share for the contended time
+        sm_part = p.sm_power_share * kern.dyn_power_w
+        compute += kern.time_s * kern.dyn_power_w * (1 - q) + q * kern.time_s * (kern.dyn_power_w - sm_part)
+        compute += sm_part * active * tt
+    contended = held
+    exposed = left * t_comm + p.serial_per_block_s * k
     t += exposed
     held += exposed
     static = p.static_w * t
-    compute = sum(k.time_s * k.dyn_power_w for k in kernels)
-    comm = _comm_power_w(comm_sms, block_size, p) * held
+    comm = _comm_power_w(k, block_size, p) * held
     total = _cap(t, static + compute + comm, p)
     scale = total / (static + compute + comm) if static + compute + comm > 0 else 1.0
     return OverlapCost(time_s=t, static_j=static * scale, compute_j=compute * scale, comm_j=comm * scale,
-                       comm_time_s=held, comm_exposed_s=exposed)
+                       comm_time_s=held, comm_exposed_s=exposed, contended_s=contended)
+
