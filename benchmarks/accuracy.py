@@ -18,6 +18,7 @@ Held-out protocol (fit the GPU profiles on the other models' rows, report on thi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -44,6 +45,20 @@ class Result:
     itl_s: float
     power_w: float
     energy_per_token_j: float
+
+
+def parallel_of(row) -> el.Parallel:
+    """The plan a row ran: its tp/ep/dp, except that ML.ENERGY's MoE rows showing ``tp=1, ep=N``
+    ran attention with tensor parallelism N plus expert parallelism N over the same N GPUs
+    (``--tensor-parallel-size N --enable-expert-parallel``; data/public/mlenergy_dev.README.md)."""
+    if row.ep > 1 and row.tp == 1:
+        return el.Parallel(tp=row.ep, ep=row.ep, dp=row.dp)
+    return el.Parallel(tp=row.tp, ep=row.ep, dp=row.dp)
+
+
+def _skip_reason(row) -> str | None:
+    """``row_skip_reason`` of the fit, except that multi-GPU rows are predicted (as ``parallel_of``)."""
+    return row_skip_reason(dataclasses.replace(row, num_gpus=1, tp=1, ep=1, dp=1))
 
 
 def _pct(pred: float, meas: float) -> float:
@@ -88,10 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     skipped: list[tuple[object, str]] = []
     for r in rows:
-        reason = row_skip_reason(r)
+        reason = _skip_reason(r)
         if reason is None:
             try:
-                est = el.estimate(r.model_id, el.Cluster(r.gpu_model), r.workload(), profiles=profiles)
+                est = el.estimate(r.model_id, el.Cluster(r.gpu_model, num_gpus=r.num_gpus), r.workload(),
+                                  parallel_of(r), profiles=profiles)
             except UnknownNameError as exc:
                 reason = f"unknown {exc.kind} {exc.name!r}"
             except DoesNotFitError as exc:
@@ -140,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"  {gpu}: itl {sum(e[0] for e in errs) / len(errs):.1%}  power "
                       f"{sum(e[1] for e in errs) / len(errs):.1%}  energy/token {sum(e[2] for e in errs) / len(errs):.1%}"
                       f"  ({len(sub)} rows)")
+    multi = [x for x in results if x.row.num_gpus > 1]
+    if multi:
+        errs = [(abs(x.itl_s * 1e3 / x.row.median_itl_ms - 1), abs(x.power_w / x.row.avg_power_watts_total - 1),
+                 abs(x.energy_per_token_j / x.row.energy_per_token_j - 1)) for x in multi]
+        console.print(f"  multi-GPU: itl {sum(e[0] for e in errs) / len(errs):.1%}  power "
+                      f"{sum(e[1] for e in errs) / len(errs):.1%}  energy/token {sum(e[2] for e in errs) / len(errs):.1%}"
+                      f"  ({len(multi)} rows)")
     sys.stdout.flush()
     print(f"MAPE itl={mape('itl'):.1f}% power={mape('power'):.1f}% energy_per_token={mape('ept'):.1f}% "
           f"rows={len(results)} skipped={len(skipped)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,8 +69,8 @@ def main() -> None:
         bare = min((run(BARE_EXPORT, args.model, env) for _ in range(args.repeats)), key=lambda r: r["s"])
         colds, warms = [], []
         for _ in range(args.repeats):
-            for f in os.listdir(cache):
-                os.remove(os.path.join(cache, f))
+            shutil.rmtree(cache)
+            os.mkdir(cache)
             colds.append(run(ESTIMATE, args.model, env))
             warms.append(run(ESTIMATE, args.model, env))
         cold = min(colds, key=lambda r: r["s"])

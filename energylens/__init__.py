@@ -11,12 +11,12 @@ from __future__ import annotations
 from energylens.errors import EnergylensError
 from energylens.typing import SLO, Cluster, Estimate, Parallel, Workload
 
-__all__ = ["EnergylensError", "SLO", "Cluster", "Estimate", "Parallel", "Workload", "estimate", "__version__"]
+__all__ = ["EnergylensError", "SLO", "Cluster", "Estimate", "Parallel", "Workload", "estimate", "compile", "Plan", "__version__"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):  # lazy: `import energylens` must not import torch
-    if name in ("estimate", "compile"):
+    if name in ("estimate", "compile", "Plan"):
         from energylens import api
 
         return getattr(api, name)

@@ -12,16 +12,20 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from energylens.costmodel.analysis import PricedOp, price_graph
+from energylens.costmodel.analysis import PricedOp
+from energylens.costmodel.comm import INTERCONNECTS
 from energylens.costmodel.hardware import GPUSpec, get_gpu
-from energylens.costmodel.memory import check_fits, memory_estimate
+from energylens.costmodel.memory import check_fits
+from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, plan_memory
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.costmodel.serving import serving_estimate
-from energylens.errors import EnergylensError
+from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Graph
-from energylens.typing import Cluster, Estimate, OpEstimate, Parallel, PhaseEstimate, Workload
+from energylens.passes.moe import Moe
+from energylens.passes.shard import check_parallel
+from energylens.typing import Cluster, Estimate, OpEstimate, Parallel, PhaseEstimate, PlanGraphs, Workload
 
-__all__ = ["estimate", "resolve_model"]
+__all__ = ["estimate", "resolve_model", "default_interconnect"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -46,63 +50,100 @@ def resolve_model(model: Any) -> Any:
 
 
 def _phase(name: str, ops: list[PricedOp], tokens: int, num_gpus: int) -> PhaseEstimate:
+    """Totals of a phase over the plan's ``num_gpus`` GPUs (``ops`` carry one GPU's cost)."""
     t = sum(p.count * p.cost.time_s for p in ops)
     static = sum(p.count * p.cost.static_j for p in ops) * num_gpus
     dyn = sum(p.count * (p.cost.flop_j + p.cost.byte_j) for p in ops) * num_gpus
     return PhaseEstimate(name=name, latency_s=t, energy_j=static + dyn, avg_power_w=(static + dyn) / t,
                          flops=sum(p.count * p.cost.flops for p in ops) * num_gpus,
                          hbm_bytes=sum(p.count * p.cost.hbm_bytes for p in ops) * num_gpus,
-                         static_j=static, dynamic_j=dyn, tokens=tokens)
+                         static_j=static, dynamic_j=dyn, tokens=tokens,
+                         comm_j=sum(p.count * getattr(p, "comm_j", 0.0) for p in ops) * num_gpus,
+                         wait_j=sum(p.count * getattr(p, "wait_j", 0.0) for p in ops) * num_gpus)
 
 
-def _op_rows(phase: str, ops: list[PricedOp]) -> list[OpEstimate]:
+def _op_rows(phase: str, ops: list[PricedOp], num_gpus: int = 1) -> list[OpEstimate]:
+    """Per-op rows: time on the critical path; FLOPs, bytes and energy summed over the plan's GPUs."""
     return [OpEstimate(phase=phase, name=p.op.result.name, kind=p.op.kind,
                        source=p.op.source.module or p.op.source.aten, count=p.count,
-                       flops=p.count * p.cost.flops, hbm_bytes=p.count * p.cost.hbm_bytes,
-                       time_s=p.count * p.cost.time_s, energy_j=p.count * p.cost.energy_j) for p in ops]
+                       flops=p.count * p.cost.flops * num_gpus, hbm_bytes=p.count * p.cost.hbm_bytes * num_gpus,
+                       time_s=p.count * p.cost.time_s, energy_j=p.count * p.cost.energy_j * num_gpus) for p in ops]
 
 
 def _model_name(model: Any, graph: Graph) -> str:
     return graph.attr.get("model") or (model if isinstance(model, str) else type(model).__name__)
 
 
+def default_interconnect(gpu: GPUSpec) -> str:
+    """NVLink for GPUs that have it (SXM/OAM parts), PCIe otherwise."""
+    return "nvlink" if gpu.nvlink_bandwidth_bytes_per_s else "pcie"
+
+
 def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Parallel | None = None, *,
+             fused: bool = True, comm_sms: int | None = None, routing: str | Moe = "uniform",
              profiles: str | Path | None = None, profile: Profile | None = None) -> Estimate:
     """Latency, power, energy and memory of serving ``model`` on ``cluster`` for ``workload``.
 
     ``model`` is an HF id of a bundled model (``energylens.models``), or an already traced model.
+    ``parallel`` (vLLM's meaning, default one GPU): attention and dense layers on ``tp x dp`` GPUs,
+    each of the ``dp`` replicas serving ``batch / dp`` of the sequences; experts spread with ``ep``
+    over the same GPUs. The plan is the pipeline ``shard{tp,ep,dp}``, ``fuse`` (when ``fused``),
+    ``moe{routing}`` (``routing``: ``uniform``, ``zipf`` or a configured ``Moe`` pass), priced per
+    GPU (``energylens.costmodel.plan``): local dim sizes per op, collectives from NCCL tables on
+    ``cluster.interconnect`` (default NVLink where the GPU has it), the expert straggler under ep
+    (waiting GPUs burn static power), fused kernels' HBM bytes; with ``comm_sms`` set, tensor-parallel
+    collectives overlap compute on that many SMs (contended schedule, ``costmodel.overlap``).
+
     ``est.prefill`` is the prefill of the whole batch; ``est.decode`` one decode step of ``batch``
     sequences at the mean context ``prompt_len + output_len/2`` (``itl_s``, ``energy_per_token_j``);
     ``est.serving`` the steady state of continuous batching with chunked prefill (median ITL, power,
-    energy per output token with prefill included); ``est.memory`` bytes per GPU; ``est.ops`` the
-    per-op table. Powers are totals over all GPUs. ``profiles`` is a folder of profile JSONs to use
-    instead of the bundled ones (or pass one ``profile``).
+    energy per output token with prefill included); ``est.memory`` bytes *per GPU*; ``est.ops`` the
+    per-op table (each op over its repetitions: its time on one GPU, its FLOPs, bytes and energy
+    summed over the plan's GPUs, so they add up to the phase's); ``est.graphs`` the rewritten IR
+    (``print(est.graphs)``). Powers and energies are totals over the ``tp x dp`` GPUs of the plan
+    (``est.num_gpus``); GPUs of the cluster outside the plan are not counted (they are free for
+    another replica or job). ``profiles`` is a folder of profile JSONs to use instead of the bundled
+    ones (or pass one ``profile``).
 
-    Raises ``DoesNotFitError`` when the plan does not fit in memory, ``EstimateError`` for an op the
-    cost model cannot price, ``UnknownNameError`` for an unknown model or GPU.
+    Raises ``ShardingError`` for an impossible plan (tp not dividing the heads, ep not dividing the
+    experts, more GPUs than the cluster has), ``DoesNotFitError`` when a GPU's share does not fit in
+    memory, ``EstimateError`` for an op the cost model cannot price, ``UnknownNameError`` for an
+    unknown model, GPU or interconnect.
     """
     parallel = parallel or Parallel()
-    if cluster.num_gpus > 1 or parallel.tp > 1 or parallel.ep > 1 or parallel.dp > 1:
-        raise EnergylensError(
-            f"multi-GPU plans are not supported yet (cluster has {cluster.num_gpus} GPUs, "
-            f"tp={parallel.tp} ep={parallel.ep} dp={parallel.dp}); estimate on one GPU for now "
-            "(the communication model and sharding come with issue 4)")
     gpu: GPUSpec = get_gpu(cluster.gpu)
+    interconnect = cluster.interconnect or default_interconnect(gpu)
+    if interconnect not in INTERCONNECTS:
+        raise UnknownNameError("interconnect", interconnect, INTERCONNECTS)
+    if comm_sms is not None and (isinstance(comm_sms, bool) or not isinstance(comm_sms, int)
+                                 or not 0 < comm_sms < gpu.compute_units):
+        raise ConfigError(f"comm_sms must be an SM count in 1..{gpu.compute_units - 1} on {gpu.name} "
+                          f"(or None: no overlap), got {comm_sms!r}")
     prof = profile or load_profile(gpu, profiles)
     traced = resolve_model(model)
-    prefill_g, decode_g = traced.prefill, traced.decode
+    check_parallel(traced.decode, parallel, num_gpus=cluster.num_gpus)
+    prefill_g = plan_graph(traced.prefill, parallel, fused, routing)
+    decode_g = plan_graph(traced.decode, parallel, fused, routing)
     name = _model_name(model, decode_g)
-    mem = memory_estimate(prefill_g, decode_g, workload, gpu, num_gpus=cluster.num_gpus)
+    n = parallel.num_gpus
+    mem = plan_memory(prefill_g, decode_g, workload, gpu)
     check_fits(mem, name, gpu)
+    price = PlanPricer(interconnect=interconnect, comm_sms=comm_sms)
     b, s = workload.batch, workload.prompt_len
-    pre_ops = price_graph(prefill_g, {"B": b, "S": s, "K": s}, gpu, prof)
-    dec_ops = price_graph(decode_g, {"B": b, "S": 1, "K": workload.decode_context_len}, gpu, prof)
+    pre_ops = price(prefill_g, {"B": b, "S": s, "K": s}, gpu, prof)
+    dec_ops = price(decode_g, {"B": b, "S": 1, "K": workload.decode_context_len}, gpu, prof)
     return Estimate(
-        model=name, gpu=gpu.name, num_gpus=cluster.num_gpus, workload=workload, parallel=parallel,
-        prefill=_phase("prefill", pre_ops, b * s, cluster.num_gpus),
-        decode=_phase("decode", dec_ops, b, cluster.num_gpus),
+        model=name, gpu=gpu.name, num_gpus=n, workload=workload, parallel=parallel,
+        prefill=_phase("prefill", pre_ops, b * s, n),
+        decode=_phase("decode", dec_ops, b, n),
         memory=mem,
-        ops=tuple(_op_rows("prefill", pre_ops) + _op_rows("decode", dec_ops)),
-        serving=serving_estimate(prefill_g, decode_g, workload, gpu, prof, num_gpus=cluster.num_gpus),
+        ops=tuple(_op_rows("prefill", pre_ops, n) + _op_rows("decode", dec_ops, n)),
+        serving=serving_estimate(prefill_g, decode_g, workload, gpu, prof, num_gpus=n, price=price),
         profile=f"{prof.provenance.method}: {prof.provenance.data}",
+        graphs=PlanGraphs(pipeline=pipeline_text(parallel, fused, routing), prefill=prefill_g, decode=decode_g),
     )
+
+# compile and Plan live in the search stage (above the cost model); re-exported here for ``energylens``.
+from energylens.search.compile import Plan, compile  # noqa: E402
+
+__all__ += ["compile", "Plan"]

@@ -61,18 +61,26 @@ def _si(x: float, unit: str) -> str:
 def estimate(
     model: Annotated[str, typer.Argument(help="HF model id (see `energylens models`), a config.json or a model directory")],
     gpu: Annotated[str, typer.Option(help="GPU name (see `energylens gpus`)")] = "H100-SXM",
-    gpus: Annotated[int, typer.Option(help="number of GPUs")] = 1,
+    gpus: Annotated[int | None, typer.Option(help="GPUs of the cluster (default: tp x dp)")] = None,
     batch: Annotated[int, typer.Option(help="sequences in the batch")] = 32,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
+    tp: Annotated[int, typer.Option(help="tensor-parallel size")] = 1,
+    ep: Annotated[int, typer.Option(help="expert-parallel size (MoE; experts spread over the tp x dp GPUs)")] = 1,
+    dp: Annotated[int, typer.Option(help="data-parallel replicas")] = 1,
+    fuse: Annotated[bool, typer.Option(help="fuse pointwise ops and attention into neighbouring kernels")] = True,
+    comm_sms: Annotated[int | None, typer.Option(help="overlap TP collectives with compute on this many SMs")] = None,
+    routing: Annotated[str, typer.Option(help="MoE routing: uniform or zipf")] = "uniform",
+    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: NVLink where the GPU has it)")] = None,
     top: Annotated[int, typer.Option(help="how many ops to list, by energy")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ) -> None:
-    """Predict prefill and decode latency, energy and power of MODEL on one GPU."""
+    """Predict prefill and decode latency, energy and power of MODEL on GPUS GPUs with a given plan."""
     import energylens as el
 
-    est = el.estimate(model, el.Cluster(gpu, num_gpus=gpus),
-                      el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len))
+    est = el.estimate(model, el.Cluster(gpu, num_gpus=gpus or tp * dp, interconnect=interconnect),
+                      el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len),
+                      el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms, routing=routing)
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
         return
@@ -158,3 +166,116 @@ def gpus() -> None:
 
 def main() -> None:
     app()
+
+
+# ---- runtime: measure, validate, calibrate (energylens.runtime) -------------------------------------
+@app.command("measure")
+@_user_errors
+def measure_cmd(
+    suite: Annotated[str, typer.Option(help="quick (minutes) or full")] = "quick",
+    out: Annotated[str, typer.Option(help="JSONL file the records are appended to")] = "",
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:N or cpu (default: cuda when a GPU is seen)")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="start the file anew")] = False,
+    part: Annotated[list[str] | None, typer.Option(help="only this part (repeatable), e.g. micro:gemm")] = None,
+    budget_s: Annotated[float, typer.Option(help="time limit of each part; a rerun continues it")] = 480.0,
+) -> None:
+    """Measure microbenchmarks and end-to-end runs into raw JSON lines (data/measurements/README.md)."""
+    from energylens.errors import InvalidWorkloadError
+    from energylens.runtime.measure import measure
+
+    if not out:
+        raise InvalidWorkloadError("--out FILE is required, e.g. --out data/measurements/<gpu>-<yyyymmdd>-quick.jsonl")
+    s = measure(suite, out, device, not no_resume, parts=part, budget_s=budget_s)
+    if s.errors:
+        raise typer.Exit(1)
+
+
+@app.command("validate")
+@_user_errors
+def validate_cmd(
+    paths: Annotated[list[str] | None, typer.Argument(help="measurement files or folders (default: data/measurements)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    plot: Annotated[str | None, typer.Option(help="write a predicted-vs-measured parity plot (PNG) here")] = None,
+    profiles: Annotated[str | None, typer.Option(help="folder of profile JSONs to use instead of the bundled ones")] = None,
+    runs: Annotated[int, typer.Option(help="runs to list (0: all)")] = 30,
+) -> None:
+    """Predicted vs measured time, energy and power per run and per op class, with MAPEs."""
+    from energylens.runtime.validate import validate
+
+    report = validate(paths or ["data/measurements"], profiles_dir=profiles)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        report.print(console, max_runs=runs)
+    if plot:
+        path = report.parity_plot(plot)
+        print(f"parity plot: {path}", file=sys.stderr if as_json else sys.stdout)
+
+
+@app.command("calibrate")
+@_user_errors
+def calibrate_cmd(
+    paths: Annotated[list[str], typer.Argument(help="measurement files or folders")],
+    gpu: Annotated[str | None, typer.Option(help="fit only this GPU's profile")] = None,
+    out: Annotated[str | None, typer.Option(help="profile file (.json) or folder (default: the bundled profiles)")] = None,
+    base: Annotated[str, typer.Option(help="starting profile: bundled or datasheet")] = "bundled",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="fit and print; write nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+) -> None:
+    """Fit the cost model's profile coefficients of each GPU in the measurement files."""
+    from energylens.runtime.calibrate import calibrate
+
+    results = calibrate(paths, gpu=gpu, out=out, base=base, write=not dry_run)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    for r in results:
+        table = Table(title=f"{r.gpu}: calibrated on {r.samples} records ({r.energy_samples} with energy)"
+                      + (f" -> {r.path}" if r.path else " (dry run, not written)"))
+        for col in ("coefficient", "value", "status"):
+            table.add_column(col)
+        for name in (*r.fitted, *r.kept):
+            table.add_row(name, f"{getattr(r.profile, name):.4g}", "fitted" if name in r.fitted else f"kept: {r.kept[name]}")
+        console.print(table)
+        console.print("in-sample residuals: " + ", ".join(f"{k} {v:g}" for k, v in r.residuals.items()))
+        for note in r.notes:
+            console.print(f"note: {note}")
+
+
+# ---- compile: plan search (energylens.search) -------------------------------------------------------
+@app.command("compile")
+@_user_errors
+def compile_cmd(
+    model: Annotated[str, typer.Argument(help="HF model id (see `energylens models`)")],
+    gpu: Annotated[str, typer.Option(help="GPU name (see `energylens gpus`)")] = "H100-SXM",
+    gpus: Annotated[int, typer.Option(help="number of GPUs of the cluster")] = 8,
+    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: NVLink where the GPU has it)")] = None,
+    batch: Annotated[int, typer.Option(help="concurrent sequences (the search tries up to this many)")] = 64,
+    prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
+    output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
+    slo_itl_ms: Annotated[float | None, typer.Option(help="inter-token latency target (median), ms")] = None,
+    slo_ttft_ms: Annotated[float | None, typer.Option(help="time-to-first-token target (prefill of the batch), ms")] = None,
+    objective: Annotated[str, typer.Option(help="energy or latency")] = "energy",
+    plot: Annotated[str | None, typer.Option(help="write the Pareto plot here (PNG)")] = None,
+    export: Annotated[str | None, typer.Option(help="print the plan for vllm (a `vllm serve` command) or megatron")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Search tp x ep x dp x fusion x overlap SMs x batch x GPU clock for the least-energy plan meeting the SLO."""
+    import energylens as el
+    from energylens.errors import UnknownNameError
+
+    if export is not None and export not in ("vllm", "megatron"):
+        raise UnknownNameError("export target", export, ["vllm", "megatron"])
+    plan = el.compile(model, el.Cluster(gpu, num_gpus=gpus, interconnect=interconnect),
+                      workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len),
+                      objective=objective, slo=el.SLO(itl_ms=slo_itl_ms, ttft_ms=slo_ttft_ms))  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    elif export is None:
+        plan.report()
+    if plot:
+        print(f"Pareto plot: {plan.plot(plot)}", file=sys.stderr if as_json or export else sys.stdout)
+    if export == "vllm":
+        print(plan.to_vllm(cli=True), end="")
+    elif export == "megatron":
+        print(json.dumps(plan.to_megatron(), indent=2))

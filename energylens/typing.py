@@ -23,6 +23,7 @@ __all__ = [
     "MemoryEstimate",
     "ServingEstimate",
     "Estimate",
+    "PlanGraphs",
     "Record",
 ]
 
@@ -70,15 +71,30 @@ class Workload(Record):
     batch: int = 1
     prompt_len: int = 1024
     output_len: int = 256
+    #: Coefficient of variation of the output lengths (std / mean). Under continuous batching a
+    #: request holds its batch slot for as long as it generates, so the running batch is
+    #: length-biased: its mean KV length is ``prompt_len + output_len * (1 + cv**2) / 2``
+    #: (``serving_context_len``). 1.0 (exponential-like spread, as chat and reasoning traces
+    #: have) by default; 0 for fixed-length benchmarks.
+    output_len_cv: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "output_len"):
             _positive_int("Workload", name, getattr(self, name))
+        if isinstance(self.output_len_cv, bool) or not isinstance(self.output_len_cv, (int, float)) \
+                or not 0 <= self.output_len_cv <= 10:
+            raise InvalidWorkloadError(f"Workload.output_len_cv must be a number in [0, 10], got {self.output_len_cv!r}")
 
     @property
     def decode_context_len(self) -> int:
         """Mean KV length of a decode step: prompt_len + output_len / 2."""
         return self.prompt_len + self.output_len // 2
+
+    @property
+    def serving_context_len(self) -> float:
+        """Mean KV length of a step of steady-state continuous batching (length-biased batch):
+        ``prompt_len + output_len * (1 + output_len_cv**2) / 2``, before any KV-capacity limit."""
+        return self.prompt_len + self.output_len * (1.0 + self.output_len_cv ** 2) / 2.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,8 @@ class PhaseEstimate(Record):
     static_j: float
     dynamic_j: float
     tokens: int
+    comm_j: float = 0.0   # communication energy above static (inside dynamic_j)
+    wait_j: float = 0.0   # static energy of GPUs waiting for the expert straggler (inside static_j)
 
     @property
     def itl_s(self) -> float:
@@ -242,3 +260,29 @@ class Estimate(Record):
     ops: tuple[OpEstimate, ...] = field(default=())
     serving: ServingEstimate | None = None
     profile: str = ""  # provenance of the cost-model profile used (method and data)
+    graphs: PlanGraphs | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def graph(self) -> Any:
+        """The rewritten decode graph of the plan (``print(est.graph)`` shows its IR text)."""
+        return self.graphs.decode if self.graphs is not None else None
+
+
+@dataclass(frozen=True)
+class PlanGraphs(Record):
+    """The IR of a plan after its pipeline: ``prefill`` and ``decode`` graphs (``energylens.ir.Graph``).
+
+    ``str()`` is the IR text of both; ``to_dict()`` keeps only the pipeline (the IR is large).
+    """
+
+    pipeline: str
+    prefill: Any = field(repr=False)
+    decode: Any = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline}
+
+    def __str__(self) -> str:
+        from energylens.ir.text import print_graph
+
+        return f"// pipeline: {self.pipeline}\n{print_graph(self.prefill)}\n{print_graph(self.decode)}"

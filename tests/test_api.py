@@ -51,6 +51,7 @@ def tiny(phase):
         K, Vv = V("kc2", ("B", "g", "K", "d")), V("vc2", ("B", "g", "K", "d"))
     else:
         K, Vv = V("ka", ("B", "g", "K", "d")), V("va", ("B", "g", "K", "d"))
+        decls += [Decl(K, "input"), Decl(Vv, "input")]
     ops += [Einsum(result=V("s", ("B", "g", "r", "S", "K")), operands=(q, K), spec="bgrsd,bgkd->bgrsk",
                    causal=phase == "prefill"),
             Reduce(result=V("p", ("B", "g", "r", "S", "K")), operands=(V("s", ("B", "g", "r", "S", "K")),),
@@ -74,10 +75,10 @@ TOY = SimpleNamespace(prefill=tiny("prefill"), decode=tiny("decode"))
 
 
 def test_estimate_on_hand_built_model():
-    wl = el.Workload(batch=4, prompt_len=128, output_len=64)
+    wl = el.Workload(batch=4, prompt_len=512, output_len=64)
     est = el.estimate(TOY, el.Cluster("H100"), wl)
     assert est.model == "toy/tiny" and est.gpu == "H100-SXM"
-    assert est.prefill.tokens == 4 * 128 and est.decode.tokens == 4
+    assert est.prefill.tokens == 4 * 512 and est.decode.tokens == 4
     assert est.decode.itl_s == est.decode.latency_s > 0
     assert est.decode.energy_per_token_j == pytest.approx(est.decode.energy_j / 4)
     for ph in (est.prefill, est.decode):
@@ -106,11 +107,14 @@ def test_to_dict_is_plain_data_with_derived_fields():
     assert isinstance(d["ops"], list) and {"name", "source", "flops", "hbm_bytes", "time_s", "energy_j"} <= set(d["ops"][0])
 
 
-def test_multi_gpu_is_refused_clearly():
+def test_multi_gpu_plan_on_hand_built_model():
     wl = el.Workload(batch=2, prompt_len=64, output_len=32)
-    with pytest.raises(EnergylensError, match="multi-GPU plans are not supported yet"):
-        el.estimate(TOY, el.Cluster("H100", num_gpus=2), wl)
-    with pytest.raises(EnergylensError, match="multi-GPU"):
+    one = el.estimate(TOY, el.Cluster("H100", num_gpus=2), wl)   # no parallel: one GPU of the two
+    assert one.num_gpus == 1
+    two = el.estimate(TOY, el.Cluster("H100", num_gpus=2), wl, el.Parallel(tp=2))
+    assert two.num_gpus == 2 and two.decode.comm_j > 0
+    assert "collective.all_reduce[tp]" in str(two.graphs)
+    with pytest.raises(EnergylensError, match="cluster has 1"):
         el.estimate(TOY, el.Cluster("H100"), wl, el.Parallel(tp=2))
 
 

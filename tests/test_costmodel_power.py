@@ -53,3 +53,29 @@ def test_bundled_profiles_have_provenance():
     assert load_profile("B200").provenance.method == "fit"
     other = load_profile("L40S")
     assert other.provenance.method == "datasheet-default" and "not calibrated" in other.provenance.notes
+
+
+def test_memory_stall_draws_less_power_than_full_bandwidth():
+    """The same bytes moved at half the achieved bandwidth: same dynamic energy over twice the time,
+    so the op draws closer to static power (a stalled kernel is not a full-power kernel)."""
+    prof = default_profile(GPU)
+    w = work(hbm_bytes=1e10, rows=1.0)
+    fast = op_energy(w, op_time_s(w, GPU, prof), GPU, prof)
+    slow_prof = prof.with_params(mem_efficiency=prof.mem_efficiency / 2)
+    slow = op_energy(w, op_time_s(w, GPU, slow_prof), GPU, slow_prof)
+    p_fast, p_slow = (sum(x[1:]) / x[0] for x in (fast, slow))
+    assert slow[0] > 1.9 * fast[0]
+    assert prof.static_power_w < p_slow < p_fast
+    assert p_slow - prof.static_power_w == pytest.approx((p_fast - prof.static_power_w) / 2, rel=0.05)
+
+
+def test_overhead_bound_step_draws_idle_power():
+    """Host overheads (scheduling, sampling) run no kernel: a step made mostly of them draws
+    ``idle_power_w``, and a profile without it falls back to the busy static power."""
+    from energylens.costmodel.serving import step_cost
+
+    prof = default_profile(GPU).with_params(idle_power_w=90.0, step_overhead_s=1.0, seq_overhead_s=0.0)
+    sc = step_cost([], batch=8, profile=prof)
+    assert sc.time_s == pytest.approx(1.0)
+    assert sc.energy_j / sc.time_s == pytest.approx(90.0)
+    assert default_profile(GPU).overhead_power_w == default_profile(GPU).static_power_w

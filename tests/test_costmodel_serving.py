@@ -31,3 +31,43 @@ def test_mixture_is_a_distribution_with_the_right_mean(batch):
 def test_rare_arrivals_leave_median_step_pure_decode():
     assert prefill_tokens_per_step(Workload(batch=8, prompt_len=634, output_len=400), median=True) == 0
     assert prefill_tokens_per_step(Workload(batch=800, prompt_len=634, output_len=400), median=True) > 0
+
+
+def test_running_batch_is_length_biased_and_capped_by_kv_capacity():
+    from energylens.costmodel.serving import serving_context_len
+
+    fixed = Workload(batch=8, prompt_len=600, output_len=400, output_len_cv=0.0)
+    spread = Workload(batch=8, prompt_len=600, output_len=400)  # default cv 1: exponential-like
+    assert serving_context_len(fixed) == pytest.approx(800)  # prompt + output/2
+    assert serving_context_len(spread) == pytest.approx(1000)  # long requests hold slots longer
+    assert serving_context_len(spread, kv_capacity=4000) == pytest.approx(500)  # 8 seqs share 4000 tokens
+
+
+def test_output_len_cv_is_validated():
+    from energylens.errors import InvalidWorkloadError
+
+    with pytest.raises(InvalidWorkloadError):
+        Workload(batch=8, prompt_len=600, output_len=400, output_len_cv=-1.0)
+
+
+def test_kv_capacity_leaves_room_for_weights():
+    from energylens.costmodel.hardware import get_gpu
+    from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION, kv_capacity_tokens
+    from energylens.ir.core import Decl, Einsum, Gather, Graph, Repeat, TensorType, Value
+
+    def v(name, dims):
+        return Value(name, TensorType(tuple(dims), "bf16"))
+
+    h, layers, g, d = 4096, 32, 8, 128
+    x, w, kc, new = v("x", ("B", "S", "h")), v("w", ("h", "h")), v("kc", ("B", "g", "K", "d")), v("kn", ("B", "S", "g", "d"))
+    region = Repeat(name="layers", count=layers, decls=(Decl(w, "param"), Decl(kc, "cache")),
+                    ops=(Einsum(result=v("y", ("B", "S", "h")), operands=(x, w), spec="bsh,hk->bsk"),
+                         Gather(result=v("kc2", ("B", "g", "K", "d")), operands=(kc, new), dim="K", fn="scatter")),
+                    init="x", carry="y")
+    graph = Graph(name="decode", dims=(("B", None), ("S", None), ("K", None), ("h", h), ("g", g), ("d", d)),
+                  decls=(Decl(x, "input"), Decl(new, "input")), body=(region,), outputs=("y",))
+    gpu = get_gpu("H100-SXM")
+    weights, per_token = layers * h * h * 2, layers * g * d * 2
+    expected = (gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION - weights) / per_token
+    assert kv_capacity_tokens(graph, gpu) == pytest.approx(expected)
+    assert kv_capacity_tokens(graph, gpu, num_gpus=2) > 2 * expected  # weights split over two GPUs

@@ -35,7 +35,9 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 from energylens.costmodel.compute import OpWork, op_time_s
 from energylens.costmodel.hardware import GPUSpec
@@ -68,6 +70,14 @@ def _numel(t: TensorType, sizes: Mapping[str, float]) -> float:
         return math.prod(sizes[d] for d in t.dims)
     except KeyError as exc:
         raise EstimateError(f"dimension {exc.args[0]!r} has no size (bound: {sorted(sizes)})") from None
+
+
+def _distinct_experts(num_e: float, top_k: float, tokens: Any) -> Any:
+    """``expected_distinct_experts``, elementwise when ``tokens`` is an array."""
+    if getattr(tokens, "shape", ()) == ():
+        return expected_distinct_experts(num_e, top_k, tokens)
+    return np.array([expected_distinct_experts(num_e, top_k, float(t)) for t in np.ravel(tokens)]).reshape(
+        np.shape(tokens))
 
 
 def _on_chip(v: Value) -> bool:
@@ -106,11 +116,20 @@ class Interpreter(Generic[R]):
 
 
 class WorkAnalysis(Interpreter[OpWork]):
-    """FLOPs, HBM bytes, GEMM rows and kernel launches of each op (see the module docstring)."""
+    """FLOPs, HBM bytes, GEMM rows and kernel launches of each op (see the module docstring).
 
-    def __init__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec):
+    ``mesh`` (axis -> size, ``energylens.passes.shard.mesh_of``): the work of a sharded graph is
+    that of *one GPU*, each op at its local dim sizes (``local_dim_sizes``); None or all axes 1:
+    global sizes. Symbols may be bound to numpy arrays (``B=np.array([1, 8, 64])``): every field
+    of the ``OpWork`` is then an array over them (one pass prices many batch sizes).
+    """
+
+    def __init__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec,
+                 mesh: Mapping[str, int] | None = None):
         super().__init__(graph, binding)
         self.gpu = gpu
+        self.mesh = dict(mesh) if mesh and any(n > 1 for n in mesh.values()) else None
+        self.local: Mapping[str, float] = self.sizes  # dim sizes of the op being visited
         self._group_of: dict[str, int | None] = {}
         consumers: dict[str, set[int | None]] = defaultdict(set)
         self._pointwise: set[str] = set()  # results of Elementwise / Reduce ops
@@ -126,9 +145,24 @@ class WorkAnalysis(Interpreter[OpWork]):
         self._consumers = consumers
         self._group_seen: set[int] = set()
 
+    def op_sizes(self, op: Op) -> Mapping[str, float]:
+        """Dim sizes ``op`` works on: global, or per GPU under ``mesh``."""
+        if self.mesh is None or not op.sharding:
+            return self.sizes
+        from energylens.passes.shard import local_dim_sizes  # passes sit above the cost model
+
+        return {**self.sizes, **local_dim_sizes(op, self.sizes, self.mesh)}
+
+    def visit(self, op: Op) -> OpWork:
+        self.local = self.op_sizes(op)
+        try:
+            return super().visit(op)
+        finally:
+            self.local = self.sizes
+
     # -- helpers -------------------------------------------------------------------------------
     def numel(self, v: Value) -> float:
-        return _numel(v.type, self.sizes)
+        return _numel(v.type, self.local)
 
     def nbytes(self, v: Value) -> float:
         return self.numel(v) * v.type.itemsize
@@ -177,31 +211,33 @@ class WorkAnalysis(Interpreter[OpWork]):
             raise EstimateError(f"einsum %{op.result.name}: only binary einsums are priced, got {op.spec!r}")
         ldims = op.letter_dims
         ins, out = op.letters
-        sizes = dict(self.sizes)
+        sizes = dict(self.local)
         contracted = {ldims[c] for c in "".join(ins) if c not in out}
         if "S" in contracted and "K" not in ldims.values():
             sizes["S"] = 1.0  # last-position lm_head: one row per sequence
         space = math.prod(sizes[ldims[c]] for c in dict.fromkeys(out + "".join(ins)))
         flops = 2.0 * space
         if op.causal:
-            s, k = self.sizes.get("S", 1.0), self.sizes.get("K", 1.0)
-            if s > 0 and k > 0:
-                flops *= max(0.0, min(1.0, (s * k - s * (s - 1) / 2) / (s * k)))
+            s, k = self.local.get("S", 1.0), self.local.get("K", 1.0)
+            sk = np.maximum(s * k, 1e-30)
+            flops = flops * np.clip((s * k - s * (s - 1) / 2) / sk, 0.0, 1.0)
         a, b = (set(x) for x in ins)
         m = math.prod(sizes[ldims[c]] for c in out if c in a and c not in b)
         n = math.prod(sizes[ldims[c]] for c in out if c in b and c not in a)
-        rows = min(m, n)
-        reads = [self._read_bytes(op, v) * (sizes["S"] / self.sizes["S"] if "S" in v.type.dims else 1.0)
+        rows = np.minimum(m, n)
+        reads = [self._read_bytes(op, v) * (sizes["S"] / self.local["S"] if "S" in v.type.dims else 1.0)
                  for v in op.operands]
         if all("e" in v.type.dims for v in op.operands):  # MoE experts: only the experts hit
-            num_e = self.sizes.get("e", 0.0)
+            # Global expert count and token count: under ep a GPU holds e/ep experts, each hit
+            # with the same probability, so the fraction of weights read is the global one.
+            num_e = float(self.graph.attr.get("num_experts", 0) or self.sizes.get("e", 0.0))
             top_k = float(self.graph.attr.get("top_k", 0) or 0)
             if not num_e or not top_k:
                 raise EstimateError(f"MoE einsum %{op.result.name} needs graph attrs num_experts and top_k")
-            tokens = self.sizes["C"] * num_e / top_k if "C" in self.sizes else self.sizes["B"] * self.sizes["S"]
-            hit = expected_distinct_experts(num_e, top_k, tokens)
+            tokens = self.local["C"] * num_e / top_k if "C" in self.local else self.local["B"] * self.local["S"]
+            hit = _distinct_experts(num_e, top_k, tokens)
             reads = [r * hit / num_e if v.name in self.params else r for r, v in zip(reads, op.operands, strict=True)]
-            rows = tokens * top_k / max(hit, 1e-9)
+            rows = tokens * top_k / np.maximum(hit, 1e-9)
         dtype = next((v.type.dtype for v in op.operands if v.name in self.params), op.operands[0].type.dtype)
         if any(v.type.dtype == "fp8" for v in op.operands):
             dtype = "fp8"

@@ -54,7 +54,15 @@ class Profile(BaseModel):
     static_power_w: float = Field(gt=0)  # power drawn while busy regardless of work (idle + clocks up)
     flop_pj: float = Field(ge=0)  # dynamic energy per FLOP, picojoules
     byte_pj: float = Field(ge=0)  # dynamic energy per HBM byte, picojoules
+    #: power while the GPU waits on the host between kernels of a step (scheduling, sampling,
+    #: launch of the next step): no kernel runs, clocks stay up. None: ``static_power_w``.
+    idle_power_w: float | None = Field(default=None, gt=0)
     provenance: Provenance
+
+    @property
+    def overhead_power_w(self) -> float:
+        """Power during the per-step and per-sequence host overheads (``idle_power_w``)."""
+        return self.static_power_w if self.idle_power_w is None else self.idle_power_w
 
     def with_params(self, **params: Any) -> Profile:
         return self.model_copy(update=params)

@@ -8,7 +8,11 @@ count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill 
 
 * every token-wise op (projections, MLP / experts, norms, ``lm_head``) once over
   ``batch + prefill`` tokens: the weights are read once for both;
-* decode attention of ``batch`` sequences over the mean context ``prompt_len + output_len/2``;
+* decode attention of ``batch`` sequences over the mean context of the running batch. A request
+  holds its slot for as long as it generates, so the batch is length-biased: the mean KV length is
+  ``prompt_len + output_len * (1 + cv^2) / 2`` (``Workload.output_len_cv``), not
+  ``prompt_len + output_len / 2``; and the batch never holds more KV than the cache has room for
+  (``kv_capacity_tokens``: when it would, vLLM preempts, so the batch runs at the capacity);
 * prefill attention of the new prompts (causal, ``prompt_len`` each);
 * plus a fixed step overhead and a per-sequence overhead (scheduling, sampling).
 
@@ -24,7 +28,7 @@ while new requests are rare (``lam < ln 2``) and the prefill share grows smoothl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,10 +40,36 @@ from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
 
-__all__ = ["MAX_NUM_BATCHED_TOKENS", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost"]
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost"]
 
 #: vLLM's default token budget per step with chunked prefill (the ML.ENERGY runs use it).
 MAX_NUM_BATCHED_TOKENS = 8192
+#: vLLM's default ``gpu_memory_utilization``: the share of HBM for weights, activations and KV cache.
+GPU_MEMORY_UTILIZATION = 0.9
+
+
+def kv_capacity_tokens(decode: Graph, gpu: GPUSpec, num_gpus: int = 1,
+                       gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> float:
+    """KV-cache tokens that fit next to the weights (``gpu_memory_utilization`` of HBM, as vLLM
+    sizes its cache; weights and KV split evenly over ``num_gpus``); inf when unknown."""
+    sizes = decode.bind(B=1, S=1, K=1)
+    per_token = weights = 0.0
+    for d, n in decode.all_decls():
+        nbytes = math.prod(sizes.get(x, 1.0) for x in d.value.type.dims) * d.value.type.itemsize * n
+        if d.role == "cache":
+            per_token += nbytes
+        elif d.role == "param":
+            weights += nbytes
+    free = gpu.hbm_capacity_bytes * gpu_memory_utilization - weights / num_gpus
+    if per_token <= 0:
+        return math.inf
+    return max(free, 0.0) * num_gpus / per_token
+
+
+def serving_context_len(workload: Workload, kv_capacity: float = math.inf) -> float:
+    """Mean KV length per sequence of a steady-state step: the length-biased mean
+    (``Workload.serving_context_len``), capped so that ``batch`` sequences fit in ``kv_capacity``."""
+    return float(min(workload.serving_context_len, kv_capacity / workload.batch))
 
 
 def poisson_median(lam: float) -> int:
@@ -80,14 +110,19 @@ def prefill_tokens_per_step(workload: Workload, median: bool = False,
 
 
 def step_ops(prefill: Graph, decode: Graph, batch: float, context_len: float, prompt_len: float,
-             prefill_tokens: float, gpu: GPUSpec, profile: Profile) -> list[PricedOp]:
-    """The ops of one mixed step (see the module docstring), each priced once per execution."""
+             prefill_tokens: float, gpu: GPUSpec, profile: Profile,
+             price: Callable[..., list[PricedOp]] = price_graph) -> list[PricedOp]:
+    """The ops of one mixed step (see the module docstring), each priced once per execution.
+
+    ``price``: how a graph is priced (``price_graph``, or a multi-GPU plan's
+    ``energylens.costmodel.plan.PlanPricer``, whose costs are per GPU).
+    """
     tokens = batch + prefill_tokens
-    ops = price_graph(decode, {"B": batch, "S": tokens / batch, "K": context_len}, gpu, profile,
+    ops = price(decode, {"B": batch, "S": tokens / batch, "K": context_len}, gpu, profile,
                       select=lambda op: not is_attention_op(op))
-    ops += price_graph(decode, {"B": batch, "S": 1, "K": context_len}, gpu, profile, select=is_attention_op)
+    ops += price(decode, {"B": batch, "S": 1, "K": context_len}, gpu, profile, select=is_attention_op)
     if prefill_tokens > 0:
-        ops += price_graph(prefill, {"B": prefill_tokens / prompt_len, "S": prompt_len, "K": prompt_len},
+        ops += price(prefill, {"B": prefill_tokens / prompt_len, "S": prompt_len, "K": prompt_len},
                            gpu, profile, select=is_attention_op)
     return ops
 
@@ -102,10 +137,12 @@ class StepCost:
 
 
 def step_cost(ops: Sequence[PricedOp], batch: float, profile: Profile) -> StepCost:
-    """Totals of one step: the ops plus the step and per-sequence overheads (at static power)."""
+    """Totals of one step: the ops plus the step and per-sequence host overheads. During those
+    overheads no kernel runs: the GPU draws ``profile.overhead_power_w`` (idle with clocks up),
+    not its busy static power, so an overhead-bound step draws little more than idle."""
     overhead_s = profile.step_overhead_s + profile.seq_overhead_s * batch
     t = sum(p.count * p.cost.time_s for p in ops) + overhead_s
-    static = sum(p.count * p.cost.static_j for p in ops) + profile.static_power_w * overhead_s
+    static = sum(p.count * p.cost.static_j for p in ops) + profile.overhead_power_w * overhead_s
     dyn = sum(p.count * (p.cost.flop_j + p.cost.byte_j) for p in ops)
     return StepCost(time_s=t, energy_j=static + dyn, static_j=static,
                     flops=sum(p.count * p.cost.flops for p in ops),
@@ -113,12 +150,16 @@ def step_cost(ops: Sequence[PricedOp], batch: float, profile: Profile) -> StepCo
 
 
 def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec, profile: Profile,
-                     num_gpus: int = 1) -> ServingEstimate:
-    """Median ITL, power and energy per output token of steady-state continuous batching."""
-    ctx = workload.prompt_len + workload.output_len / 2
+                     num_gpus: int = 1, price: Callable[..., list[PricedOp]] = price_graph) -> ServingEstimate:
+    """Median ITL, power and energy per output token of steady-state continuous batching.
+
+    ``num_gpus``: GPUs of the plan; with a multi-GPU plan, ``price`` is its ``PlanPricer`` (costs
+    per GPU, so totals are per-GPU sums x ``num_gpus``) and the graphs are the planned ones.
+    """
+    ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu, num_gpus))
 
     def cost(p: float) -> StepCost:
-        ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile)
+        ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile, price)
         return step_cost(ops, workload.batch, profile)
 
     mix = [(w, cost(p)) for w, p in prefill_mixture(workload)]

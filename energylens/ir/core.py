@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from energylens.errors import VerificationError
 
@@ -64,18 +64,24 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _EXPR = re.compile(r"^[A-Za-z0-9_]+([*/][A-Za-z0-9_]+)*$")
 
 
+def _number(x: Any) -> Any:
+    """A bound size as a float, or as a float array when it is one (``hasattr(x, "shape")``)."""
+    return x * 1.0 if getattr(x, "shape", ()) != () else float(x)
+
+
 def eval_size(size: DimSize, name: str, binding: Mapping[str, float]) -> float:
     """Evaluate a dimension size under a binding of symbols (``{"B": 8, "S": 1, "K": 1024}``).
 
     Expressions may use ``*`` and ``/`` and the names of symbols or other already-bound dims;
-    the result may be fractional (expected tokens per expert).
+    the result may be fractional (expected tokens per expert). A symbol bound to an array (numpy,
+    one entry per batch size) gives an array: one binding evaluates many workloads at once.
     """
     if isinstance(size, int):
         return float(size)
     if size is None:
         if name not in binding:
             raise VerificationError(f"symbolic dimension {name!r} is not bound (bound: {sorted(binding)})")
-        return float(binding[name])
+        return _number(binding[name])
     value, op = 1.0, "*"
     for tok in re.split(r"([*/])", size):
         if tok in ("*", "/"):
@@ -84,7 +90,7 @@ def eval_size(size: DimSize, name: str, binding: Mapping[str, float]) -> float:
         if tok.isdigit():
             x = float(tok)
         elif tok in binding:
-            x = float(binding[tok])
+            x = _number(binding[tok])
         else:
             raise VerificationError(f"dimension {name!r} = {size!r} uses {tok!r}, which is not bound")
         value = value * x if op == "*" else value / x

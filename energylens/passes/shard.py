@@ -41,7 +41,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from energylens.errors import EstimateError, ShardingError
 from energylens.ir.core import Collective, Decl, Einsum, Gather, Graph, Op, Reduce, Repeat, Value
@@ -419,6 +419,11 @@ class _Sharder:
 # Cost-side helpers
 
 
+def _number(x: object) -> Any:
+    """A size as a float, or a float array (a symbol bound to many values at once)."""
+    return x * 1.0 if getattr(x, "shape", ()) != () else float(x)  # type: ignore[operator, arg-type]
+
+
 def local_dim_sizes(op: Op, binding: Mapping[str, float], mesh: Mapping[str, int]) -> dict[str, float]:
     """Per-GPU size of each of ``op``'s dims: a dim sharded over an axis of size n is divided by n.
 
@@ -442,7 +447,7 @@ def local_dim_sizes(op: Op, binding: Mapping[str, float], mesh: Mapping[str, int
 
 def _local(op: Op, binding: Mapping[str, float], mesh: Mapping[str, int]) -> tuple[dict[str, float], float]:
     try:
-        sizes = {d: float(binding[d]) for d in _dims_of(op)}
+        sizes = {d: _number(binding[d]) for d in _dims_of(op)}
     except KeyError as e:
         raise EstimateError(f"{op.kind} %{op.result.name}: dimension {e.args[0]!r} has no size "
                             f"(bound: {sorted(binding)})") from None

@@ -1,0 +1,426 @@
+"""Multi-GPU plans: the rewritten graphs of a plan, their work per GPU, and their price.
+
+A *plan* is a traced graph after the pipeline ``shard{tp,ep,dp}[,fuse],moe{routing}``
+(``plan_graph``). Every op of a planned graph runs on each of the plan's ``tp x dp`` GPUs at its
+local dim sizes (``energylens.passes.shard.local_dim_sizes``); the collectives the shard pass
+inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signature as
+``energylens.costmodel.analysis.price_graph``) returns one ``PlanPricedOp`` per op with the cost of
+*one GPU* for one execution, so that every total over the plan is ``per-GPU sum x num_gpus``:
+
+* **Compute ops**: ``WorkAnalysis`` at local sizes (fused kernels' HBM bytes and launches come
+  from the fusion groups), priced by the roofline and power model of the single-GPU estimate.
+* **Collectives** (``all_reduce``/``all_gather``/``all_to_all``/...): latency from the NCCL tables
+  (``comm.collective_cost``) on the cluster's interconnect, for the message bytes per GPU
+  (``collective_bytes``); energy = static power x time + the communication power above static
+  (``comm_power_w - static``) x time. The dynamic part is in ``OpCost.byte_j`` and in ``comm_j``.
+* **Expert straggler** (ep > 1): token counts per EP rank come from the routing the ``moe`` pass
+  recorded (``graph_expert_load``); the most loaded rank does ``straggler = max / mean`` times the
+  mean rank's token work, so an expert op takes the max rank's time while the dynamic energy is
+  that of the mean work; every other GPU waits for the straggler at static power. That waiting
+  energy is in ``static_j`` and reported as ``wait_j``.
+* **Overlap** (``comm_sms`` set): the step runs as two interleaved nano-batches (as NanoFlow and
+  Kareus run it), so each tensor-parallel collective (axis ``tp``) runs on ``comm_sms`` SMs
+  concurrently with the compute ops that follow it up to the next collective of its region
+  (wrapping round to the region's start: the next layer), which belong to the other nano-batch.
+  Time and energy of that window come from the contended schedule ``overlap.overlap_window``
+  (SM contention, HBM interference, communication power); the collective's cost is the window's
+  minus the solo cost of the compute ops, so sums stay additive. Kernels are priced at the full
+  batch: the weight re-reads of the second nano-batch are not counted (an optimistic bound).
+  Contention coefficients are fitted on A100 (``profiles/overlap_a100_sxm4_40gb.json``); other
+  GPUs use them with their own SM count, static power and TDP, and the per-SM byte rate scaled by
+  NVLink bandwidth per SM (``overlap_params``).
+
+``plan_work`` is the lower-level, vectorisable entry point for the search (see its docstring).
+
+>>> from energylens.typing import Parallel
+>>> # ops = plan_work(traced.decode, Parallel(tp=2), {"B": np.array([1, 8, 64]), "S": 1, "K": 1024},
+>>> #                 gpu=get_gpu("H100"))   -> list[PlanOp], fields arrays over B
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from energylens.costmodel.analysis import PricedOp, WorkAnalysis, _on_chip, is_attention_op
+from energylens.costmodel.comm import collective_cost
+from energylens.costmodel.compute import OpWork, op_time_s
+from energylens.costmodel.hardware import GPUSpec, get_gpu
+from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
+from energylens.costmodel.power import op_energy
+from energylens.costmodel.profile import Profile
+from energylens.errors import ConfigError, UnknownNameError
+from energylens.ir.core import Collective, Einsum, Gather, Graph, Op, Value
+from energylens.passes.manager import PassManager
+from energylens.passes.moe import Moe, graph_expert_load
+from energylens.passes.shard import Shard, collective_bytes, local_dim_sizes, mesh_of, replication
+from energylens.typing import MemoryEstimate, OpCost, Parallel, Workload
+
+__all__ = [
+    "OP_CLASSES",
+    "plan_graph",
+    "pipeline_text",
+    "PlanOp",
+    "plan_work",
+    "PlanPricedOp",
+    "PlanPricer",
+    "overlap_params",
+    "plan_memory",
+    "num_gpus_of",
+]
+
+#: Op classes of ``PlanOp.cls``: GEMMs, attention (KV-length dependent), memory-bound pointwise
+#: and gathers, MoE expert ops (their time follows the straggler under ep), collectives.
+OP_CLASSES: tuple[str, ...] = ("gemm", "attention", "memory", "expert", "comm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Graphs of a plan
+
+
+def _moe_pass(routing: str | Moe) -> Moe:
+    if isinstance(routing, Moe):
+        return routing
+    if not isinstance(routing, str):
+        raise ConfigError(f"routing must be a routing name or a Moe pass, got {routing!r}")
+    return Moe(routing=routing)  # type: ignore[arg-type]
+
+
+def pipeline_text(parallel: Parallel, fused: bool = True, routing: str | Moe = "uniform") -> str:
+    """The pipeline of a plan in the pass-manager syntax (``"shard{tp=2,ep=1,dp=1},fuse,moe{...}"``)."""
+    moe = _moe_pass(routing)
+    opts = f"routing={moe.routing}" + (f",skew={moe.skew}" if moe.routing == "zipf" else "") + f",seed={moe.seed}"
+    return (f"shard{{tp={parallel.tp},ep={parallel.ep},dp={parallel.dp}}}" + (",fuse" if fused else "")
+            + f",moe{{{opts}}}")
+
+
+@functools.lru_cache(maxsize=64)
+def _planned(graph: Graph, parallel: Parallel, fused: bool, moe: Moe) -> Graph:
+    passes: list[Any] = [Shard(parallel.tp, parallel.ep, parallel.dp)]
+    if fused:
+        from energylens.passes.fuse import Fuse
+
+        passes.append(Fuse())
+    passes.append(moe)
+    return PassManager(tuple(passes))(graph)
+
+
+def plan_graph(graph: Graph, parallel: Parallel | None = None, fused: bool = True,
+               routing: str | Moe = "uniform") -> Graph:
+    """``graph`` after ``shard{tp,ep,dp}``, ``fuse`` (when ``fused``) and ``moe{routing}`` (cached).
+
+    ``routing`` is a routing name (``uniform``, ``zipf``; ``histogram`` needs a ``Moe`` pass) or a
+    configured ``energylens.passes.moe.Moe``. Raises ``ShardingError`` for an impossible sharding.
+    """
+    return _planned(graph, parallel or Parallel(), bool(fused), _moe_pass(routing))
+
+
+def num_gpus_of(graph: Graph) -> int:
+    """GPUs a planned graph runs on: tp x dp of its mesh (1 for an unsharded graph)."""
+    mesh = mesh_of(graph)
+    return mesh["tp"] * mesh["dp"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Work per GPU
+
+
+@dataclass(frozen=True)
+class PlanOp:
+    """The work of one op of a planned graph on one GPU, for one execution (fields may be arrays).
+
+    ``work``: FLOPs, HBM bytes, GEMM rows, kernel launches of the *mean* GPU at its local dim sizes
+    (all zeros for a collective). ``max_work``: the same for the most loaded GPU (differs only for
+    expert ops under ep: their token dim ``C`` times ``straggler``). ``replication``: how many GPUs
+    compute the same piece (sum over GPUs of ``work.flops`` = global FLOPs x replication).
+    Collectives: ``comm_fn`` (``all_reduce``...), ``comm_axis``, ``comm_bytes`` (message bytes per
+    GPU, nccl-tests convention), ``comm_gpus`` (GPUs in one collective group).
+    """
+
+    op: Op
+    count: int
+    cls: str
+    work: OpWork
+    max_work: OpWork
+    straggler: Any = 1.0
+    replication: Any = 1.0
+    comm_fn: str | None = None
+    comm_axis: str | None = None
+    comm_bytes: Any = 0.0
+    comm_gpus: int = 1
+
+
+def _zero_work(peak: float) -> OpWork:
+    return OpWork(tc_flops=0.0, vec_flops=0.0, hbm_bytes=0.0, rows=0.0, peak_flops_per_s=peak, kv=0.0, kernels=0.0)
+
+
+def _is_expert_op(op: Op) -> bool:
+    """An op of the expert layout: it works on ``e`` experts x ``C`` tokens each."""
+    dims = {d for v in (*op.operands, op.result) for d in v.type.dims}
+    return not isinstance(op, (Gather, Collective)) and {"e", "C"} <= dims
+
+
+def op_class(op: Op) -> str:
+    """``OP_CLASSES`` entry of an op."""
+    if isinstance(op, Collective):
+        return "comm"
+    if _is_expert_op(op):
+        return "expert"
+    if is_attention_op(op) or any(_on_chip(v) for v in op.operands):
+        return "attention"
+    if isinstance(op, Einsum):
+        return "gemm"
+    return "memory"
+
+
+class _LocalWork(WorkAnalysis):
+    """``WorkAnalysis`` per GPU whose expert ops see ``token_scale`` x their tokens per expert."""
+
+    def __init__(self, graph: Graph, binding: Mapping[str, Any], gpu: GPUSpec, mesh: Mapping[str, int],
+                 token_scale: Any = 1.0):
+        super().__init__(graph, binding, gpu, mesh)
+        self.token_scale = token_scale
+
+    def op_sizes(self, op: Op) -> Mapping[str, float]:
+        sizes = super().op_sizes(op)
+        if _is_expert_op(op) and "C" in sizes and np.any(np.asarray(self.token_scale) != 1.0):
+            sizes = {**sizes, "C": sizes["C"] * self.token_scale}
+        return sizes
+
+
+def _straggler(graph: Graph, sizes: Mapping[str, Any], ep: int) -> Any:
+    """Max / mean token load of the ep ranks for the routed tokens of one step (1.0 without ep)."""
+    if ep <= 1 or "num_experts" not in graph.attr or "C" not in sizes:
+        return 1.0
+    experts, top_k = int(graph.attr["num_experts"]), int(graph.attr["top_k"])
+    tokens = np.asarray(sizes["C"] * experts / top_k, dtype=float)
+    out = np.array([graph_expert_load(graph, round(float(t)), ep).straggler for t in tokens.ravel()])
+    return float(out[0]) if tokens.shape == () else out.reshape(tokens.shape)
+
+
+def plan_work(ir: Graph, parallel: Parallel | None, binding: Mapping[str, Any], *, gpu: GPUSpec,
+              fused: bool = True, routing: str | Moe = "uniform",
+              select: Callable[[Op], bool] | None = None) -> list[PlanOp]:
+    """Per-GPU work records of every op of a plan: the vectorisable core of ``estimate``.
+
+    ``ir``: a traced graph (``traced.prefill`` / ``traced.decode``), planned here with
+    ``plan_graph(ir, parallel, fused, routing)``; with ``parallel=None`` it is taken as an already
+    planned graph (the output of ``plan_graph``) and used as it is (``fused``, ``routing`` ignored).
+    ``binding``: the *global* sizes of the free symbols, ``{"B": batch, "S": new tokens per
+    sequence, "K": KV length}``, as for a single GPU; each may be a numpy array (e.g. ``B`` over
+    many batch sizes), and every numeric field of the records is then an array of that shape. Under
+    dp each replica gets ``B / dp`` sequences (the shard pass splits the token dims).
+    ``select``: keep only the ops it accepts (e.g. ``is_attention_op``).
+
+    Returns, in program order, one ``PlanOp`` per op with ``count`` = repetitions (layers): the
+    work of one execution on one GPU (``work``: the mean GPU; ``max_work``: the most loaded one,
+    which sets the time of expert ops under ep), its class (``OP_CLASSES``), ``replication``, and for
+    collectives the message bytes per GPU and the group size. Nothing here depends on calibration:
+    price a record with ``compute.op_time_s`` / ``power.op_energy`` (arrays welcome) and its
+    collective with ``comm.collective_cost``, or use ``PlanPricer`` for the reference pricing.
+    """
+    graph = ir if parallel is None else plan_graph(ir, parallel, fused, routing)
+    mesh = mesh_of(graph)
+    mean = _LocalWork(graph, binding, gpu, mesh)
+    s = _straggler(graph, mean.sizes, mesh["ep"])
+    worst = _LocalWork(graph, binding, gpu, mesh, token_scale=s) if np.any(np.asarray(s) != 1.0) else None
+    peak = gpu.peak_flops_per_s("bf16")
+    out: list[PlanOp] = []
+    for op, count in graph.walk():
+        if select is not None and not select(op):
+            continue
+        if isinstance(op, Collective):
+            zero = _zero_work(peak)
+            out.append(PlanOp(op, count, "comm", zero, zero, comm_fn=op.fn, comm_axis=op.axis,
+                              comm_bytes=collective_bytes(op, mean.sizes, mesh), comm_gpus=mesh.get(op.axis, 1)))
+            continue
+        cls = op_class(op)
+        w = mean.visit(op)
+        wmax = worst.visit(op) if worst is not None else w
+        strag = s if (cls == "expert" and worst is not None) else 1.0
+        out.append(PlanOp(op, count, cls, w, wmax if cls == "expert" else w, straggler=strag,
+                          replication=replication(op, mean.sizes, mesh)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pricing
+
+
+@dataclass(frozen=True)
+class PlanPricedOp(PricedOp):
+    """A ``PricedOp`` of a plan: ``cost`` is one GPU's, for one execution.
+
+    ``wait_j``: static energy of the GPUs waiting for the expert straggler (inside ``cost.static_j``);
+    ``comm_j``: energy of communication above static (inside ``cost.byte_j``); ``cls``: op class.
+    """
+
+    cls: str = "memory"
+    wait_j: float = 0.0
+    comm_j: float = 0.0
+
+
+@functools.lru_cache(maxsize=32)
+def _overlap_params(gpu_name: str, static_w: float) -> OverlapParams:
+    base = OverlapParams.load("A100-SXM4-40GB")
+    gpu, a100 = get_gpu(gpu_name), get_gpu("A100-SXM4-40GB")
+    link = gpu.nvlink_bandwidth_bytes_per_s or gpu.pcie_bandwidth_bytes_per_s
+    per_sm = (link / gpu.compute_units) / (a100.nvlink_bandwidth_bytes_per_s / a100.compute_units)  # type: ignore[operator]
+    return dataclasses.replace(base, num_sms=gpu.compute_units, tdp_w=gpu.tdp_w, static_w=static_w,
+                               per_sm_bytes_per_s_512=base.per_sm_bytes_per_s_512 * per_sm)
+
+
+def overlap_params(gpu: GPUSpec, profile: Profile) -> OverlapParams:
+    """Contention coefficients for ``gpu``: the A100 fit with this GPU's SMs, TDP, static power and
+    the per-SM byte rate scaled by its NVLink bandwidth per SM (its own fit where one exists)."""
+    try:
+        own = OverlapParams.load(gpu.name)
+    except UnknownNameError:  # no fit of its own: transfer the A100 one
+        return _overlap_params(gpu.name, float(profile.static_power_w))
+    return dataclasses.replace(own, static_w=profile.static_power_w)
+
+
+@dataclass(frozen=True)
+class PlanPricer:
+    """Prices planned graphs per GPU; called like ``price_graph(graph, binding, gpu, profile, select)``.
+
+    ``interconnect``: ``nvlink`` | ``pcie`` | ``ib`` for the collectives; ``comm_sms``: SMs given to
+    tensor-parallel collectives overlapped with compute (None: no overlap, collectives in series);
+    ``comm_block_size``: threads per block of the collective kernel.
+    """
+
+    interconnect: str = "nvlink"
+    comm_sms: int | None = None
+    comm_block_size: int = 1024
+
+    def __call__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec, profile: Profile,
+                 select: Callable[[Op], bool] | None = None) -> list[PricedOp]:
+        recs = plan_work(graph, None, binding, gpu=gpu, select=select)
+        priced: list[PricedOp] = [self._price(r, gpu, profile) for r in recs]
+        if self.comm_sms is not None and any(r.cls == "comm" for r in recs):
+            priced = self._overlap(priced, recs, gpu, profile)
+        return priced
+
+    def _price(self, r: PlanOp, gpu: GPUSpec, profile: Profile) -> PlanPricedOp:
+        static_w = profile.static_power_w
+        if r.cls == "comm":
+            n = int(r.comm_gpus)
+            if n <= 1 or float(r.comm_bytes) == 0:
+                cost = OpCost(time_s=0.0, flops=0.0, hbm_bytes=0.0, static_j=0.0, flop_j=0.0, byte_j=0.0)
+                return PlanPricedOp(r.op, r.count, r.work, cost, cls="comm")
+            c = collective_cost(r.comm_fn or "", float(r.comm_bytes), n, gpu.name, self.interconnect)
+            comm_j = max(0.0, c.power_w - static_w) * c.time_s
+            cost = OpCost(time_s=c.time_s, flops=0.0, hbm_bytes=0.0, static_j=static_w * c.time_s,
+                          flop_j=0.0, byte_j=comm_j)
+            return PlanPricedOp(r.op, r.count, r.work, cost, cls="comm", comm_j=comm_j)
+        t, static_j, flop_j, byte_j = op_energy(r.work, op_time_s(r.work, gpu, profile), gpu, profile)
+        wait_j = 0.0
+        if r.max_work is not r.work:
+            t_max = op_energy(r.max_work, op_time_s(r.max_work, gpu, profile), gpu, profile)[0]
+            t_max = max(float(t_max), float(t))
+            wait_j = static_w * (t_max - float(t))
+            t, static_j = t_max, static_w * t_max
+        cost = OpCost(time_s=float(t), flops=float(r.work.flops), hbm_bytes=float(r.work.hbm_bytes),
+                      static_j=float(static_j), flop_j=float(flop_j), byte_j=float(byte_j))
+        return PlanPricedOp(r.op, r.count, r.work, cost, cls=r.cls, wait_j=wait_j)
+
+    def _overlap(self, priced: list[PricedOp], recs: Sequence[PlanOp], gpu: GPUSpec,
+                 profile: Profile) -> list[PricedOp]:
+        params = overlap_params(gpu, profile)
+        if not 0 < self.comm_sms < params.num_sms:  # type: ignore[operator]
+            raise ConfigError(f"comm_sms must be in 1..{params.num_sms - 1} on {gpu.name}, got {self.comm_sms}")
+        out = list(priced)
+        # regions: maximal runs of ops with the same repetition count (a Repeat, or top-level ops)
+        runs: list[list[int]] = []
+        for i, r in enumerate(recs):
+            if runs and recs[runs[-1][-1]].count == r.count:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run in runs:
+            for pos, i in enumerate(run):
+                r = recs[i]
+                if r.cls != "comm" or r.comm_axis != "tp" or out[i].cost.time_s == 0:
+                    continue
+                window: list[int] = []
+                for step in range(1, len(run)):
+                    j = run[(pos + step) % len(run)]
+                    if recs[j].cls == "comm":
+                        break
+                    window.append(j)
+                if not window:
+                    continue
+                kernels = [Kernel(time_s=out[j].cost.time_s,
+                                  dyn_power_w=(out[j].cost.flop_j + out[j].cost.byte_j) / out[j].cost.time_s
+                                  if out[j].cost.time_s > 0 else 0.0,
+                                  cls={"expert": "gemm"}.get(recs[j].cls, recs[j].cls)) for j in window]
+                w = overlap_window(kernels, comm_bytes=float(r.comm_bytes), comm_sms=self.comm_sms,  # type: ignore[arg-type]
+                                   block_size=self.comm_block_size, params=params)
+                solo_t = sum(out[j].cost.time_s for j in window)
+                solo_e = sum(out[j].cost.energy_j for j in window)
+                t = max(0.0, w.time_s - solo_t)
+                static_j = profile.static_power_w * t
+                extra = max(0.0, w.energy_j - solo_e - static_j)
+                cost = OpCost(time_s=t, flops=0.0, hbm_bytes=0.0, static_j=static_j, flop_j=0.0, byte_j=extra)
+                out[i] = PlanPricedOp(r.op, r.count, r.work, cost, cls="comm", comm_j=extra)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory per GPU
+
+
+def _local_value_sizes(graph: Graph, sizes: Mapping[str, float]) -> dict[str, Mapping[str, float]]:
+    """Value name -> the per-GPU dim sizes of the first op that produces or reads it."""
+    mesh = mesh_of(graph)
+    out: dict[str, Mapping[str, float]] = {}
+    for op, _ in graph.walk():
+        local = {**sizes, **local_dim_sizes(op, sizes, mesh)} if op.sharding else sizes
+        for v in (op.result, *op.operands):
+            out.setdefault(v.name, local)
+    return out
+
+
+def _nbytes(v: Value, sizes: Mapping[str, float]) -> float:
+    n = 1.0
+    for d in v.type.dims:
+        n *= sizes[d]
+    return float(n * v.type.itemsize)
+
+
+def plan_memory(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec) -> MemoryEstimate:
+    """Bytes per GPU of a plan: sharded weights and KV cache, and the largest local working set.
+
+    Same rules as ``memory.memory_estimate`` (KV cache at the mean context, activations of one
+    chunked-prefill step), with each tensor at the local sizes of the ops that use it. On an
+    unsharded graph this equals ``memory_estimate(..., num_gpus=1)``.
+    """
+    from energylens.costmodel.memory import _chunk
+
+    sizes = decode.bind(B=workload.batch, S=1, K=workload.decode_context_len)
+    local = _local_value_sizes(decode, sizes)
+    weights = kv = 0.0
+    for d, n in decode.all_decls():
+        if d.role in ("param", "cache"):
+            b = _nbytes(d.value, local.get(d.value.name, sizes)) * n
+            if d.role == "param":
+                weights += b
+            else:
+                kv += b
+    seqs, plen = _chunk(workload)
+    psizes = prefill.bind(B=seqs, S=plen, K=plen)
+    mesh = mesh_of(prefill)
+    params = {d.value.name for d, _ in prefill.all_decls() if d.role in ("param", "cache")}
+    peak = 0.0
+    for op, _ in prefill.walk():
+        loc = {**psizes, **local_dim_sizes(op, psizes, mesh)} if op.sharding else psizes
+        live = [v for v in (*op.operands, op.result) if v.name not in params and not _on_chip(v)]
+        peak = max(peak, sum(_nbytes(v, loc) for v in live))
+    return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, activation_bytes=peak,
+                          capacity_bytes=float(gpu.hbm_capacity_bytes))
+

@@ -1,0 +1,434 @@
+"""Vectorised pricing of a plan space: one structural variant, every batch x clock x SM count at once.
+
+A *structural variant* is ``(tp, ep, dp, fused)``: it fixes the rewritten graphs (the pipeline
+``shard{tp,ep,dp}[,fuse],moe``). Everything else the search varies is a *knob* priced with array
+arithmetic, with the same rules as ``energylens.estimate`` (``costmodel/plan.py``'s ``PlanPricer``,
+``costmodel/serving.py``), which the tests check plan by plan:
+
+* **batch** (concurrent sequences; ``max_num_seqs = batch / dp`` per replica): the graphs' symbols
+  ``B``, ``S``, ``K`` are bound to numpy arrays with one entry per *evaluation point*, and
+  ``plan_work`` returns every op's per-GPU FLOPs / bytes / rows / collective bytes as arrays over
+  the points, in one walk of the graph per *component*. Points are the steps of steady-state
+  serving of each batch size (the median step, and every term of the Poisson prefill mixture) and
+  the prefill of the whole batch (TTFT). Components are the three parts of a serving step
+  (token-wise ops, decode attention, prefill attention) and the prefill phase: 4 graph walks per
+  variant, whatever the number of batch sizes, clocks and SM counts;
+* **GPU clock** (``costmodel/clock.py``): the roofline's compute side scales by ``f_max / f`` and the
+  dynamic energy per FLOP by ``V(f)^2``, a trailing clock axis: arrays ``(ops, points, clocks)``.
+  (A clock is exactly a profile with ``compute_efficiency`` and ``vector_flops_fraction`` scaled
+  by ``f / f_max`` and ``flop_pj`` by ``V(f)^2``: ``clock_profile`` builds it for the scalar oracle);
+* **overlap SMs** ``comm_sms``: each tensor-parallel collective's window (the compute ops after it,
+  up to the next collective) is simulated with ``overlap.overlap_window``'s event rules, written
+  here on arrays ``(points, clocks, sms)``; one loop iteration per op of the window.
+
+The Python work per variant is thus a loop over ops (one per component, plus one per overlapped
+window op), each iteration doing numpy over ``points x clocks [x sms]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from energylens.costmodel.analysis import is_attention_op
+from energylens.costmodel.clock import ClockModel
+from energylens.costmodel.comm import collective_cost
+from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, op_time_s
+from energylens.costmodel.hardware import GPUSpec
+from energylens.costmodel.memory import _chunk
+from energylens.costmodel.overlap import OverlapParams
+from energylens.costmodel.plan import PlanOp, overlap_params, plan_graph, plan_work
+from energylens.costmodel.power import capped_time_s
+from energylens.costmodel.profile import Profile
+from energylens.costmodel.serving import (
+    kv_capacity_tokens,
+    prefill_mixture,
+    prefill_tokens_per_step,
+    serving_context_len,
+)
+from energylens.ir.core import Graph
+from energylens.passes.shard import local_dim_sizes, mesh_of
+from energylens.typing import Parallel, Workload
+
+__all__ = ["GPU_MEMORY_UTILIZATION", "Variant", "Knobs", "VariantPrices", "price_variant", "clock_profile",
+           "memory_per_gpu"]
+
+#: Fraction of HBM a plan may fill (vLLM's ``gpu_memory_utilization``, as the exports set it).
+GPU_MEMORY_UTILIZATION = 0.9
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A structural variant: parallelism and fusion, with the traced graphs it rewrites."""
+
+    parallel: Parallel
+    fused: bool
+    prefill: Graph   # traced (not yet planned) graphs
+    decode: Graph
+
+    @functools.cached_property
+    def planned_decode(self) -> Graph:
+        return plan_graph(self.decode, self.parallel, self.fused)
+
+    @functools.cached_property
+    def planned_prefill(self) -> Graph:
+        return plan_graph(self.prefill, self.parallel, self.fused)
+
+    @property
+    def has_tp_comm(self) -> bool:
+        return self.parallel.tp > 1
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The array-priced knobs: batch sizes (all replicas), GPU clocks (MHz), overlap SM counts."""
+
+    batches: tuple[int, ...]
+    clocks_mhz: tuple[int, ...]
+    comm_sms: tuple[int | None, ...] = (None,)
+
+
+def clock_profile(profile: Profile, gpu: GPUSpec, clock_mhz: float) -> Profile:
+    """``profile`` at a locked clock: the scalar equivalent of the search's clock axis."""
+    c = ClockModel.of(gpu)
+    r = 1.0 / c.compute_scale(clock_mhz)
+    return profile.with_params(compute_efficiency=profile.compute_efficiency * r,
+                               vector_flops_fraction=profile.vector_flops_fraction * r,
+                               flop_pj=profile.flop_pj * float(c.flop_energy_scale(clock_mhz)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pricing of one component: arrays (points, clocks[, sms])
+
+
+def _col(x: Any, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(x, dtype=float), (n,))
+
+
+_FIELDS = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels")
+
+
+def _stack(works: Sequence[OpWork], n: int) -> OpWork:
+    """One OpWork with fields of shape (ops, points)."""
+    cols = {}
+    for f in _FIELDS:
+        out = np.empty((len(works), n))
+        for i, w in enumerate(works):
+            out[i] = getattr(w, f)
+        cols[f] = out
+    return OpWork(**cols)
+
+
+@functools.lru_cache(maxsize=262144)
+def _coll(fn: str, nbytes: float, n: int, gpu: str, interconnect: str) -> tuple[float, float]:
+    c = collective_cost(fn, nbytes, n, gpu, interconnect)
+    return c.time_s, c.power_w
+
+
+@dataclass
+class _Ctx:
+    gpu: GPUSpec
+    profile: Profile
+    cscale: np.ndarray      # (clocks,)
+    escale: np.ndarray      # (clocks,)
+    interconnect: str
+    sms: tuple[int | None, ...]
+    params: OverlapParams | None
+
+
+def _time_energy(w: OpWork, c: _Ctx) -> tuple[np.ndarray, np.ndarray]:
+    """(time, dynamic energy) of one execution of each op, arrays (ops, points, clocks), TDP-capped."""
+    comp, mem = compute_time_s(w, c.gpu, c.profile), memory_time_s(w, c.gpu, c.profile)
+    base = op_time_s(w, c.gpu, c.profile)  # the clock-free roofline, exactly as estimate prices it
+    t = (base - np.maximum(comp, mem))[..., None] + np.maximum(comp[..., None] * c.cscale, mem[..., None])
+    flop_j = (w.tc_flops + w.vec_flops) * c.profile.flop_pj * 1e-12
+    dyn = flop_j[..., None] * c.escale + (w.hbm_bytes * c.profile.byte_pj * 1e-12)[..., None]
+    return capped_time_s(t, dyn, c.profile.static_power_w, c.gpu.tdp_w), dyn
+
+
+@dataclass
+class _Ops:
+    """Priced ops of a component: arrays (ops + 1, points, clocks); the last row is all zeros."""
+
+    recs: list[PlanOp]
+    t: np.ndarray       # time of one execution, one GPU
+    e: np.ndarray       # static + dynamic energy of one execution, one GPU
+    dyn_w: np.ndarray   # dynamic power while running solo
+
+
+def _price_recs(recs: list[PlanOp], n: int, c: _Ctx) -> _Ops:
+    static_w = c.profile.static_power_w
+    nf = len(c.cscale)
+    t = np.zeros((len(recs) + 1, n, nf))
+    dyn = np.zeros_like(t)
+    comp = [i for i, r in enumerate(recs) if r.cls != "comm"]
+    if comp:
+        tc, dc = _time_energy(_stack([recs[i].work for i in comp], n), c)
+        strag = [j for j, i in enumerate(comp) if recs[i].max_work is not recs[i].work]
+        if strag:  # expert straggler: every GPU waits for the most loaded one
+            tmax = _time_energy(_stack([recs[comp[j]].max_work for j in strag], n), c)[0]
+            tc[strag] = np.maximum(tmax, tc[strag])
+        t[comp], dyn[comp] = tc, dc
+    for i, r in enumerate(recs):
+        if r.cls != "comm" or int(r.comm_gpus) <= 1:
+            continue
+        nb = _col(r.comm_bytes, n)
+        uniq, inv = np.unique(nb, return_inverse=True)
+        tp = np.array([_coll(r.comm_fn or "", float(b), int(r.comm_gpus), c.gpu.name, c.interconnect)
+                       for b in uniq])[inv.reshape(-1)]
+        t[i] = tp[:, :1]
+        dyn[i] = np.maximum(0.0, tp[:, 1:] - static_w) * tp[:, :1]
+    comm_rows = np.array([r.cls == "comm" for r in recs] + [False])
+    dyn_w = np.divide(dyn, t, out=np.zeros_like(t), where=(t > 0) & ~comm_rows[:, None, None])
+    return _Ops(recs, t, static_w * t + dyn, dyn_w)
+
+
+_CLS = {"expert": "gemm"}
+
+
+def _windows(ops: _Ops, c: _Ctx, k: int, comm: list[int], windows: list[list[int]],
+             block: int) -> tuple[np.ndarray, np.ndarray]:
+    """``overlap.overlap_window`` on arrays, every window at once: (time, energy), (windows, points, clocks).
+
+    Windows are padded with the all-zero row (a kernel of zero time changes nothing)."""
+    p = params = c.params
+    assert params is not None
+    zero = len(ops.recs)
+    width = max(len(w) for w in windows)
+    idx = np.array([w + [zero] * (width - len(w)) for w in windows])            # (W, width)
+    nbytes = np.stack([_col(ops.recs[i].comm_bytes, ops.t.shape[1]) for i in comm])  # (W, points)
+    rate = k * p.per_sm_bytes_per_s_512 * (block / 512) ** p.block_exponent
+    t_comm = (p.comm_latency_s + nbytes / rate + p.per_block_s * k)[..., None]   # sm_comm_time_s
+    n_sm = p.num_sms
+    active = (n_sm - k) / n_sm
+    shape = (len(windows), *ops.t.shape[1:])
+    left, t, held, compute = np.ones(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    cls_of = [_CLS.get(r.cls, r.cls) for r in ops.recs] + ["memory"]
+    f_sm = np.array([(1.0 / active) ** p.sm_exponent_by_class.get(x, p.sm_exponent) for x in cls_of])
+    sigma = np.array([p.interference.get(x, p.mem_interference if x == "memory" else 0.0) for x in cls_of])
+    slow = np.array([1 + p.comm_slowdown.get(x, 0.0) for x in cls_of])
+    for j in range(width):
+        col = idx[:, j]
+        kt, kw = ops.t[col], ops.dyn_w[col]
+        ti = kt * (f_sm[col] * (1 + sigma[col]))[:, None, None]
+        tc = t_comm * slow[col][:, None, None]
+        running = left > 0
+        ends_first = left * tc >= ti
+        q = np.where(ends_first, 1.0, np.divide(left * tc, ti, out=np.zeros_like(ti), where=ti > 0))
+        q = np.where(running, q, 0.0)
+        step = np.divide(ti, tc, out=left.copy(), where=tc > 0)
+        left = np.where(running, np.where(ends_first, left - step, 0.0), left)
+        tt = q * ti
+        t = t + tt + (1 - q) * kt
+        held = held + tt
+        sm_part = p.sm_power_share * kw
+        compute = compute + kt * kw * (1 - q) + q * kt * (kw - sm_part) + sm_part * active * tt
+    exposed = np.maximum(left, 0.0) * t_comm + p.serial_per_block_s * k
+    t = t + exposed
+    held = held + exposed
+    comm_w = p.comm_active_w + p.sm_power_w * k * (block / 512) ** p.sm_power_block_exponent
+    raw = p.static_w * t + compute + comm_w * held
+    return t, np.where(t > 0, np.minimum(raw, p.tdp_w * t), raw)
+
+
+def _totals(ops: _Ops, c: _Ctx, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-GPU time and energy of one execution of the component: arrays (points, clocks, sms)."""
+    recs = ops.recs
+    count = np.array([r.count for r in recs] + [0], dtype=float)
+    t_ser = np.einsum("i,ipf->pf", count, ops.t)
+    e_ser = np.einsum("i,ipf->pf", count, ops.e)
+    runs: list[list[int]] = []
+    for i, r in enumerate(recs):
+        if runs and recs[runs[-1][-1]].count == r.count:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    comm, windows = [], []
+    for run in runs:  # each tp collective overlaps the compute ops after it, up to the next collective
+        for pos, i in enumerate(run):
+            if recs[i].cls != "comm" or recs[i].comm_axis != "tp" or not np.any(ops.t[i] > 0):
+                continue
+            window = []
+            for step in range(1, len(run)):
+                j = run[(pos + step) % len(run)]
+                if recs[j].cls == "comm":
+                    break
+                window.append(j)
+            if window:
+                comm.append(i)
+                windows.append(window)
+    ts, es = [], []
+    for k in c.sms:
+        if k is None or not comm or c.params is None:
+            ts.append(t_ser)
+            es.append(e_ser)
+            continue
+        wt, we = _windows(ops, c, k, comm, windows, block)
+        w_idx = np.array([w + [len(recs)] * (max(map(len, windows)) - len(w)) for w in windows])
+        solo_t = ops.t[w_idx].sum(axis=1)
+        solo_e = ops.e[w_idx].sum(axis=1)
+        nt = np.maximum(0.0, wt - solo_t)
+        st = c.profile.static_power_w * nt
+        ne = st + np.maximum(0.0, we - solo_e - st)
+        ci = np.array(comm)
+        active = ops.t[ci] > 0
+        cnt = count[ci][:, None, None]
+        ts.append(t_ser + (cnt * np.where(active, nt - ops.t[ci], 0.0)).sum(axis=0))
+        es.append(e_ser + (cnt * np.where(active, ne - ops.e[ci], 0.0)).sum(axis=0))
+    return np.stack(ts, -1), np.stack(es, -1)
+
+
+def _component(graph: Graph, parallel: Parallel, fused: bool, binding: dict[str, np.ndarray], c: _Ctx,
+               select: Callable[[Any], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    n = len(next(iter(binding.values())))
+    recs = plan_work(graph, parallel, binding, gpu=c.gpu, fused=fused, select=select)
+    return _totals(_price_recs(recs, n, c), c)
+
+
+# ---------------------------------------------------------------------------------------------
+# A variant
+
+
+@dataclass(frozen=True)
+class VariantPrices:
+    """Metrics of every knob setting of one variant: arrays (batches, clocks, sms).
+
+    Times in seconds; energies in joules and powers in watts over all the plan's GPUs.
+    """
+
+    variant: Variant
+    knobs: Knobs
+    itl_s: np.ndarray
+    step_s: np.ndarray
+    energy_per_token_j: np.ndarray
+    power_w: np.ndarray
+    ttft_s: np.ndarray
+    prefill_energy_per_token_j: np.ndarray
+    memory_bytes: np.ndarray   # (batches,): per GPU
+    fits: np.ndarray           # (batches,)
+    sms_ok: np.ndarray         # (sms,): None, or an SM count on a variant with tp collectives
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.fits[:, None, None] & self.sms_ok[None, None, :] & np.isfinite(self.itl_s)
+
+
+def _serving_points(batches: Sequence[int], workload: Workload, ctx_of: Callable[[int], float]) -> dict[str, np.ndarray]:
+    b, p, ctx, w, idx, med = [], [], [], [], [], []
+    for i, bb in enumerate(batches):
+        wl = _workload(workload, bb)
+        c = ctx_of(bb)
+        med.append(len(b))
+        b.append(bb), p.append(prefill_tokens_per_step(wl, median=True)), ctx.append(c), w.append(0.0), idx.append(i)
+        for wt, pt in prefill_mixture(wl):
+            b.append(bb), p.append(pt), ctx.append(c), w.append(wt), idx.append(i)
+    return {"b": np.asarray(b, float), "p": np.asarray(p, float), "ctx": np.asarray(ctx, float),
+            "w": np.asarray(w, float), "idx": np.asarray(idx), "med": np.asarray(med)}
+
+
+def _workload(workload: Workload, batch: int) -> Workload:
+    return Workload(batch=batch, prompt_len=workload.prompt_len, output_len=workload.output_len,
+                    **({"output_len_cv": workload.output_len_cv} if hasattr(workload, "output_len_cv") else {}))
+
+
+def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSpec, profile: Profile,
+                  interconnect: str) -> VariantPrices:
+    """Price every (batch, clock, comm_sms) setting of ``variant`` (see the module docstring)."""
+    par = variant.parallel
+    gpus = par.tp * par.dp
+    clock = ClockModel.of(gpu)
+    clocks = np.asarray(knobs.clocks_mhz, dtype=float)
+    params = overlap_params(gpu, profile) if variant.has_tp_comm and any(k is not None for k in knobs.comm_sms) else None
+    c = _Ctx(gpu, profile, np.atleast_1d(clock.compute_scale(clocks)), np.atleast_1d(clock.flop_energy_scale(clocks)),
+             interconnect, knobs.comm_sms, params)
+    kv_cap = kv_capacity_tokens(variant.planned_decode, gpu, gpus)
+
+    def ctx_of(b: int) -> float:
+        return serving_context_len(_workload(workload, b), kv_cap)
+
+    pts = _serving_points(knobs.batches, workload, ctx_of)
+    batches = np.asarray(knobs.batches, dtype=float)
+    s_len = float(workload.prompt_len)
+    b, p = pts["b"], pts["p"]
+    ctx_b = np.array([ctx_of(int(x)) for x in knobs.batches])
+    dec, pre, fused = variant.decode, variant.prefill, variant.fused
+    t1, e1 = _component(dec, par, fused, {"B": b, "S": (b + p) / b, "K": pts["ctx"]}, c,
+                        lambda op: not is_attention_op(op))
+    t2, e2 = _component(dec, par, fused, {"B": batches, "S": np.ones_like(batches), "K": ctx_b}, c, is_attention_op)
+    t3, e3 = _component(pre, par, fused, {"B": np.maximum(p, 1e-9) / s_len, "S": np.full_like(p, s_len),
+                                          "K": np.full_like(p, s_len)}, c, is_attention_op)
+    has_p = (p > 0)[:, None, None]
+    ovh = (profile.step_overhead_s + profile.seq_overhead_s * b)[:, None, None]
+    t_srv = t1 + t2[pts["idx"]] + np.where(has_p, t3, 0.0) + ovh
+    idle_w = getattr(profile, "overhead_power_w", profile.static_power_w)  # host overheads: no kernel runs
+    e_srv = e1 + e2[pts["idx"]] + np.where(has_p, e3, 0.0) + idle_w * ovh
+    t_pre, e_pre = _component(pre, par, fused, {"B": batches, "S": np.full_like(batches, s_len),
+                                                "K": np.full_like(batches, s_len)}, c)
+    nb = len(batches)
+    wmat = np.zeros((nb, len(b)))
+    wmat[pts["idx"], np.arange(len(b))] = pts["w"]
+    mean_t = np.einsum("bp,pfk->bfk", wmat, t_srv)
+    mean_e = np.einsum("bp,pfk->bfk", wmat, e_srv)
+    b3 = batches[:, None, None]
+    mem = memory_per_gpu(variant, knobs.batches, workload)
+    return VariantPrices(
+        variant=variant, knobs=knobs, itl_s=t_srv[pts["med"]], step_s=mean_t,
+        energy_per_token_j=mean_e * gpus / b3, power_w=mean_e / mean_t * gpus,
+        ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (b3 * s_len),
+        memory_bytes=mem, fits=mem <= gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION,
+        sms_ok=np.array([k is None or variant.has_tp_comm for k in knobs.comm_sms]),
+        extras={"points": len(b) + nb, "context_len": ctx_b})
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory per GPU (``plan.plan_memory``'s rules, on arrays of batch sizes)
+
+
+def memory_per_gpu(variant: Variant, batches: Sequence[int], workload: Workload) -> np.ndarray:
+    """Bytes per GPU (weights + KV cache + largest prefill working set) at each batch size.
+
+    Same rules as ``costmodel.plan.plan_memory`` (which ``estimate`` uses), over an array of batches.
+    """
+    dec, pre = variant.planned_decode, variant.planned_prefill
+    b = np.asarray(batches, dtype=float)
+    sizes = dec.bind(B=b, S=np.ones_like(b), K=np.full_like(b, workload.decode_context_len))
+    mesh = mesh_of(dec)
+    local: dict[str, Any] = {}
+    for op, _ in dec.walk():
+        loc = {**sizes, **local_dim_sizes(op, sizes, mesh)} if op.sharding else sizes
+        for v in (op.result, *op.operands):
+            local.setdefault(v.name, loc)
+    total = np.zeros(len(b))
+    for d, n in dec.all_decls():
+        if d.role in ("param", "cache"):
+            s = local.get(d.value.name, sizes)
+            nb = np.ones(len(b))
+            for x in d.value.type.dims:
+                nb = nb * s[x]
+            total = total + nb * d.value.type.itemsize * n
+    chunks = [_chunk(_workload(workload, int(x))) for x in batches]
+    seqs = np.array([s for s, _ in chunks])
+    plen = float(workload.prompt_len)
+    psizes = pre.bind(B=seqs, S=np.full_like(b, plen), K=np.full_like(b, plen))
+    fixed = {d.value.name for d, _ in pre.all_decls() if d.role in ("param", "cache")}
+    peak = np.zeros(len(b))
+    pmesh = mesh_of(pre)
+    for op, _ in pre.walk():
+        live = [v for v in (*op.operands, op.result)
+                if v.name not in fixed and not ("S" in v.type.dims and "K" in v.type.dims)]
+        if not live:
+            continue
+        loc = {**psizes, **local_dim_sizes(op, psizes, pmesh)} if op.sharding else psizes
+        tot = np.zeros(len(b))
+        for v in live:
+            nb = np.ones(len(b))
+            for x in v.type.dims:
+                nb = nb * loc[x]
+            tot = tot + nb * v.type.itemsize
+        peak = np.maximum(peak, tot)
+    return total + peak

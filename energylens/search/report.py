@@ -1,0 +1,123 @@
+"""Reports of a compiled plan: rich tables (``Plan.report``) and the Pareto plot (``Plan.plot``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from energylens.errors import EnergylensError
+
+__all__ = ["render", "plot", "si"]
+
+
+def si(x: float, unit: str) -> str:
+    """Human-readable number with an SI prefix: 1.5e9 B -> '1.5 GB'."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
+                           (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def render(plan: Any, console: Any, top: int = 10) -> None:
+    """Print the chosen plan, per-phase summary, top ops and the frontier to a rich ``console``."""
+    from rich.table import Table
+
+    est, wl, p = plan.estimate, plan.workload, plan.parallel
+    slo = ", ".join(f"{k} <= {v:g}" for k, v in (("ITL ms", plan.slo.itl_ms), ("TTFT ms", plan.slo.ttft_ms))
+                    if v is not None) or "none"
+    head = Table(title=f"{plan.model} on {plan.num_gpus} x {plan.gpu}: batch {wl.batch}, prompt {wl.prompt_len}, "
+                       f"output {wl.output_len}; objective {plan.objective}, SLO {slo}")
+    for col in ("tp", "ep", "dp", "batch (max_num_seqs)", "fused", "comm SMs", "GPU clock", "plans searched"):
+        head.add_column(col, justify="right")
+    clock = f"{plan.clock_mhz} MHz" + (" (default)" if plan.gpu_clock_mhz is None else " (locked)")
+    head.add_row(str(p.tp), str(p.ep), str(p.dp), f"{plan.batch} ({plan.max_num_seqs}/replica)",
+                 "yes" if plan.fused else "no", str(plan.comm_sms or "-"), clock,
+                 f"{plan.plans_evaluated:,} in {plan.search_s:.2f} s")
+    console.print(head)
+    s = est.serving
+    phases = Table(title="per phase (energies and powers over all GPUs of the plan)")
+    for col in ("phase", "latency", "energy", "energy / token", "avg power", "tokens/s"):
+        phases.add_column(col, justify="left" if col == "phase" else "right")
+    if s is not None:
+        phases.add_row("serving step (median ITL; energy incl. prefill)", si(s.median_itl_s, "s"),
+                       si(s.energy_per_output_token_j * s.batch, "J"), si(s.energy_per_output_token_j, "J"),
+                       si(s.avg_power_w, "W"), f"{s.output_tokens_per_s:,.0f}")
+    pre, dec = est.prefill, est.decode
+    phases.add_row(f"prefill of the batch (TTFT, {pre.tokens} tokens)", si(pre.latency_s, "s"), si(pre.energy_j, "J"),
+                   si(pre.energy_per_token_j, "J"), si(pre.avg_power_w, "W"), f"{pre.tokens / pre.latency_s:,.0f}")
+    phases.add_row("decode step (no prefill)", si(dec.itl_s, "s"), si(dec.energy_j, "J"), si(dec.energy_per_token_j, "J"),
+                   si(dec.avg_power_w, "W"), f"{dec.tokens / dec.latency_s:,.0f}")
+    console.print(phases)
+    m = est.memory
+    console.print(f"memory per GPU: {si(m.total_bytes, 'B')} of {si(m.capacity_bytes, 'B')} (weights "
+                  f"{si(m.weights_bytes, 'B')}, KV cache {si(m.kv_cache_bytes, 'B')}, activations "
+                  f"{si(m.activation_bytes, 'B')}); pipeline {plan.graph.pipeline if plan.graph else '-'}")
+    ops = Table(title=f"top {top} ops by energy (all layers; energy summed over the plan's GPUs)")
+    for col in ("phase", "op", "kind", "source", "x", "time", "energy"):
+        ops.add_column(col, justify="right" if col in ("x", "time", "energy") else "left")
+    for o in sorted(est.ops, key=lambda o: o.energy_j, reverse=True)[:top]:
+        ops.add_row(o.phase, o.name, o.kind, o.source, str(o.count), si(o.time_s, "s"), si(o.energy_j, "J"))
+    console.print(ops)
+    fr = Table(title=f"Pareto frontier: energy per output token vs median ITL ({len(plan.pareto)} plans)")
+    for col in ("tp", "ep", "dp", "fused", "batch", "comm SMs", "clock MHz", "ITL", "TTFT", "energy / token",
+                "power"):
+        fr.add_column(col, justify="right")
+    rows = list(plan.pareto)
+    if len(rows) > 12:  # a readable sample: evenly spaced along the frontier
+        rows = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, 12).round())]
+    for r in rows:
+        mark = " *" if (r.tp, r.ep, r.dp, r.fused, r.batch, r.comm_sms, r.clock_mhz) == (
+            p.tp, p.ep, p.dp, plan.fused, plan.batch, plan.comm_sms, plan.clock_mhz) else ""
+        fr.add_row(str(r.tp), str(r.ep), str(r.dp), "yes" if r.fused else "no", str(r.batch), str(r.comm_sms or "-"),
+                   str(r.clock_mhz), si(r.itl_s, "s") + mark, si(r.ttft_s, "s"), si(r.energy_per_token_j, "J"),
+                   si(r.power_w, "W"))
+    console.print(fr)
+
+
+def plot(plan: Any, path: Path) -> Path:
+    """Two panels: energy per output token vs median ITL, and prefill energy per token vs TTFT;
+    every searched plan (grey), the frontier (line), the chosen plan (star), the SLO (dashed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EnergylensError("plotting needs matplotlib: pip install matplotlib") from None
+    space = plan.space
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = (("itl_s", "energy_per_token_j", plan.pareto, "median ITL (ms)", "energy per output token (J)",
+               plan.slo.itl_ms, plan.estimate.serving.median_itl_s, plan.estimate.serving.energy_per_output_token_j),
+              ("ttft_s", "prefill_energy_per_token_j", plan.prefill_pareto, "TTFT: prefill of the batch (ms)",
+               "prefill energy per prompt token (J)", plan.slo.ttft_ms, plan.estimate.prefill.latency_s,
+               plan.estimate.prefill.energy_per_token_j))
+    for ax, (x, y, front, xl, yl, target, cx, cy) in zip(axes, panels, strict=True):
+        if space is not None and len(space):
+            tp = space.cols["tp"]
+            for t in np.unique(tp):
+                m = tp == t
+                ax.scatter(space.cols[x][m] * 1e3, space.cols[y][m], s=4, alpha=0.25, label=f"tp={int(t)}")
+        fx = [getattr(r, x) * 1e3 for r in front]
+        fy = [getattr(r, y) for r in front]
+        ax.plot(fx, fy, "k.-", lw=1.2, ms=4, label="Pareto frontier")
+        ax.plot([cx * 1e3], [cy], marker="*", color="red", ms=16, ls="none", label="chosen plan")
+        if target is not None:
+            ax.axvline(target, color="red", ls="--", lw=1, label="SLO")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, markerscale=2)
+    p = plan.parallel
+    fig.suptitle(f"{plan.model} on {plan.num_gpus} x {plan.gpu}: chosen tp={p.tp} ep={p.ep} dp={p.dp}, "
+                 f"batch {plan.batch}, clock {plan.clock_mhz} MHz, comm SMs {plan.comm_sms or '-'} "
+                 f"({plan.plans_evaluated:,} plans)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

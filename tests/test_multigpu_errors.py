@@ -1,0 +1,54 @@
+"""Multi-GPU plans: clear errors for impossible shardings, memory per GPU, bad options."""
+
+from __future__ import annotations
+
+import pytest
+
+import energylens as el
+from energylens.errors import ConfigError, DoesNotFitError, ShardingError, UnknownNameError
+
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+MOE = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+WL = el.Workload(batch=8, prompt_len=512, output_len=128)
+
+
+def test_tp_not_dividing_heads_names_value_and_choices() -> None:
+    with pytest.raises(ShardingError, match=r"tp=3 does not divide .*32 attention heads and 8 KV heads.*"
+                                            r"valid tp: 1, 2, 4, 8"):
+        el.estimate(LLAMA, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=3))
+
+
+def test_ep_not_dividing_experts_names_value_and_choices() -> None:
+    with pytest.raises(ShardingError, match=r"ep=3 .*valid ep"):
+        el.estimate(MOE, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=2, dp=3, ep=3))
+    with pytest.raises(ShardingError, match=r"ep=8 is larger than tp x dp = 4 x 1 = 4.*valid ep: 1, 2, 4"):
+        el.estimate(MOE, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=4, ep=8))
+    with pytest.raises(ShardingError, match=r"ep=2 but graph .* has no experts"):
+        el.estimate(LLAMA, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=2, ep=2))
+
+
+def test_more_gpus_than_the_cluster() -> None:
+    with pytest.raises(ShardingError, match=r"tp x dp = 4 x 2 = 8 GPUs, but the cluster has 4; use tp x dp <= 4"):
+        el.estimate(LLAMA, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4, dp=2))
+
+
+def test_memory_is_checked_per_gpu() -> None:
+    big = "meta-llama/Llama-3.1-70B-Instruct"
+    with pytest.raises(DoesNotFitError, match="per GPU"):
+        el.estimate(big, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=1))
+    est = el.estimate(big, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=4))
+    assert est.memory.weights_bytes == pytest.approx(141e9 / 4, rel=0.03)
+    assert est.memory.total_bytes < est.memory.capacity_bytes
+
+
+def test_bad_overlap_and_interconnect_options() -> None:
+    with pytest.raises(ConfigError, match=r"comm_sms must be an SM count in 1..131"):
+        el.estimate(LLAMA, el.Cluster("H100", num_gpus=2), WL, el.Parallel(tp=2), comm_sms=132)
+    with pytest.raises(UnknownNameError):
+        el.estimate(LLAMA, el.Cluster("H100", num_gpus=2, interconnect="carrier-pigeon"), WL, el.Parallel(tp=2))
+
+
+def test_pcie_is_slower_than_nvlink() -> None:
+    nv = el.estimate(LLAMA, el.Cluster("H100", num_gpus=2), WL, el.Parallel(tp=2))
+    pcie = el.estimate(LLAMA, el.Cluster("H100", num_gpus=2, interconnect="pcie"), WL, el.Parallel(tp=2))
+    assert pcie.decode.itl_s > nv.decode.itl_s

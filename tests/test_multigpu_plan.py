@@ -1,0 +1,178 @@
+"""Multi-GPU plans: properties of ``estimate`` with tp/ep/dp and of ``plan_work`` (issue 4)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import energylens as el
+from energylens.api import resolve_model
+from energylens.costmodel.analysis import WorkAnalysis, price_graph
+from energylens.costmodel.hardware import get_gpu
+from energylens.costmodel.memory import memory_estimate
+from energylens.costmodel.plan import PlanPricer, plan_graph, plan_work
+from energylens.costmodel.profile import load_profile
+from energylens.costmodel.serving import serving_estimate
+from energylens.ir.core import Collective
+from energylens.passes.moe import Moe
+from energylens.passes.shard import mesh_of
+
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+MOE = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+H100 = el.Cluster("H100", num_gpus=8)
+WL = el.Workload(batch=64, prompt_len=634, output_len=400)
+GPU = get_gpu("H100")
+PROF = load_profile(GPU)
+
+
+def _phases(est: el.typing.Estimate) -> tuple:
+    return (est.prefill, est.decode, est.serving, est.memory)
+
+
+# -- tp = ep = dp = 1 is the single-GPU estimate -----------------------------------------------------
+
+@pytest.mark.parametrize("model", [LLAMA, MOE])
+def test_trivial_plan_equals_single_gpu_estimate(model: str) -> None:
+    one = el.estimate(model, el.Cluster("H100"), WL)
+    assert _phases(el.estimate(model, el.Cluster("H100"), WL, el.Parallel(1, 1, 1))) == _phases(one)
+    assert _phases(el.estimate(model, H100, WL, el.Parallel())) == _phases(one)   # idle GPUs not counted
+    assert one.num_gpus == 1
+
+
+def test_trivial_unfused_plan_equals_single_gpu_pricing() -> None:
+    """fused=False, one GPU: exactly the single-GPU interpreters on the traced graphs."""
+    traced = resolve_model(LLAMA)
+    est = el.estimate(LLAMA, el.Cluster("H100"), WL, el.Parallel(), fused=False)
+    dec = price_graph(traced.decode, {"B": 64, "S": 1, "K": WL.decode_context_len}, GPU, PROF)
+    assert est.decode.latency_s == sum(p.count * p.cost.time_s for p in dec)
+    assert est.decode.energy_j == pytest.approx(sum(p.count * p.cost.energy_j for p in dec), rel=1e-12)
+    assert est.serving == serving_estimate(traced.prefill, traced.decode, WL, GPU, PROF)
+    assert est.memory == memory_estimate(traced.prefill, traced.decode, WL, GPU)
+
+
+# -- FLOPs are conserved up to replication ----------------------------------------------------------
+
+@pytest.mark.parametrize(("model", "par"), [
+    (LLAMA, el.Parallel(tp=2)), (LLAMA, el.Parallel(tp=4, dp=2)), (LLAMA, el.Parallel(tp=8)),
+    (MOE, el.Parallel(tp=2, ep=2)), (MOE, el.Parallel(tp=4)), (MOE, el.Parallel(tp=2, dp=2, ep=4)),
+])
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_sum_of_local_flops_is_global_flops_times_replication(model: str, par: el.Parallel, phase: str) -> None:
+    raw = getattr(resolve_model(model), phase)
+    binding = {"B": 16, "S": 128 if phase == "prefill" else 1, "K": 512}
+    recs = [r for r in plan_work(raw, par, binding, gpu=GPU) if r.cls != "comm"]
+    glob = WorkAnalysis(raw, binding, GPU).run()
+    assert len(recs) == len(glob)
+    for r, (op, count, w) in zip(recs, glob, strict=True):
+        assert r.op.kind == op.kind and r.count == count
+        assert float(r.work.flops) * par.num_gpus == pytest.approx(float(w.flops) * r.replication, rel=1e-9), op
+    assert any(r.replication > 1 for r in recs)          # norms etc. are replicated under tp
+    assert any(r.replication == 1 and float(r.work.flops) > 0 for r in recs)
+
+
+def test_plan_work_is_vectorised_over_batch_sizes() -> None:
+    raw = resolve_model(MOE).decode
+    bs = np.array([1.0, 8.0, 64.0, 256.0])
+    vec = plan_work(raw, el.Parallel(tp=2, ep=2), {"B": bs, "S": 1, "K": 1024}, gpu=GPU)
+    for i, b in enumerate(bs):
+        one = plan_work(raw, el.Parallel(tp=2, ep=2), {"B": float(b), "S": 1, "K": 1024}, gpu=GPU)
+        for rv, r1 in zip(vec, one, strict=True):
+            for f in ("tc_flops", "vec_flops", "hbm_bytes", "rows", "kernels"):
+                assert np.broadcast_to(getattr(rv.work, f), bs.shape)[i] == pytest.approx(float(getattr(r1.work, f)))
+                assert np.broadcast_to(getattr(rv.max_work, f), bs.shape)[i] == pytest.approx(
+                    float(getattr(r1.max_work, f)))
+            assert np.broadcast_to(rv.comm_bytes, bs.shape)[i] == pytest.approx(float(r1.comm_bytes))
+    classes = {r.cls for r in vec}
+    assert {"gemm", "attention", "memory", "expert", "comm"} <= classes
+
+
+# -- the static floor ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("model", "par", "kw"), [
+    (LLAMA, el.Parallel(tp=2), {}), (LLAMA, el.Parallel(tp=4, dp=2), {}), (LLAMA, el.Parallel(tp=4), {"comm_sms": 16}),
+    (MOE, el.Parallel(tp=2, ep=2), {"routing": "zipf"}), (MOE, el.Parallel(tp=4, ep=4), {"comm_sms": 8}),
+])
+def test_energy_never_below_static_floor(model: str, par: el.Parallel, kw: dict) -> None:
+    est = el.estimate(model, H100, WL, par, **kw)
+    n, static_w = par.num_gpus, PROF.static_power_w
+    assert est.num_gpus == n
+    for ph in (est.prefill, est.decode):
+        assert ph.energy_j >= n * static_w * ph.latency_s * (1 - 1e-9)
+        assert ph.energy_j == pytest.approx(ph.static_j + ph.dynamic_j)
+        assert ph.avg_power_w <= n * GPU.tdp_w
+    assert est.serving.avg_power_w >= n * static_w * (1 - 1e-9)
+
+
+# -- tensor parallelism on Llama --------------------------------------------------------------------
+
+def test_llama_tp2_halves_weights_and_adds_two_all_reduces_per_layer() -> None:
+    one = el.estimate(LLAMA, H100, WL)
+    two = el.estimate(LLAMA, H100, WL, el.Parallel(tp=2))
+    assert two.memory.weights_bytes / one.memory.weights_bytes == pytest.approx(0.5, abs=0.01)
+    assert two.memory.kv_cache_bytes / one.memory.kv_cache_bytes == pytest.approx(0.5, abs=1e-6)
+    dec = two.graphs.decode
+    region = [(op, c) for op, c in dec.walk() if c > 1]
+    ars = [op for op, _ in region if isinstance(op, Collective) and op.fn == "all_reduce" and op.axis == "tp"]
+    assert len(ars) == 2 and region[0][1] == 32
+    assert two.decode.comm_j > 0 and two.decode.itl_s < one.decode.itl_s
+    assert "collective.all_reduce[tp]" in str(two.graphs) and "shard{tp=2,ep=1,dp=1},fuse" in str(two.graphs)
+    json.dumps(two.to_dict())
+    assert two.to_dict()["graphs"] == {"pipeline": two.graphs.pipeline}
+
+
+def test_data_parallel_replicas_each_serve_their_share() -> None:
+    half = el.estimate(LLAMA, el.Cluster("H100"), el.Workload(batch=32, prompt_len=634, output_len=400))
+    dp2 = el.estimate(LLAMA, H100, WL, el.Parallel(dp=2))
+    assert dp2.decode.itl_s == pytest.approx(half.decode.itl_s, rel=1e-9)
+    assert dp2.decode.energy_j == pytest.approx(2 * half.decode.energy_j, rel=1e-9)
+    assert dp2.memory.kv_cache_bytes == pytest.approx(half.memory.kv_cache_bytes)
+
+
+# -- experts ------------------------------------------------------------------------------------------
+
+def test_expert_parallel_adds_all_to_alls() -> None:
+    def a2a(par: el.Parallel) -> int:
+        g = plan_graph(resolve_model(MOE).decode, par)
+        return sum(1 for op, _ in g.walk() if isinstance(op, Collective) and op.fn == "all_to_all")
+    assert a2a(el.Parallel(tp=2)) == 0
+    assert a2a(el.Parallel(tp=2, ep=2)) == 2          # dispatch and combine, once per layer (a Repeat)
+    est = el.estimate(MOE, H100, WL, el.Parallel(tp=2, ep=2))
+    assert any(o.kind == "collective" and "a2a_ep" in o.name and o.time_s > 0 for o in est.ops)
+    assert mesh_of(est.graphs.decode)["ep"] == 2
+
+
+def test_zipf_straggler_is_slower_and_burns_waiting_energy() -> None:
+    par = el.Parallel(tp=4, ep=4)
+    uni = el.estimate(MOE, H100, WL, par)
+    skew = el.estimate(MOE, H100, WL, par, routing=Moe(routing="zipf", skew=1.2))
+    assert skew.decode.latency_s > uni.decode.latency_s
+    assert skew.decode.wait_j > uni.decode.wait_j > 0
+    assert skew.serving.median_itl_s > uni.serving.median_itl_s
+    # the dynamic energy of the expert work is the same; the extra energy is waiting at static power
+    assert skew.decode.energy_j - uni.decode.energy_j == pytest.approx(
+        skew.decode.static_j - uni.decode.static_j, rel=0.05)
+
+
+def test_overlap_uses_the_contended_schedule() -> None:
+    par = el.Parallel(tp=4)
+    wl = el.Workload(batch=16, prompt_len=2048, output_len=256)
+    serial = el.estimate(LLAMA, H100, wl, par)
+    lapped = el.estimate(LLAMA, H100, wl, par, comm_sms=16)
+    assert lapped.prefill.latency_s != serial.prefill.latency_s
+    ops = PlanPricer(comm_sms=16)(plan_graph(resolve_model(LLAMA).prefill, par), {"B": 16, "S": 2048, "K": 2048},
+                                  GPU, PROF)
+    comm = [p for p in ops if p.cls == "comm" and p.op.axis == "tp" and p.count > 1]
+    # a large prefill all-reduce mostly hides behind the other nano-batch's compute
+    solo = PlanPricer()(plan_graph(resolve_model(LLAMA).prefill, par), {"B": 16, "S": 2048, "K": 2048}, GPU, PROF)
+    solo_comm = [p for p in solo if p.cls == "comm" and p.op.axis == "tp" and p.count > 1]
+    assert sum(p.cost.time_s for p in comm) < sum(p.cost.time_s for p in solo_comm)
+
+
+def test_op_table_adds_up_to_the_phase_over_all_gpus() -> None:
+    est = el.estimate(MOE, H100, WL, el.Parallel(tp=2, ep=2))
+    dec = [o for o in est.ops if o.phase == "decode"]
+    assert sum(o.time_s for o in dec) == pytest.approx(est.decode.latency_s)
+    assert sum(o.energy_j for o in dec) == pytest.approx(est.decode.energy_j)
+    assert sum(o.flops for o in dec) == pytest.approx(est.decode.flops)

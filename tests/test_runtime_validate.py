@@ -1,0 +1,127 @@
+"""``energylens validate``: predicted vs measured per run and per op class, MAPEs, JSON, parity plot.
+
+The GPU records are SYNTHETIC (``calibrate.synthetic_records``: the cost model with known
+coefficients plus seeded noise); CPU records are made in the test. Nothing touches data/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from energylens.cli import app
+from energylens.costmodel.profile import load_profile
+from energylens.errors import EnergylensError
+from energylens.runtime.calibrate import synthetic_records
+from energylens.runtime.validate import METRICS, validate
+
+runner = CliRunner()
+TRUE = dict(mem_efficiency=0.7, compute_efficiency=0.8, kernel_overhead_s=4e-6, static_power_w=120.0)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """SYNTHETIC H100 records: the quick suite's GPU shapes priced with known coefficients, 2% noise."""
+    d = tmp_path_factory.mktemp("synthetic")
+    true = load_profile("H100").with_params(**TRUE)
+    path = d / "synthetic-h100.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records("H100", true, seed=5, noise=0.02)))
+    timing = d / "timing-only.jsonl"
+    timing.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records("H100", true, seed=6, energy=False)))
+    return path, timing, true
+
+
+def cpu_file(path):
+    recs = [{"schema": 1, "key": f"k{i}", "kind": kind, "params": {"m": 1, "n": 8, "k": 8, "dtype": "float32"},
+             "device": "cpu", "status": "ok",
+             "result": {"time_s": 1e-5, "energy_j": None, "energy_unavailable_reason": "no energy meter: CPU run"},
+             "env": {"env_id": "cpu"}} for i, kind in enumerate(("gemm", "gemm", "prefill"))]
+    recs.append({"schema": 1, "key": "idle", "kind": "idle", "params": {}, "device": "cpu", "status": "skipped",
+                 "reason": "idle power needs an energy meter", "env": {}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_validate_reports_runs_classes_and_headline_mapes(synthetic):
+    path, _, true = synthetic
+    rep = validate([path], profiles={"H100-SXM": true})  # the generating profile: errors are the noise
+    assert rep.compared == 40 and not rep.not_compared
+    assert [m.name for m in rep.metrics] == list(METRICS)
+    for m in rep.metrics:
+        assert m.n > 0 and m.mape_pct < 5, m
+    classes = {c.op_class: c for c in rep.classes}
+    assert {"gemm", "hbm_copy", "prefill", "decode", "static", "norm:rms_norm_hf"} <= set(classes)
+    assert classes["static"].mape_time_pct is None and classes["static"].mape_power_pct < 5
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["runs"][0]["time_err"] is not None and d["metrics"][0]["name"] == "prefill energy"
+    buf = io.StringIO()
+    rep.print(Console(file=buf, width=200), max_runs=3)
+    out = buf.getvalue()
+    assert "prefill energy" in out and "per op class" in out and "runs (3 of 40" in out
+
+
+def test_bundled_profile_shows_the_error_of_wrong_coefficients(synthetic):
+    path, _, _ = synthetic
+    rep = validate([path])  # bundled H100 profile, not the generating one
+    assert rep.metric("prefill latency").mape_pct > 5
+    assert "H100-SXM" in rep.profiles
+
+
+def test_metrics_without_energy_say_so(synthetic):
+    _, timing, true = synthetic
+    rep = validate([timing], profiles={"H100-SXM": true})
+    assert rep.metric("decode ITL").mape_pct < 10
+    for name in ("prefill energy", "decode energy/token", "average power"):
+        assert rep.metric(name).mape_pct is None and rep.metric(name).text() == "n/a (no energy readings)"
+    assert "energy readings: 0 of" in rep.energy_note
+
+
+def test_parity_plot_is_written(synthetic, tmp_path):
+    path, _, _ = synthetic
+    out = validate([path]).parity_plot(tmp_path / "parity.png")
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_validate_json_and_plot(synthetic, tmp_path):
+    path, _, _ = synthetic
+    r = runner.invoke(app, ["validate", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["metrics"][2]["name"] == "decode ITL"
+    r = runner.invoke(app, ["validate", str(path), "--plot", str(tmp_path / "p.png"), "--runs", "0"])
+    assert r.exit_code == 0, r.output
+    assert "decode ITL" in r.output and (tmp_path / "p.png").exists()
+
+
+def test_cli_validate_cpu_file_explains_what_it_cannot_compare(tmp_path):
+    f = cpu_file(tmp_path / "quick-cpu.jsonl")
+    r = runner.invoke(app, ["validate", str(f)])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "0 compared" in out and "nothing compared" in out and "not a GPU of the hardware DB" in out
+    assert "energy readings: 0 of 3" in out and "idle power needs an energy meter" in out
+    r = runner.invoke(app, ["validate", str(f), "--plot", str(tmp_path / "p.png")])
+    assert r.exit_code == 2 and "no parity plot" in r.output
+
+
+def test_cli_validate_without_measurement_files_exits_2(tmp_path):
+    r = runner.invoke(app, ["validate", str(tmp_path)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert r.output.startswith("error: nothing to validate: no measurement files")
+    with pytest.raises(EnergylensError, match="no such file"):
+        validate([tmp_path / "missing.jsonl"])
+
+
+def test_cli_measure_delegates_to_the_campaign(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "m.jsonl"
+    r = runner.invoke(app, ["measure", "--suite", "quick", "--device", "cpu", "--part", "micro:memory",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert recs and {x["part"] for x in recs} == {"micro:memory"}
+    r = runner.invoke(app, ["measure", "--suite", "nope", "--out", str(out)])
+    assert r.exit_code == 2 and "unknown suite" in r.output

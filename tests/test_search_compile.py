@@ -1,0 +1,141 @@
+"""compile: vectorised prices equal el.estimate plan by plan; the chosen plan is the least-energy
+feasible one of a brute-force scalar search; infeasible SLOs; exports; CLI; report and plot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import energylens as el
+from energylens.cli import app
+from energylens.costmodel.clock import ClockModel
+from energylens.costmodel.hardware import get_gpu
+from energylens.costmodel.profile import load_profile
+from energylens.export.vllm import load_vllm_args
+from energylens.search import InfeasibleSLOError
+from energylens.search.evaluate import clock_profile
+
+MODEL = "meta-llama/Llama-3.2-1B-Instruct"
+CLUSTER = el.Cluster("H100-SXM", num_gpus=2, interconnect="nvlink4")
+WL = el.Workload(batch=4, prompt_len=512, output_len=128)
+SPACE = {"clocks_mhz": (1290, 1980), "comm_sms": (None, 16)}
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return el.compile(MODEL, CLUSTER, workload=WL, slo=el.SLO(itl_ms=3.0), **SPACE)
+
+
+@pytest.fixture(scope="module")
+def brute(plan):
+    """Every plan of the space priced one by one with el.estimate (the scalar oracle)."""
+    gpu = get_gpu("H100-SXM")
+    prof = load_profile(gpu)
+    c = plan.space.cols
+    rows = []
+    for i in range(len(plan.space)):
+        p = plan.space.point(i)
+        est = el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2, interconnect="nvlink"),
+                          el.Workload(batch=p.batch, prompt_len=WL.prompt_len, output_len=WL.output_len),
+                          el.Parallel(tp=p.tp, ep=p.ep, dp=p.dp), fused=p.fused, comm_sms=p.comm_sms,
+                          profile=clock_profile(prof, gpu, p.clock_mhz))
+        rows.append((est.serving.median_itl_s, est.serving.energy_per_output_token_j, est.prefill.latency_s,
+                     est.prefill.energy_per_token_j, est.serving.avg_power_w, est.memory.total_bytes))
+    assert len(rows) == len(c["itl_s"])
+    return np.array(rows)
+
+
+def test_space_covers_all_knobs(plan):
+    c = plan.space.cols
+    assert set(c["tp"]) == {1, 2} and set(c["fused"]) == {False, True}
+    assert set(c["clock_mhz"]) == {1290, 1980} and set(c["comm_sms"]) == {0, 16}
+    assert set(c["comm_sms"][c["tp"] == 1]) == {0}  # no SM count without tensor-parallel collectives
+    assert set(c["batch"][c["dp"] == 2]) == {2, 4} and set(c["batch"][c["dp"] == 1]) == {1, 2, 3, 4}
+    assert plan.plans_evaluated == len(plan.space) == 4 * 2 * 2 * 2 + 2 * 2 * 2  # tp=2: batch x clock x sms x fused; dp=2
+
+
+def test_vectorised_prices_equal_scalar_estimate(plan, brute):
+    c = plan.space.cols
+    for k, name in enumerate(("itl_s", "energy_per_token_j", "ttft_s", "prefill_energy_per_token_j", "power_w",
+                              "memory_bytes")):
+        np.testing.assert_allclose(c[name], brute[:, k], rtol=1e-9, err_msg=name)
+
+
+def test_chosen_plan_is_least_energy_under_slo(plan, brute):
+    feasible = brute[:, 0] * 1e3 <= 3.0
+    assert feasible.any() and not feasible.all()
+    best = np.flatnonzero(feasible)[np.argmin(brute[feasible, 1])]
+    p = plan.space.point(int(best))
+    assert (plan.parallel.tp, plan.parallel.dp, plan.batch, plan.fused, plan.comm_sms, plan.clock_mhz) == (
+        p.tp, p.dp, p.batch, p.fused, p.comm_sms, p.clock_mhz)
+    assert plan.estimate.serving.median_itl_s * 1e3 <= 3.0
+    assert plan.estimate.serving.energy_per_output_token_j == pytest.approx(brute[feasible, 1].min(), rel=1e-9)
+
+
+def test_latency_objective_and_frontier(plan, brute):
+    fast = el.compile(MODEL, CLUSTER, workload=WL, objective="latency", **SPACE)
+    assert fast.estimate.serving.median_itl_s == pytest.approx(brute[:, 0].min(), rel=1e-9)
+    front = plan.pareto
+    assert len(front) >= 2 and front.x == "itl_s"
+    itl = [r.itl_s for r in front]
+    e = [r.energy_per_token_j for r in front]
+    assert itl == sorted(itl) and e == sorted(e, reverse=True)
+    assert min(e) == pytest.approx(brute[:, 1].min(), rel=1e-9)
+    assert len(plan.prefill_pareto) >= 1
+
+
+def test_infeasible_slo_names_best_itl(brute):
+    with pytest.raises(InfeasibleSLOError, match=r"best achievable ITL is \d+\.\d+ ms") as e:
+        el.compile(MODEL, CLUSTER, workload=WL, slo=el.SLO(itl_ms=0.01), **SPACE)
+    assert f"{brute[:, 0].min() * 1e3:.2f} ms" in str(e.value)
+    with pytest.raises(el.EnergylensError, match="objective"):
+        el.compile(MODEL, CLUSTER, workload=WL, objective="speed")  # type: ignore[arg-type]
+
+
+def test_exports_accepted(plan):
+    args = plan.to_vllm()
+    assert set(args) <= set(load_vllm_args()) and args["tensor_parallel_size"] == plan.parallel.tp
+    assert args["max_num_seqs"] == plan.batch // plan.parallel.dp and args["max_model_len"] == 640
+    cli = plan.to_vllm(cli=True)
+    assert "vllm serve meta-llama/Llama-3.2-1B-Instruct" in cli
+    if plan.gpu_clock_mhz is not None:
+        assert f"nvidia-smi -lgc {plan.clock_mhz}" in cli
+    assert plan.to_megatron()["tensor_model_parallel_size"] == plan.parallel.tp
+
+
+def test_plan_records_report_and_plot(plan, tmp_path):
+    d = plan.to_dict()
+    json.dumps(d)
+    assert d["parallel"]["tp"] == plan.parallel.tp and "space" not in d and "max_num_seqs" in d
+    assert len(d["pareto"]["rows"]) == len(plan.pareto)
+    assert "// pipeline: shard{" in str(plan.graph)
+    text = plan.report(file=open(tmp_path / "r.txt", "w"))  # noqa: SIM115
+    assert "Pareto frontier" in text and "top 10 ops" in text
+    png = plan.plot(tmp_path / "pareto.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_clock_model():
+    c = ClockModel.of(get_gpu("H100-SXM"))
+    f = np.array(c.grid())
+    assert f[-1] == 1980 and np.all(np.diff(f) == 15)
+    assert np.all(np.diff(c.flop_energy_scale(f)) > 0) and c.compute_scale(1980) == 1.0
+    with pytest.raises(el.EnergylensError):
+        c.compute_scale(2500)
+
+
+def test_cli_compile_export_vllm():
+    r = CliRunner().invoke(app, ["compile", MODEL, "--gpus", "2", "--batch", "4", "--prompt-len", "512",
+                                 "--output-len", "128", "--slo-itl-ms", "40", "--export", "vllm"])
+    assert r.exit_code == 0, r.output
+    assert "vllm serve meta-llama/Llama-3.2-1B-Instruct" in r.output and "--tensor-parallel-size" in r.output
+
+
+def test_cli_compile_errors_are_one_line():
+    r = CliRunner().invoke(app, ["compile", MODEL, "--gpus", "2", "--batch", "4", "--slo-itl-ms", "0.001"])
+    assert r.exit_code == 2
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no plan meets the SLO")
