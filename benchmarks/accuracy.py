@@ -9,6 +9,11 @@ Dev-set error (profiles fitted on the same file)::
 
     python benchmarks/accuracy.py --dataset mlenergy --data data/public/mlenergy_dev.csv
 
+Compute/communication overlap sweep (schema of data/public/overlap_sweep_dev.csv; see
+benchmarks/accuracy_overlap.py for its held-out protocol, ``--fit-windows``)::
+
+    python benchmarks/accuracy.py --dataset overlap --data data/public/overlap_sweep_dev.csv
+
 Held-out protocol (fit the GPU profiles on the other models' rows, report on this model only)::
 
     python benchmarks/accuracy.py --dataset mlenergy --data data/public/mlenergy_dev.csv \\
@@ -36,7 +41,7 @@ from energylens.costmodel.fit import fit_profile, read_mlenergy, row_skip_reason
 from energylens.costmodel.hardware import get_gpu  # noqa: E402
 from energylens.errors import DoesNotFitError, EnergylensError, UnknownNameError  # noqa: E402
 
-DATASETS = ("mlenergy",)
+DATASETS = ("mlenergy", "overlap")
 
 
 @dataclass
@@ -80,6 +85,14 @@ def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument("--dataset", choices=DATASETS)
+    known, rest = first.parse_known_args(argv)
+    if known.dataset == "overlap":  # the overlap sweep has its own script and options
+        sys.path.insert(0, str(Path(__file__).parent))
+        from accuracy_overlap import main as main_overlap
+
+        return main_overlap(rest)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=DATASETS, required=True)
     ap.add_argument("--data", required=True, help="CSV with the schema of data/public/mlenergy_dev.csv")
