@@ -1,18 +1,31 @@
-"""The ``overlap`` pass: run a collective on the communication stream, concurrently with compute.
+"""The ``overlap`` pass: run collectives on the communication stream, concurrently with compute.
 
-A *kernel* of the graph body is one op, or a run of consecutive ops that share a ``fusion_group``
-(one launched kernel). ``Overlap(start, end, comm_sms)`` takes the collective (by default the first
-``Collective`` on stream 0 outside any fusion group), moves it just before kernel ``start`` of the
-remaining kernels, puts it on stream 1 with ``sm_share = comm_sms / total_sms``, and gives every op
-of kernels ``start..end`` (inclusive) ``sm_share = 1 - comm_sms / total_sms``. The window is thus
-readable from the IR: the stream-1 collective, then the ops with an ``sm_share`` below 1; the
-collective is synchronised after the last of them. The block size of the collective's kernel is
-recorded in ``Graph.attrs`` as ``overlap.<collective>.block_size``.
+Two modes, chosen by whether a window is given:
+
+* **Explicit window** (``Overlap(start=2, end=4, comm_sms=8)``, flat graphs only). A *kernel* of
+  the graph body is one op, or a run of consecutive ops that share a ``fusion_group`` (one launched
+  kernel). The pass takes the collective (by default the first ``Collective`` on stream 0 outside
+  any fusion group), moves it just before kernel ``start`` of the remaining kernels, puts it on
+  stream 1 with ``sm_share = comm_sms / total_sms``, and gives every op of kernels ``start..end``
+  (inclusive) ``sm_share = 1 - comm_sms / total_sms``. The collective is synchronised after the
+  last of them.
+* **Model** (``Overlap(comm_sms=16)``: no ``start``/``end``; pipeline ``overlap{comm_sms=16}``),
+  for sharded traced graphs with ``Repeat`` regions. Every tensor-parallel collective (axis
+  ``tp``, on a mesh with ``tp > 1``) goes on stream 1 with ``sm_share = comm_sms / total_sms``, and
+  the compute ops it overlaps get ``sm_share = 1 - comm_sms / total_sms``: the ops after it up to
+  the next collective of its region, wrapping round to the region's start (the next layer). That is
+  the schedule ``costmodel.plan.PlanPricer(comm_sms=...)`` prices; no op moves. A graph without
+  such a collective is returned as it is.
+
+Either way the window is readable from the IR: a stream-1 collective, then ops with an
+``sm_share`` below 1. The block size of each overlapped collective's kernel is recorded in
+``Graph.attrs`` as ``overlap.<collective>.block_size``.
 
 # identity: moving a collective whose operands are defined earlier and whose result is used only
-# after the window does not change what the graph computes.
+# after the window, or changing only streams and SM shares, does not change what the graph computes.
 
 >>> # Overlap(start=2, end=4, comm_sms=8)(graph) -> new graph; ``graph`` is unchanged
+>>> # run_pipeline(traced.decode, "shard{tp=2},fuse,overlap{comm_sms=16}")
 """
 
 from __future__ import annotations
@@ -23,8 +36,9 @@ from typing import ClassVar
 
 from energylens.errors import EnergylensError, InvalidWorkloadError
 from energylens.ir.core import Collective, Graph, Op, Repeat
+from energylens.passes.shard import mesh_of
 
-__all__ = ["Overlap", "kernels_of"]
+__all__ = ["Overlap", "kernels_of", "overlap_regions"]
 
 
 def kernels_of(ops: tuple[Op, ...]) -> list[list[int]]:
@@ -38,34 +52,125 @@ def kernels_of(ops: tuple[Op, ...]) -> list[list[int]]:
     return groups
 
 
-@dataclass(frozen=True)
-class Overlap:
-    """Overlap one collective with compute kernels ``start..end`` (inclusive), ``comm_sms`` SMs to it.
+def overlap_regions(graph: Graph) -> list[list[tuple[int, int | None]]]:
+    """Regions of the model-mode schedule: lists of op addresses ``(body index, index in its Repeat)``.
 
-    ``total_sms``: SMs of the GPU (A100: 108). ``collective``: result name of the collective to move
-    (None: the first stream-0 collective outside a fusion group). Applies to the top-level body.
+    A region is a maximal run of consecutive ops (in ``graph.walk()`` order) with the same repetition
+    count: a ``Repeat``'s ops, or top-level ops (index ``None``) between regions, as
+    ``PlanPricer._overlap`` groups them.
+    """
+    runs: list[list[tuple[int, int | None]]] = []
+    last: int | None = None
+    for b, item in enumerate(graph.body):
+        addrs: list[tuple[int, int | None]]
+        if isinstance(item, Repeat):
+            addrs, count = [(b, k) for k in range(len(item.ops))], item.count
+        else:
+            addrs, count = [(b, None)], 1
+        for a in addrs:
+            if runs and last == count:
+                runs[-1].append(a)
+            else:
+                runs.append([a])
+            last = count
+    return runs
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overlap:
+    """Overlap collectives with compute, ``comm_sms`` SMs to each collective (keyword options).
+
+    ``start``, ``end``: explicit window of kernels ``start..end`` (inclusive) of a flat graph for one
+    collective; both None (the default): model mode, every ``tp`` collective overlapped with the ops
+    after it in its region (see the module docstring). ``total_sms``: SMs of the GPU (A100: 108).
+    ``collective``: explicit mode only, result name of the collective to move (None: the first
+    stream-0 collective outside a fusion group). ``comm_block_size``: threads per block of the
+    collective kernel, recorded in the graph's attrs.
     """
 
     name: ClassVar[str] = "overlap"
-    start: int
-    end: int
+    start: int | None = None
+    end: int | None = None
     comm_sms: int
     comm_block_size: int = 1024
     total_sms: int = 108
     collective: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.end:
+        if (self.start is None) != (self.end is None):
+            raise InvalidWorkloadError(f"overlap: give both start and end (an explicit window) or neither "
+                                       f"(model mode), got start={self.start}, end={self.end}")
+        if self.start is not None and self.end is not None and not 0 <= self.start <= self.end:
             raise InvalidWorkloadError(f"overlap window must satisfy 0 <= start <= end, got {self.start}..{self.end}")
+        if self.start is None and self.collective is not None:
+            raise InvalidWorkloadError("overlap: `collective` picks the collective of an explicit window; "
+                                       "give start and end too, or drop it (model mode overlaps every tp collective)")
         if not 0 < self.comm_sms < self.total_sms:
             raise InvalidWorkloadError(f"comm_sms must be in 1..{self.total_sms - 1}, got {self.comm_sms}")
         if self.comm_block_size <= 0:
             raise InvalidWorkloadError(f"comm_block_size must be > 0 threads, got {self.comm_block_size}")
 
+    @property
+    def share(self) -> float:
+        """SM share of the collective (``comm_sms / total_sms``)."""
+        return self.comm_sms / self.total_sms
+
     def __call__(self, graph: Graph) -> Graph:
+        if self.start is None:
+            return self._model(graph)
+        return self._window(graph)
+
+    # -- model mode: every tp collective, windows as PlanPricer prices them
+
+    def _model(self, graph: Graph) -> Graph:
+        def op_at(a: tuple[int, int | None]) -> Op:
+            item = graph.body[a[0]]
+            return item.ops[a[1]] if isinstance(item, Repeat) else item  # type: ignore[return-value]
+
+        if mesh_of(graph)["tp"] <= 1:  # a tp collective over one GPU costs nothing: nothing to hide
+            return graph
+        new: dict[tuple[int, int | None], Op] = {}
+        names: list[str] = []
+        for run in overlap_regions(graph):
+            ops = [op_at(a) for a in run]
+            for pos, op in enumerate(ops):
+                if not isinstance(op, Collective) or op.axis != "tp":
+                    continue
+                # window rule of PlanPricer._overlap (costmodel/plan.py): the ops after it up to the next
+                # collective of its region, wrapping round to the region's start
+                window: list[int] = []
+                for step in range(1, len(run)):
+                    j = (pos + step) % len(run)
+                    if isinstance(ops[j], Collective):
+                        break
+                    window.append(j)
+                if not window:
+                    continue
+                new[run[pos]] = dataclasses.replace(op, stream=1, sm_share=self.share)
+                for j in window:
+                    new[run[j]] = dataclasses.replace(ops[j], sm_share=1 - self.share)
+                names.append(op.result.name)
+        if not names:
+            return graph
+        body: list[Op | Repeat] = []
+        for b, item in enumerate(graph.body):
+            if isinstance(item, Repeat):
+                ops_ = tuple(new.get((b, k), op) for k, op in enumerate(item.ops))
+                body.append(dataclasses.replace(item, ops=ops_) if ops_ != item.ops else item)
+            else:
+                body.append(new.get((b, None), item))
+        keys = {f"overlap.{n}.block_size" for n in names}
+        attrs = tuple(a for a in graph.attrs if a[0] not in keys) + tuple(
+            (f"overlap.{n}.block_size", str(self.comm_block_size)) for n in dict.fromkeys(names))
+        return dataclasses.replace(graph, body=tuple(body), attrs=attrs)
+
+    # -- explicit window: one collective, moved before kernel ``start`` of a flat graph
+
+    def _window(self, graph: Graph) -> Graph:
+        assert self.start is not None and self.end is not None
         if any(isinstance(x, Repeat) for x in graph.body):
-            raise EnergylensError("overlap: graphs with Repeat regions are not supported yet; "
-                                  "apply it to the flat block")
+            raise EnergylensError("overlap: an explicit window (start, end) needs a flat graph without Repeat "
+                                  "regions; drop start/end to overlap every tp collective of a model")
         body: tuple[Op, ...] = graph.body  # type: ignore[assignment]
         idx = self._find(body)
         coll = body[idx]
@@ -79,7 +184,7 @@ class Overlap:
         if users and min(users) <= self.end:
             raise InvalidWorkloadError(f"overlap: %{coll.result.name} is used by kernel {min(users)}, "
                                        f"inside the window {self.start}..{self.end}")
-        share = self.comm_sms / self.total_sms
+        share = self.share
         window = {i for kern in kernels[self.start:self.end + 1] for i in kern}
         new_ops = [dataclasses.replace(op, sm_share=1 - share) if i in window else op
                    for i, op in enumerate(rest)]
