@@ -111,7 +111,11 @@ def plot(plan: Any, path: Path) -> Path:
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, markerscale=2)
+        legend = ax.legend(fontsize=7)
+        for handle in legend.legend_handles:  # the scatter's tiny faint dots, legible in the legend
+            if hasattr(handle, "set_sizes"):
+                handle.set_sizes([20])
+                handle.set_alpha(1.0)
     p = plan.parallel
     fig.suptitle(f"{plan.model} on {plan.num_gpus} x {plan.gpu}: chosen tp={p.tp} ep={p.ep} dp={p.dp}, "
                  f"batch {plan.batch}, clock {plan.clock_mhz} MHz, comm SMs {plan.comm_sms or '-'} "

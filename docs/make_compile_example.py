@@ -1,0 +1,103 @@
+"""Regenerate docs/compile.md and its Pareto plots from a real run of ``energylens.compile``.
+
+    .venv/bin/python docs/make_compile_example.py
+
+Every figure in docs/compile.md is printed by this script; rerun it after a cost-model change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import energylens as el
+
+DOCS = Path(__file__).parent
+EXAMPLES = (
+    ("meta-llama/Llama-3.1-70B-Instruct", "Llama-3.1-70B-Instruct", "compile_llama70b_pareto.png"),
+    ("Qwen/Qwen3-235B-A22B-Instruct-2507", "Qwen3-235B-A22B-Instruct-2507", "compile_qwen235b_pareto.png"),
+)
+
+HEAD = """# Compiling a plan: `energylens.compile`
+
+`compile` searches every plan of a model on a cluster and returns the one with the least energy per
+output token that meets a latency target (SLO), with the Pareto frontier of all the plans it priced.
+
+```python
+import energylens as el
+cluster = el.Cluster("H100-SXM", num_gpus=8, interconnect="nvlink4")
+wl = el.Workload(batch=64, prompt_len=1024, output_len=256)
+plan = el.compile("meta-llama/Llama-3.1-70B-Instruct", cluster, workload=wl,
+                  objective="energy", slo=el.SLO(itl_ms=40))
+plan.parallel, plan.report(), plan.pareto, plan.graph    # print(plan.graph): the rewritten IR
+plan.to_vllm()            # engine arguments; plan.to_vllm(cli=True) -> "vllm serve ..."
+plan.to_megatron()        # Megatron-Core TransformerConfig fields
+plan.plot("pareto.png")   # needs matplotlib
+```
+
+Command line: `energylens compile MODEL --gpu H100-SXM --gpus 8 --batch 64 --prompt-len 1024
+--output-len 256 --slo-itl-ms 40 [--slo-ttft-ms T] [--objective energy|latency] [--plot pareto.png]
+[--export vllm|megatron] [--json]`.
+
+## What is searched
+
+| knob | values | how it is priced |
+|---|---|---|
+| `tp` x `dp` | `tp` dividing the heads (`valid_tp_values`), `tp x dp` = the cluster's GPUs | one rewritten graph per variant (`shard`) |
+| `ep` (MoE) | 1 or `tp x dp` (the expert-parallel sizes vLLM runs) | `shard`, expert straggler from `moe` |
+| fusion | on / off (`fuse` pass; off exports as vLLM `compilation_config={"mode": 0}`) | one graph per variant |
+| batch (`max_num_seqs = batch / dp`) | multiples of `dp` up to the workload's batch: every size to 16 per replica, then 8 per octave | numpy arrays over the graphs' `B`, `S`, `K` |
+| GPU clock | every 15 MHz from half the max boost clock to the max (`costmodel/clock.py`) | trailing array axis |
+| overlap SMs (`comm_sms`) | none, 8, 16, 32 (only with tensor-parallel collectives) | array axis; each collective's window simulated on arrays |
+
+Every plan is priced exactly as `energylens.estimate(model, cluster, workload, parallel, fused=...,
+comm_sms=..., profile=clock_profile(profile, gpu, clock))` prices it (the tests check this plan by
+plan): ITL is the median step of steady-state continuous batching, energy per token includes
+prefill, TTFT is the prefill of the whole batch. Plans needing more than 90% of a GPU's memory are
+dropped.
+
+**Clock model** (`energylens/costmodel/clock.py`): compute time ~ `f_max / f`; memory time and
+launch overhead unchanged; dynamic energy per FLOP ~ `V(f)^2` with `V(f)/V(f_max) = 1 - 0.6 (1 - f/f_max)`
+(0.7 at half clock: a documented first-order DVFS assumption, not a calibration); energy per HBM
+byte and static power unchanged.
+
+**Vectorisation** (`energylens/search/evaluate.py`): per structural variant `(tp, ep, dp, fused)`,
+`costmodel.plan.plan_work` walks each graph component once with `B`, `S`, `K` bound to numpy arrays
+over all evaluation points; roofline, TDP cap and energy are then computed on `(ops, points, clocks)`
+arrays, the overlap windows per SM count on arrays, and the serving mixture is reduced with one
+matrix product (`benchmarks/search_speed.py` prints the plans per second).
+
+Below: the output of `docs/make_compile_example.py` (search times depend on the machine's load).
+"""
+
+TAIL = """
+Figures are the cost model's predictions (profile `h100-sxm.json`, fitted on the public ML.ENERGY
+dev data; see the README's accuracy section for its errors), not measurements of these plans.
+"""
+
+
+def main() -> None:
+    cluster = el.Cluster("H100-SXM", num_gpus=8, interconnect="nvlink4")
+    wl = el.Workload(batch=64, prompt_len=1024, output_len=256)
+    parts = [HEAD]
+    for model, short, png in EXAMPLES:
+        plan = el.compile(model, cluster, workload=wl, objective="energy", slo=el.SLO(itl_ms=40))
+        with contextlib.redirect_stdout(io.StringIO()):
+            report = plan.report()
+        plan.plot(DOCS / png)
+        p = plan.parallel
+        parts.append(f"\n## {short} on 8 x H100\n\n```text\n"
+                     ">>> plan.parallel, plan.batch, plan.fused, plan.comm_sms, plan.clock_mhz\n"
+                     f"{(p, plan.batch, plan.fused, plan.comm_sms, plan.clock_mhz)}\n"
+                     f">>> plan.report()\n{report.rstrip()}\n"
+                     f">>> print(plan.to_vllm(cli=True))\n{plan.to_vllm(cli=True)}\n```\n\n"
+                     f"![{short} Pareto plot]({png})\n")
+        print(f"{short}: tp={p.tp} ep={p.ep} dp={p.dp} batch={plan.batch} clock={plan.clock_mhz}")
+    parts.append(TAIL)
+    (DOCS / "compile.md").write_text("".join(parts))
+    print(f"wrote {DOCS / 'compile.md'}")
+
+
+if __name__ == "__main__":
+    main()
