@@ -116,16 +116,28 @@ def estimate(
 def ir_cmd(
     model: Annotated[str, typer.Argument(help="HF model id, a config.json or a model directory")],
     phase: Annotated[str, typer.Option(help="prefill or decode")] = "decode",
+    pipeline: Annotated[str | None, typer.Option(help='passes to run first, e.g. "shard{tp=2},fuse"')] = None,
+    print_after_all: Annotated[bool, typer.Option(help="print the IR after every pass of --pipeline")] = False,
 ) -> None:
     """Print the einsum IR of MODEL (one decoder layer, repeated num_hidden_layers times)."""
     from energylens.errors import UnknownNameError
     from energylens.frontends.hf import trace_model
     from energylens.ir.text import print_graph
+    from energylens.passes import run_pipeline
 
     if phase not in ("prefill", "decode"):
         raise UnknownNameError("phase", phase, ["prefill", "decode"])
     ir = trace_model(model)
-    print(print_graph(ir.prefill if phase == "prefill" else ir.decode), end="")
+    graph = ir.prefill if phase == "prefill" else ir.decode
+    if print_after_all:
+        print(f"// ----- IR after trace -----\n{print_graph(graph)}", end="")
+    if pipeline:
+        def after(name: str, g: object) -> None:
+            print(f"// ----- IR after {name} -----\n{print_graph(g)}", end="")  # type: ignore[arg-type]
+
+        graph = run_pipeline(graph, pipeline, print_after_all=after if print_after_all else None)
+    if not print_after_all:
+        print(print_graph(graph), end="")
 
 
 @app.command()

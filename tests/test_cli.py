@@ -83,3 +83,18 @@ def test_ir_prints_text_that_parses():
     assert g.attr["phase"] == "prefill"
     r = run("ir", "Qwen/Qwen3-0.6B", "--phase", "both")
     assert r.exit_code == 2 and "unknown phase 'both'" in r.output
+
+
+def test_ir_pipeline_and_print_after_all():
+    from energylens.ir.text import parse_graph
+
+    r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},fuse")
+    assert r.exit_code == 0, r.output
+    assert "collective.all_reduce[tp]" in r.output and parse_graph(r.output).attr["mesh"].startswith("tp=2")
+    r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},fuse", "--print-after-all")
+    assert r.exit_code == 0, r.output
+    banners = [line for line in r.output.splitlines() if line.startswith("// ----- IR after")]
+    assert banners == ["// ----- IR after trace -----", "// ----- IR after shard -----",
+                       "// ----- IR after fuse -----"]
+    r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shrd{tp=2}")
+    assert r.exit_code == 2 and "Did you mean 'shard'?" in r.output
