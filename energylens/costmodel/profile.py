@@ -54,9 +54,17 @@ class Profile(BaseModel):
     static_power_w: float = Field(gt=0)  # power drawn while busy regardless of work (idle + clocks up)
     flop_pj: float = Field(ge=0)  # dynamic energy per FLOP, picojoules
     byte_pj: float = Field(ge=0)  # dynamic energy per HBM byte, picojoules
+    #: dynamic energy per KV-cache byte streamed by decode attention (paged gathers, softmax on
+    #: CUDA cores, padded tensor-core tiles; ``energylens.costmodel.power``). None: ``byte_pj``.
+    kv_byte_pj: float | None = Field(default=None, ge=0)
     #: power while the GPU waits on the host between kernels of a step (scheduling, sampling,
     #: launch of the next step): no kernel runs, clocks stay up. None: ``static_power_w``.
     idle_power_w: float | None = Field(default=None, gt=0)
+    #: how the per-sequence host time of a step (``seq_overhead_s x batch``) combines with its GPU
+    #: time: ``(gpu^p + host^p)^(1/p)`` (``energylens.costmodel.serving.step_time_s``). 1: in series
+    #: (synchronous scheduling); large: overlapped (vLLM's async scheduling prepares step n+1 on
+    #: the CPU while the GPU runs step n, so a step takes the longer of the two).
+    host_overlap_p: float = Field(default=1.0, ge=1.0)
     provenance: Provenance
 
     @property

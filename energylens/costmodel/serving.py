@@ -14,7 +14,13 @@ count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill 
   ``prompt_len + output_len / 2``; and the batch never holds more KV than the cache has room for
   (``kv_capacity_tokens``: when it would, vLLM preempts, so the batch runs at the capacity);
 * prefill attention of the new prompts (causal, ``prompt_len`` each);
-* plus a fixed step overhead and a per-sequence overhead (scheduling, sampling).
+* plus a fixed step overhead (sync, launch of the step's graphs: the GPU waits) and a per-sequence
+  host time (scheduling, sampling bookkeeping, output processing: ``seq_overhead_s x batch``).
+  With asynchronous scheduling (vLLM 0.11 ``--async-scheduling``, as ML.ENERGY ran) the host
+  prepares step n+1 while the GPU runs step n, so the two overlap: a step takes
+  ``(gpu^p + host^p)^(1/p)`` (``step_time_s``; ``p = profile.host_overlap_p``, 1 = in series,
+  large = the longer of the two). While the GPU waits on the host it draws ``overhead_power_w``;
+  a host-bound step (large batch on a fast GPU) is thus slower *and* draws less power.
 
 Mean time and energy per step are the Poisson-weighted mixture over ``n`` (a step is not linear
 in its prefill tokens: a MoE step's distinct experts saturate), giving throughput, power and
@@ -30,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +47,7 @@ from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
 
-__all__ = ["MAX_NUM_BATCHED_TOKENS", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost"]
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
 
 #: vLLM's default token budget per step with chunked prefill (the ML.ENERGY runs use it).
 MAX_NUM_BATCHED_TOKENS = 8192
@@ -136,13 +143,38 @@ class StepCost:
     hbm_bytes: float
 
 
+def step_time_s(gpu_s: Any, batch: Any, profile: Profile) -> Any:
+    """Time of a step whose kernels take ``gpu_s``: the fixed step overhead plus the GPU time
+    combined with the per-sequence host time ``seq_overhead_s x batch`` as
+    ``(gpu^p + host^p)^(1/p)`` (``p = host_overlap_p``; see the module docstring). Arrays welcome.
+
+    >>> from energylens.costmodel.profile import default_profile
+    >>> from energylens.costmodel.hardware import get_gpu
+    >>> prof = default_profile(get_gpu("H100")).with_params(step_overhead_s=0.0, seq_overhead_s=1e-4)
+    >>> round(step_time_s(0.01, 100, prof), 6)  # in series: 10 ms + 100 x 0.1 ms
+    0.02
+    >>> round(step_time_s(0.01, 100, prof.with_params(host_overlap_p=50.0)), 4)  # overlapped: ~max
+    0.0101
+    """
+    p = float(getattr(profile, "host_overlap_p", 1.0))
+    host = profile.seq_overhead_s * np.asarray(batch, dtype=float)
+    gpu = np.asarray(gpu_s, dtype=float)
+    if p == 1.0:
+        busy = gpu + host
+    else:
+        m = np.maximum(np.maximum(gpu, host), 1e-30)
+        busy = m * ((gpu / m) ** p + (host / m) ** p) ** (1.0 / p)
+    out = busy + profile.step_overhead_s
+    return float(out) if out.shape == () else out
+
+
 def step_cost(ops: Sequence[PricedOp], batch: float, profile: Profile) -> StepCost:
-    """Totals of one step: the ops plus the step and per-sequence host overheads. During those
-    overheads no kernel runs: the GPU draws ``profile.overhead_power_w`` (idle with clocks up),
-    not its busy static power, so an overhead-bound step draws little more than idle."""
-    overhead_s = profile.step_overhead_s + profile.seq_overhead_s * batch
-    t = sum(p.count * p.cost.time_s for p in ops) + overhead_s
-    static = sum(p.count * p.cost.static_j for p in ops) + profile.overhead_power_w * overhead_s
+    """Totals of one step: the ops combined with the host overheads (``step_time_s``). While the
+    GPU waits on the host no kernel runs: it draws ``profile.overhead_power_w`` (idle with clocks
+    up), not its busy static power, so a host-bound step draws little more than idle."""
+    gpu_s = sum(p.count * p.cost.time_s for p in ops)
+    t = step_time_s(gpu_s, batch, profile)
+    static = sum(p.count * p.cost.static_j for p in ops) + profile.overhead_power_w * (t - gpu_s)
     dyn = sum(p.count * (p.cost.flop_j + p.cost.byte_j) for p in ops)
     return StepCost(time_s=t, energy_j=static + dyn, static_j=static,
                     flops=sum(p.count * p.cost.flops for p in ops),

@@ -42,13 +42,14 @@ from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.memory import _chunk
 from energylens.costmodel.overlap import OverlapParams
 from energylens.costmodel.plan import PlanOp, overlap_params, plan_graph, plan_work
-from energylens.costmodel.power import capped_time_s
+from energylens.costmodel.power import capped_time_s, dynamic_energy_j
 from energylens.costmodel.profile import Profile
 from energylens.costmodel.serving import (
     kv_capacity_tokens,
     prefill_mixture,
     prefill_tokens_per_step,
     serving_context_len,
+    step_time_s,
 )
 from energylens.ir.core import Graph
 from energylens.passes.shard import local_dim_sizes, mesh_of
@@ -145,8 +146,8 @@ def _time_energy(w: OpWork, c: _Ctx) -> tuple[np.ndarray, np.ndarray]:
     comp, mem = compute_time_s(w, c.gpu, c.profile), memory_time_s(w, c.gpu, c.profile)
     base = op_time_s(w, c.gpu, c.profile)  # the clock-free roofline, exactly as estimate prices it
     t = (base - np.maximum(comp, mem))[..., None] + np.maximum(comp[..., None] * c.cscale, mem[..., None])
-    flop_j = (w.tc_flops + w.vec_flops) * c.profile.flop_pj * 1e-12
-    dyn = flop_j[..., None] * c.escale + (w.hbm_bytes * c.profile.byte_pj * 1e-12)[..., None]
+    flop_j, byte_j = dynamic_energy_j(w, c.profile)
+    dyn = flop_j[..., None] * c.escale + byte_j[..., None]
     return capped_time_s(t, dyn, c.profile.static_power_w, c.gpu.tdp_w), dyn
 
 
@@ -363,10 +364,10 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     t3, e3 = _component(pre, par, fused, {"B": np.maximum(p, 1e-9) / s_len, "S": np.full_like(p, s_len),
                                           "K": np.full_like(p, s_len)}, c, is_attention_op)
     has_p = (p > 0)[:, None, None]
-    ovh = (profile.step_overhead_s + profile.seq_overhead_s * b)[:, None, None]
-    t_srv = t1 + t2[pts["idx"]] + np.where(has_p, t3, 0.0) + ovh
+    t_gpu = t1 + t2[pts["idx"]] + np.where(has_p, t3, 0.0)
+    t_srv = step_time_s(t_gpu, b[:, None, None], profile)  # kernels combined with host overheads
     idle_w = getattr(profile, "overhead_power_w", profile.static_power_w)  # host overheads: no kernel runs
-    e_srv = e1 + e2[pts["idx"]] + np.where(has_p, e3, 0.0) + idle_w * ovh
+    e_srv = e1 + e2[pts["idx"]] + np.where(has_p, e3, 0.0) + idle_w * (t_srv - t_gpu)
     t_pre, e_pre = _component(pre, par, fused, {"B": batches, "S": np.full_like(batches, s_len),
                                                 "K": np.full_like(batches, s_len)}, c)
     nb = len(batches)
