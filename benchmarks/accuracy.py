@@ -2,8 +2,10 @@
 
 Predicts every supported row of an ML.ENERGY-schema CSV through the public API
 (``energylens.estimate``, its steady-state serving view) and compares median ITL, average power and
-energy per output token. Prints a per-row table, the skipped rows with their reasons, and ends with
-exactly one line ``MAPE itl=X% power=Y% energy_per_token=Z% rows=N skipped=M``.
+energy per output token. Prints a per-row table, the skipped rows with their reasons, the rows
+predicted despite the memory check (a measured run held a batch whose private KV caches would not
+fit: vLLM's prefix cache shares the blocks of multi-turn prompts; they are priced with
+``el.estimate(..., check_memory=False)`` and marked ``*`` in the table), and ends with exactly one line ``MAPE itl=X% power=Y% energy_per_token=Z% rows=N skipped=M``.
 
 Dev-set error (profiles fitted on the same file)::
 
@@ -115,16 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[Result] = []
     skipped: list[tuple[object, str]] = []
+    over_memory: list[tuple[object, str]] = []  # predicted with el.estimate(..., check_memory=False)
     for r in rows:
         reason = _skip_reason(r)
         if reason is None:
+            args_ = (r.model_id, el.Cluster(r.gpu_model, num_gpus=r.num_gpus), r.workload(), parallel_of(r))
             try:
-                est = el.estimate(r.model_id, el.Cluster(r.gpu_model, num_gpus=r.num_gpus), r.workload(),
-                                  parallel_of(r), profiles=profiles)
+                try:
+                    est = el.estimate(*args_, profiles=profiles)
+                except DoesNotFitError as exc:
+                    # the run held this batch (its measured avg_batch_size): vLLM's prefix cache shares
+                    # the KV blocks of multi-turn prompts, which the memory estimate does not see
+                    est = el.estimate(*args_, profiles=profiles, check_memory=False)
+                    over_memory.append((r, str(exc)))
             except UnknownNameError as exc:
                 reason = f"unknown {exc.kind} {exc.name!r}"
-            except DoesNotFitError as exc:
-                reason = f"does not fit: {exc}"
             except EnergylensError as exc:
                 reason = f"cannot estimate: {exc}"
             else:
@@ -140,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for res in results:
         r = res.row
         table.add_row(
-            str(r.line), r.model_id, r.task, r.gpu_model, f"{r.avg_batch_size:.0f}",
+            str(r.line) + ("*" if any(o is r for o, _ in over_memory) else ""), r.model_id, r.task, r.gpu_model, f"{r.avg_batch_size:.0f}",
             f"{r.median_itl_ms:.2f}", f"{res.itl_s * 1e3:.2f}", f"{_pct(res.itl_s * 1e3, r.median_itl_ms):+.1f}",
             f"{r.avg_power_watts_total:.0f}", f"{res.power_w:.0f}", f"{_pct(res.power_w, r.avg_power_watts_total):+.1f}",
             f"{r.energy_per_token_j:.4f}", f"{res.energy_per_token_j:.4f}",
@@ -151,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r, reason in skipped:
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
                           f"max_num_seqs={r.max_num_seqs}: {reason}")
+    if over_memory:
+        console.print(f"predicted despite memory {len(over_memory)} rows (measured runs that held the batch; "
+                      "priced with check_memory=False, mean KV length capped at the cache capacity):")
+        for r, why in over_memory:
+            console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
+                          f"batch {r.avg_batch_size:.0f}: memory estimate says {why}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -1,8 +1,10 @@
-"""Regenerate docs/compile.md and its Pareto plots from a real run of ``energylens.compile``.
+"""Regenerate docs/compile.md, its Pareto plots and the README's compile example from a real run
+of ``energylens.compile``.
 
     .venv/bin/python docs/make_compile_example.py
 
-Every figure in docs/compile.md is printed by this script; rerun it after a cost-model change.
+Every figure in docs/compile.md and between the README's ``compile-example`` markers is printed by
+this script; rerun it after a cost-model change.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import energylens as el
 
 DOCS = Path(__file__).parent
+README = DOCS.parent / "README.md"
+BEGIN, END = "<!-- compile-example:begin (docs/make_compile_example.py) -->", "<!-- compile-example:end -->"
 EXAMPLES = (
     ("meta-llama/Llama-3.1-70B-Instruct", "Llama-3.1-70B-Instruct", "compile_llama70b_pareto.png"),
     ("Qwen/Qwen3-235B-A22B-Instruct-2507", "Qwen3-235B-A22B-Instruct-2507", "compile_qwen235b_pareto.png"),
@@ -81,6 +85,7 @@ def main() -> None:
     cluster = el.Cluster("H100-SXM", num_gpus=8, interconnect="nvlink4")
     wl = el.Workload(batch=64, prompt_len=1024, output_len=256)
     parts = [HEAD]
+    summary = []
     for model, short, png in EXAMPLES:
         plan = el.compile(model, cluster, workload=wl, objective="energy", slo=el.SLO(itl_ms=40))
         with contextlib.redirect_stdout(io.StringIO()):
@@ -94,9 +99,33 @@ def main() -> None:
                      f">>> print(plan.to_vllm(cli=True))\n{plan.to_vllm(cli=True)}\n```\n\n"
                      f"![{short} Pareto plot]({png})\n")
         print(f"{short}: tp={p.tp} ep={p.ep} dp={p.dp} batch={plan.batch} clock={plan.clock_mhz}")
+        summary.append(_readme_summary(short, plan, png))
     parts.append(TAIL)
     (DOCS / "compile.md").write_text("".join(parts))
     print(f"wrote {DOCS / 'compile.md'}")
+    _write_readme_block("\n".join(summary))
+    print(f"updated the compile example in {README}")
+
+
+def _readme_summary(short: str, plan: el.Plan, png: str) -> str:
+    """The chosen plan in a few lines, its vLLM command and its Pareto plot, for the README."""
+    p, est = plan.parallel, plan.estimate
+    return (f"**{short} on 8 x H100-SXM** ({plan.plans_evaluated:,} plans searched): tp={p.tp}, ep={p.ep}, "
+            f"dp={p.dp}, batch {plan.batch}, fusion {'on' if plan.fused else 'off'}, comm SMs "
+            f"{plan.comm_sms or '-'}, GPU clock {plan.clock_mhz} MHz: predicted median ITL "
+            f"{est.serving.median_itl_s * 1e3:.1f} ms, {est.serving.energy_per_output_token_j:.2f} J per output "
+            f"token, {est.serving.avg_power_w / 1e3:.2f} kW, TTFT {est.prefill.latency_s:.2f} s.\n\n"
+            f"```\n{plan.to_vllm(cli=True).rstrip()}\n```\n\n"
+            f"![{short}: energy per token vs ITL of every plan searched](docs/{png})\n")
+
+
+def _write_readme_block(text: str) -> None:
+    readme = README.read_text()
+    head, sep, rest = readme.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep and sep2):
+        raise SystemExit(f"{README} has no {BEGIN} ... {END} block")
+    README.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def default_interconnect(gpu: GPUSpec) -> str:
 
 def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Parallel | None = None, *,
              fused: bool = True, comm_sms: int | None = None, routing: str | Moe = "uniform",
-             profiles: str | Path | None = None, profile: Profile | None = None) -> Estimate:
+             profiles: str | Path | None = None, profile: Profile | None = None,
+             check_memory: bool = True) -> Estimate:
     """Latency, power, energy and memory of serving ``model`` on ``cluster`` for ``workload``.
 
     ``model`` is an HF id of a bundled model (``energylens.models``), or an already traced model.
@@ -105,6 +106,13 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     another replica or job). ``profiles`` is a folder of profile JSONs to use instead of the bundled
     ones (or pass one ``profile``).
 
+    ``check_memory=False`` prices the plan even when ``est.memory`` exceeds the GPU (instead of
+    raising ``DoesNotFitError``): for comparing with a measured run whose engine held that batch
+    anyway, e.g. vLLM with prefix caching sharing the KV blocks of multi-turn prompts, which this
+    memory estimate (one private KV cache per sequence) does not see. The serving view still caps
+    the mean KV length at the cache's capacity (``serving.kv_capacity_tokens``); ``est.memory``
+    reports the unshared need.
+
     Raises ``ShardingError`` for an impossible plan (tp not dividing the heads, ep not dividing the
     experts, more GPUs than the cluster has), ``DoesNotFitError`` when a GPU's share does not fit in
     memory, ``EstimateError`` for an op the cost model cannot price, ``UnknownNameError`` for an
@@ -127,7 +135,8 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     name = _model_name(model, decode_g)
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
-    check_fits(mem, name, gpu)
+    if check_memory:
+        check_fits(mem, name, gpu)
     price = PlanPricer(interconnect=interconnect, comm_sms=comm_sms)
     b, s = workload.batch, workload.prompt_len
     pre_ops = price(prefill_g, {"B": b, "S": s, "K": s}, gpu, prof)

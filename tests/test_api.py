@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -123,6 +124,21 @@ def test_real_model_does_not_fit():
         el.estimate("meta-llama/Llama-3.1-70B-Instruct", el.Cluster("H100-SXM"),
                     el.Workload(batch=8, prompt_len=1024, output_len=256))
     assert "Llama-3.1-70B-Instruct needs" in str(exc.value) and "H100-SXM has 80.0 GiB" in str(exc.value)
+
+
+def test_check_memory_false_prices_an_over_memory_batch():
+    # ML.ENERGY ran Llama-3.1-8B on one H100 at a mean batch of 691 (prefix caching shares KV blocks);
+    # private KV caches for that batch would not fit, so the default estimate refuses it
+    cluster, wl = el.Cluster("H100-SXM"), el.Workload(batch=691, prompt_len=634, output_len=397)
+    with pytest.raises(DoesNotFitError):
+        el.estimate("meta-llama/Llama-3.1-8B-Instruct", cluster, wl)
+    est = el.estimate("meta-llama/Llama-3.1-8B-Instruct", cluster, wl, check_memory=False)
+    assert est.memory.total_bytes > est.memory.capacity_bytes  # memory still reports the unshared need
+    # priced (KV length capped at the cache's capacity): a longer step, less energy per token than batch 256
+    small = el.estimate("meta-llama/Llama-3.1-8B-Instruct", cluster, el.Workload(batch=256, prompt_len=634,
+                                                                                 output_len=397))
+    assert math.isfinite(est.serving.median_itl_s) and est.serving.median_itl_s > small.serving.median_itl_s
+    assert est.serving.energy_per_output_token_j < small.serving.energy_per_output_token_j
 
 
 def test_real_model_estimate():

@@ -1,4 +1,5 @@
-"""Host/GPU overlap of a serving step (``host_overlap_p``) and the KV-byte energy (``kv_byte_pj``)."""
+"""Host/GPU overlap of a serving step (``host_overlap_p``), the KV-byte energy (``kv_byte_pj``) and the
+per-sequence time of paged-KV kernels (``kv_seq_overhead_s``)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,45 @@ def test_vectorised_prices_equal_estimate_with_overlap_and_kv_pj(par):
         got = (r.itl_s[i, 0, 0], r.energy_per_token_j[i, 0, 0], r.power_w[i, 0, 0])
         want = (est.serving.median_itl_s, est.serving.energy_per_output_token_j, est.serving.avg_power_w)
         np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_kv_seq_overhead_is_per_sequence_per_paged_kv_kernel():
+    from energylens.costmodel.analysis import price_graph
+    from energylens.costmodel.compute import op_time_s
+    from energylens.costmodel.plan import plan_graph, plan_work
+
+    traced = resolve_model("meta-llama/Llama-3.1-8B-Instruct")
+    dec = plan_graph(traced.decode)
+    prof = load_profile(GPU).with_params(kv_seq_overhead_s=1e-6)
+    for b in (8.0, 64.0):
+        ops = price_graph(dec, {"B": b, "S": 1, "K": 1024}, GPU, prof)
+        kv_kernels = [p for p in ops if float(p.work.kv) > 0 and float(p.work.kernels) > 0]
+        assert kv_kernels and all(float(p.work.seqs) == b for p in kv_kernels)
+        assert all(float(p.work.seqs) == 0 for p in ops if float(p.work.kv) == 0)
+        for p in kv_kernels:  # exactly kernels x seqs x kv_seq_overhead_s more than without it
+            extra = op_time_s(p.work, GPU, prof) - op_time_s(p.work, GPU, prof.with_params(kv_seq_overhead_s=0.0))
+            assert extra == pytest.approx(b * 1e-6)
+    # under dp each replica walks the KV caches of its own B / dp sequences
+    recs = plan_work(traced.decode, el.Parallel(dp=2), {"B": 64.0, "S": 1, "K": 1024}, gpu=GPU)
+    assert {float(r.work.seqs) for r in recs if float(r.work.kv) > 0} == {32.0}
+
+
+@pytest.mark.parametrize("par", [el.Parallel(), el.Parallel(tp=2)])
+def test_vectorised_prices_equal_estimate_with_kv_seq_overhead(par):
+    model = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+    traced = resolve_model(model)
+    prof = load_profile(GPU).with_params(kv_seq_overhead_s=5e-7)
+    wl = el.Workload(batch=64, prompt_len=634, output_len=400)
+    knobs = Knobs(batches=(8, 64), clocks_mhz=(1980,))
+    r = price_variant(Variant(par, True, traced.prefill, traced.decode), knobs, wl, GPU, prof, "nvlink")
+    slow = []
+    for i, b in enumerate(knobs.batches):
+        wl_b = el.Workload(batch=b, prompt_len=634, output_len=400)
+        cluster = el.Cluster("H100-SXM", num_gpus=par.tp)
+        est = el.estimate(model, cluster, wl_b, par, profile=prof)
+        got = (r.itl_s[i, 0, 0], r.energy_per_token_j[i, 0, 0], r.power_w[i, 0, 0])
+        want = (est.serving.median_itl_s, est.serving.energy_per_output_token_j, est.serving.avg_power_w)
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+        off = el.estimate(model, cluster, wl_b, par, profile=prof.with_params(kv_seq_overhead_s=0.0))
+        slow.append(est.serving.median_itl_s - off.serving.median_itl_s)
+    assert 0 < slow[0] < slow[1]  # the per-sequence time grows with the batch

@@ -203,7 +203,7 @@ class WorkAnalysis(Interpreter[OpWork]):
         kv = 1.0 if any("K" in v.type.dims and "S" not in v.type.dims for v in op.operands) else 0.0
         return OpWork(tc_flops=tc_flops, vec_flops=vec_flops, hbm_bytes=hbm_bytes, rows=rows,
                       peak_flops_per_s=peak or self.gpu.peak_flops_per_s("bf16"), kv=kv,
-                      kernels=self._kernels(op))
+                      kernels=self._kernels(op), seqs=self.local.get("B", 1.0) * kv)
 
     # -- one method per op kind ----------------------------------------------------------------
     def einsum(self, op: Einsum) -> OpWork:

@@ -1,13 +1,18 @@
 """Latency of one op: a roofline with efficiency curves, plus a per-kernel overhead.
 
-``time = max(compute time, memory time) + kernels * kernel_overhead``, where
+``time = max(compute time, memory time) + kernels * (kernel_overhead + seqs * kv_seq_overhead)``,
+where
 
 * compute time = tensor-core FLOPs / (dense peak x GEMM efficiency(rows)) + CUDA-core FLOPs /
   (vector rate). The GEMM efficiency curve ``compute_efficiency * rows / (rows + gemm_half_rows)``
   says that a GEMM with few rows (decode GEMV, a MoE expert that got two tokens) cannot fill the
   tensor cores, so it is bandwidth bound long before its FLOPs matter;
 * memory time = HBM bytes / (peak bandwidth x achieved fraction); decode attention reading the
-  KV cache has its own achieved fraction (paged, short rows).
+  KV cache has its own achieved fraction (paged, short rows);
+* a kernel that walks the paged KV cache (decode attention, the KV-cache write) also pays a fixed
+  time per sequence it serves (``profile.kv_seq_overhead_s``): each sequence's block table is read
+  and its last, partial block and split-KV partial results are handled on their own, whatever its
+  length, so many short sequences cost more than their bytes.
 
 Every function here works on floats and on numpy arrays alike (the fit prices thousands of ops
 at once with the same code).
@@ -33,7 +38,8 @@ class OpWork:
     ``tc_flops`` run on tensor cores at ``peak_flops_per_s`` (dense rate of the op's dtype);
     ``vec_flops`` on CUDA cores; ``rows`` is the GEMM dimension that limits tensor-core
     utilisation (0 for non-GEMMs); ``kv`` is 1 when the op streams the KV cache; ``kernels`` is
-    the number of kernel launches it costs (0 when it runs inside another op's kernel).
+    the number of kernel launches it costs (0 when it runs inside another op's kernel); ``seqs``
+    the sequences whose paged KV cache the op walks (local batch; 0 for ops that do not read it).
     """
 
     tc_flops: Any
@@ -43,6 +49,7 @@ class OpWork:
     peak_flops_per_s: Any
     kv: Any
     kernels: Any
+    seqs: Any = 0.0
 
     @property
     def flops(self) -> Any:
@@ -68,5 +75,6 @@ def memory_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
 
 def op_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
     """Roofline time of one execution of an op, in seconds (before any power cap)."""
+    per_kernel = profile.kernel_overhead_s + work.seqs * profile.kv_seq_overhead_s
     return (np.maximum(compute_time_s(work, gpu, profile), memory_time_s(work, gpu, profile))
-            + work.kernels * profile.kernel_overhead_s)
+            + work.kernels * per_kernel)

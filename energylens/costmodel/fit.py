@@ -1,10 +1,12 @@
 """Calibrating a GPU profile on serving measurements (ML.ENERGY-style CSV rows).
 
 The physics (roofline per op, MoE distinct experts, mixed chunked-prefill steps, TDP cap) is
-fixed; the fit only chooses the eleven per-GPU coefficients of a ``Profile``:
+fixed; the fit only chooses the twelve per-GPU coefficients of a ``Profile``:
 
 * time: ``mem_efficiency``, ``attn_mem_efficiency``, ``compute_efficiency``, ``gemm_half_rows``,
-  ``kernel_overhead_s``, ``step_overhead_s``, ``seq_overhead_s``;
+  ``kernel_overhead_s``, ``step_overhead_s``, ``seq_overhead_s``, ``kv_seq_overhead_s`` (GPU time
+  per sequence in each paged-KV kernel, at busy power, unlike the host's ``seq_overhead_s`` during
+  which the GPU idles);
 * power: ``static_power_w`` (busy), ``flop_pj``, ``byte_pj``, ``idle_power_w`` (drawn during the
   host overheads of a step, when no kernel runs).
 
@@ -14,7 +16,7 @@ coefficients degenerate (per-kernel overhead against bandwidth efficiency), and 
 fit trades them into unphysical corners that do not carry over to other models.
 
 Targets per row: median ITL, mean step time (``avg_batch_size / output_tok_per_s``), average
-power and energy per output token. Two stages, alternated twice: the seven time coefficients on
+power and energy per output token. Two stages, alternated twice: the eight time coefficients on
 the two time targets, then the three power coefficients on power and energy per token with the
 times fixed. Loss: sum of Huber (delta 0.05) losses of the log-ratios, minimised by Nelder-Mead
 with restarts over bounded, transformed parameters; rows whose time stays off by more than 40%
@@ -150,6 +152,7 @@ FIT_PARAMS: tuple[tuple[str, float, float, bool], ...] = (
     ("kernel_overhead_s", 1e-7, 5e-5, True),
     ("step_overhead_s", 1e-5, 2e-2, True),
     ("seq_overhead_s", 1e-8, 2e-4, True),
+    ("kv_seq_overhead_s", 1e-9, 2e-6, True),
     ("static_power_w", 0.05, 0.95, False),  # as a fraction of TDP
     ("flop_pj", 0.01, 10.0, True),
     ("byte_pj", 1.0, 500.0, True),
@@ -164,7 +167,10 @@ FIT_PARAMS: tuple[tuple[str, float, float, bool], ...] = (
 #: of three). Kept in series (1.0) until rows that separate host from GPU time exist (a host-time
 #: trace per step, or the same GPU under two CPUs). Likewise ``Profile.kv_byte_pj`` is not fitted:
 #: with the per-op TDP cap it turns decode attention into a power-capped stream (fitted H100
-#: attention at ~2.5 TB/s at TDP) that over-predicts the long-context GPQA rows by 15-40%.
+#: attention at ~2.5 TB/s at TDP) that over-predicts the long-context GPQA rows by 15-40%. A TDP cap
+#: per step instead of per op (the power limiter averages over ms, longer than a kernel), with or
+#: without a fitted ``kv_byte_pj``, was tried too: held-out single-GPU ITL got worse (Qwen3-8B fold
+#: 23.1% -> 25.0-25.4%, Llama-3.1-8B fold 12.6% -> 15.9-16.3%) for at most ~1 point of power.
 HOST_OVERLAP_P = 1.0
 
 #: Parameters stored as a fraction of TDP in the optimiser's space.
@@ -172,12 +178,13 @@ _TDP_FRACTION = ("static_power_w", "idle_power_w")
 
 
 #: The first N_TIME_PARAMS of FIT_PARAMS set times; the rest set power.
-N_TIME_PARAMS = 7
+N_TIME_PARAMS = 8
 
 #: Physical priors (centre, sigma of the log): what tuned serving kernels achieve on any recent GPU
 #: (a GEMV streams weights at ~85% of peak HBM bandwidth, paged decode attention at ~60%, a large
 #: GEMM reaches ~70% of dense peak, half of it at ~64 rows; ~2.5 us per kernel under CUDA graphs,
-#: ~1 ms per step of scheduling, sampling and sync, a few us per sequence; a busy GPU's static draw
+#: ~1 ms per step of scheduling, sampling and sync, a few us per sequence on the host, ~0.1 us per
+#: sequence in each paged-KV kernel (a block-table read and a partial tile); a busy GPU's static draw
 #: is ~25% of TDP). Serving rows of one task leave several of these degenerate (per-kernel overhead
 #: against bandwidth efficiency, per-sequence overhead against KV-read time), so the fit pays
 #: ``PRIOR_WEIGHT * 0.5 * (log(value / centre) / sigma)**2`` to leave them; centres are datasheet
@@ -191,6 +198,7 @@ PRIORS: dict[str, tuple[float, float]] = {
     "kernel_overhead_s": (2.5e-6, 0.7),
     "step_overhead_s": (1e-3, 1.0),
     "seq_overhead_s": (5e-6, 1.5),
+    "kv_seq_overhead_s": (1e-7, 2.0),
     "static_power_w": (0.25, 0.4),
     "idle_power_w": (0.15, 0.4),
 }
@@ -344,7 +352,7 @@ def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
 
 def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], *,
                 data_label: str = "", restarts: int = 4) -> Profile:
-    """Fit the ten coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU)."""
+    """Fit the twelve coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU)."""
     gpu = get_gpu(gpu_name)
     rows = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and row_skip_reason(r) is None]
     if len(rows) < 4:
@@ -415,7 +423,8 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
                  "pJ/FLOP, pJ/byte) on average power and energy per token; loss = sum of Huber(0.05) of "
                  f"log(pred/meas) + {PRIOR_WEIGHT} x 0.5 x sum((log(value/prior)/sigma)^2) over the physical "
                  "priors " + ", ".join(f"{k}={c:g}(+-{sg:g} log)" for k, (c, sg) in PRIORS.items())
-                 + " (static/idle power as fractions of TDP); host overheads in series with the kernels "
+                 + " (static/idle power as fractions of TDP); kv_seq_overhead_s = GPU time per sequence in each "
+                 "paged-KV kernel (decode attention, KV write), at busy power; host overheads in series with the kernels "
                  f"(host_overlap_p={HOST_OVERLAP_P:g}; kv_byte_pj not fitted, = byte_pj: see fit.HOST_OVERLAP_P)"
                  "; serving context: length-biased running batch "
                  "(prompt + output x (1+cv^2)/2, cv per task in TASK_OUTPUT_CV) capped by the KV-cache "

@@ -49,6 +49,9 @@ class Profile(BaseModel):
     gemm_half_rows: float = Field(ge=0)  # GEMM rows at which efficiency is half of compute_efficiency
     vector_flops_fraction: float = Field(gt=0, le=1)  # CUDA-core (non-tensor) rate / dense bf16 peak
     kernel_overhead_s: float = Field(ge=0)  # launch + tail per kernel (CUDA graphs on)
+    #: fixed time per sequence in each kernel walking the paged KV cache (decode attention, KV
+    #: write): block-table reads, the partial last block, split-KV combine (``costmodel.compute``)
+    kv_seq_overhead_s: float = Field(default=0.0, ge=0)
     step_overhead_s: float = Field(ge=0)  # per serving step: scheduler, sampler launch, sync
     seq_overhead_s: float = Field(ge=0)  # per sequence per serving step: sampling, logits processing
     static_power_w: float = Field(gt=0)  # power drawn while busy regardless of work (idle + clocks up)

@@ -212,7 +212,7 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
 
 def stack_works(works: Sequence[OpWork]) -> OpWork:
     """One OpWork whose fields are arrays over ``works`` (for vectorised pricing in the fit)."""
-    fields = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels")
+    fields = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels", "seqs")
     return OpWork(**{f: np.array([float(getattr(w, f)) for w in works]) for f in fields})
 
 

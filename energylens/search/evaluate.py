@@ -110,7 +110,7 @@ def _col(x: Any, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))
 
 
-_FIELDS = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels")
+_FIELDS = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels", "seqs")
 
 
 def _stack(works: Sequence[OpWork], n: int) -> OpWork:
