@@ -66,7 +66,7 @@ def estimate(
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
     tp: Annotated[int, typer.Option(help="tensor-parallel size")] = 1,
-    ep: Annotated[int, typer.Option(help="expert-parallel size (MoE; experts spread over the tp x dp GPUs)")] = 1,
+    ep: Annotated[int, typer.Option(help="expert-parallel size (MoE): 1, or tp x dp as vLLM --enable-expert-parallel")] = 1,
     dp: Annotated[int, typer.Option(help="data-parallel replicas")] = 1,
     fuse: Annotated[bool, typer.Option(help="fuse pointwise ops and attention into neighbouring kernels")] = True,
     comm_sms: Annotated[int | None, typer.Option(help="overlap TP collectives with compute on this many SMs")] = None,

@@ -21,8 +21,10 @@ def test_tp_not_dividing_heads_names_value_and_choices() -> None:
 def test_ep_not_dividing_experts_names_value_and_choices() -> None:
     with pytest.raises(ShardingError, match=r"ep=3 .*valid ep"):
         el.estimate(MOE, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=2, dp=3, ep=3))
-    with pytest.raises(ShardingError, match=r"ep=8 is larger than tp x dp = 4 x 1 = 4.*valid ep: 1, 2, 4"):
+    with pytest.raises(ShardingError, match=r"ep=8 with tp x dp = 4 x 1 = 4 GPUs.*valid ep: 1, 4$"):
         el.estimate(MOE, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=4, ep=8))
+    with pytest.raises(ShardingError, match=r"ep=2 with tp x dp = 4 x 1 = 4 GPUs.*valid ep: 1, 4$"):
+        el.estimate(MOE, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=4, ep=2))  # vLLM has no ep < tp x dp
     with pytest.raises(ShardingError, match=r"ep=2 but graph .* has no experts"):
         el.estimate(LLAMA, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=2, ep=2))
 

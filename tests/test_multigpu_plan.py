@@ -16,7 +16,7 @@ from energylens.costmodel.plan import PlanPricer, plan_graph, plan_work
 from energylens.costmodel.profile import load_profile
 from energylens.costmodel.serving import serving_estimate
 from energylens.ir.core import Collective
-from energylens.passes.moe import Moe
+from energylens.passes.moe import Moe, graph_expert_load
 from energylens.passes.shard import mesh_of
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -132,15 +132,31 @@ def test_data_parallel_replicas_each_serve_their_share() -> None:
 
 # -- experts ------------------------------------------------------------------------------------------
 
-def test_expert_parallel_adds_all_to_alls() -> None:
-    def a2a(par: el.Parallel) -> int:
+def test_expert_parallel_is_vllms_all_reduce_not_all_to_all() -> None:
+    def colls(par: el.Parallel) -> list[tuple[str, str]]:
         g = plan_graph(resolve_model(MOE).decode, par)
-        return sum(1 for op, _ in g.walk() if isinstance(op, Collective) and op.fn == "all_to_all")
-    assert a2a(el.Parallel(tp=2)) == 0
-    assert a2a(el.Parallel(tp=2, ep=2)) == 2          # dispatch and combine, once per layer (a Repeat)
+        return [(op.fn, op.axis) for op, _ in g.walk()
+                if isinstance(op, Collective) and op.source.module.startswith("model.layers.mlp")]
+    assert colls(el.Parallel(tp=2, ep=2)) == [("all_reduce", "tp")]       # vLLM: no all-to-all
+    assert ("reduce_scatter", "dp") in colls(el.Parallel(tp=2, dp=2, ep=4))
     est = el.estimate(MOE, H100, WL, el.Parallel(tp=2, ep=2))
-    assert any(o.kind == "collective" and "a2a_ep" in o.name and o.time_s > 0 for o in est.ops)
+    assert any(o.kind == "collective" and o.name == "moe_experts_combine" and o.time_s > 0 for o in est.ops)
     assert mesh_of(est.graphs.decode)["ep"] == 2
+
+
+def test_ep_with_dp_prices_gathered_tokens_and_their_straggler() -> None:
+    # tp=2, dp=2, ep=4: the MoE collectives carry [tokens, h] bf16 (h = 2048): the dp all_gather and
+    # reduce_scatter all 64 gathered tokens, the tp all_reduce this replica's 32; the straggler is
+    # the max over the 4 GPUs of the slots routed to their own experts, over all 64 tokens
+    par, moe = el.Parallel(tp=2, dp=2, ep=4), Moe(routing="zipf", skew=1.2)
+    ir = resolve_model(MOE).decode
+    recs = plan_work(ir, par, {"B": 64, "S": 1, "K": 1024}, gpu=get_gpu("H100"), routing=moe)
+    comm = [(r.comm_fn, r.comm_axis, r.comm_bytes) for r in recs if r.cls == "comm"
+            and r.op.result.type.dims == ("B", "S", "h") and r.op.source.module.startswith("model.layers.mlp")]
+    assert comm == [("all_gather", "dp", 64 * 2048 * 2), ("reduce_scatter", "dp", 64 * 2048 * 2),
+                    ("all_reduce", "tp", 32 * 2048 * 2)]
+    strag = {r.straggler for r in recs if r.cls == "expert"}
+    assert strag == {graph_expert_load(plan_graph(ir, par, routing=moe), 64, 4).straggler} and strag != {1.0}
 
 
 def test_zipf_straggler_is_slower_and_burns_waiting_energy() -> None:

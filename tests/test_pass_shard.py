@@ -57,6 +57,53 @@ def test_golden_moe_tp2_ep2(qwen_moe: Graph, golden) -> None:
     golden("pass_shard_tp2_ep2_qwen3_moe_decode", print_graph(out))
 
 
+def test_golden_moe_dp2_ep2(qwen_moe: Graph, golden) -> None:
+    out = Shard(dp=2, ep=2)(qwen_moe)
+    verify_graph(out)
+    golden("pass_shard_dp2_ep2_qwen3_moe_decode", print_graph(out))
+
+
+def _moe_block(g: Graph) -> list[Collective]:
+    return [op for op, c in g.walk() if isinstance(op, Collective) and op.source.module.startswith("model.layers.mlp")]
+
+
+def test_tiny_qwen3_moe_tp2_ep2_is_one_all_reduce(qwen_moe: Graph) -> None:
+    out = Shard(tp=2, ep=2)(qwen_moe)
+    assert not [op for op, _ in out.walk() if isinstance(op, Collective) and op.fn == "all_to_all"]
+    (ar,) = _moe_block(out)
+    assert (ar.fn, ar.axis, ar.result.type.dims) == ("all_reduce", "tp", ("B", "S", "h"))
+    sizes, mesh = out.bind(**BINDING), mesh_of(out)
+    assert collective_bytes(ar, sizes, mesh) == 4 * 1 * sizes["h"] * 2      # [B, S, h] bf16, every token
+
+
+def test_tiny_qwen3_moe_dp2_ep2_gathers_and_reduce_scatters(qwen_moe: Graph) -> None:
+    out = Shard(tp=1, dp=2, ep=2)(qwen_moe)
+    block = _moe_block(out)
+    assert {(op.fn, op.axis) for op in block} == {("all_gather", "dp"), ("reduce_scatter", "dp")}
+    sizes, mesh = out.bind(**BINDING), mesh_of(out)
+    hidden = [op for op in block if op.result.type.dims == ("B", "S", "h")]
+    assert [op.fn for op in hidden] == ["all_gather", "reduce_scatter"]     # around the experts
+    assert all(collective_bytes(op, sizes, mesh) == 4 * 1 * sizes["h"] * 2 for op in hidden)
+    names = [op.result.name for op, _ in out.walk()]
+    experts = [i for i, n in enumerate(names) if n in ("moe_experts", "moe_experts_down")]
+    assert names.index(hidden[0].result.name) < min(experts) and max(experts) < names.index(hidden[1].result.name)
+
+
+@pytest.mark.parametrize("plan", [dict(tp=2, ep=2), dict(dp=2, ep=2), dict(tp=2, dp=2, ep=4)],
+                         ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_expert_flops_over_gpus_equal_unsharded(qwen_moe: Graph, plan) -> None:
+    out = Shard(**plan)(qwen_moe)
+    sizes, mesh = out.bind(**BINDING), mesh_of(out)
+    gpus, ep = mesh["tp"] * mesh["dp"], mesh["ep"]
+    experts = [op for op, _ in out.walk() if isinstance(op, Einsum) and all("e" in v.type.dims for v in op.operands)]
+    assert experts
+    for op in experts:
+        local = local_dim_sizes(op, sizes, mesh)
+        assert local["e"] == sizes["e"] / ep and local["C"] == sizes["C"]    # E/ep experts, all gathered tokens
+        assert gpus * 2 * math.prod(local[d] for d in op.all_dims) == 2 * math.prod(sizes[d] for d in op.all_dims)
+        assert replication(op, sizes, mesh) == 1
+
+
 def test_golden_moe_tp2(qwen_moe: Graph, golden) -> None:
     out = Shard(tp=2)(qwen_moe)
     verify_graph(out)
@@ -80,21 +127,39 @@ def test_megatron_llama_one_all_reduce_per_block() -> None:
     assert mesh_of(g) == {"tp": 2, "dp": 1, "ep": 1, "etp": 2}
 
 
-def test_expert_parallel_all_to_all_around_experts() -> None:
+def test_expert_parallel_is_vllms_all_reduce() -> None:
+    # vLLM, ep = tp (dp 1): tokens are replicated after attention's all_reduce; each GPU runs its
+    # E/ep experts on the tokens routed to them and one all_reduce over tp sums the MoE output
     g = Shard(tp=2, ep=2)(moe_decode())
     region = [(op.fn, op.axis) for op, c in g.walk() if c == 2 and isinstance(op, Collective)]
-    assert region == [("all_reduce", "tp"), ("all_to_all", "ep"), ("all_to_all", "ep")]
+    assert region == [("all_reduce", "tp"), ("all_reduce", "tp")]
     ops = {op.result.name: op for op, _ in g.walk()}
+    assert ops["disp"].sharding == (("e", "ep"),)               # dispatch to the local experts only
     assert ops["egate"].sharding == (("e", "ep"),)
+    assert ops["moe.partial"].sharding == (("e", "ep"),)        # combine of local experts: partial sums
+    assert ops["moe"].operands[0].type.dims == ("B", "S", "h")
     assert ops["router"].sharding == ()                        # router replicated
 
 
-def test_expert_tensor_parallel_when_ep_is_smaller() -> None:
-    g = Shard(tp=4, ep=2)(moe_decode())
+def test_expert_parallel_with_dp_gathers_and_reduce_scatters() -> None:
+    # vLLM, ep = tp x dp: dispatch = all_gather of the replicas' tokens over dp, combine =
+    # reduce_scatter over dp, then the all_reduce over tp within each replica
+    g = Shard(tp=2, dp=2, ep=4)(moe_decode())
+    verify_graph(g)
+    region = [(op.fn, op.axis, op.operands[0].name) for op, c in g.walk() if c == 2 and isinstance(op, Collective)]
+    assert region == [("all_reduce", "tp", "o.partial"), ("all_gather", "dp", "xw2"), ("all_gather", "dp", "topk"),
+                      ("reduce_scatter", "dp", "moe.partial"), ("all_reduce", "tp", "moe.rs_dp")]
     ops = {op.result.name: op for op, _ in g.walk()}
-    assert ops["egate"].sharding == (("e", "ep"), ("m", "etp"))
-    region = [(op.fn, op.axis) for op, c in g.walk() if c == 2 and isinstance(op, Collective)]
-    assert region == [("all_reduce", "tp"), ("all_to_all", "ep"), ("all_reduce", "etp"), ("all_to_all", "ep")]
+    assert ops["disp"].operands[0].name == "xw2.ag_dp"
+    assert ops["moe"].sharding == (("B", "dp"),)               # each replica's own tokens again
+    assert ops["y"].sharding == (("B", "dp"),)
+
+
+def test_ep_must_be_one_or_all_gpus() -> None:
+    # vLLM has no ep < tp x dp (no expert tensor parallelism next to expert parallelism)
+    with pytest.raises(ShardingError, match=r"ep=2 with tp x dp = 4 x 1 = 4 GPUs.*valid ep: 1, 4$"):
+        Shard(tp=4, ep=2)(moe_decode())
+    assert valid_ep_values(moe_decode(), 4) == [1, 4]
 
 
 def test_data_parallel_splits_batch() -> None:
@@ -117,8 +182,8 @@ def test_kv_heads_replicated_when_tp_exceeds_them() -> None:
 
 # -- properties --------------------------------------------------------------------------------------
 
-PLANS = [dict(tp=2), dict(tp=4), dict(dp=2), dict(tp=2, dp=2), dict(tp=2, ep=2), dict(tp=4, ep=2),
-         dict(tp=2, dp=2, ep=4), dict(tp=2, dp=2, ep=2), dict(tp=1, dp=4, ep=4)]
+PLANS = [dict(tp=2), dict(tp=4), dict(dp=2), dict(tp=2, dp=2), dict(tp=2, ep=2), dict(tp=4, ep=4),
+         dict(tp=2, dp=2, ep=4), dict(tp=1, dp=2, ep=2), dict(tp=1, dp=4, ep=4)]
 
 
 def _einsum_flops(g: Graph, sizes: dict[str, float]) -> float:
@@ -190,14 +255,14 @@ def test_tp_not_dividing_heads() -> None:
 
 
 def test_ep_not_dividing_experts() -> None:
-    with pytest.raises(ShardingError, match=r"ep=3 does not divide the 8 experts; valid ep on 6 GPUs: 1, 2"):
-        Shard(tp=2, dp=3, ep=3)(moe_decode())
-    with pytest.raises(ShardingError, match=r"ep=4 does not divide tp x dp = 6"):
-        check_parallel(moe_decode(), Parallel(tp=2, dp=3, ep=4))
+    with pytest.raises(ShardingError, match=r"ep=6 does not divide the 8 experts; valid ep on 6 GPUs: 1$"):
+        Shard(tp=2, dp=3, ep=6)(moe_decode())
+    with pytest.raises(ShardingError, match=r"ep=3 with tp x dp = 2 x 3 = 6 GPUs.*valid ep: 1$"):
+        check_parallel(moe_decode(), Parallel(tp=2, dp=3, ep=3))
 
 
 def test_ep_larger_than_gpus_and_dense_ep() -> None:
-    with pytest.raises(ShardingError, match=r"ep=4 is larger than tp x dp = 2 x 1 = 2.*valid ep: 1, 2"):
+    with pytest.raises(ShardingError, match=r"ep=4 with tp x dp = 2 x 1 = 2 GPUs.*valid ep: 1, 2$"):
         Shard(tp=2, ep=4)(moe_decode())
     with pytest.raises(ShardingError, match=r"no experts"):
         Shard(tp=2, ep=2)(llama_decode())
@@ -211,18 +276,22 @@ def test_check_parallel_cluster_size() -> None:
 
 def test_valid_values() -> None:
     assert valid_tp_values(llama_decode(), up_to=8) == [1, 2, 4]
-    assert valid_ep_values(moe_decode(), 8) == [1, 2, 4, 8]
+    assert valid_ep_values(moe_decode(), 8) == [1, 8]
+    assert valid_ep_values(moe_decode(), 6) == [1]    # 6 does not divide the 8 experts
 
 
 # -- cost helpers --------------------------------------------------------------------------------------
 
 def test_collective_bytes() -> None:
-    g = Shard(tp=2, ep=2, dp=2)(moe_decode())
+    g = Shard(tp=2, ep=4, dp=2)(moe_decode())
     sizes, mesh = g.bind(B=8, S=1, K=64), mesh_of(g)
     coll = {op.result.name: op for op, _ in g.walk() if isinstance(op, Collective)}
     # all_reduce of the attention output: this replica's B/dp sequences x h, bf16
     assert collective_bytes(coll["o"], sizes, mesh) == 8 / 2 * 1 * 64 * 2
-    # dispatch all_to_all: e x C x h / ep, with C = B*S*2/8 = 2 tokens per expert
-    assert collective_bytes(coll["disp.a2a_ep"], sizes, mesh) == 8 * 2 * 64 * 2 / 2
+    # MoE dispatch all_gather over dp: the gathered [B, S, h] of both replicas
+    assert collective_bytes(coll["xw2.ag_dp"], sizes, mesh) == 8 * 1 * 64 * 2
+    # combine reduce_scatter over dp: its input, every gathered token; then all_reduce over tp
+    assert collective_bytes(coll["moe.rs_dp"], sizes, mesh) == 8 * 1 * 64 * 2
+    assert collective_bytes(coll["moe"], sizes, mesh) == 8 / 2 * 1 * 64 * 2
     # logits all_gather: the gathered [B/dp, v] output
     assert collective_bytes(coll["logits"], sizes, mesh) == 8 / 2 * 128 * 2

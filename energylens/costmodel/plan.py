@@ -13,8 +13,10 @@ inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signat
   (``comm.collective_cost``) on the cluster's interconnect, for the message bytes per GPU
   (``collective_bytes``); energy = static power x time + the communication power above static
   (``comm_power_w - static``) x time. The dynamic part is in ``OpCost.byte_j`` and in ``comm_j``.
-* **Expert straggler** (ep > 1): token counts per EP rank come from the routing the ``moe`` pass
-  recorded (``graph_expert_load``); the most loaded rank does ``straggler = max / mean`` times the
+* **Expert straggler** (ep > 1): under vLLM's expert parallelism every GPU runs its E/ep experts
+  over all the step's tokens (gathered over dp), so its load is the token-slots routed to its
+  own experts; these counts per EP rank come from the routing the ``moe`` pass recorded
+  (``graph_expert_load`` over all the step's tokens); the most loaded rank does ``straggler = max / mean`` times the
   mean rank's token work, so an expert op takes the max rank's time while the dynamic energy is
   that of the mean work; every other GPU waits for the straggler at static power. That waiting
   energy is in ``static_j`` and reported as ``wait_j``.
@@ -194,7 +196,11 @@ class _LocalWork(WorkAnalysis):
 
 
 def _straggler(graph: Graph, sizes: Mapping[str, Any], ep: int) -> Any:
-    """Max / mean token load of the ep ranks for the routed tokens of one step (1.0 without ep)."""
+    """Max / mean token load of the ep ranks for the routed tokens of one step (1.0 without ep).
+
+    ``sizes["C"]`` is the global tokens per expert: under ep every GPU sees all the step's tokens
+    (the dispatch all-gathers them over dp), and its load is the slots routed to its E/ep experts.
+    """
     if ep <= 1 or "num_experts" not in graph.attr or "C" not in sizes:
         return 1.0
     experts, top_k = int(graph.attr["num_experts"]), int(graph.attr["top_k"])

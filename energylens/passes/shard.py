@@ -18,10 +18,29 @@ not out of matching one model's layers:
   attention fall out of this: one all_reduce per block.
 * **Full operands**: a reduction over a split dim, a graph output or a region carry that must be
   whole -> ``all_gather`` first (e.g. vocab-split logits).
-* **Experts**: an op with an expert weight works in the *expert layout* (``e`` over ``ep``): a
-  token tensor entering it goes through ``all_to_all`` over ``ep`` (dispatch), and one leaving it
-  for a non-expert op through another (combine). With ep = 1 and dp > 1 the replicas' tokens are
-  all-gathered over ``dp`` instead.
+* **Experts, ep = 1** (vLLM without ``--enable-expert-parallel``): expert weights are split on
+  ``m`` over all tp x dp GPUs (``etp``); with dp > 1 the replicas' tokens per expert are
+  all-gathered over ``dp`` before the experts.
+* **Experts, ep = tp x dp** (vLLM's ``--enable-expert-parallel``; no other ep exists there, so any
+  other ep > 1 is a ``ShardingError``): each GPU holds E/ep whole experts. The MoE dispatch (a
+  gather from tokens to ``[e, C, ...]``) first all-gathers its token operands over ``dp`` (the
+  replicas' hidden states and routing), then keeps only the rows of its own experts (``e`` over
+  ``ep``, a local slice, no all-to-all); the expert einsums run E/ep experts over *all* gathered
+  tokens. The combine (a sum over ``e``) leaves partial sums, reduced as vLLM does: a
+  ``reduce_scatter`` over ``dp`` (each replica gets its own tokens back), then an ``all_reduce``
+  over ``tp``, both of ``[tokens, h]``. With dp = 1 that is just the one all_reduce over tp.
+
+  Checked in vLLM's source (v0.10/v0.11): ``FusedMoEParallelConfig.make`` (fused_moe/config.py)
+  sets MoE tp 1 and ep = tp x dp under expert parallelism; ``FusedMoE.forward_impl``
+  (vllm/model_executor/layers/fused_moe/layer.py) runs ``get_ep_group().dispatch`` only when
+  dp > 1 (``do_naive_dispatch_combine``), applies the experts (``expert_map`` marks the non-local
+  ones), ``get_ep_group().combine``, then ``maybe_all_reduce_tensor_model_parallel`` =
+  ``tensor_model_parallel_all_reduce`` (only the pplx/DeepEP kernels skip it). The default
+  ``VLLM_ALL2ALL_BACKEND`` (vllm/envs.py) is ``allgather_reducescatter``: ``AgRsAll2AllManager``
+  (vllm/distributed/device_communicators/all2all.py) dispatches with ``all_gatherv`` and combines
+  with ``reduce_scatterv`` over the DP group (``NaiveAll2AllManager``, the older default,
+  broadcasts over dp and combines with an all_reduce over dp: same data, more bytes). DeepEP and
+  pplx all-to-all kernels are opt-in backends and are not modelled.
 
 The mesh sizes are recorded in the graph attribute ``mesh`` (``"tp=2,dp=1,ep=2,etp=1"``);
 ``mesh_of(graph)`` reads it back. ``Shard()`` with tp = ep = dp = 1 returns its input unchanged.
@@ -131,9 +150,13 @@ def valid_tp_values(graph: Graph, up_to: int = 64) -> list[int]:
 
 
 def valid_ep_values(graph: Graph, num_gpus: int) -> list[int]:
-    """Expert-parallel degrees allowed on ``num_gpus`` (= tp x dp) GPUs: divisors of both."""
+    """Expert-parallel sizes on ``num_gpus`` (= tp x dp) GPUs: 1, and ``num_gpus`` if it divides the experts.
+
+    vLLM has no other EP size: ``--enable-expert-parallel`` spreads the experts over all tp x dp
+    GPUs, and without it they are tensor-sharded (ep 1).
+    """
     e = _num_experts(graph) or 1
-    return [k for k in range(1, num_gpus + 1) if num_gpus % k == 0 and e % k == 0]
+    return [1] + ([num_gpus] if num_gpus > 1 and e % num_gpus == 0 else [])
 
 
 def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None) -> None:
@@ -164,16 +187,13 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
     experts = _num_experts(graph)
     if ep > 1 and not experts:
         raise ShardingError(f"ep={ep} but graph {graph.name!r} has no experts (dim 'e'); use ep=1")
-    if ep > gpus:
-        raise ShardingError(f"ep={ep} is larger than tp x dp = {tp} x {dp} = {gpus}: experts are spread over "
-                            f"the same GPUs as the dense layers; valid ep: "
-                            f"{', '.join(map(str, valid_ep_values(graph, gpus)))}")
+    if ep not in (1, gpus):
+        raise ShardingError(f"ep={ep} with tp x dp = {tp} x {dp} = {gpus} GPUs: vLLM spreads experts over all "
+                            f"tp x dp GPUs (--enable-expert-parallel, ep = {gpus}) or tensor-shards them (ep = 1); "
+                            f"valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))}")
     if experts and experts % ep:
         raise ShardingError(f"ep={ep} does not divide the {experts} experts; valid ep on {gpus} GPUs: "
                             f"{', '.join(map(str, valid_ep_values(graph, gpus)))}")
-    if gpus % ep:
-        raise ShardingError(f"ep={ep} does not divide tp x dp = {gpus} GPUs (each expert group needs the same "
-                            f"number of GPUs); valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))}")
     m = _int_size(graph, "m")
     etp = gpus // ep
     if experts and m and m % etp:
@@ -212,6 +232,19 @@ class Shard:
         if all(n == 1 for n in mesh.values()):
             return graph
         return _Sharder(graph, mesh).run()
+
+
+def _is_dispatch(op: Op) -> bool:
+    """A MoE dispatch: a gather from token operands (no ``e``) to tokens per expert ``[e, C, ...]``."""
+    return (isinstance(op, Gather) and op.fn != "scatter" and {"e", "C"} <= set(op.result.type.dims)
+            and not any("e" in v.type.dims for v in op.operands))
+
+
+def _sums_over_experts(op: Op) -> bool:
+    """An op that sums its operand over the expert dim ``e`` (the MoE combine)."""
+    if isinstance(op, Gather):
+        return op.fn != "scatter" and op.dim == "e"
+    return isinstance(op, Einsum) and "e" in op.contracted_dims
 
 
 def _dims_of(op: Op) -> list[str]:
@@ -316,7 +349,8 @@ class _Sharder:
             return v
         v = self.gather_axes(v, {a for d, a in st.items() if d not in _TOKEN_DIMS}, op)
         if self.mesh["ep"] > 1 and "e" in v.type.dims:
-            return self.convert(v, "all_to_all", "ep", {"e": "ep"}, op)          # dispatch
+            raise ShardingError(f"{op.kind} %{op.result.name} reads %{v.name} per expert, but not from a MoE "
+                                f"dispatch (a gather from tokens to [e, C, ...]); ep > 1 needs one")
         if any(a == "dp" for a in self.state[v.name].values()):
             return self.gather_axes(v, {"dp"}, op)                               # replicas' tokens
         return v
@@ -325,9 +359,11 @@ class _Sharder:
         st = self.state[v.name]
         if not _EXPERT_AXES & set(st.values()):
             return v
+        if self.mesh["ep"] > 1 and st.get("e") == "ep" and _sums_over_experts(op):
+            return v                             # vLLM: the combine leaves partial sums, reduced after it
         v = self.gather_axes(v, {a for d, a in st.items() if d != "e" and a in _EXPERT_AXES}, op)
         if self.state[v.name].get("e") == "ep":
-            v = self.convert(v, "all_to_all", "ep", {}, op)                     # combine: own tokens back
+            v = self.gather_axes(v, {"ep"}, op)                                   # experts whole
         return v
 
     # -- ops ----------------------------------------------------------------------------------
@@ -338,6 +374,14 @@ class _Sharder:
         for i, v in enumerate(operands):
             if v.name not in self.params:
                 operands[i] = self.to_expert(v, op) if expert else self.to_dense(v, op)
+        ep_mode = self.mesh["ep"] > 1
+        dispatch = ep_mode and _is_dispatch(op)
+        if dispatch or (ep_mode and any(self.state[v.name].get("e") == "ep" for v in operands)):
+            # vLLM EP: the dispatch all-gathers the replicas' tokens (and routing) over dp; the expert
+            # layout then covers every gathered token, so token operands joining it are gathered too
+            for i, v in enumerate(operands):
+                if v.name not in self.params and self.state[v.name].get("e") != "ep":
+                    operands[i] = self.gather_axes(v, {"dp"} & set(self.state[v.name].values()), op)
         if isinstance(op, Reduce):   # a reduction needs its reduced dims whole
             split = {self.state[operands[0].name][d] for d in op.dims if d in self.state[operands[0].name]}
             operands[0] = self.gather_axes(operands[0], split, op)
@@ -353,6 +397,8 @@ class _Sharder:
         order = _dims_of(new)
         sharding = tuple((d, union[d]) for d in order if d in union)
         rdims = op.result.type.dims
+        if dispatch:       # each GPU dispatches only to its own E/ep experts (a local slice)
+            sharding += (("e", "ep"),)
         rstate = {d: a for d, a in sharding if d in rdims}
         partial: set[str] = set()
         if isinstance(op, Einsum):
@@ -367,21 +413,35 @@ class _Sharder:
                 if target is not None:
                     rstate[target] = axis
                     sharding += ((target, axis),)
+        # Partial sums: one all_reduce per axis; expert partials (ep = tp x dp) as vLLM reduces them:
+        # reduce_scatter over dp (each replica gets its own tokens back), then all_reduce over tp.
+        steps = [("all_reduce", axis) for axis in sorted(partial - {"ep"})]
+        after = dict(rstate)
+        if "ep" in partial:
+            token = next((d for d in _TOKEN_DIMS if d in rdims and d not in after), None)
+            if self.mesh["dp"] > 1:
+                steps.append(("reduce_scatter", "dp") if token else ("all_reduce", "dp"))
+                if token:
+                    after[token] = "dp"
+            if self.mesh["tp"] > 1:
+                steps.append(("all_reduce", "tp"))
         name = op.result.name
         required = self.required.get(name)
         if name in self.must_be_whole:
-            required = {d: a for d, a in rstate.items() if a == "dp" and d in _TOKEN_DIMS}
-        extra = set() if required is None else {a for d, a in rstate.items() if required.get(d) != a}
+            required = {d: a for d, a in after.items() if a == "dp" and d in _TOKEN_DIMS}
+        extra = set() if required is None else {a for d, a in after.items() if required.get(d) != a}
         final = name
-        if partial or extra:
-            name = self.fresh(f"{final}.partial" if partial else f"{final}.shard")
+        if steps or extra:
+            name = self.fresh(f"{final}.partial" if steps else f"{final}.shard")
         new = dataclasses.replace(new, sharding=sharding, result=Value(name, op.result.type))
         self.out.append(new)
         self.state[name] = rstate
         v = new.result
-        for i, axis in enumerate(sorted(partial)):
-            last = i == len(partial) - 1 and not extra
-            v = self._collective(v, "all_reduce", axis, rstate, op, final if last else self.fresh(f"{final}.ar_{axis}"))
+        st = rstate
+        for i, (fn, axis) in enumerate(steps):
+            last = i == len(steps) - 1 and not extra
+            st = after if fn == "reduce_scatter" else st
+            v = self._collective(v, fn, axis, st, op, final if last else self.fresh(f"{final}.{_SHORT[fn]}_{axis}"))
         for i, axis in enumerate(sorted(extra)):
             st = {d: a for d, a in self.state[v.name].items() if a != axis}
             last = i == len(extra) - 1
