@@ -150,3 +150,71 @@ def test_pareto_scores_pooled_and_per_window() -> None:
     flat = [(1.0, 1.0)] * 4  # marking everything recovers the front, at low precision
     rec, prec, _, n_pred = acc.pareto_scores(rows, flat, pooled=True)
     assert rec == 100.0 and prec == 75.0 and n_pred == 4
+
+
+def test_comm_rate_saturates_at_the_link_limit() -> None:
+    free = dataclasses.replace(P, comm_max_bytes_per_s=float("inf"), comm_latency_s=0.0, per_block_s=0.0)
+    sat = dataclasses.replace(free, comm_max_bytes_per_s=50e9, comm_saturation_exponent=2.0)
+    nbytes = 32 * 2**20
+    for k in (1, 8, 64):
+        assert sm_comm_time_s(nbytes, k, 1024, sat) > sm_comm_time_s(nbytes, k, 1024, free)
+    # few blocks: block-limited, ~ the unsaturated time; many blocks: ~ bytes / R_max
+    assert sm_comm_time_s(nbytes, 1, 512, sat) == pytest.approx(sm_comm_time_s(nbytes, 1, 512, free), rel=0.01)
+    assert sm_comm_time_s(nbytes, 107, 1024, sat) == pytest.approx(nbytes / 50e9, rel=0.05)
+    # the default (no limit) is the old k r(b) rate
+    assert OverlapParams.from_dict({"coefficients": {**_coeffs(), "comm_max_bytes_per_s": None}},
+                                   num_sms=108).comm_max_bytes_per_s == float("inf")
+
+
+def _coeffs() -> dict:
+    c = {k: 0.0 for k in ("per_block_s", "comm_latency_s", "sm_exponent", "mem_interference", "sm_power_w",
+                          "sm_power_block_exponent")}
+    return c | {"per_sm_bytes_per_s_512": 4e9, "block_exponent": 0.0, "comm_slowdown": {}, "static_w": 80.0}
+
+
+def test_small_comm_blocks_leave_sm_room_to_compute() -> None:
+    # same comm speed for both block sizes (block_exponent 0); compute-bound kernel (alpha 1)
+    base = OverlapParams.from_dict({"coefficients": _coeffs() | {"sm_exponent": 1.0}}, num_sms=108)
+    kern = [Kernel(time_s=5e-3, dyn_power_w=200.0, cls="gemm")]
+
+    def t(p: OverlapParams, b: int) -> float:
+        return overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=20, block_size=b, params=p).time_s
+
+    assert t(base, 512) == pytest.approx(t(base, 1024))  # epsilon 0: a block holds its whole SM
+    co = dataclasses.replace(base, sm_take_block_exponent=1.0)
+    assert t(co, 512) < t(co, 1024) < t(base, 1024)
+    # epsilon 1, 1024 of 2048 threads: the collective takes half of each of its 20 SMs
+    comm_s = sm_comm_time_s(32 * 2**20, 20, 1024, co)
+    assert t(co, 1024) == pytest.approx(5e-3 + comm_s * (1 - 98 / 108), rel=1e-9)  # work lost while contended
+
+
+def test_comm_energy_per_byte_is_fixed_by_the_bytes() -> None:
+    kern = [Kernel(time_s=2e-3, dyn_power_w=200.0, cls="gemm")]
+    p0 = dataclasses.replace(P, comm_j_per_byte=0.0)
+    p1 = dataclasses.replace(P, comm_j_per_byte=1e-10)
+    for k in (4, 16):
+        a = overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=k, block_size=1024, params=p0)
+        b = overlap_window(kern, comm_bytes=32 * 2**20, comm_sms=k, block_size=1024, params=p1)
+        assert b.time_s == a.time_s
+        assert b.comm_j - a.comm_j == pytest.approx(1e-10 * 32 * 2**20)
+
+
+def test_fitted_profile_round_trips_the_new_coefficients() -> None:
+    x = list(acc.X0)
+    times, p = acc._params(x, 108, 400.0)
+    prof = acc.to_profile(acc.np.asarray(x), acc.DEFAULT_FIT, {"rows": 0}, "test.csv")
+    q = OverlapParams.from_dict(prof, num_sms=108, tdp_w=400.0)
+    for f in ("comm_max_bytes_per_s", "comm_saturation_exponent", "comm_j_per_byte", "sm_take_block_exponent",
+              "serial_per_block_s", "sm_power_share"):
+        assert getattr(q, f) == pytest.approx(getattr(p, f)), f
+    assert prof["block_kernels"]["solo_time_s"] == pytest.approx(times)
+
+
+def test_class_prior_pulls_an_unseen_class_to_the_mean() -> None:
+    x = list(acc.X0)
+    assert len(acc._class_prior(x)) == 12
+    same = dict(zip(acc.P_NAMES, x, strict=True))
+    for fam in ("alpha", "sigma", "slow"):
+        for c in ("memory", "gemm", "attention", "comm"):
+            same[f"{fam}_{c}"] = 0.5
+    assert acc._class_prior([same[n] for n in acc.P_NAMES]) == [0.0] * 12

@@ -5,12 +5,16 @@ Physics (per GPU; every GPU of the collective runs the same schedule):
 * An SM-driven collective kernel (MSCCL++/NCCL style) with ``k`` thread blocks of ``b`` threads moves
   its bytes at ``k * r(b)`` with a per-SM rate ``r(b) = r_512 * (b / 512) ** gamma`` (more threads in
   flight per SM, more bytes in flight), and pays a fixed latency plus a per-block set-up cost:
-  ``T_comm(k, b) = latency + bytes / (k r(b)) + per_block * k``. Its ``k`` blocks also pay a
-  per-block cost that no overlap hides (the cross-GPU barrier of every block and the stream sync at
+  ``T_comm(k, b) = latency + bytes / R(k, b) + per_block * k``. The aggregate rate saturates at the
+  link/HBM limit ``R_max`` as blocks are added, ``R = k r(b) / (1 + (k r(b) / R_max) ** n) ** (1/n)``
+  (a soft minimum; ``R_max = inf``: ``R = k r(b)``). Its ``k`` blocks also pay a per-block cost that
+  no overlap hides (the cross-GPU barrier of every block and the stream sync at
   the window's end): ``serial_per_block * k`` on the critical path.
 * While it runs, a compute kernel of class ``c`` loses the SMs the collective holds, slowing by
-  ``(N / (N - k)) ** alpha_c`` (``alpha`` ~ 1 for a kernel whose waves need every SM, ~ 0 for a
-  memory-bound kernel that saturates HBM on fewer SMs), and is further stretched by ``1 + sigma_c``
+  ``(N / (N - k')) ** alpha_c`` where ``k' = k (b / threads_per_sm) ** epsilon`` is the SM capacity the
+  blocks take (``epsilon = 0``: each block holds a whole SM; ``> 0``: compute blocks co-reside in the
+  threads a smaller collective block leaves free; ``alpha`` ~ 1 for a kernel whose waves need every SM,
+  ~ 0 for a memory-bound kernel that saturates HBM on fewer SMs), and is further stretched by ``1 + sigma_c``
   by interference (HBM/L2 traffic and issue slots of the spinning collective). The collective in
   turn slows by ``1 + comm_slowdown[c]``.
 * The window is simulated event by event: both progress at their contended rates until one finishes;
@@ -21,7 +25,8 @@ Physics (per GPU; every GPU of the collective runs the same schedule):
   power follows the active SMs: while contended it burns ``phi * p * (N - k) / N`` for the stretched
   time, so a kernel slowed by SM loss alone costs ``((N - k) / N) ** (1 - alpha)`` of its SM energy
   while interference stalls (``sigma``) burn full SM power for nothing. The collective draws
-  ``comm_active_w + sm_power * k * (b / 512) ** delta`` for as long as it holds its blocks. So a
+  ``comm_active_w + sm_power * k * (b / 512) ** delta`` for as long as it holds its blocks, plus
+  ``comm_j_per_byte`` per byte moved (fixed by the bytes, whatever ``k``). So a
   collective given more SMs finishes sooner, shortening the stretch of the compute it contends with:
   energy can fall with ``k`` while time rises (the serial per-block cost). Power is capped at TDP.
 
@@ -107,6 +112,19 @@ class OverlapParams(Record):
     sm_power_share: float = 0.0
     #: per-block time (s) of the collective that overlap does not hide
     serial_per_block_s: float = 0.0
+    #: aggregate byte rate (bytes/s) the collective saturates at however many blocks it is given (the
+    #: NVLink/HBM limit of the algorithm); inf: no saturation, the rate is ``k r(b)``
+    comm_max_bytes_per_s: float = float("inf")
+    #: sharpness ``n`` of the soft minimum between ``k r(b)`` and ``comm_max_bytes_per_s``
+    comm_saturation_exponent: float = 2.0
+    #: dynamic energy (J) per byte of the collective (links, HBM reads/writes): fixed by the bytes,
+    #: whatever the SM count, unlike the power of the blocks that hold SMs
+    comm_j_per_byte: float = 0.0
+    #: exponent ``epsilon`` of the share of an SM that a collective block of ``b`` threads takes from
+    #: compute, ``(b / threads_per_sm) ** epsilon`` (0: a block holds its whole SM; 1: compute blocks
+    #: fill the threads the collective leaves free)
+    sm_take_block_exponent: float = 0.0
+    threads_per_sm: int = 2048
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -131,7 +149,11 @@ class OverlapParams(Record):
             iteration_overhead_s=c.get("iteration_overhead_s", 0.0),
             sm_exponent_by_class=dict(c.get("sm_exponent_by_class", {})),
             interference=dict(c.get("interference", {})), sm_power_share=c.get("sm_power_share", 0.0),
-            serial_per_block_s=c.get("serial_per_block_s", 0.0))
+            serial_per_block_s=c.get("serial_per_block_s", 0.0),
+            comm_max_bytes_per_s=float(c.get("comm_max_bytes_per_s") or float("inf")),
+            comm_saturation_exponent=c.get("comm_saturation_exponent", 2.0),
+            comm_j_per_byte=c.get("comm_j_per_byte", 0.0),
+            sm_take_block_exponent=c.get("sm_take_block_exponent", 0.0))
 
 
 @functools.cache
@@ -163,7 +185,9 @@ class OverlapCost(Record):
 
 
 def sm_comm_time_s(comm_bytes: float, comm_sms: int, block_size: int, params: OverlapParams) -> float:
-    """Solo time (s) of an SM-driven collective: latency + bytes / (k r(b)) + per_block * k."""
+    """Solo time (s) of an SM-driven collective: latency + bytes / R(k, b) + per_block * k.
+
+    ``R(k, b)`` is ``k r(b)`` softly capped at ``comm_max_bytes_per_s`` (module docstring)."""
     if comm_bytes < 0:
         raise EstimateError(f"collective size must be >= 0 bytes, got {comm_bytes}")
     if not 0 < comm_sms < params.num_sms:
@@ -171,6 +195,9 @@ def sm_comm_time_s(comm_bytes: float, comm_sms: int, block_size: int, params: Ov
     if block_size <= 0:
         raise EstimateError(f"block_size must be > 0 threads, got {block_size}")
     rate = comm_sms * params.per_sm_bytes_per_s_512 * (block_size / 512) ** params.block_exponent
+    if params.comm_max_bytes_per_s < float("inf"):
+        n = params.comm_saturation_exponent
+        rate = rate / (1 + (rate / params.comm_max_bytes_per_s) ** n) ** (1 / n)
     return params.comm_latency_s + comm_bytes / rate + params.per_block_s * comm_sms
 
 
@@ -210,7 +237,8 @@ def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: float, comm_sms: in
     p = params
     n, k = p.num_sms, comm_sms
     t_comm = sm_comm_time_s(comm_bytes, k, block_size, p)
-    active = (n - k) / n  # SM share left to compute while the collective holds its blocks
+    taken = k * min(1.0, block_size / p.threads_per_sm) ** p.sm_take_block_exponent
+    active = (n - taken) / n  # SM share left to compute while the collective holds its blocks
     left = 1.0  # fraction of the collective still to do
     t = held = 0.0
     compute = 0.0
@@ -241,7 +269,7 @@ def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: float, comm_sms: in
     t += exposed
     held += exposed
     static = p.static_w * t
-    comm = _comm_power_w(k, block_size, p) * held
+    comm = _comm_power_w(k, block_size, p) * held + p.comm_j_per_byte * comm_bytes
     total = _cap(t, static + compute + comm, p)
     scale = total / (static + compute + comm) if static + compute + comm > 0 else 1.0
     return OverlapCost(time_s=t, static_j=static * scale, compute_j=compute * scale, comm_j=comm * scale,
