@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from energylens.costmodel.profile import load_profile
+from energylens.costmodel.hardware import get_gpu
+from energylens.costmodel.profile import default_profile
 from energylens.runtime.calibrate import build_samples, read_measurements, split_holdout, synthetic_records
 from energylens.runtime.validate import holdout
 
@@ -24,7 +25,7 @@ MEASUREMENTS = Path(__file__).resolve().parents[1] / "data" / "measurements"
 
 #: Known coefficients of the synthetic runs (H100-SXM), away from the datasheet start of the fit.
 TRUE = dict(mem_efficiency=0.72, attn_mem_efficiency=0.58, compute_efficiency=0.78, gemm_half_rows=90.0,
-            kernel_overhead_s=3.5e-6, static_power_w=130.0, flop_pj=0.7, byte_pj=80.0)
+            kernel_overhead_s=3.5e-6, kv_seq_overhead_s=2e-7, static_power_w=130.0, flop_pj=0.7, byte_pj=80.0)
 
 
 def _committed_gpu_runs() -> list[Path]:
@@ -48,7 +49,8 @@ def test_holdout_on_committed_gpu_runs():
 
 
 def test_holdout_on_synthetic_runs_recovers_coefficients(tmp_path):
-    true = load_profile("H100").with_params(**TRUE)
+    # truth = the datasheet start with TRUE changed: what calibration does not fit matches the start
+    true = default_profile(get_gpu("H100")).with_params(**TRUE)
     recs = synthetic_records("H100", true, seed=11, noise=0.03)  # SYNTHETIC: not a measurement
     assert all(r["env"]["synthetic"] for r in recs)
     path = tmp_path / "synthetic-h100-quick.jsonl"
@@ -65,7 +67,7 @@ def test_holdout_on_synthetic_runs_recovers_coefficients(tmp_path):
     print("[SYNTHETIC] recovered: " + ", ".join(f"{k} {getattr(cal.profile, k):.4g} (true {v:.4g})"
                                                for k, v in TRUE.items()))
     for name, value in TRUE.items():
-        tol = 0.25 if name in ("gemm_half_rows", "byte_pj", "attn_mem_efficiency", "static_power_w") else 0.1
+        tol = 0.25 if name in ("gemm_half_rows", "byte_pj", "attn_mem_efficiency", "static_power_w", "kv_seq_overhead_s") else 0.1
         assert getattr(cal.profile, name) == pytest.approx(value, rel=tol), name
     for m in res.report.metrics:
         assert m.mape_pct is not None and m.mape_pct < 8, m

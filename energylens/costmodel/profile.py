@@ -86,6 +86,7 @@ _DEFAULTS: dict[str, float] = {
     "compute_efficiency": 0.75,
     "gemm_half_rows": 64.0,
     "kernel_overhead_s": 3e-6,
+    "kv_seq_overhead_s": 1e-7,  # per sequence per paged-KV kernel (fits: H100 0.9e-7, B200 2.3e-7)
     "step_overhead_s": 1e-3,
     "seq_overhead_s": 5e-6,
 }

@@ -89,6 +89,7 @@ PARAMS: tuple[_Param, ...] = (
     _Param("compute_efficiency", 0.3, 1.0, False, "time", ("gemm", "attention_prefill", "prefill")),
     _Param("gemm_half_rows", 1.0, 2048.0, True, "time", ("gemm", "prefill", "decode")),
     _Param("kernel_overhead_s", 1e-8, 5e-5, True, "time", WORK_KINDS),
+    _Param("kv_seq_overhead_s", 1e-9, 2e-6, True, "time", ("attention_decode", "decode")),
     _Param("static_power_w", float("nan"), float("nan"), False, "power", ("static", *WORK_KINDS)),
     _Param("flop_pj", 0.01, 10.0, True, "power", ("gemm", "attention_prefill", "prefill")),
     _Param("byte_pj", 1.0, 500.0, True, "power", ("hbm_copy", "elementwise", "norm", "attention_decode", "decode")),
@@ -508,14 +509,15 @@ def predict(samples: Sequence[Sample], profile: Profile, *, sm_exponent: float |
 # ---- splitting --------------------------------------------------------------------------------------
 def split_holdout(samples: Sequence[Sample], seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """(calibration half, held-out half): within each op class, samples ordered by a seeded hash
-    of their key alternate between the halves, so both halves cover every op class."""
+    of their file name and key alternate between the halves, so both halves cover every op class.
+    The hash takes the file's name, not its path, so a checkout anywhere splits the same way."""
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_class[s.op_class].append(s)
     train: list[Sample] = []
     test: list[Sample] = []
     for cls in sorted(by_class):
-        group = sorted(by_class[cls], key=lambda s: hashlib.sha256(f"{seed}:{s.file}:{s.key}".encode()).hexdigest())
+        group = sorted(by_class[cls], key=lambda s: hashlib.sha256(f"{seed}:{Path(s.file).name}:{s.key}".encode()).hexdigest())
         train += group[0::2]
         test += group[1::2]
     return train, test
@@ -543,6 +545,7 @@ def _bounds(p: _Param, gpu: GPUSpec) -> tuple[float, float]:
 
 def _to_x(p: _Param, v: float, gpu: GPUSpec) -> float:
     lo, hi = _bounds(p, gpu)
+    v = min(max(v, lo), hi)  # a start outside the bounds (e.g. a datasheet 0) starts at the nearest one
     s = (math.log(v / lo) / math.log(hi / lo)) if p.log else (v - lo) / (hi - lo)
     s = min(max(s, 1e-4), 1 - 1e-4)
     return math.log(s / (1 - s))
