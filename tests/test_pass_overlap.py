@@ -79,9 +79,10 @@ def test_golden_moe_tp2(qwen_moe: Graph, golden) -> None:
     out = Overlap(comm_sms=SMS)(qwen_moe)
     verify_graph(out)
     _check_windows(qwen_moe, out)
-    # the expert all-reduce (axis etp) is not overlapped, and ends the window of the tp one before it
-    etp = [op for op in _ops(out) if isinstance(op, Collective) and op.axis != "tp"]
-    assert etp and all(op.stream == 0 and op.sm_share is None for op in etp)
+    # ep = 1 (vLLM): the MoE output is all-reduced over tp after the combine, overlapped like attention's
+    region = [op for op, count in out.walk() if count == 2 and isinstance(op, Collective)]
+    assert [(op.fn, op.axis, op.stream) for op in region] == [("all_reduce", "tp", 1)] * 2
+    assert region[1].result.type.dims == ("B", "S", "h")
     golden("pass_overlap_tp2_qwen3_moe_decode", print_graph(out))
 
 

@@ -10,7 +10,7 @@ from test_pass_graphs import llama_decode, moe_decode, traced
 
 from energylens.errors import ShardingError
 from energylens.ir.core import Collective, Einsum, Graph
-from energylens.ir.text import print_graph
+from energylens.ir.text import parse_graph, print_graph
 from energylens.ir.verify import verify_graph
 from energylens.passes.shard import (
     Shard,
@@ -89,7 +89,52 @@ def test_tiny_qwen3_moe_dp2_ep2_gathers_and_reduce_scatters(qwen_moe: Graph) -> 
     assert names.index(hidden[0].result.name) < min(experts) and max(experts) < names.index(hidden[1].result.name)
 
 
-@pytest.mark.parametrize("plan", [dict(tp=2, ep=2), dict(dp=2, ep=2), dict(tp=2, dp=2, ep=4)],
+def test_tiny_qwen3_moe_tp2_ep1_is_one_all_reduce_after_the_combine(qwen_moe: Graph) -> None:
+    # vLLM without expert parallelism: experts split on m over tp, the down projection's partial sums
+    # pass through the combine and one all_reduce of [tokens, h] sums them (not [e, C, h], top_k x more)
+    out = Shard(tp=2)(qwen_moe)
+    (ar,) = _moe_block(out)
+    assert (ar.fn, ar.axis, ar.result.type.dims) == ("all_reduce", "tp", ("B", "S", "h"))
+    assert ar.operands[0].name == "moe_experts_combine.partial"
+    sizes, mesh = out.bind(**BINDING), mesh_of(out)
+    assert collective_bytes(ar, sizes, mesh) == 4 * 1 * sizes["h"] * 2
+
+
+@pytest.mark.parametrize("plan", [dict(dp=2), dict(tp=2, dp=2)], ids=["dp=2", "tp=2,dp=2"])
+def test_tiny_qwen3_moe_dp2_ep1_gathers_tokens_and_reduce_scatters(qwen_moe: Graph, plan) -> None:
+    out = Shard(**plan)(qwen_moe)
+    verify_graph(out)
+    block = _moe_block(out)
+    assert all("e" not in op.result.type.dims for op in block)       # nothing per expert is communicated
+    names = [op.result.name for op, _ in out.walk()]
+    ops = {op.result.name: op for op, _ in out.walk()}
+    assert [o.name for o in ops["moe_experts_dispatch"].operands] == ["mul_14.ag_dp", "topk.ag_dp"]
+    assert ops["mul_14.ag_dp"].result.type.dims == ("B", "S", "h")
+    combine = names.index("moe_experts_combine.partial")
+    after = [(op.fn, op.axis) for op in block if names.index(op.result.name) > combine]
+    assert after == [("reduce_scatter", "dp")] + ([("all_reduce", "tp")] if plan.get("tp") else [])
+    assert ops["add_11"].sharding == (("B", "dp"),)                   # each replica's own tokens again
+    sizes, mesh = out.bind(**BINDING), mesh_of(out)
+    hidden = [op for op in block if op.result.type.dims == ("B", "S", "h")]
+    assert all(collective_bytes(op, sizes, mesh) == 4 * 1 * sizes["h"] * 2 for op in hidden[:2])
+
+
+def test_expert_partials_reduced_before_a_nonlinear_consumer() -> None:
+    # the rule, not a pattern: a consumer that is not linear in the expert partial sums (here an
+    # elementwise op before the combine) gets them all-reduced over etp first, per expert
+    text = print_graph(moe_decode()).replace(
+        "%moe = gather.combine[e] %edown,", "%edown2 = elementwise.silu %edown : bf16[e,C,h]\n"
+        "    %moe = gather.combine[e] %edown2,")
+    g = Shard(tp=2)(parse_graph(text))
+    verify_graph(g)
+    ops = {op.result.name: op for op, _ in g.walk()}
+    assert (ops["edown"].fn, ops["edown"].axis) == ("all_reduce", "etp")
+    assert ops["edown"].operands[0].name == "edown.partial"
+    assert ops["moe"].operands[0].name == "edown2"                    # the combine's result is whole
+
+
+@pytest.mark.parametrize("plan", [dict(tp=2, ep=2), dict(dp=2, ep=2), dict(tp=2, dp=2, ep=4),
+                                  dict(tp=2), dict(dp=2), dict(tp=2, dp=2)],
                          ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
 def test_expert_flops_over_gpus_equal_unsharded(qwen_moe: Graph, plan) -> None:
     out = Shard(**plan)(qwen_moe)
@@ -100,6 +145,7 @@ def test_expert_flops_over_gpus_equal_unsharded(qwen_moe: Graph, plan) -> None:
     for op in experts:
         local = local_dim_sizes(op, sizes, mesh)
         assert local["e"] == sizes["e"] / ep and local["C"] == sizes["C"]    # E/ep experts, all gathered tokens
+        assert local["m"] == sizes["m"] / mesh["etp"]                         # ep = 1: m split over tp x dp
         assert gpus * 2 * math.prod(local[d] for d in op.all_dims) == 2 * math.prod(sizes[d] for d in op.all_dims)
         assert replication(op, sizes, mesh) == 1
 

@@ -15,12 +15,23 @@ not out of matching one model's layers:
 * **Partial sums**: an einsum contracting a split dim, or a gather from a table split along the
   gathered dim (vocab-parallel embedding), leaves partial sums -> ``all_reduce`` over that axis
   right after it (Megatron's row-parallel linear). Column-parallel then row-parallel MLP and
-  attention fall out of this: one all_reduce per block.
+  attention fall out of this: one all_reduce per block. Partial sums over an expert axis (``ep``
+  or ``etp``) instead stay unreduced while every consumer is linear in them (an einsum; a gather
+  in its table, such as the MoE combine, whose routing weights are replicated) and are reduced
+  where a consumer needs the whole value: after the combine as vLLM does (``reduce_scatter``
+  over ``dp`` when dp > 1, then ``all_reduce`` over ``tp``, of ``[tokens, h]``), or per expert
+  with an ``all_reduce`` over their axis if a non-linear op reads them before any combine.
 * **Full operands**: a reduction over a split dim, a graph output or a region carry that must be
   whole -> ``all_gather`` first (e.g. vocab-split logits).
 * **Experts, ep = 1** (vLLM without ``--enable-expert-parallel``): expert weights are split on
-  ``m`` over all tp x dp GPUs (``etp``); with dp > 1 the replicas' tokens per expert are
-  all-gathered over ``dp`` before the experts.
+  ``m`` over all tp x dp GPUs (``etp``) and every GPU runs every expert's slice on all tokens.
+  With dp > 1 the dispatch first all-gathers its token operands (hidden states, routing) over
+  ``dp``. The down projection contracts ``m`` and leaves partial sums over ``etp``; they pass
+  through the combine (a sum over ``e``, linear in them) and are reduced once as ``[tokens, h]``:
+  ``reduce_scatter`` over ``dp`` (dp > 1), then ``all_reduce`` over ``tp`` (tp > 1), not as
+  ``[e, C, h]`` (top_k times the bytes). vLLM's ``FusedMoE`` runs the same sequence: with dp > 1
+  it flattens tp x dp into the MoE tp group, dispatches / combines over dp as below, then
+  ``tensor_model_parallel_all_reduce`` of the combined ``final_hidden_states``.
 * **Experts, ep = tp x dp** (vLLM's ``--enable-expert-parallel``; no other ep exists there, so any
   other ep > 1 is a ``ShardingError``): each GPU holds E/ep whole experts. The MoE dispatch (a
   gather from tokens to ``[e, C, ...]``) first all-gathers its token operands over ``dp`` (the
@@ -247,6 +258,18 @@ def _sums_over_experts(op: Op) -> bool:
     return isinstance(op, Einsum) and "e" in op.contracted_dims
 
 
+def _linear_in(op: Op, i: int) -> bool:
+    """Whether ``op`` is linear in its operand ``i`` (the others fixed): partial sums pass through it.
+
+    An einsum is linear in each operand; a gather (a lookup or the MoE combine, whose routing
+    weights scale the rows) in its table, operand 0. A KV-cache scatter, an elementwise op (an add
+    of partial sums to a whole value is not a sum of partials) or a reduction is not counted.
+    """
+    if isinstance(op, Einsum):
+        return True
+    return isinstance(op, Gather) and op.fn != "scatter" and i == 0
+
+
 def _dims_of(op: Op) -> list[str]:
     """Every dim of an op, in order of appearance (operands, then result)."""
     return list(dict.fromkeys(d for v in (*op.operands, op.result) for d in v.type.dims))
@@ -264,6 +287,11 @@ class _Sharder:
         self.out: list[Op] = []
         self.must_be_whole = set(graph.outputs)
         self.required: dict[str, State] = {}                  # value -> state it must have (carry)
+        self.pending: dict[str, set[str]] = {}                # value -> expert axes of its deferred partial sums
+        self.uses: dict[str, list[tuple[Op, int]]] = {}       # value -> (consumer, operand position)
+        for op, _ in graph.walk():
+            for i, v in enumerate(op.operands):
+                self.uses.setdefault(v.name, []).append((op, i))
         self.names = {d.value.name for d, _ in graph.all_decls()} | {op.result.name for op, _ in graph.walk()}
 
     # -- seeds ------------------------------------------------------------------------------
@@ -366,9 +394,30 @@ class _Sharder:
             v = self.gather_axes(v, {"ep"}, op)                                   # experts whole
         return v
 
+    def defers(self, name: str) -> bool:
+        """Whether expert partial sums in value ``name`` may stay unreduced: every consumer is linear in it."""
+        uses = self.uses.get(name, [])
+        return (bool(uses) and name not in self.must_be_whole and name not in self.required
+                and all(_linear_in(op, i) for op, i in uses))
+
+    def reduce_pending(self, v: Value, op: Op) -> Value:
+        """``v`` with its deferred expert partial sums all-reduced (a consumer needs the whole value)."""
+        for axis in sorted(self.pending.get(v.name, ())):
+            v = self.convert(v, "all_reduce", axis, dict(self.state[v.name]), op)
+        return v
+
     # -- ops ----------------------------------------------------------------------------------
     def op(self, op: Op) -> None:
         operands = list(op.operands)
+        # Deferred expert partial sums flow on through one operand the op is linear in; any other
+        # partial operand is reduced first (the product of two partial sums is not a partial sum).
+        incoming: set[str] = set()
+        for i, v in enumerate(operands):
+            if v.name in self.pending:
+                if not incoming and _linear_in(op, i):
+                    incoming = set(self.pending[v.name])
+                else:
+                    operands[i] = self.reduce_pending(v, op)
         states = [self.state.get(v.name, {}) for v in operands]
         expert = self.is_expert_op(op, states)
         for i, v in enumerate(operands):
@@ -376,9 +425,12 @@ class _Sharder:
                 operands[i] = self.to_expert(v, op) if expert else self.to_dense(v, op)
         ep_mode = self.mesh["ep"] > 1
         dispatch = ep_mode and _is_dispatch(op)
-        if dispatch or (ep_mode and any(self.state[v.name].get("e") == "ep" for v in operands)):
-            # vLLM EP: the dispatch all-gathers the replicas' tokens (and routing) over dp; the expert
-            # layout then covers every gathered token, so token operands joining it are gathered too
+        experts_split = ep_mode or self.mesh["etp"] > 1
+        if (experts_split and _is_dispatch(op)) or incoming or (
+                ep_mode and any(self.state[v.name].get("e") == "ep" for v in operands)):
+            # vLLM: the dispatch all-gathers the replicas' tokens (and routing) over dp; the expert
+            # layout (local experts, or expert partial sums) then covers every gathered token, so
+            # token operands joining it (the combine's routing weights) are gathered too
             for i, v in enumerate(operands):
                 if v.name not in self.params and self.state[v.name].get("e") != "ep":
                     operands[i] = self.gather_axes(v, {"dp"} & set(self.state[v.name].values()), op)
@@ -413,11 +465,21 @@ class _Sharder:
                 if target is not None:
                     rstate[target] = axis
                     sharding += ((target, axis),)
-        # Partial sums: one all_reduce per axis; expert partials (ep = tp x dp) as vLLM reduces them:
-        # reduce_scatter over dp (each replica gets its own tokens back), then all_reduce over tp.
-        steps = [("all_reduce", axis) for axis in sorted(partial - {"ep"})]
+        # Partial sums: one all_reduce per axis. Expert partials (over ep, or over etp when ep = 1)
+        # stay unreduced while every consumer is linear in them (the combine sums them over e), and
+        # are then reduced as vLLM does after the combine: reduce_scatter over dp (each replica gets
+        # its own tokens back), then all_reduce over tp; tp x dp GPUs in all, ep's or etp's.
+        partial |= incoming
+        name = op.result.name
+        expert_partial = partial & _EXPERT_AXES
+        if expert_partial and self.defers(name):
+            self.pending[name] = expert_partial
+            partial -= expert_partial
+            expert_partial = set()
+        per_expert = "e" in rdims      # not combined yet: all_reduce over the expert axis as it is
+        steps = [("all_reduce", axis) for axis in sorted(partial - (set() if per_expert else _EXPERT_AXES))]
         after = dict(rstate)
-        if "ep" in partial:
+        if expert_partial and not per_expert:
             token = next((d for d in _TOKEN_DIMS if d in rdims and d not in after), None)
             if self.mesh["dp"] > 1:
                 steps.append(("reduce_scatter", "dp") if token else ("all_reduce", "dp"))
@@ -425,7 +487,6 @@ class _Sharder:
                     after[token] = "dp"
             if self.mesh["tp"] > 1:
                 steps.append(("all_reduce", "tp"))
-        name = op.result.name
         required = self.required.get(name)
         if name in self.must_be_whole:
             required = {d: a for d, a in after.items() if a == "dp" and d in _TOKEN_DIMS}
