@@ -353,7 +353,9 @@ def to_profile(x: np.ndarray, fit_windows: str, stats: dict, data: str) -> dict:
             "fit_windows": fit_windows, "residuals_on_fit_rows": stats,
             "model": "energylens.costmodel.overlap: event-simulated window; per-class SM-loss exponent and "
                      "interference stretch, comm slowdown by class, serial per-block cost, SM share of "
-                     "dynamic power; kernel 6 (linear proj + its NCCL TP all-reduce) priced as 'comm'",
+                     "dynamic power, collective rate softly saturating at comm_max_bytes_per_s, SM share "
+                     "a comm block takes by its threads (sm_take_block_exponent), energy per byte moved; "
+                     "kernel 6 (linear proj + its NCCL TP all-reduce) priced as 'comm'",
             "calibration": "the 7 kernel solo times and per-class dynamic powers are fitted with the "
                            "global coefficients (no solo-kernel measurements in the data)",
         },

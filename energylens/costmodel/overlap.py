@@ -46,7 +46,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeAlias
+
+import numpy as np
 
 from energylens.costmodel.hardware import get_gpu
 from energylens.errors import EstimateError, UnknownNameError
@@ -54,6 +56,7 @@ from energylens.typing import Record
 
 __all__ = [
     "KERNEL_CLASSES",
+    "Floats",
     "Kernel",
     "OverlapParams",
     "OverlapCost",
@@ -65,22 +68,31 @@ __all__ = [
 #: Kernel classes the contention model distinguishes.
 KERNEL_CLASSES: tuple[str, ...] = ("memory", "gemm", "attention", "comm")
 
+#: A float, or a numpy array of floats: the window rules broadcast over arrays (the search prices
+#: every batch x clock point of a window at once, ``energylens.search.evaluate``).
+Floats: TypeAlias = "float | np.ndarray"
+
 #: GPU -> overlap profile file stem (profiles/overlap_<stem>.json).
 _PROFILE_OF: dict[str, str] = {"A100-SXM4-40GB": "a100_sxm4_40gb", "A100-SXM-80GB": "a100_sxm4_40gb"}
 
 
 @dataclass(frozen=True)
 class Kernel(Record):
-    """One compute kernel on stream 0: solo time (s), dynamic power above static (W), class."""
+    """One compute kernel on stream 0: solo time (s), dynamic power above static (W), class.
 
-    time_s: float
-    dyn_power_w: float
-    cls: str = "gemm"
+    Fields may be numpy arrays (broadcast together, and with the window's ``comm_bytes``): one kernel
+    position priced at many points at once; ``cls`` is then an array of class names.
+    """
+
+    time_s: Floats
+    dyn_power_w: Floats
+    cls: str | np.ndarray = "gemm"
 
     def __post_init__(self) -> None:
-        if self.cls not in KERNEL_CLASSES:
-            raise UnknownNameError("kernel class", self.cls, KERNEL_CLASSES)
-        if self.time_s < 0 or self.dyn_power_w < 0:
+        for c in ((self.cls,) if isinstance(self.cls, str) else set(np.asarray(self.cls).flat)):
+            if c not in KERNEL_CLASSES:
+                raise UnknownNameError("kernel class", str(c), KERNEL_CLASSES)
+        if np.any(np.less(self.time_s, 0)) or np.any(np.less(self.dyn_power_w, 0)):
             raise EstimateError(f"kernel time and power must be >= 0, got {self.time_s}, {self.dyn_power_w}")
 
 
@@ -169,45 +181,47 @@ class OverlapCost(Record):
 
     ``comm_exposed_s`` is the time the compute stream waited for the collective after the window
     (its serial per-block part included); ``contended_s`` the time both streams ran together.
+    Fields are floats, or arrays where the kernels or ``comm_bytes`` were.
     """
 
-    time_s: float
-    static_j: float
-    compute_j: float
-    comm_j: float
-    comm_time_s: float
-    comm_exposed_s: float
-    contended_s: float = 0.0
+    time_s: Floats
+    static_j: Floats
+    compute_j: Floats
+    comm_j: Floats
+    comm_time_s: Floats
+    comm_exposed_s: Floats
+    contended_s: Floats = 0.0
 
     @property
-    def energy_j(self) -> float:
+    def energy_j(self) -> Floats:
         return self.static_j + self.compute_j + self.comm_j
 
 
-def sm_comm_time_s(comm_bytes: float, comm_sms: int, block_size: int, params: OverlapParams) -> float:
+def sm_comm_time_s(comm_bytes: Floats, comm_sms: int, block_size: int, params: OverlapParams) -> Floats:
     """Solo time (s) of an SM-driven collective: latency + bytes / R(k, b) + per_block * k.
 
-    ``R(k, b)`` is ``k r(b)`` softly capped at ``comm_max_bytes_per_s`` (module docstring)."""
-    if comm_bytes < 0:
+    ``R(k, b)`` is ``k r(b)`` softly capped at ``comm_max_bytes_per_s`` (module docstring).
+    ``comm_bytes`` may be an array (the time is then one too)."""
+    if np.any(np.less(comm_bytes, 0)):
         raise EstimateError(f"collective size must be >= 0 bytes, got {comm_bytes}")
     if not 0 < comm_sms < params.num_sms:
         raise EstimateError(f"comm_sms must be in 1..{params.num_sms - 1}, got {comm_sms}")
     if block_size <= 0:
         raise EstimateError(f"block_size must be > 0 threads, got {block_size}")
-    rate = comm_sms * params.per_sm_bytes_per_s_512 * (block_size / 512) ** params.block_exponent
-    if params.comm_max_bytes_per_s < float("inf"):
-        n = params.comm_saturation_exponent
-        rate = rate / (1 + (rate / params.comm_max_bytes_per_s) ** n) ** (1 / n)
-    return params.comm_latency_s + comm_bytes / rate + params.per_block_s * comm_sms
+    return params.comm_latency_s + comm_bytes / _comm_rate(comm_sms, block_size, params) + params.per_block_s * comm_sms
+
+
+def _comm_rate(comm_sms: int, block_size: int, p: OverlapParams) -> float:
+    """Aggregate byte rate ``R(k, b)`` (bytes/s) of the collective."""
+    rate = comm_sms * p.per_sm_bytes_per_s_512 * (block_size / 512) ** p.block_exponent
+    if p.comm_max_bytes_per_s < float("inf"):
+        n = p.comm_saturation_exponent
+        rate = rate / (1 + (rate / p.comm_max_bytes_per_s) ** n) ** (1 / n)
+    return rate
 
 
 def _comm_power_w(comm_sms: int, block_size: int, p: OverlapParams) -> float:
     return p.comm_active_w + p.sm_power_w * comm_sms * (block_size / 512) ** p.sm_power_block_exponent
-
-
-def _cap(time_s: float, energy_j: float, p: OverlapParams) -> float:
-    """Energy with average power capped at TDP (the GPU throttles above it)."""
-    return min(energy_j, p.tdp_w * time_s) if time_s > 0 else energy_j
 
 
 def serial_cost(kernels: Sequence[Kernel], params: OverlapParams) -> OverlapCost:
@@ -228,50 +242,80 @@ def _sigma(cls: str, p: OverlapParams) -> float:
     return p.mem_interference if cls == "memory" else 0.0
 
 
-def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: float, comm_sms: int, block_size: int,
+def _by_class(cls: str | np.ndarray, table: Mapping[str, tuple[float, float]]) -> tuple[Floats, Floats]:
+    """``table[cls]`` for one class name, or elementwise over an array of class names (two arrays)."""
+    if isinstance(cls, str):
+        return table[cls]
+    names = np.asarray(cls)
+    present = set(names.flat)
+    if len(present) == 1:
+        return table[str(present.pop())]
+    a, b = np.empty(names.shape), np.empty(names.shape)
+    for c in present:
+        mask = names == c
+        a[mask], b[mask] = table[str(c)]
+    return a, b
+
+
+# Float-or-array forms of ``a if cond else b`` and ``a / b if b > 0 else default``: plain Python on
+# floats (the scalar path stays fast), numpy on arrays. Both paths run the same rules below.
+def _where(cond: Any, a: Floats, b: Floats) -> Floats:
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, a, b)
+    return a if cond else b
+
+
+def _div(a: Floats, b: Floats, default: Floats) -> Floats:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or isinstance(default, np.ndarray):
+        pos = np.greater(b, 0)
+        return np.where(pos, a / np.where(pos, b, 1.0), default)
+    return a / b if b > 0 else default
+
+
+def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: Floats, comm_sms: int, block_size: int,
                    params: OverlapParams) -> OverlapCost:
     """One GPU's window: a collective launched before ``kernels[0]``, synchronised after the last.
 
-    An empty ``kernels`` is the serial case (collective alone, then the compute).
+    An empty ``kernels`` is the serial case (collective alone, then the compute). Works on floats and
+    on numpy arrays alike: kernel fields and ``comm_bytes`` broadcast together, and every field of
+    the result is then an array (the search prices all its points with this one function).
     """
     p = params
     n, k = p.num_sms, comm_sms
     t_comm = sm_comm_time_s(comm_bytes, k, block_size, p)
     taken = k * min(1.0, block_size / p.threads_per_sm) ** p.sm_take_block_exponent
     active = (n - taken) / n  # SM share left to compute while the collective holds its blocks
-    left = 1.0  # fraction of the collective still to do
-    t = held = 0.0
-    compute = 0.0
+    left: Floats = 1.0  # fraction of the collective still to do
+    t: Floats = 0.0
+    held: Floats = 0.0
+    compute: Floats = 0.0
+    # per class: the compute stretch (SM loss x interference) and the collective's slowdown
+    by_class = {c: ((1.0 / active) ** _alpha(c, p) * (1 + _sigma(c, p)), 1 + p.comm_slowdown.get(c, 0.0))
+                for c in KERNEL_CLASSES}
     for kern in kernels:
-        if left <= 0:
-            t += kern.time_s
-            compute += kern.time_s * kern.dyn_power_w
-            continue
-        f_sm = (1.0 / active) ** _alpha(kern.cls, p)
-        stretch = f_sm * (1 + _sigma(kern.cls, p))
-        ti = kern.time_s * stretch  # contended duration of the whole kernel
-        tc = t_comm * (1 + p.comm_slowdown.get(kern.cls, 0.0))
-        if left * tc >= ti:  # the kernel ends first
-            q = 1.0
-            left -= ti / tc if tc > 0 else left
-        else:  # the collective ends inside this kernel; the rest of the kernel runs alone
-            q = left * tc / ti  # share of the kernel's work done while contended
-            left = 0.0
+        kt, kw = kern.time_s, kern.dyn_power_w
+        stretch, slow = _by_class(kern.cls, by_class)
+        ti = kt * stretch  # contended duration of the whole kernel
+        tc = t_comm * slow
+        running = left > 0  # else the collective is done: the kernel runs alone (q = 0)
+        ends_first = left * tc >= ti  # the kernel ends first (q = 1); else the collective ends inside it
+        q = _where(running, _where(ends_first, 1.0, _div(left * tc, ti, 0.0)), 0.0)  # contended share of its work
+        left = _where(running, _where(ends_first, left - _div(ti, tc, left), 0.0), left)
         tt = q * ti
-        t += tt + (1 - q) * kern.time_s
-        held += tt
+        t = t + tt + (1 - q) * kt  # the rest of the kernel runs alone
+        held = held + tt
         # memory side: fixed by the work; SM side: power x active share for the contended time
-        sm_part = p.sm_power_share * kern.dyn_power_w
-        compute += kern.time_s * kern.dyn_power_w * (1 - q) + q * kern.time_s * (kern.dyn_power_w - sm_part)
-        compute += sm_part * active * tt
+        sm_part = p.sm_power_share * kw
+        compute = compute + kt * kw * (1 - q) + q * kt * (kw - sm_part) + sm_part * active * tt
     contended = held
     exposed = left * t_comm + p.serial_per_block_s * k
-    t += exposed
-    held += exposed
+    t = t + exposed
+    held = held + exposed
     static = p.static_w * t
     comm = _comm_power_w(k, block_size, p) * held + p.comm_j_per_byte * comm_bytes
-    total = _cap(t, static + compute + comm, p)
-    scale = total / (static + compute + comm) if static + compute + comm > 0 else 1.0
+    raw = static + compute + comm
+    capped = np.minimum(raw, p.tdp_w * t) if isinstance(raw, np.ndarray) else min(raw, p.tdp_w * t)
+    total = _where(t > 0, capped, raw)  # average power capped at TDP (the GPU throttles above it)
+    scale = _div(total, raw, 1.0)
     return OverlapCost(time_s=t, static_j=static * scale, compute_j=compute * scale, comm_j=comm * scale,
                        comm_time_s=held, comm_exposed_s=exposed, contended_s=contended)
-

@@ -29,8 +29,8 @@ inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signat
   minus the solo cost of the compute ops, so sums stay additive. Kernels are priced at the full
   batch: the weight re-reads of the second nano-batch are not counted (an optimistic bound).
   Contention coefficients are fitted on A100 (``profiles/overlap_a100_sxm4_40gb.json``); other
-  GPUs use them with their own SM count, static power and TDP, and the per-SM byte rate scaled by
-  NVLink bandwidth per SM (``overlap_params``).
+  GPUs use them with their own SM count, static power and TDP, the per-SM byte rate scaled by
+  NVLink bandwidth per SM and the collective's saturation rate by NVLink bandwidth (``overlap_params``).
 
 ``plan_work`` is the lower-level, vectorisable entry point for the search (see its docstring).
 
@@ -276,14 +276,22 @@ def _overlap_params(gpu_name: str, static_w: float) -> OverlapParams:
     base = OverlapParams.load("A100-SXM4-40GB")
     gpu, a100 = get_gpu(gpu_name), get_gpu("A100-SXM4-40GB")
     link = gpu.nvlink_bandwidth_bytes_per_s or gpu.pcie_bandwidth_bytes_per_s
-    per_sm = (link / gpu.compute_units) / (a100.nvlink_bandwidth_bytes_per_s / a100.compute_units)  # type: ignore[operator]
+    link_ratio = link / a100.nvlink_bandwidth_bytes_per_s  # type: ignore[operator]
+    per_sm = link_ratio * a100.compute_units / gpu.compute_units
+    # the rate limit the collective saturates at is the link's: it scales with the link bandwidth
+    # (inf stays inf); threads per SM (the SM share a comm block takes) from the spec where it has one
+    threads = getattr(gpu, "threads_per_sm", None) or base.threads_per_sm
     return dataclasses.replace(base, num_sms=gpu.compute_units, tdp_w=gpu.tdp_w, static_w=static_w,
-                               per_sm_bytes_per_s_512=base.per_sm_bytes_per_s_512 * per_sm)
+                               per_sm_bytes_per_s_512=base.per_sm_bytes_per_s_512 * per_sm,
+                               comm_max_bytes_per_s=base.comm_max_bytes_per_s * link_ratio,
+                               threads_per_sm=threads)
 
 
 def overlap_params(gpu: GPUSpec, profile: Profile) -> OverlapParams:
-    """Contention coefficients for ``gpu``: the A100 fit with this GPU's SMs, TDP, static power and
-    the per-SM byte rate scaled by its NVLink bandwidth per SM (its own fit where one exists)."""
+    """Contention coefficients for ``gpu`` (its own fit where one exists), else the A100 fit with
+    this GPU's SMs, TDP and static power, the per-SM byte rate scaled by its NVLink bandwidth per SM
+    and the saturation rate ``comm_max_bytes_per_s`` by its NVLink bandwidth (PCIe where it has no
+    NVLink), relative to the A100's; the other coefficients (exponents, J/byte) carry over as fitted."""
     try:
         own = OverlapParams.load(gpu.name)
     except UnknownNameError:  # no fit of its own: transfer the A100 one

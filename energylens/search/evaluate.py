@@ -18,8 +18,8 @@ arithmetic, with the same rules as ``energylens.estimate`` (``costmodel/plan.py`
   (A clock is exactly a profile with ``compute_efficiency`` and ``vector_flops_fraction`` scaled
   by ``f / f_max`` and ``flop_pj`` by ``V(f)^2``: ``clock_profile`` builds it for the scalar oracle);
 * **overlap SMs** ``comm_sms``: each tensor-parallel collective's window (the compute ops after it,
-  up to the next collective) is simulated with ``overlap.overlap_window``'s event rules, written
-  here on arrays ``(points, clocks, sms)``; one loop iteration per op of the window.
+  up to the next collective) is simulated by ``overlap.overlap_window`` itself, called on arrays
+  ``(windows, points, clocks)`` once per SM count; one loop iteration per op of the window.
 
 The Python work per variant is thus a loop over ops (one per component, plus one per overlapped
 window op), each iteration doing numpy over ``points x clocks [x sms]``.
@@ -40,7 +40,7 @@ from energylens.costmodel.comm import collective_cost
 from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, op_time_s
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.memory import _chunk
-from energylens.costmodel.overlap import OverlapParams
+from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
 from energylens.costmodel.plan import PlanOp, overlap_params, plan_graph, plan_work
 from energylens.costmodel.power import capped_time_s, dynamic_energy_j
 from energylens.costmodel.profile import Profile
@@ -196,44 +196,17 @@ def _windows(ops: _Ops, c: _Ctx, k: int, comm: list[int], windows: list[list[int
     """``overlap.overlap_window`` on arrays, every window at once: (time, energy), (windows, points, clocks).
 
     Windows are padded with the all-zero row (a kernel of zero time changes nothing)."""
-    p = params = c.params
-    assert params is not None
+    assert c.params is not None
     zero = len(ops.recs)
     width = max(len(w) for w in windows)
     idx = np.array([w + [zero] * (width - len(w)) for w in windows])            # (W, width)
     nbytes = np.stack([_col(ops.recs[i].comm_bytes, ops.t.shape[1]) for i in comm])  # (W, points)
-    rate = k * p.per_sm_bytes_per_s_512 * (block / 512) ** p.block_exponent
-    t_comm = (p.comm_latency_s + nbytes / rate + p.per_block_s * k)[..., None]   # sm_comm_time_s
-    n_sm = p.num_sms
-    active = (n_sm - k) / n_sm
+    cls_of = np.array([_CLS.get(r.cls, r.cls) for r in ops.recs] + ["memory"])
+    kernels = [Kernel(time_s=ops.t[col], dyn_power_w=ops.dyn_w[col], cls=cls_of[col][:, None, None])
+               for col in idx.T]
+    w = overlap_window(kernels, comm_bytes=nbytes[..., None], comm_sms=k, block_size=block, params=c.params)
     shape = (len(windows), *ops.t.shape[1:])
-    left, t, held, compute = np.ones(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    cls_of = [_CLS.get(r.cls, r.cls) for r in ops.recs] + ["memory"]
-    f_sm = np.array([(1.0 / active) ** p.sm_exponent_by_class.get(x, p.sm_exponent) for x in cls_of])
-    sigma = np.array([p.interference.get(x, p.mem_interference if x == "memory" else 0.0) for x in cls_of])
-    slow = np.array([1 + p.comm_slowdown.get(x, 0.0) for x in cls_of])
-    for j in range(width):
-        col = idx[:, j]
-        kt, kw = ops.t[col], ops.dyn_w[col]
-        ti = kt * (f_sm[col] * (1 + sigma[col]))[:, None, None]
-        tc = t_comm * slow[col][:, None, None]
-        running = left > 0
-        ends_first = left * tc >= ti
-        q = np.where(ends_first, 1.0, np.divide(left * tc, ti, out=np.zeros_like(ti), where=ti > 0))
-        q = np.where(running, q, 0.0)
-        step = np.divide(ti, tc, out=left.copy(), where=tc > 0)
-        left = np.where(running, np.where(ends_first, left - step, 0.0), left)
-        tt = q * ti
-        t = t + tt + (1 - q) * kt
-        held = held + tt
-        sm_part = p.sm_power_share * kw
-        compute = compute + kt * kw * (1 - q) + q * kt * (kw - sm_part) + sm_part * active * tt
-    exposed = np.maximum(left, 0.0) * t_comm + p.serial_per_block_s * k
-    t = t + exposed
-    held = held + exposed
-    comm_w = p.comm_active_w + p.sm_power_w * k * (block / 512) ** p.sm_power_block_exponent
-    raw = p.static_w * t + compute + comm_w * held
-    return t, np.where(t > 0, np.minimum(raw, p.tdp_w * t), raw)
+    return np.broadcast_to(w.time_s, shape), np.broadcast_to(w.energy_j, shape)
 
 
 def _totals(ops: _Ops, c: _Ctx, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
