@@ -5,7 +5,8 @@ Predicts every supported row of an ML.ENERGY-schema CSV through the public API
 energy per output token. Prints a per-row table, the skipped rows with their reasons, the rows
 predicted despite the memory check (a measured run held a batch whose private KV caches would not
 fit: vLLM's prefix cache shares the blocks of multi-turn prompts; they are priced with
-``el.estimate(..., check_memory=False)`` and marked ``*`` in the table), and ends with exactly one line ``MAPE itl=X% power=Y% energy_per_token=Z% rows=N skipped=M``.
+``el.estimate(..., check_memory=False)`` and marked ``*`` in the table), and ends with exactly one
+line ``MAPE itl=X% power=Y% energy_per_token=Z% rows=N skipped=M``.
 
 Dev-set error (profiles fitted on the same file)::
 
@@ -144,10 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for col in ("line", "model", "task", "gpu", "batch", "ITL ms meas", "pred", "err%",
                 "power W meas", "pred", "err%", "J/tok meas", "pred", "err%"):
         table.add_column(col, justify="left" if col in ("model", "task", "gpu") else "right")
+    over_memory_lines = {r.line for r, _ in over_memory}
     for res in results:
         r = res.row
         table.add_row(
-            str(r.line) + ("*" if any(o is r for o, _ in over_memory) else ""), r.model_id, r.task, r.gpu_model, f"{r.avg_batch_size:.0f}",
+            str(r.line) + ("*" if r.line in over_memory_lines else ""), r.model_id, r.task, r.gpu_model,
+            f"{r.avg_batch_size:.0f}",
             f"{r.median_itl_ms:.2f}", f"{res.itl_s * 1e3:.2f}", f"{_pct(res.itl_s * 1e3, r.median_itl_ms):+.1f}",
             f"{r.avg_power_watts_total:.0f}", f"{res.power_w:.0f}", f"{_pct(res.power_w, r.avg_power_watts_total):+.1f}",
             f"{r.energy_per_token_j:.4f}", f"{res.energy_per_token_j:.4f}",

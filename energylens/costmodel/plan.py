@@ -279,12 +279,10 @@ def _overlap_params(gpu_name: str, static_w: float) -> OverlapParams:
     link_ratio = link / a100.nvlink_bandwidth_bytes_per_s  # type: ignore[operator]
     per_sm = link_ratio * a100.compute_units / gpu.compute_units
     # the rate limit the collective saturates at is the link's: it scales with the link bandwidth
-    # (inf stays inf); threads per SM (the SM share a comm block takes) from the spec where it has one
-    threads = getattr(gpu, "threads_per_sm", None) or base.threads_per_sm
+    # (inf stays inf); threads per SM stay the A100's (GPUSpec has no such field yet)
     return dataclasses.replace(base, num_sms=gpu.compute_units, tdp_w=gpu.tdp_w, static_w=static_w,
                                per_sm_bytes_per_s_512=base.per_sm_bytes_per_s_512 * per_sm,
-                               comm_max_bytes_per_s=base.comm_max_bytes_per_s * link_ratio,
-                               threads_per_sm=threads)
+                               comm_max_bytes_per_s=base.comm_max_bytes_per_s * link_ratio)
 
 
 def overlap_params(gpu: GPUSpec, profile: Profile) -> OverlapParams:

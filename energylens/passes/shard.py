@@ -424,9 +424,10 @@ class _Sharder:
             if v.name not in self.params:
                 operands[i] = self.to_expert(v, op) if expert else self.to_dense(v, op)
         ep_mode = self.mesh["ep"] > 1
-        dispatch = ep_mode and _is_dispatch(op)
+        is_dispatch = _is_dispatch(op)
+        dispatch = ep_mode and is_dispatch
         experts_split = ep_mode or self.mesh["etp"] > 1
-        if (experts_split and _is_dispatch(op)) or incoming or (
+        if (experts_split and is_dispatch) or incoming or (
                 ep_mode and any(self.state[v.name].get("e") == "ep" for v in operands)):
             # vLLM: the dispatch all-gathers the replicas' tokens (and routing) over dp; the expert
             # layout (local experts, or expert partial sums) then covers every gathered token, so
