@@ -18,10 +18,29 @@ GPU = "A100-SXM4-40GB"
 
 
 def test_table_points_are_reproduced() -> None:
-    e = comm_profile("a100_sxm")["tables"]["all_reduce"]["2"]
+    e = comm_profile("a100_sxm")["tables"]["all_gather"]["2"]
     for b, t in zip(e["bytes"], e["latency_s"], strict=True):
-        got, how = collective_time_s("all_reduce", b, 2, GPU)
+        got, how = collective_time_s("all_gather", b, 2, GPU)
         assert how == "table" and got == pytest.approx(t, rel=1e-9)
+
+
+@pytest.mark.parametrize("gpu", ["A100-SXM4-40GB", "H100-SXM", "H200", "B200"])
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_all_reduce_takes_vllm_kernel_for_small_messages(gpu: str, n: int) -> None:
+    """Below 8 MiB an all-reduce costs the faster of vLLM's own kernel and NCCL (both measured);
+    decode-sized messages are priced from vLLM's table, large ones from NCCL's."""
+    key = {"A100-SXM4-40GB": "a100_sxm", "H100-SXM": "h100_sxm", "H200": "h200_sxm", "B200": "b200_sxm"}[gpu]
+    prof = comm_profile(key)
+    vllm, nccl = prof["vllm_all_reduce"][str(n)], prof["tables"]["all_reduce"][str(n)]
+    t, how = collective_time_s("all_reduce", 16 * 2**10, n, gpu)  # 16 KiB: one decode token row of a 8k model
+    assert how == "table_vllm" and t < collective_time_s("all_gather", 16 * 2**10, n, gpu)[0] * 3
+    for b in [2**k for k in range(9, 23)]:  # 512 B .. 4 MiB
+        got, how = collective_time_s("all_reduce", b, n, gpu)
+        t_nccl = min(nccl["latency_s"][i] for i, x in enumerate(nccl["bytes"]) if x >= b)
+        assert got <= t_nccl * (1 + 1e-9), (b, got, t_nccl)
+        if b in vllm["bytes"]:
+            assert got <= vllm["latency_s"][vllm["bytes"].index(b)] * (1 + 1e-9)
+    assert collective_time_s("all_reduce", 64 * 2**20, n, gpu)[1] == "table"  # large: NCCL
 
 
 def test_loglog_interpolation_between_points() -> None:
@@ -45,8 +64,9 @@ def test_alpha_beta_outside_the_table() -> None:
     t, how = collective_time_s("all_reduce", big, 8, "H100-SXM")
     assert how == "alpha_beta_large"
     assert t == pytest.approx(e["alpha_s"] + e["beta_s_per_byte"] * big)
-    t_small, how_small = collective_time_s("all_reduce", 10, 8, "H100-SXM")
-    assert how_small == "alpha_beta_small" and 0 < t_small <= e["latency_s"][0]
+    g = comm_profile("h100_sxm")["tables"]["all_gather"]["8"]
+    t_small, how_small = collective_time_s("all_gather", 10, 8, "H100-SXM")
+    assert how_small == "alpha_beta_small" and 0 < t_small <= g["latency_s"][0]
     t6, how6 = collective_time_s("all_gather", 2**26, 6, "H100-SXM")
     assert how6 == "alpha_beta_gpus" and t6 > 0
     t16, how16 = collective_time_s("all_gather", 2**26, 16, "H100-SXM")  # two nodes: over IB

@@ -22,6 +22,9 @@ SOURCES = {  # gpu key -> NCCL version directory (the newest shipped)
 }
 OPS = {"all_reduce": "all_reduce", "all_gather": "all_gather", "reduce_scatter": "reduce_scatter",
        "alltoall": "all_to_all"}
+#: gpu key -> vLLM version directory of its custom all-reduce table (the oldest shipped: nearest to
+#: the vLLM 0.11 of the ML.ENERGY runs).
+VLLM_AR_SOURCES = {"a100_sxm": "0.14.0", "h100_sxm": "0.14.0", "h200_sxm": "0.14.0", "b200_sxm": "0.19.0"}
 HERE = Path(__file__).resolve().parent
 PROFILES = HERE.parents[2] / "energylens" / "costmodel" / "profiles"
 
@@ -52,6 +55,9 @@ def main(root: str) -> None:
                 "alpha_s": float(f"{alpha:.4g}"), "beta_s_per_byte": float(f"{beta:.4g}"),
                 "alpha_beta_max_rel_err_large": float(f"{resid.max():.3g}"),
             }
+        vllm_rel = (f"aiconfigurator_core/systems/data/{gpu}/comm/vllm/{VLLM_AR_SOURCES[gpu]}/"
+                    "custom_allreduce_perf.parquet")
+        vllm_ar = _vllm_all_reduce(Path(root) / vllm_rel, gpu)
         profile = {
             "gpu": gpu, "device": str(df.device.iloc[0]), "interconnect": "nvlink",
             "provenance": {
@@ -62,9 +68,29 @@ def main(root: str) -> None:
                               "over messages >= 16 MiB",
             },
             "tables": tables,
+            # vLLM's own all-reduce (custom P2P kernel, CUDA-graph mode), bf16; comm.py takes the
+            # faster of it and NCCL at each size, as vLLM's size thresholds do.
+            "vllm_all_reduce": vllm_ar,
+            "vllm_all_reduce_provenance": {
+                "path": vllm_rel, "vllm_version": VLLM_AR_SOURCES[gpu], "backend": "vllm_graph",
+                "dtype": "bf16 (message_size counts elements: bytes = 2 x message_size)",
+            },
         }
         (PROFILES / f"comm_{gpu}.json").write_text(json.dumps(profile, indent=1) + "\n")
         print(gpu, len(out), "rows")
+
+
+def _vllm_all_reduce(path: Path, gpu: str) -> dict:
+    """{num_gpus: {bytes, latency_s}} of vLLM's custom all-reduce in CUDA-graph mode; also its CSV."""
+    df = pd.read_parquet(path)
+    df = df[(df.backend == "vllm_graph") & (df.allreduce_dtype == "bfloat16")].copy()
+    df["message_bytes"] = df.message_size * 2  # bf16 elements -> bytes
+    df["latency_us"] = df.latency * 1e3
+    out = df[["num_gpus", "message_bytes", "latency_us"]].sort_values(["num_gpus", "message_bytes"])
+    out.to_csv(HERE / f"vllm_allreduce_{gpu}.csv", index=False, float_format="%.3f")
+    return {str(int(n)): {"bytes": [int(x) for x in g.message_bytes],
+                          "latency_s": [float(f"{x * 1e-6:.4g}") for x in g.latency_us]}
+            for n, g in out.groupby("num_gpus")}
 
 
 if __name__ == "__main__":
