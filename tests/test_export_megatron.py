@@ -106,7 +106,7 @@ PLANS = [
     plan(tp=8, fused=False),
     plan(tp=8, sequence_parallel=True, comm_sms=16, fused=False),
     plan(tp=4, dp=2, ep=8, comm_sms=20, sequence_parallel=True, fused=False),
-    plan(tp=4, dp=2, ep=2, fused=False),
+    plan(tp=4, dp=2, ep=1, fused=False),
     plan(tp=2, dp=4, ep=8, quantization="fp8", gpu_clock_mhz=1410),
 ]
 IDS = [f"tp{p.parallel.tp}ep{p.parallel.ep}dp{p.parallel.dp}" for p in PLANS]
@@ -177,9 +177,8 @@ def test_data_parallel_is_derived_from_world_size() -> None:
 
 def test_expert_layout() -> None:
     assert to_megatron(plan(tp=4, dp=2, ep=8))["expert_tensor_parallel_size"] == 1
-    assert to_megatron(plan(tp=4, dp=2, ep=1))["expert_tensor_parallel_size"] == 8
-    cfg = to_megatron(plan(tp=4, dp=2, ep=2))
-    assert cfg["expert_tensor_parallel_size"] == 4 and cfg["moe_token_dispatcher_type"] == "alltoall"
+    cfg = to_megatron(plan(tp=4, dp=2, ep=1))
+    assert cfg["expert_tensor_parallel_size"] == 8 and cfg["moe_token_dispatcher_type"] == "allgather"
 
 
 def test_tp_comm_overlap_with_sms() -> None:
@@ -217,10 +216,31 @@ def test_fusion_fp8_limits_and_clock() -> None:
     assert ex.to_dict()["world_size"] == 1
 
 
+@pytest.mark.parametrize(("tp", "dp", "ep"), [(4, 2, 2), (4, 2, 4), (4, 1, 2), (2, 4, 2)])
+def test_ep_between_1_and_tp_x_dp_is_rejected_as_by_the_shard_pass(tp: int, dp: int, ep: int) -> None:
+    """ep has vLLM's meaning (1 or tp x dp): a Parallel built directly with another ep, which Megatron
+    could run (expert tensor parallel tp x dp / ep) but the cost model never priced, is refused."""
+    from test_pass_graphs import moe_decode
+
+    from energylens.passes.shard import check_parallel, valid_ep_values
+
+    bad = plan(tp=tp, dp=dp, ep=ep)
+    valid = valid_ep_values(moe_decode(), tp * dp)          # 8 experts: [1, tp x dp]
+    with pytest.raises(ShardingError, match=f"ep={ep} with tp x dp"):
+        check_parallel(moe_decode(), bad.parallel, num_gpus=tp * dp)
+    message = f"ep={ep} with tp x dp = {tp} x {dp} = {tp * dp} GPUs: .*; valid ep: {', '.join(map(str, valid))}$"
+    with pytest.raises(ShardingError, match=message):
+        to_megatron(bad)
+    with pytest.raises(ShardingError, match=message):
+        megatron_extras(bad)
+    for good in valid:                                       # the valid choices it names export
+        assert to_megatron(plan(tp=tp, dp=dp, ep=good))["expert_model_parallel_size"] == good
+
+
 def test_errors() -> None:
     with pytest.raises(ShardingError, match="tp x dp must equal num_gpus"):
         to_megatron(plan(tp=4, dp=2, num_gpus=16))
-    with pytest.raises(ShardingError, match="valid ep values: 1, 2, 4, 8"):
+    with pytest.raises(ShardingError, match=r"ep=3 with tp x dp = 4 x 2 = 8 GPUs: .*; valid ep: 1, 8$"):
         to_megatron(plan(tp=4, dp=2, ep=3))
     with pytest.raises(ShardingError, match="sequence_parallel needs tensor parallelism"):
         to_megatron(plan(tp=1, dp=2, sequence_parallel=True))

@@ -13,7 +13,8 @@ import pytest
 
 from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.export import PlanSpec, to_vllm, vllm_env, vllm_notes
-from energylens.export.vllm import VLLM_VERSION, load_vllm_args, vllm_expert_parallel_sizes
+from energylens.export.plan import expert_parallel_sizes
+from energylens.export.vllm import VLLM_VERSION, load_vllm_args
 from energylens.export.vllm_args_extract import extract
 from energylens.typing import Parallel
 
@@ -142,14 +143,14 @@ def test_dense_tp_plan() -> None:
 
 
 def test_expert_parallel_is_tp_times_dp() -> None:
-    assert vllm_expert_parallel_sizes(4, 2) == (1, 8)
-    assert vllm_expert_parallel_sizes(1, 1) == (1,)
+    assert expert_parallel_sizes(4, 2) == (1, 8)
+    assert expert_parallel_sizes(1, 1) == (1,)
     assert to_vllm(plan(tp=4, dp=2, ep=8))["enable_expert_parallel"] is True
     assert "enable_expert_parallel" not in to_vllm(plan(tp=4, dp=2, ep=1))
 
 
 def test_ep_not_expressible() -> None:
-    with pytest.raises(ShardingError, match=r"ep=2 .*Valid ep values here: 1, 8"):
+    with pytest.raises(ShardingError, match=r"ep=2 with tp x dp = 4 x 2 = 8 GPUs.*valid ep: 1, 8$"):
         to_vllm(plan(tp=4, dp=2, ep=2))
     with pytest.raises(ShardingError, match="ep=4"):
         to_vllm(plan(tp=4, dp=2, ep=4), cli=True)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import doctest
+import importlib
+import importlib.util
 import io
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -63,6 +69,60 @@ def test_duplicate_name_raises(scratch_registry) -> None:
 
     with pytest.raises(ConfigError, match="already registered"):
         register_pass(Other)
+
+
+def test_reregistering_the_same_pass_is_a_no_op(scratch_registry) -> None:
+    assert register_pass(Shard) is Shard
+    assert get_pass("shard") is Shard
+
+
+def test_local_classes_of_one_statement_are_different_passes(scratch_registry) -> None:
+    """Same qualname and file, but two executions of a local class statement: still a clash."""
+
+    def make() -> type:
+        @dataclass(frozen=True)
+        class Local:
+            name: ClassVar[str] = "doc-local"
+
+            def __call__(self, graph: Graph) -> Graph:
+                return graph
+
+        return Local
+
+    first = register_pass(make())
+    with pytest.raises(ConfigError, match="'doc-local' is already registered"):
+        register_pass(make())
+    assert get_pass("doc-local") is first
+
+
+_PASS_MODULES = ("energylens.passes", "energylens.passes.manager", "energylens.passes.shard",
+                 "energylens.passes.fuse", "energylens.passes.moe", "energylens.passes.overlap")
+
+
+@pytest.mark.parametrize("module", _PASS_MODULES)
+def test_pass_module_doctests(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), verbose=False)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("module", _PASS_MODULES[1:])
+def test_pass_module_doctests_from_the_file(module: str, monkeypatch, scratch_registry) -> None:
+    """As ``python -m doctest energylens/passes/<m>.py``: the file imported again under a bare name."""
+    alias = "doctest_" + module.rsplit(".", 1)[1]
+    spec = importlib.util.spec_from_file_location(alias, importlib.import_module(module).__file__)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, alias, mod)
+    spec.loader.exec_module(mod)            # registers its pass class again: accepted
+    result = doctest.testmod(mod, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
+    assert get_pass("shard") is Shard and get_pass("fuse") is Fuse   # the first registration stays
+
+
+def test_doctest_command_line_on_shard() -> None:
+    proc = subprocess.run([sys.executable, "-m", "doctest", "energylens/passes/shard.py"],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_register_requires_frozen_dataclass_and_kebab_name(scratch_registry) -> None:

@@ -14,12 +14,15 @@ from typer.testing import CliRunner
 import energylens as el
 from energylens.cli import app
 from energylens.costmodel.analysis import price_graph
-from energylens.costmodel.hardware import get_gpu
+from energylens.costmodel.fit import FIT_PARAMS
+from energylens.costmodel.hardware import get_gpu, list_gpus
 from energylens.costmodel.profile import default_profile, load_profile
 from energylens.errors import EnergylensError
 from energylens.ir.verify import verify_graph
 from energylens.runtime.calibrate import (
+    PARAMS,
     Measured,
+    _bounds,
     build_samples,
     calibrate,
     calibrate_samples,
@@ -66,6 +69,22 @@ def test_gpu_of_record_maps_nvml_names_and_says_why_not(name, expected):
     assert (why is None) == (expected is not None)
     gpu, why = gpu_of_record({"device": "cpu", "env": {}})
     assert gpu is None and "not a GPU of the hardware DB" in why
+
+
+@pytest.mark.parametrize("gpu_name", list_gpus())
+def test_calibration_bounds_are_the_fit_bounds(gpu_name):
+    """One bounds table: calibrate bounds a coefficient as costmodel.fit.FIT_PARAMS does."""
+    gpu = get_gpu(gpu_name)
+    table = {name: (lo, hi, log) for name, lo, hi, log in FIT_PARAMS}
+    assert {p.name for p in PARAMS} <= set(table)
+    for p in PARAMS:
+        lo, hi, log = table[p.name]
+        if p.name == "static_power_w":  # fit bounds it as a fraction of TDP, floored at idle power
+            lo, hi = max(lo * gpu.tdp_w, gpu.idle_power_w), hi * gpu.tdp_w
+        assert _bounds(p, gpu) == pytest.approx((lo, hi), rel=1e-12), p.name
+        assert p.log == log, p.name
+    kernel = next(p for p in PARAMS if p.name == "kernel_overhead_s")
+    assert _bounds(kernel, gpu) == (1e-7, 5e-5)  # calibrate's own table had 1e-8 here
 
 
 def test_microbench_graphs_verify_and_match_the_measured_work():

@@ -15,7 +15,9 @@ Mapping (plan, in vLLM's meaning -> Megatron-Core):
 - ``ep`` -> ``expert_model_parallel_size``; experts are spread over the same ``tp x dp`` GPUs, so
   ``expert_tensor_parallel_size = tp x dp / ep`` (expert data parallel 1). ``ep = tp x dp`` gives
   expert tensor parallel 1 (vLLM's ``--enable-expert-parallel``); ``ep = 1`` tensor-shards experts
-  over all GPUs (vLLM without it). Megatron also runs the sizes in between.
+  over all GPUs (vLLM without it). Megatron also runs the sizes in between, but a plan's ``ep`` has
+  vLLM's meaning, so those are a ``ShardingError`` here as in the shard pass (which is what the
+  cost model prices; see ``energylens.passes.shard``).
 - ``ep > 1`` -> ``moe_token_dispatcher_type="alltoall"`` (``"allgather"`` otherwise, the default).
 - ``sequence_parallel`` -> ``sequence_parallel`` (Megatron refuses it without tensor parallelism).
 - ``comm_sms`` (SMs for communication overlapping compute):
@@ -75,15 +77,20 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     (those of its base ``ModelParallelConfig`` included), so
     ``TransformerConfig(num_layers=..., hidden_size=..., num_attention_heads=..., **to_megatron(plan))``.
 
-    Raises :class:`~energylens.errors.ShardingError` when ``tp x dp != num_gpus``, when ``ep`` does
-    not divide ``tp x dp``, or for sequence parallelism without tensor parallelism.
+    Raises :class:`~energylens.errors.ShardingError` when ``tp x dp != num_gpus``, when ``ep`` is
+    neither 1 nor ``tp x dp``, or for sequence parallelism without tensor parallelism.
 
     >>> from energylens.export.plan import PlanSpec
     >>> from energylens.typing import Parallel
-    >>> plan = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=4, dp=2), 64, 1280)
+    >>> plan = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=8, dp=2), 64, 1280)
     >>> cfg = to_megatron(plan)
     >>> cfg["tensor_model_parallel_size"], cfg["expert_model_parallel_size"], cfg["expert_tensor_parallel_size"]
-    (4, 4, 2)
+    (4, 8, 1)
+    >>> bad = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=4, dp=2), 64, 1280)
+    >>> to_megatron(bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    energylens.errors.ShardingError: ep=4 with tp x dp = 4 x 2 = 8 GPUs: ... valid ep: 1, 8
     """
     _check_megatron(plan)
     p = plan.parallel

@@ -60,11 +60,21 @@ def _positive(name: str, value: object) -> None:
         raise InvalidWorkloadError(f"plan.{name} must be a positive integer, got {value!r}")
 
 
+def expert_parallel_sizes(tp: int, dp: int) -> tuple[int, ...]:
+    """The expert-parallel sizes a plan can have with ``tp`` and ``dp``: 1, and ``tp x dp``.
+
+    >>> expert_parallel_sizes(4, 2)
+    (1, 8)
+    """
+    return (1,) if tp * dp == 1 else (1, tp * dp)
+
+
 def check_plan(plan: PlanLike) -> None:
     """Check what every exporter relies on; raise a user-facing error otherwise.
 
     - ``tp x dp`` must equal ``num_gpus`` (every GPU of the plan serves the model once);
-    - ``ep`` must divide ``tp x dp`` (experts are spread over those GPUs);
+    - ``ep`` is 1 or ``tp x dp`` (vLLM's meaning, which the shard pass prices: experts spread over
+      all tp x dp GPUs, or tensor-sharded over them);
     - counts are positive integers, ``quantization`` is one of :data:`QUANTIZATIONS` or None.
     """
     for name in ("num_gpus", "max_num_seqs", "max_model_len"):
@@ -78,11 +88,12 @@ def check_plan(plan: PlanLike) -> None:
             f"plan uses tp x dp = {p.tp} x {p.dp} = {p.tp * p.dp} GPUs but num_gpus is {plan.num_gpus}; "
             f"tp x dp must equal num_gpus (choose tp and dp with tp*dp == {plan.num_gpus})"
         )
-    if (p.tp * p.dp) % p.ep:
-        divisors = [d for d in range(1, p.tp * p.dp + 1) if (p.tp * p.dp) % d == 0]
+    valid_ep = expert_parallel_sizes(p.tp, p.dp)
+    if p.ep not in valid_ep:
         raise ShardingError(
-            f"ep={p.ep} does not divide the {p.tp * p.dp} GPUs (tp x dp) that experts are spread over; "
-            f"valid ep values: {', '.join(map(str, divisors))}"
+            f"ep={p.ep} with tp x dp = {p.tp} x {p.dp} = {p.tp * p.dp} GPUs: a plan's ep has vLLM's meaning, "
+            f"experts spread over all tp x dp GPUs (--enable-expert-parallel, ep = {p.tp * p.dp}) or "
+            f"tensor-sharded over them (ep = 1), as the shard pass prices it; valid ep: {', '.join(map(str, valid_ep))}"
         )
     if plan.quantization is not None and plan.quantization not in QUANTIZATIONS:
         raise InvalidWorkloadError(

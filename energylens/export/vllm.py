@@ -35,7 +35,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.errors import InvalidWorkloadError
 from energylens.export.plan import PlanLike, check_plan
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "to_vllm",
     "vllm_env",
     "vllm_notes",
-    "vllm_expert_parallel_sizes",
 ]
 
 VLLM_VERSION = "0.33.0"
@@ -87,27 +86,6 @@ def load_vllm_args(version: str = VLLM_VERSION) -> dict[str, VllmArg]:
     return args
 
 
-def vllm_expert_parallel_sizes(tp: int, dp: int) -> tuple[int, ...]:
-    """The expert-parallel sizes vLLM can run with ``tp`` and ``dp``: 1, and ``tp x dp``.
-
-    >>> vllm_expert_parallel_sizes(4, 2)
-    (1, 8)
-    """
-    return (1,) if tp * dp == 1 else (1, tp * dp)
-
-
-def _check_vllm(plan: PlanLike) -> None:
-    check_plan(plan)
-    p = plan.parallel
-    choices = vllm_expert_parallel_sizes(p.tp, p.dp)
-    if p.ep not in choices:
-        raise ShardingError(
-            f"vLLM cannot run ep={p.ep} with tp={p.tp}, dp={p.dp}: --enable-expert-parallel spreads experts "
-            f"over all tp x dp = {p.tp * p.dp} GPUs, and without it experts are tensor-sharded (ep=1). "
-            f"Valid ep values here: {', '.join(map(str, choices))} (Megatron-Core export accepts any divisor)."
-        )
-
-
 def _dbo_applies(plan: PlanLike) -> bool:
     p = plan.parallel
     return plan.comm_sms is not None and p.ep > 1 and p.dp > 1
@@ -115,7 +93,7 @@ def _dbo_applies(plan: PlanLike) -> bool:
 
 def vllm_env(plan: PlanLike) -> dict[str, str]:
     """Environment variables the plan needs besides engine arguments (``VLLM_DBO_COMM_SMS``)."""
-    _check_vllm(plan)
+    check_plan(plan)
     if _dbo_applies(plan):
         if plan.comm_sms % 2:
             raise InvalidWorkloadError(
@@ -128,7 +106,7 @@ def vllm_env(plan: PlanLike) -> dict[str, str]:
 
 def vllm_notes(plan: PlanLike) -> list[str]:
     """Parts of the plan vLLM cannot express (empty when the export is exact)."""
-    _check_vllm(plan)
+    check_plan(plan)
     notes = []
     if plan.comm_sms is not None and not _dbo_applies(plan):
         notes.append(
@@ -143,7 +121,7 @@ def vllm_notes(plan: PlanLike) -> list[str]:
 
 
 def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any]:
-    _check_vllm(plan)
+    check_plan(plan)
     if not 0 < gpu_memory_utilization <= 1:
         raise InvalidWorkloadError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     p = plan.parallel

@@ -2,8 +2,10 @@
 
 A pass is a frozen dataclass whose fields are its options, with a kebab-case ``name`` class
 attribute and ``__call__(graph) -> Graph`` (pure: it never mutates its input). Passes register
-by name in a strict registry: a duplicate name raises, an unknown one raises ``UnknownNameError``
-with the valid names and the closest match.
+by name in a strict registry: a second class under a taken name raises, an unknown name raises
+``UnknownNameError`` with the valid names and the closest match. Registering the same definition
+again is a no-op, so a pass module imported a second time under another name (as
+``python -m doctest energylens/passes/shard.py`` does) still imports.
 
 Pipeline syntax (whitespace is free)::
 
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
+import os
 import re
 import types
 import typing
@@ -64,7 +68,11 @@ class Pass(Protocol):
 
 P = TypeVar("P", bound=type)
 
-_REGISTRY: dict[str, type] = {}
+if __name__ == "energylens.passes.manager":
+    _REGISTRY: dict[str, type] = {}
+else:  # this file loaded again under another name (`python -m doctest .../manager.py` imports it as
+    # `manager`): share the one registry that the built-in passes register into.
+    from energylens.passes.manager import _REGISTRY
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 #: Modules of the built-in passes, imported on first lookup (each registers its pass on import).
 _BUILTIN_MODULES = ("energylens.passes.shard", "energylens.passes.fuse", "energylens.passes.moe",
@@ -82,8 +90,24 @@ class PassVerificationError(VerificationError):
                          f"(passes that ran before it: {ran})")
 
 
+def _same_definition(a: type, b: type) -> bool:
+    """Whether ``a`` and ``b`` come from one module-level class statement (``b`` re-executed by a
+    second import of its file, e.g. under another module name); local classes only match themselves."""
+    if a is b:
+        return True
+    if a.__qualname__ != b.__qualname__ or "<locals>" in a.__qualname__:
+        return False
+    try:
+        return os.path.realpath(inspect.getfile(a)) == os.path.realpath(inspect.getfile(b))
+    except (TypeError, OSError):  # no source file (built in, or defined in an interactive session)
+        return False
+
+
 def register_pass(cls: P) -> P:
     """Class decorator: register a pass class under its ``name`` (kebab-case, unique).
+
+    Registering the same class again is a no-op (the first registration stays); a different class
+    under a taken name raises ``ConfigError``.
 
     >>> @register_pass
     ... @dataclasses.dataclass(frozen=True)
@@ -91,6 +115,8 @@ def register_pass(cls: P) -> P:
     ...     name: ClassVar[str] = "doc-nop"
     ...     def __call__(self, graph): return graph
     >>> get_pass("doc-nop") is Nop
+    True
+    >>> register_pass(Nop) is Nop  # the same class again: accepted
     True
     >>> _ = _REGISTRY.pop("doc-nop")
     """
@@ -100,6 +126,8 @@ def register_pass(cls: P) -> P:
     if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         raise ConfigError(f"pass {name!r} ({cls.__name__}) must be a frozen dataclass (its fields are its options)")
     if name in _REGISTRY:
+        if _same_definition(_REGISTRY[name], cls):
+            return cls
         raise ConfigError(f"pass name {name!r} is already registered by {_REGISTRY[name].__module__}."
                           f"{_REGISTRY[name].__name__}; pick another name for {cls.__module__}.{cls.__name__}")
     _REGISTRY[name] = cls

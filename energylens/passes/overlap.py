@@ -24,8 +24,11 @@ Either way the window is readable from the IR: a stream-1 collective, then ops w
 # identity: moving a collective whose operands are defined earlier and whose result is used only
 # after the window, or changing only streams and SM shares, does not change what the graph computes.
 
->>> # Overlap(start=2, end=4, comm_sms=8)(graph) -> new graph; ``graph`` is unchanged
->>> # run_pipeline(traced.decode, "shard{tp=2},fuse,overlap{comm_sms=16}")
+>>> from energylens.ir.text import EXAMPLE, parse_graph
+>>> from energylens.passes import run_pipeline
+>>> g = run_pipeline(parse_graph(EXAMPLE), "shard{tp=2},overlap{comm_sms=16}")
+>>> [(op.kind, op.stream) for op, _ in g.walk()]
+[('einsum', 0), ('einsum', 0), ('collective', 1), ('elementwise', 0)]
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from energylens.costmodel.compute import OpWork, op_time_s
+from energylens.costmodel.fit import _TDP_FRACTION, FIT_PARAMS
+from energylens.costmodel.fit import _bounds as _fit_bounds
 from energylens.costmodel.hardware import GPUSpec, get_gpu, list_gpus
 from energylens.costmodel.power import op_energy
 from energylens.costmodel.profile import PROFILES_DIR, Profile, Provenance, default_profile, load_profile
@@ -74,25 +76,30 @@ _IR_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "bf16": "bf
 @dataclass(frozen=True)
 class _Param:
     name: str
-    lo: float
-    hi: float
-    log: bool
     stage: str  # "time" or "power"
     informed_by: tuple[str, ...]  # op classes (kinds) whose records constrain it
 
+    @property
+    def log(self) -> bool:
+        """Whether the optimiser moves it on a log scale (``costmodel.fit.FIT_PARAMS``)."""
+        return _FIT_LOG[self.name]
 
-#: The coefficients calibration may fit, with bounds and the op classes that inform them. Bounds are
-#: those of ``costmodel.fit`` (static power in watts here: between the GPU's idle power and 95% TDP).
+
+#: Log-spacing of the coefficients, from the one bounds table (``costmodel.fit.FIT_PARAMS``).
+_FIT_LOG = {name: log for name, _lo, _hi, log in FIT_PARAMS}
+
+#: The coefficients calibration may fit and the op classes that inform them. Their bounds and log
+#: spacing are ``costmodel.fit.FIT_PARAMS``'s (see ``_bounds``): one table for both fits.
 PARAMS: tuple[_Param, ...] = (
-    _Param("mem_efficiency", 0.3, 1.0, False, "time", ("hbm_copy", "elementwise", "norm", "gemm", "prefill", "decode")),
-    _Param("attn_mem_efficiency", 0.15, 1.0, False, "time", ("attention_decode", "attention_prefill", "decode")),
-    _Param("compute_efficiency", 0.3, 1.0, False, "time", ("gemm", "attention_prefill", "prefill")),
-    _Param("gemm_half_rows", 1.0, 2048.0, True, "time", ("gemm", "prefill", "decode")),
-    _Param("kernel_overhead_s", 1e-8, 5e-5, True, "time", WORK_KINDS),
-    _Param("kv_seq_overhead_s", 1e-9, 2e-6, True, "time", ("attention_decode", "decode")),
-    _Param("static_power_w", float("nan"), float("nan"), False, "power", ("static", *WORK_KINDS)),
-    _Param("flop_pj", 0.01, 10.0, True, "power", ("gemm", "attention_prefill", "prefill")),
-    _Param("byte_pj", 1.0, 500.0, True, "power", ("hbm_copy", "elementwise", "norm", "attention_decode", "decode")),
+    _Param("mem_efficiency", "time", ("hbm_copy", "elementwise", "norm", "gemm", "prefill", "decode")),
+    _Param("attn_mem_efficiency", "time", ("attention_decode", "attention_prefill", "decode")),
+    _Param("compute_efficiency", "time", ("gemm", "attention_prefill", "prefill")),
+    _Param("gemm_half_rows", "time", ("gemm", "prefill", "decode")),
+    _Param("kernel_overhead_s", "time", WORK_KINDS),
+    _Param("kv_seq_overhead_s", "time", ("attention_decode", "decode")),
+    _Param("static_power_w", "power", ("static", *WORK_KINDS)),
+    _Param("flop_pj", "power", ("gemm", "attention_prefill", "prefill")),
+    _Param("byte_pj", "power", ("hbm_copy", "elementwise", "norm", "attention_decode", "decode")),
 )
 
 
@@ -538,9 +545,12 @@ def contention_exponent(samples: Sequence[Sample]) -> dict[str, float] | None:
 
 
 def _bounds(p: _Param, gpu: GPUSpec) -> tuple[float, float]:
-    if p.name == "static_power_w":
-        return gpu.idle_power_w, 0.95 * gpu.tdp_w
-    return p.lo, p.hi
+    """``p``'s (lower, upper) bound in the profile's units, as ``costmodel.fit`` bounds it on ``gpu``
+    (powers there are fractions of TDP, the static power's floored at the GPU's idle power)."""
+    for name, lo, hi, _log in _fit_bounds(gpu):
+        if name == p.name:
+            return (lo * gpu.tdp_w, hi * gpu.tdp_w) if name in _TDP_FRACTION else (lo, hi)
+    raise KeyError(f"{p.name!r} has no bounds in costmodel.fit.FIT_PARAMS")
 
 
 def _to_x(p: _Param, v: float, gpu: GPUSpec) -> float:
