@@ -242,23 +242,57 @@ def _sigma(cls: str, p: OverlapParams) -> float:
     return p.mem_interference if cls == "memory" else 0.0
 
 
-def _by_class(cls: str | np.ndarray, table: Mapping[str, tuple[float, float]]) -> tuple[Floats, Floats]:
-    """``table[cls]`` for one class name, or elementwise over an array of class names (two arrays)."""
+_Terms: TypeAlias = "tuple[Floats, Floats, Floats, Floats]"
+
+
+def _class_terms(cls: str, active: float, p: OverlapParams) -> tuple[float, float, float, float]:
+    """Per-class constants of the window rule: (stretch ``s``, collective slowdown, ``1 - 1 / s``,
+    ``phi (active - 1 / s)``); the last two are the extra time and SM-side energy factor (per W of
+    dynamic power) of each second the kernel runs contended (``overlap_window``)."""
+    stretch = (1.0 / active) ** _alpha(cls, p) * (1 + _sigma(cls, p))
+    return stretch, 1 + p.comm_slowdown.get(cls, 0.0), 1 - 1 / stretch, p.sm_power_share * (active - 1 / stretch)
+
+
+def _by_class(cls: str | np.ndarray, table: Mapping[str, _Terms]) -> _Terms:
+    """``table[cls]`` for one class name, or elementwise over an array of class names (arrays)."""
     if isinstance(cls, str):
         return table[cls]
     names = np.asarray(cls)
-    present = set(names.flat)
+    present = set(names.ravel().tolist())
     if len(present) == 1:
         return table[str(present.pop())]
-    a, b = np.empty(names.shape), np.empty(names.shape)
+    cols = [np.empty(names.shape) for _ in range(4)]
     for c in present:
         mask = names == c
-        a[mask], b[mask] = table[str(c)]
-    return a, b
+        for col, v in zip(cols, table[str(c)], strict=True):
+            col[mask] = v
+    return cols[0], cols[1], cols[2], cols[3]
 
 
-# Float-or-array forms of ``a if cond else b`` and ``a / b if b > 0 else default``: plain Python on
-# floats (the scalar path stays fast), numpy on arrays. Both paths run the same rules below.
+# Float-or-array helpers: plain Python on floats (the scalar path stays fast), numpy on arrays. Both
+# paths run the same rule below; on arrays its running sums are arrays it owns, updated in place.
+def _shape(kernels: Sequence[Kernel], *values: Floats) -> tuple[int, ...]:
+    """The broadcast shape of every kernel field and ``values`` (``()``: all floats)."""
+    shapes = {np.shape(v) for v in values}
+    shapes |= {np.shape(f) for kern in kernels for f in (kern.time_s, kern.dyn_power_w, kern.cls)}
+    return np.broadcast_shapes(*shapes)
+
+
+def _zeros(shape: tuple[int, ...]) -> Floats:
+    """0.0, or a new array of zeros of ``shape``."""
+    return np.zeros(shape) if shape else 0.0
+
+
+def _minimum(a: Floats, b: Floats) -> Floats:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.minimum(a, b)
+    return min(a, b)
+
+
+def _any(cond: Any) -> bool:
+    return bool(cond.any()) if isinstance(cond, np.ndarray) else bool(cond)
+
+
 def _where(cond: Any, a: Floats, b: Floats) -> Floats:
     if isinstance(cond, np.ndarray):
         return np.where(cond, a, b)
@@ -266,6 +300,7 @@ def _where(cond: Any, a: Floats, b: Floats) -> Floats:
 
 
 def _div(a: Floats, b: Floats, default: Floats) -> Floats:
+    """``a / b if b > 0 else default``."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or isinstance(default, np.ndarray):
         pos = np.greater(b, 0)
         return np.where(pos, a / np.where(pos, b, 1.0), default)
@@ -285,37 +320,40 @@ def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: Floats, comm_sms: i
     t_comm = sm_comm_time_s(comm_bytes, k, block_size, p)
     taken = k * min(1.0, block_size / p.threads_per_sm) ** p.sm_take_block_exponent
     active = (n - taken) / n  # SM share left to compute while the collective holds its blocks
-    left: Floats = 1.0  # fraction of the collective still to do
-    t: Floats = 0.0
-    held: Floats = 0.0
-    compute: Floats = 0.0
-    # per class: the compute stretch (SM loss x interference) and the collective's slowdown
-    by_class = {c: ((1.0 / active) ** _alpha(c, p) * (1 + _sigma(c, p)), 1 + p.comm_slowdown.get(c, 0.0))
-                for c in KERNEL_CLASSES}
+    by_class: dict[str, _Terms] = {c: _class_terms(c, active, p) for c in KERNEL_CLASSES}
+    shape = _shape(kernels, t_comm)
+    rem = _zeros(shape)
+    rem += t_comm  # solo time (s) of the collective still to run
+    t, contended, compute = _zeros(shape), _zeros(shape), _zeros(shape)
     for kern in kernels:
         kt, kw = kern.time_s, kern.dyn_power_w
-        stretch, slow = _by_class(kern.cls, by_class)
-        ti = kt * stretch  # contended duration of the whole kernel
-        tc = t_comm * slow
-        running = left > 0  # else the collective is done: the kernel runs alone (q = 0)
-        ends_first = left * tc >= ti  # the kernel ends first (q = 1); else the collective ends inside it
-        q = _where(running, _where(ends_first, 1.0, _div(left * tc, ti, 0.0)), 0.0)  # contended share of its work
-        left = _where(running, _where(ends_first, left - _div(ti, tc, left), 0.0), left)
-        tt = q * ti
-        t = t + tt + (1 - q) * kt  # the rest of the kernel runs alone
-        held = held + tt
-        # memory side: fixed by the work; SM side: power x active share for the contended time
-        sm_part = p.sm_power_share * kw
-        compute = compute + kt * kw * (1 - q) + q * kt * (kw - sm_part) + sm_part * active * tt
-    contended = held
-    exposed = left * t_comm + p.serial_per_block_s * k
-    t = t + exposed
-    held = held + exposed
+        stretch, slow, extra, sm_j = _by_class(kern.cls, by_class)
+        # Both run contended until one ends: the kernel (after kt * stretch) or the collective (after
+        # rem * slow); the rest of the kernel runs alone, a collective that is done (rem = 0) costs
+        # it nothing. So the kernel runs tt contended, doing tt / stretch of its solo work.
+        rem *= slow
+        tt = _minimum(rem, kt * stretch)
+        rem -= tt
+        rem /= slow
+        contended += tt
+        t += kt
+        t += tt * extra  # tt + (kt - tt / stretch)
+        # memory side (1 - phi) fixed by the work; SM side (phi): power x active share for the
+        # contended time, full for the solo rest: kw (kt - phi tt / stretch + phi active tt)
+        tt *= sm_j
+        tt += kt
+        tt *= kw
+        compute += tt
+    exposed = rem + p.serial_per_block_s * k
+    t += exposed
+    held = contended + exposed
     static = p.static_w * t
     comm = _comm_power_w(k, block_size, p) * held + p.comm_j_per_byte * comm_bytes
     raw = static + compute + comm
-    capped = np.minimum(raw, p.tdp_w * t) if isinstance(raw, np.ndarray) else min(raw, p.tdp_w * t)
-    total = _where(t > 0, capped, raw)  # average power capped at TDP (the GPU throttles above it)
-    scale = _div(total, raw, 1.0)
-    return OverlapCost(time_s=t, static_j=static * scale, compute_j=compute * scale, comm_j=comm * scale,
+    cap = p.tdp_w * t
+    over = (raw > cap) & (t > 0)  # average power above TDP: the GPU throttles to it
+    if _any(over):
+        scale = _where(over, _div(cap, raw, 1.0), 1.0)
+        static, compute, comm = static * scale, compute * scale, comm * scale
+    return OverlapCost(time_s=t, static_j=static, compute_j=compute, comm_j=comm,
                        comm_time_s=held, comm_exposed_s=exposed, contended_s=contended)

@@ -19,7 +19,8 @@ arithmetic, with the same rules as ``energylens.estimate`` (``costmodel/plan.py`
   by ``f / f_max`` and ``flop_pj`` by ``V(f)^2``: ``clock_profile`` builds it for the scalar oracle);
 * **overlap SMs** ``comm_sms``: each tensor-parallel collective's window (the compute ops after it,
   up to the next collective) is simulated by ``overlap.overlap_window`` itself, called on arrays
-  ``(windows, points, clocks)`` once per SM count; one loop iteration per op of the window.
+  ``(windows, points, clocks)`` once per SM count and window length (windows of one length share a
+  call; none is padded); one loop iteration per op of the window.
 
 The Python work per variant is thus a loop over ops (one per component, plus one per overlapped
 window op), each iteration doing numpy over ``points x clocks [x sms]``.
@@ -145,9 +146,12 @@ def _time_energy(w: OpWork, c: _Ctx) -> tuple[np.ndarray, np.ndarray]:
     """(time, dynamic energy) of one execution of each op, arrays (ops, points, clocks), TDP-capped."""
     comp, mem = compute_time_s(w, c.gpu, c.profile), memory_time_s(w, c.gpu, c.profile)
     base = op_time_s(w, c.gpu, c.profile)  # the clock-free roofline, exactly as estimate prices it
-    t = (base - np.maximum(comp, mem))[..., None] + np.maximum(comp[..., None] * c.cscale, mem[..., None])
+    t = comp[..., None] * c.cscale
+    np.maximum(t, mem[..., None], out=t)
+    t += (base - np.maximum(comp, mem))[..., None]
     flop_j, byte_j = dynamic_energy_j(w, c.profile)
-    dyn = flop_j[..., None] * c.escale + byte_j[..., None]
+    dyn = flop_j[..., None] * c.escale
+    dyn += byte_j[..., None]
     return capped_time_s(t, dyn, c.profile.static_power_w, c.gpu.tdp_w), dyn
 
 
@@ -165,7 +169,7 @@ def _price_recs(recs: list[PlanOp], n: int, c: _Ctx) -> _Ops:
     static_w = c.profile.static_power_w
     nf = len(c.cscale)
     t = np.zeros((len(recs) + 1, n, nf))
-    dyn = np.zeros_like(t)
+    dyn = np.zeros(t.shape)
     comp = [i for i, r in enumerate(recs) if r.cls != "comm"]
     if comp:
         tc, dc = _time_energy(_stack([recs[i].work for i in comp], n), c)
@@ -184,33 +188,55 @@ def _price_recs(recs: list[PlanOp], n: int, c: _Ctx) -> _Ops:
         t[i] = tp[:, :1]
         dyn[i] = np.maximum(0.0, tp[:, 1:] - static_w) * tp[:, :1]
     comm_rows = np.array([r.cls == "comm" for r in recs] + [False])
-    dyn_w = np.divide(dyn, t, out=np.zeros_like(t), where=(t > 0) & ~comm_rows[:, None, None])
+    dyn_w = np.divide(dyn, t, out=np.zeros(t.shape), where=(t > 0) & ~comm_rows[:, None, None])
     return _Ops(recs, t, static_w * t + dyn, dyn_w)
 
 
 _CLS = {"expert": "gemm"}
 
 
-def _windows(ops: _Ops, c: _Ctx, k: int, comm: list[int], windows: list[list[int]],
-             block: int) -> tuple[np.ndarray, np.ndarray]:
-    """``overlap.overlap_window`` on arrays, every window at once: (time, energy), (windows, points, clocks).
+@dataclass
+class _WindowGroup:
+    """Windows of one length, priced by one ``overlap_window`` call: ``kernels[j]`` is kernel ``j`` of
+    every window of the group (fields (windows, points, clocks), or (points, clocks) for one window)."""
 
-    Windows are padded with the all-zero row (a kernel of zero time changes nothing)."""
-    assert c.params is not None
-    zero = len(ops.recs)
-    width = max(len(w) for w in windows)
-    idx = np.array([w + [zero] * (width - len(w)) for w in windows])            # (W, width)
-    nbytes = np.stack([_col(ops.recs[i].comm_bytes, ops.t.shape[1]) for i in comm])  # (W, points)
-    cls_of = np.array([_CLS.get(r.cls, r.cls) for r in ops.recs] + ["memory"])
-    kernels = [Kernel(time_s=ops.t[col], dyn_power_w=ops.dyn_w[col], cls=cls_of[col][:, None, None])
-               for col in idx.T]
-    w = overlap_window(kernels, comm_bytes=nbytes[..., None], comm_sms=k, block_size=block, params=c.params)
-    shape = (len(windows), *ops.t.shape[1:])
-    return np.broadcast_to(w.time_s, shape), np.broadcast_to(w.energy_j, shape)
+    rows: list[int]           # the windows' positions in the component's list of windows
+    kernels: list[Kernel]
+    comm_bytes: np.ndarray    # (windows, points, 1), or (points, 1)
+
+
+def _window_groups(ops: _Ops, comm: list[int], windows: list[list[int]]) -> list[_WindowGroup]:
+    """The windows as ``overlap_window`` inputs, grouped by length: no window is padded (a padded
+    kernel would cost as much array work as a real one), and a lone window's kernels are views."""
+    n = ops.t.shape[1]
+    by_len: dict[int, list[int]] = {}
+    for row, w in enumerate(windows):
+        by_len.setdefault(len(w), []).append(row)
+    groups = []
+    for rows in by_len.values():
+        cls = [[_CLS.get(ops.recs[j].cls, ops.recs[j].cls) for j in windows[r]] for r in rows]
+        if len(rows) == 1:
+            w = windows[rows[0]]
+            kernels = [Kernel(time_s=ops.t[j], dyn_power_w=ops.dyn_w[j], cls=c) for j, c in zip(w, cls[0], strict=True)]
+            groups.append(_WindowGroup(rows, kernels, _col(ops.recs[comm[rows[0]]].comm_bytes, n)[:, None]))
+            continue
+        idx = np.array([windows[r] for r in rows]).T                  # (length, windows)
+        kt, kw = ops.t[idx], ops.dyn_w[idx]                            # (length, windows, points, clocks)
+        kernels = []
+        for j, names in enumerate(zip(*cls, strict=True)):
+            same = len(set(names)) == 1
+            kernels.append(Kernel(time_s=kt[j], dyn_power_w=kw[j],
+                                  cls=names[0] if same else np.array(names)[:, None, None]))
+        nbytes = np.stack([_col(ops.recs[comm[r]].comm_bytes, n) for r in rows])[..., None]
+        groups.append(_WindowGroup(rows, kernels, nbytes))
+    return groups
 
 
 def _totals(ops: _Ops, c: _Ctx, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-GPU time and energy of one execution of the component: arrays (points, clocks, sms)."""
+    """Per-GPU time and energy of one execution of the component: arrays (points, clocks, sms).
+
+    Each tp collective's row is replaced by its window's ``overlap.overlap_window`` (on arrays, the
+    windows of one length at once, once per SM count) less the window's solo compute."""
     recs = ops.recs
     count = np.array([r.count for r in recs] + [0], dtype=float)
     t_ser = np.einsum("i,ipf->pf", count, ops.t)
@@ -235,24 +261,33 @@ def _totals(ops: _Ops, c: _Ctx, block: int = 1024) -> tuple[np.ndarray, np.ndarr
             if window:
                 comm.append(i)
                 windows.append(window)
+    if not comm or c.params is None or all(k is None for k in c.sms):
+        return np.stack([t_ser] * len(c.sms), -1), np.stack([e_ser] * len(c.sms), -1)
+    # the SM-count-free parts of the windows, once for all SM counts
+    groups = _window_groups(ops, comm, windows)
+    shape = (len(windows), *ops.t.shape[1:])
+    solo_t = np.stack([ops.t[w].sum(axis=0) for w in windows])
+    solo_e = np.stack([ops.e[w].sum(axis=0) for w in windows])
+    ci = np.array(comm)
+    active = ops.t[ci] > 0
+    comm_t, comm_e = ops.t[ci], ops.e[ci]
+    cnt = count[ci][:, None, None]
+    static_w = c.profile.static_power_w
     ts, es = [], []
     for k in c.sms:
-        if k is None or not comm or c.params is None:
+        if k is None:
             ts.append(t_ser)
             es.append(e_ser)
             continue
-        wt, we = _windows(ops, c, k, comm, windows, block)
-        w_idx = np.array([w + [len(recs)] * (max(map(len, windows)) - len(w)) for w in windows])
-        solo_t = ops.t[w_idx].sum(axis=1)
-        solo_e = ops.e[w_idx].sum(axis=1)
+        wt, we = np.empty(shape), np.empty(shape)
+        for g in groups:
+            w = overlap_window(g.kernels, comm_bytes=g.comm_bytes, comm_sms=k, block_size=block, params=c.params)
+            wt[g.rows], we[g.rows] = w.time_s, w.energy_j
         nt = np.maximum(0.0, wt - solo_t)
-        st = c.profile.static_power_w * nt
+        st = static_w * nt
         ne = st + np.maximum(0.0, we - solo_e - st)
-        ci = np.array(comm)
-        active = ops.t[ci] > 0
-        cnt = count[ci][:, None, None]
-        ts.append(t_ser + (cnt * np.where(active, nt - ops.t[ci], 0.0)).sum(axis=0))
-        es.append(e_ser + (cnt * np.where(active, ne - ops.e[ci], 0.0)).sum(axis=0))
+        ts.append(t_ser + (cnt * np.where(active, nt - comm_t, 0.0)).sum(axis=0))
+        es.append(e_ser + (cnt * np.where(active, ne - comm_e, 0.0)).sum(axis=0))
     return np.stack(ts, -1), np.stack(es, -1)
 
 
