@@ -36,7 +36,7 @@ def _ops(g: Graph) -> list[Op]:
 
 def _check_windows(before: Graph, after: Graph) -> None:
     """Every tp collective on stream 1; exactly the ops PlanPricer overlaps with one have the compute share."""
-    # oracle: PlanPricer._overlap's rule on graph.walk() (regions = runs of equal repetition count)
+    # oracle: costmodel.plan.overlap_windows's rule on graph.walk() (regions = runs of equal repetition count)
     runs: list[list[tuple[Op, int]]] = []
     for op, count in before.walk():
         if runs and runs[-1][-1][1] == count:

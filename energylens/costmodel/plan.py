@@ -32,7 +32,10 @@ inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signat
   GPUs use them with their own SM count, static power and TDP, the per-SM byte rate scaled by
   NVLink bandwidth per SM and the collective's saturation rate by NVLink bandwidth (``overlap_params``).
 
-``plan_work`` is the lower-level, vectorisable entry point for the search (see its docstring).
+The rules are written once, on arrays: ``plan_work`` (work records, fields arrays over points),
+``price_ops`` (their time and energy at each point and GPU clock) and ``OverlapWindows`` (the
+windows of ``overlap_windows``, priced at any SM count). ``PlanPricer`` applies them at one point and
+one clock; the search (``energylens.search.evaluate``) at every batch x clock x SM count of a variant.
 
 >>> from energylens.typing import Parallel
 >>> # ops = plan_work(traced.decode, Parallel(tp=2), {"B": np.array([1, 8, 64]), "S": 1, "K": 1024},
@@ -51,10 +54,10 @@ import numpy as np
 
 from energylens.costmodel.analysis import PricedOp, WorkAnalysis, _on_chip, is_attention_op
 from energylens.costmodel.comm import collective_cost
-from energylens.costmodel.compute import OpWork, op_time_s
+from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, op_time_s
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
-from energylens.costmodel.power import op_energy
+from energylens.costmodel.power import capped_time_s, dynamic_energy_j
 from energylens.costmodel.profile import Profile
 from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Collective, Einsum, Gather, Graph, Op, Value
@@ -70,6 +73,10 @@ __all__ = [
     "PlanOp",
     "plan_work",
     "PlanPricedOp",
+    "OpPrices",
+    "price_ops",
+    "overlap_windows",
+    "OverlapWindows",
     "PlanPricer",
     "overlap_params",
     "plan_memory",
@@ -227,8 +234,7 @@ def plan_work(ir: Graph, parallel: Parallel | None, binding: Mapping[str, Any], 
     work of one execution on one GPU (``work``: the mean GPU; ``max_work``: the most loaded one,
     which sets the time of expert ops under ep), its class (``OP_CLASSES``), ``replication``, and for
     collectives the message bytes per GPU and the group size. Nothing here depends on calibration:
-    price a record with ``compute.op_time_s`` / ``power.op_energy`` (arrays welcome) and its
-    collective with ``comm.collective_cost``, or use ``PlanPricer`` for the reference pricing.
+    ``price_ops`` prices the records (``PlanPricer`` at one point).
     """
     graph = ir if parallel is None else plan_graph(ir, parallel, fused, routing)
     mesh = mesh_of(graph)
@@ -255,7 +261,7 @@ def plan_work(ir: Graph, parallel: Parallel | None, binding: Mapping[str, Any], 
 
 
 # ---------------------------------------------------------------------------------------------
-# Pricing
+# Pricing: the rules, on arrays (ops, points, clocks); ``PlanPricer`` is their one-point use
 
 
 @dataclass(frozen=True)
@@ -297,13 +303,210 @@ def overlap_params(gpu: GPUSpec, profile: Profile) -> OverlapParams:
     return dataclasses.replace(own, static_w=profile.static_power_w)
 
 
+_WORK_FIELDS = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels", "seqs")
+_ONE = np.ones(1)
+
+
+def _col(x: Any, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(x, dtype=float), (n,))
+
+
+def _stack(works: Sequence[OpWork], n: int) -> OpWork:
+    """One OpWork with fields of shape (ops, points)."""
+    cols = {}
+    for f in _WORK_FIELDS:
+        out = np.empty((len(works), n))
+        for i, w in enumerate(works):
+            out[i] = getattr(w, f)
+        cols[f] = out
+    return OpWork(**cols)
+
+
+@functools.lru_cache(maxsize=262144)
+def _coll(fn: str, nbytes: float, n: int, gpu: str, interconnect: str) -> tuple[float, float]:
+    c = collective_cost(fn, nbytes, n, gpu, interconnect)
+    return c.time_s, c.power_w
+
+
+def _time_dyn(w: OpWork, gpu: GPUSpec, profile: Profile, cscale: np.ndarray,
+              escale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(TDP-capped time, flop_j, byte_j) of one execution of each op, arrays (ops, points, clocks)."""
+    comp, mem = compute_time_s(w, gpu, profile), memory_time_s(w, gpu, profile)
+    base = op_time_s(w, gpu, profile)  # the clock-free roofline, exactly as at the top clock
+    t = comp[..., None] * cscale
+    np.maximum(t, mem[..., None], out=t)
+    t += (base - np.maximum(comp, mem))[..., None]
+    flop_j, byte_j = dynamic_energy_j(w, profile)
+    flop_j = flop_j[..., None] * escale
+    byte_j = np.broadcast_to(byte_j[..., None], t.shape)
+    return capped_time_s(t, flop_j + byte_j, profile.static_power_w, gpu.tdp_w), flop_j, byte_j
+
+
+@dataclass
+class OpPrices:
+    """One execution on one GPU of each of ``recs`` (``price_ops``): arrays (ops, points, clocks).
+
+    ``time_s``: the most loaded GPU's for expert ops under ep; ``flop_j``, ``byte_j``: dynamic energy
+    (a collective's ``byte_j`` is its power above static x its time); ``wait_j``: static energy of
+    waiting for the expert straggler (inside ``static_w * time_s``).
+    """
+
+    recs: Sequence[PlanOp]
+    static_w: float
+    time_s: np.ndarray
+    flop_j: np.ndarray
+    byte_j: np.ndarray
+    wait_j: np.ndarray
+    dyn_j: np.ndarray      # flop_j + byte_j
+    energy_j: np.ndarray   # static_w * time_s + dyn_j
+
+    @functools.cached_property
+    def dyn_power_w(self) -> np.ndarray:
+        """Dynamic power of each compute op running solo (0 for collectives and zero-time ops)."""
+        compute = np.array([r.cls != "comm" for r in self.recs])[:, None, None]
+        t = self.time_s
+        return np.divide(self.dyn_j, t, out=np.zeros(t.shape), where=(t > 0) & compute)
+
+
+def price_ops(recs: Sequence[PlanOp], n: int, gpu: GPUSpec, profile: Profile, interconnect: str = "nvlink",
+              cscale: np.ndarray = _ONE, escale: np.ndarray = _ONE) -> OpPrices:
+    """Price ``plan_work`` records whose fields are scalars or arrays of ``n`` points, at each clock.
+
+    A clock (``clock.ClockModel``) scales the roofline's compute side by ``cscale`` and the energy
+    per FLOP by ``escale`` (arrays (clocks,); one clock at 1: the profile as it is). Compute ops: the
+    roofline and TDP-capped energy of ``work``; an expert op under ep takes the time of ``max_work``
+    (the straggler) while its dynamic energy is the mean GPU's, the others waiting at static power.
+    Collectives: ``comm.collective_cost`` for the message bytes, energy above static in ``byte_j``.
+    """
+    static_w = profile.static_power_w
+    shape = (len(recs), n, len(cscale))
+    t, flop_j, byte_j, wait_j = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    comp = [i for i, r in enumerate(recs) if r.cls != "comm"]
+    if comp:
+        t[comp], flop_j[comp], byte_j[comp] = _time_dyn(_stack([recs[i].work for i in comp], n), gpu, profile,
+                                                        cscale, escale)
+        strag = [i for i in comp if recs[i].max_work is not recs[i].work]
+        if strag:  # expert straggler: every GPU waits for the most loaded one
+            tmax = _time_dyn(_stack([recs[i].max_work for i in strag], n), gpu, profile, cscale, escale)[0]
+            tmax = np.maximum(tmax, t[strag])
+            wait_j[strag], t[strag] = static_w * (tmax - t[strag]), tmax
+    for i, r in enumerate(recs):
+        if r.cls != "comm" or int(r.comm_gpus) <= 1:
+            continue
+        uniq, inv = np.unique(_col(r.comm_bytes, n), return_inverse=True)
+        tp = np.array([_coll(r.comm_fn or "", float(b), int(r.comm_gpus), gpu.name, interconnect)
+                       for b in uniq])[inv.reshape(-1)]
+        t[i] = tp[:, :1]
+        byte_j[i] = np.maximum(0.0, tp[:, 1:] - static_w) * tp[:, :1]
+    dyn = flop_j + byte_j
+    return OpPrices(recs, static_w, t, flop_j, byte_j, wait_j, dyn, static_w * t + dyn)
+
+
+def overlap_windows(prices: OpPrices) -> list[tuple[int, list[int]]]:
+    """The overlap rule: (a tensor-parallel collective, the compute ops it runs concurrently with).
+
+    Regions are the maximal runs of ops with the same repetition count (a Repeat, or top-level ops);
+    a collective's window is the compute ops after it up to the next collective of its region,
+    wrapping round to the region's start (the next layer). Collectives that take no time at any
+    point and empty windows are left out. Rows index ``prices.recs``.
+    """
+    recs = prices.recs
+    runs: list[list[int]] = []
+    for i, r in enumerate(recs):
+        if runs and recs[runs[-1][-1]].count == r.count:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    out = []
+    for run in runs:
+        for pos, i in enumerate(run):
+            if recs[i].cls != "comm" or recs[i].comm_axis != "tp" or not np.any(prices.time_s[i] > 0):
+                continue
+            window = []
+            for step in range(1, len(run)):
+                j = run[(pos + step) % len(run)]
+                if recs[j].cls == "comm":
+                    break
+                window.append(j)
+            if window:
+                out.append((i, window))
+    return out
+
+
+_CLS = {"expert": "gemm"}  # kernel class of an op class in the contention model
+
+
+@dataclass
+class OverlapWindows:
+    """The windows of ``overlap_windows`` as ``overlap.overlap_window`` inputs, for any SM count.
+
+    ``comm``: each window's collective row. ``groups``: (windows, kernels, comm bytes) per window
+    length, priced by one ``overlap_window`` call: ``kernels[j]`` is kernel ``j`` of each window of
+    the group, fields (windows, points, clocks) ((points, clocks) for a lone window: views). No window
+    is padded (a padded kernel would cost as much array work as a real one).
+    """
+
+    prices: OpPrices
+    comm: list[int]
+    groups: list[tuple[list[int], list[Kernel], np.ndarray]]
+    solo_t: np.ndarray        # (windows, points, clocks): the window's compute ops run solo
+    solo_e: np.ndarray
+
+    @classmethod
+    def of(cls, p: OpPrices) -> OverlapWindows | None:
+        """The windows of ``p`` (None when it has none)."""
+        found = overlap_windows(p)
+        if not found:
+            return None
+        comm, windows = [i for i, _ in found], [w for _, w in found]
+        n = p.time_s.shape[1]
+        # one point and one clock (PlanPricer): a lone window on floats, overlap_window's fast path
+        pick = (lambda a: float(a.flat[0])) if p.time_s.shape[1:] == (1, 1) else (lambda a: a)
+        by_len: dict[int, list[int]] = {}
+        for row, w in enumerate(windows):
+            by_len.setdefault(len(w), []).append(row)
+        groups = []
+        for rows in by_len.values():
+            names = [[_CLS.get(p.recs[j].cls, p.recs[j].cls) for j in windows[r]] for r in rows]
+            if len(rows) == 1:
+                w = windows[rows[0]]
+                kernels = [Kernel(time_s=pick(p.time_s[j]), dyn_power_w=pick(p.dyn_power_w[j]), cls=c)
+                           for j, c in zip(w, names[0], strict=True)]
+                groups.append((rows, kernels, pick(_col(p.recs[comm[rows[0]]].comm_bytes, n)[:, None])))
+                continue
+            idx = np.array([windows[r] for r in rows]).T               # (length, windows)
+            kt, kw = p.time_s[idx], p.dyn_power_w[idx]                 # (length, windows, points, clocks)
+            kernels = [Kernel(time_s=kt[j], dyn_power_w=kw[j],
+                              cls=c[0] if len(set(c)) == 1 else np.array(c)[:, None, None])
+                       for j, c in enumerate(zip(*names, strict=True))]
+            nbytes = np.stack([_col(p.recs[comm[r]].comm_bytes, n) for r in rows])[..., None]
+            groups.append((rows, kernels, nbytes))
+        solo_t = np.stack([p.time_s[w].sum(axis=0) for w in windows])
+        solo_e = np.stack([p.energy_j[w].sum(axis=0) for w in windows])
+        return cls(p, comm, groups, solo_t, solo_e)
+
+    def collective_cost(self, comm_sms: int, params: OverlapParams,
+                        block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """(time_s, energy above static in J) of each window's collective with ``comm_sms`` SMs: the
+        contended window's less its compute ops' solo cost (so sums stay additive), arrays (windows,
+        points, clocks); 0 where the collective takes no time (its serial price)."""
+        wt, we = np.empty(self.solo_t.shape), np.empty(self.solo_t.shape)
+        for rows, kernels, nbytes in self.groups:
+            w = overlap_window(kernels, comm_bytes=nbytes, comm_sms=comm_sms, block_size=block_size, params=params)
+            wt[rows], we[rows] = w.time_s, w.energy_j
+        active = self.prices.time_s[self.comm] > 0
+        t = np.where(active, np.maximum(0.0, wt - self.solo_t), 0.0)
+        return t, np.where(active, np.maximum(0.0, we - self.solo_e - self.prices.static_w * t), 0.0)
+
+
 @dataclass(frozen=True)
 class PlanPricer:
     """Prices planned graphs per GPU; called like ``price_graph(graph, binding, gpu, profile, select)``.
 
     ``interconnect``: ``nvlink`` | ``pcie`` | ``ib`` for the collectives; ``comm_sms``: SMs given to
     tensor-parallel collectives overlapped with compute (None: no overlap, collectives in series);
-    ``comm_block_size``: threads per block of the collective kernel.
+    ``comm_block_size``: threads per block of the collective kernel. ``price_ops`` and
+    ``OverlapWindows`` at one point and one clock.
     """
 
     interconnect: str = "nvlink"
@@ -313,74 +516,21 @@ class PlanPricer:
     def __call__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec, profile: Profile,
                  select: Callable[[Op], bool] | None = None) -> list[PricedOp]:
         recs = plan_work(graph, None, binding, gpu=gpu, select=select)
-        priced: list[PricedOp] = [self._price(r, gpu, profile) for r in recs]
+        p = price_ops(recs, 1, gpu, profile, self.interconnect)
+        t, byte_j = p.time_s[:, 0, 0].copy(), p.byte_j[:, 0, 0].copy()
         if self.comm_sms is not None and any(r.cls == "comm" for r in recs):
-            priced = self._overlap(priced, recs, gpu, profile)
-        return priced
-
-    def _price(self, r: PlanOp, gpu: GPUSpec, profile: Profile) -> PlanPricedOp:
-        static_w = profile.static_power_w
-        if r.cls == "comm":
-            n = int(r.comm_gpus)
-            if n <= 1 or float(r.comm_bytes) == 0:
-                cost = OpCost(time_s=0.0, flops=0.0, hbm_bytes=0.0, static_j=0.0, flop_j=0.0, byte_j=0.0)
-                return PlanPricedOp(r.op, r.count, r.work, cost, cls="comm")
-            c = collective_cost(r.comm_fn or "", float(r.comm_bytes), n, gpu.name, self.interconnect)
-            comm_j = max(0.0, c.power_w - static_w) * c.time_s
-            cost = OpCost(time_s=c.time_s, flops=0.0, hbm_bytes=0.0, static_j=static_w * c.time_s,
-                          flop_j=0.0, byte_j=comm_j)
-            return PlanPricedOp(r.op, r.count, r.work, cost, cls="comm", comm_j=comm_j)
-        t, static_j, flop_j, byte_j = op_energy(r.work, op_time_s(r.work, gpu, profile), gpu, profile)
-        wait_j = 0.0
-        if r.max_work is not r.work:
-            t_max = op_energy(r.max_work, op_time_s(r.max_work, gpu, profile), gpu, profile)[0]
-            t_max = max(float(t_max), float(t))
-            wait_j = static_w * (t_max - float(t))
-            t, static_j = t_max, static_w * t_max
-        cost = OpCost(time_s=float(t), flops=float(r.work.flops), hbm_bytes=float(r.work.hbm_bytes),
-                      static_j=float(static_j), flop_j=float(flop_j), byte_j=float(byte_j))
-        return PlanPricedOp(r.op, r.count, r.work, cost, cls=r.cls, wait_j=wait_j)
-
-    def _overlap(self, priced: list[PricedOp], recs: Sequence[PlanOp], gpu: GPUSpec,
-                 profile: Profile) -> list[PricedOp]:
-        params = overlap_params(gpu, profile)
-        if not 0 < self.comm_sms < params.num_sms:  # type: ignore[operator]
-            raise ConfigError(f"comm_sms must be in 1..{params.num_sms - 1} on {gpu.name}, got {self.comm_sms}")
-        out = list(priced)
-        # regions: maximal runs of ops with the same repetition count (a Repeat, or top-level ops)
-        runs: list[list[int]] = []
-        for i, r in enumerate(recs):
-            if runs and recs[runs[-1][-1]].count == r.count:
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        for run in runs:
-            for pos, i in enumerate(run):
-                r = recs[i]
-                if r.cls != "comm" or r.comm_axis != "tp" or out[i].cost.time_s == 0:
-                    continue
-                window: list[int] = []
-                for step in range(1, len(run)):
-                    j = run[(pos + step) % len(run)]
-                    if recs[j].cls == "comm":
-                        break
-                    window.append(j)
-                if not window:
-                    continue
-                kernels = [Kernel(time_s=out[j].cost.time_s,
-                                  dyn_power_w=(out[j].cost.flop_j + out[j].cost.byte_j) / out[j].cost.time_s
-                                  if out[j].cost.time_s > 0 else 0.0,
-                                  cls={"expert": "gemm"}.get(recs[j].cls, recs[j].cls)) for j in window]
-                w = overlap_window(kernels, comm_bytes=float(r.comm_bytes), comm_sms=self.comm_sms,  # type: ignore[arg-type]
-                                   block_size=self.comm_block_size, params=params)
-                solo_t = sum(out[j].cost.time_s for j in window)
-                solo_e = sum(out[j].cost.energy_j for j in window)
-                t = max(0.0, w.time_s - solo_t)
-                static_j = profile.static_power_w * t
-                extra = max(0.0, w.energy_j - solo_e - static_j)
-                cost = OpCost(time_s=t, flops=0.0, hbm_bytes=0.0, static_j=static_j, flop_j=0.0, byte_j=extra)
-                out[i] = PlanPricedOp(r.op, r.count, r.work, cost, cls="comm", comm_j=extra)
-        return out
+            params = overlap_params(gpu, profile)
+            if not 0 < self.comm_sms < params.num_sms:
+                raise ConfigError(f"comm_sms must be in 1..{params.num_sms - 1} on {gpu.name}, got {self.comm_sms}")
+            windows = OverlapWindows.of(p)
+            if windows is not None:
+                wt, extra = windows.collective_cost(self.comm_sms, params, self.comm_block_size)
+                t[windows.comm], byte_j[windows.comm] = wt[:, 0, 0], extra[:, 0, 0]
+        cols = zip(recs, t.tolist(), p.flop_j[:, 0, 0].tolist(), byte_j.tolist(), p.wait_j[:, 0, 0].tolist(), strict=True)
+        return [PlanPricedOp(r.op, r.count, r.work, OpCost(time_s=ti, flops=float(r.work.flops),
+                                                           hbm_bytes=float(r.work.hbm_bytes), static_j=p.static_w * ti,
+                                                           flop_j=fi, byte_j=bi),
+                             cls=r.cls, wait_j=wi, comm_j=bi if r.cls == "comm" else 0.0) for r, ti, fi, bi, wi in cols]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def overlap_regions(graph: Graph) -> list[list[tuple[int, int | None]]]:
 
     A region is a maximal run of consecutive ops (in ``graph.walk()`` order) with the same repetition
     count: a ``Repeat``'s ops, or top-level ops (index ``None``) between regions, as
-    ``PlanPricer._overlap`` groups them.
+    ``costmodel.plan.overlap_windows`` groups them.
     """
     runs: list[list[tuple[int, int | None]]] = []
     last: int | None = None
@@ -139,7 +139,7 @@ class Overlap:
             for pos, op in enumerate(ops):
                 if not isinstance(op, Collective) or op.axis != "tp":
                     continue
-                # window rule of PlanPricer._overlap (costmodel/plan.py): the ops after it up to the next
+                # window rule of overlap_windows (costmodel/plan.py): the ops after it up to the next
                 # collective of its region, wrapping round to the region's start
                 window: list[int] = []
                 for step in range(1, len(run)):

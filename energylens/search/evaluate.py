@@ -1,9 +1,10 @@
 """Vectorised pricing of a plan space: one structural variant, every batch x clock x SM count at once.
 
 A *structural variant* is ``(tp, ep, dp, fused)``: it fixes the rewritten graphs (the pipeline
-``shard{tp,ep,dp}[,fuse],moe``). Everything else the search varies is a *knob* priced with array
-arithmetic, with the same rules as ``energylens.estimate`` (``costmodel/plan.py``'s ``PlanPricer``,
-``costmodel/serving.py``), which the tests check plan by plan:
+``shard{tp,ep,dp}[,fuse],moe``). Everything else the search varies is a *knob* priced on arrays by
+the cost model's own per-op rules (``costmodel/plan.py``: ``price_ops``, ``OverlapWindows``, which
+``energylens.estimate``'s ``PlanPricer`` applies at one point) and the serving rules of
+``costmodel/serving.py``, which the tests check plan by plan:
 
 * **batch** (concurrent sequences; ``max_num_seqs = batch / dp`` per replica): the graphs' symbols
   ``B``, ``S``, ``K`` are bound to numpy arrays with one entry per *evaluation point*, and
@@ -37,13 +38,10 @@ import numpy as np
 
 from energylens.costmodel.analysis import is_attention_op
 from energylens.costmodel.clock import ClockModel
-from energylens.costmodel.comm import collective_cost
-from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, op_time_s
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.memory import _chunk
-from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
-from energylens.costmodel.plan import PlanOp, overlap_params, plan_graph, plan_work
-from energylens.costmodel.power import capped_time_s, dynamic_energy_j
+from energylens.costmodel.overlap import OverlapParams
+from energylens.costmodel.plan import OverlapWindows, overlap_params, plan_graph, plan_work, price_ops
 from energylens.costmodel.profile import Profile
 from energylens.costmodel.serving import (
     kv_capacity_tokens,
@@ -107,30 +105,6 @@ def clock_profile(profile: Profile, gpu: GPUSpec, clock_mhz: float) -> Profile:
 # Pricing of one component: arrays (points, clocks[, sms])
 
 
-def _col(x: Any, n: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(x, dtype=float), (n,))
-
-
-_FIELDS = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels", "seqs")
-
-
-def _stack(works: Sequence[OpWork], n: int) -> OpWork:
-    """One OpWork with fields of shape (ops, points)."""
-    cols = {}
-    for f in _FIELDS:
-        out = np.empty((len(works), n))
-        for i, w in enumerate(works):
-            out[i] = getattr(w, f)
-        cols[f] = out
-    return OpWork(**cols)
-
-
-@functools.lru_cache(maxsize=262144)
-def _coll(fn: str, nbytes: float, n: int, gpu: str, interconnect: str) -> tuple[float, float]:
-    c = collective_cost(fn, nbytes, n, gpu, interconnect)
-    return c.time_s, c.power_w
-
-
 @dataclass
 class _Ctx:
     gpu: GPUSpec
@@ -142,160 +116,31 @@ class _Ctx:
     params: OverlapParams | None
 
 
-def _time_energy(w: OpWork, c: _Ctx) -> tuple[np.ndarray, np.ndarray]:
-    """(time, dynamic energy) of one execution of each op, arrays (ops, points, clocks), TDP-capped."""
-    comp, mem = compute_time_s(w, c.gpu, c.profile), memory_time_s(w, c.gpu, c.profile)
-    base = op_time_s(w, c.gpu, c.profile)  # the clock-free roofline, exactly as estimate prices it
-    t = comp[..., None] * c.cscale
-    np.maximum(t, mem[..., None], out=t)
-    t += (base - np.maximum(comp, mem))[..., None]
-    flop_j, byte_j = dynamic_energy_j(w, c.profile)
-    dyn = flop_j[..., None] * c.escale
-    dyn += byte_j[..., None]
-    return capped_time_s(t, dyn, c.profile.static_power_w, c.gpu.tdp_w), dyn
+def _component(graph: Graph, parallel: Parallel, fused: bool, binding: dict[str, np.ndarray], c: _Ctx,
+               select: Callable[[Any], bool] | None = None, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-GPU time and energy of one execution of a component: arrays (points, clocks, sms).
 
-
-@dataclass
-class _Ops:
-    """Priced ops of a component: arrays (ops + 1, points, clocks); the last row is all zeros."""
-
-    recs: list[PlanOp]
-    t: np.ndarray       # time of one execution, one GPU
-    e: np.ndarray       # static + dynamic energy of one execution, one GPU
-    dyn_w: np.ndarray   # dynamic power while running solo
-
-
-def _price_recs(recs: list[PlanOp], n: int, c: _Ctx) -> _Ops:
-    static_w = c.profile.static_power_w
-    nf = len(c.cscale)
-    t = np.zeros((len(recs) + 1, n, nf))
-    dyn = np.zeros(t.shape)
-    comp = [i for i, r in enumerate(recs) if r.cls != "comm"]
-    if comp:
-        tc, dc = _time_energy(_stack([recs[i].work for i in comp], n), c)
-        strag = [j for j, i in enumerate(comp) if recs[i].max_work is not recs[i].work]
-        if strag:  # expert straggler: every GPU waits for the most loaded one
-            tmax = _time_energy(_stack([recs[comp[j]].max_work for j in strag], n), c)[0]
-            tc[strag] = np.maximum(tmax, tc[strag])
-        t[comp], dyn[comp] = tc, dc
-    for i, r in enumerate(recs):
-        if r.cls != "comm" or int(r.comm_gpus) <= 1:
-            continue
-        nb = _col(r.comm_bytes, n)
-        uniq, inv = np.unique(nb, return_inverse=True)
-        tp = np.array([_coll(r.comm_fn or "", float(b), int(r.comm_gpus), c.gpu.name, c.interconnect)
-                       for b in uniq])[inv.reshape(-1)]
-        t[i] = tp[:, :1]
-        dyn[i] = np.maximum(0.0, tp[:, 1:] - static_w) * tp[:, :1]
-    comm_rows = np.array([r.cls == "comm" for r in recs] + [False])
-    dyn_w = np.divide(dyn, t, out=np.zeros(t.shape), where=(t > 0) & ~comm_rows[:, None, None])
-    return _Ops(recs, t, static_w * t + dyn, dyn_w)
-
-
-_CLS = {"expert": "gemm"}
-
-
-@dataclass
-class _WindowGroup:
-    """Windows of one length, priced by one ``overlap_window`` call: ``kernels[j]`` is kernel ``j`` of
-    every window of the group (fields (windows, points, clocks), or (points, clocks) for one window)."""
-
-    rows: list[int]           # the windows' positions in the component's list of windows
-    kernels: list[Kernel]
-    comm_bytes: np.ndarray    # (windows, points, 1), or (points, 1)
-
-
-def _window_groups(ops: _Ops, comm: list[int], windows: list[list[int]]) -> list[_WindowGroup]:
-    """The windows as ``overlap_window`` inputs, grouped by length: no window is padded (a padded
-    kernel would cost as much array work as a real one), and a lone window's kernels are views."""
-    n = ops.t.shape[1]
-    by_len: dict[int, list[int]] = {}
-    for row, w in enumerate(windows):
-        by_len.setdefault(len(w), []).append(row)
-    groups = []
-    for rows in by_len.values():
-        cls = [[_CLS.get(ops.recs[j].cls, ops.recs[j].cls) for j in windows[r]] for r in rows]
-        if len(rows) == 1:
-            w = windows[rows[0]]
-            kernels = [Kernel(time_s=ops.t[j], dyn_power_w=ops.dyn_w[j], cls=c) for j, c in zip(w, cls[0], strict=True)]
-            groups.append(_WindowGroup(rows, kernels, _col(ops.recs[comm[rows[0]]].comm_bytes, n)[:, None]))
-            continue
-        idx = np.array([windows[r] for r in rows]).T                  # (length, windows)
-        kt, kw = ops.t[idx], ops.dyn_w[idx]                            # (length, windows, points, clocks)
-        kernels = []
-        for j, names in enumerate(zip(*cls, strict=True)):
-            same = len(set(names)) == 1
-            kernels.append(Kernel(time_s=kt[j], dyn_power_w=kw[j],
-                                  cls=names[0] if same else np.array(names)[:, None, None]))
-        nbytes = np.stack([_col(ops.recs[comm[r]].comm_bytes, n) for r in rows])[..., None]
-        groups.append(_WindowGroup(rows, kernels, nbytes))
-    return groups
-
-
-def _totals(ops: _Ops, c: _Ctx, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-GPU time and energy of one execution of the component: arrays (points, clocks, sms).
-
-    Each tp collective's row is replaced by its window's ``overlap.overlap_window`` (on arrays, the
-    windows of one length at once, once per SM count) less the window's solo compute."""
-    recs = ops.recs
-    count = np.array([r.count for r in recs] + [0], dtype=float)
-    t_ser = np.einsum("i,ipf->pf", count, ops.t)
-    e_ser = np.einsum("i,ipf->pf", count, ops.e)
-    runs: list[list[int]] = []
-    for i, r in enumerate(recs):
-        if runs and recs[runs[-1][-1]].count == r.count:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    comm, windows = [], []
-    for run in runs:  # each tp collective overlaps the compute ops after it, up to the next collective
-        for pos, i in enumerate(run):
-            if recs[i].cls != "comm" or recs[i].comm_axis != "tp" or not np.any(ops.t[i] > 0):
-                continue
-            window = []
-            for step in range(1, len(run)):
-                j = run[(pos + step) % len(run)]
-                if recs[j].cls == "comm":
-                    break
-                window.append(j)
-            if window:
-                comm.append(i)
-                windows.append(window)
-    if not comm or c.params is None or all(k is None for k in c.sms):
+    Each tp collective's row is replaced by its window's price (``OverlapWindows``) at each SM count."""
+    recs = plan_work(graph, parallel, binding, gpu=c.gpu, fused=fused, select=select)
+    p = price_ops(recs, len(next(iter(binding.values()))), c.gpu, c.profile, c.interconnect, c.cscale, c.escale)
+    count = np.array([r.count for r in recs], dtype=float)
+    t_ser = np.einsum("i,ipf->pf", count, p.time_s)
+    e_ser = np.einsum("i,ipf->pf", count, p.energy_j)
+    windows = None if c.params is None or all(k is None for k in c.sms) else OverlapWindows.of(p)
+    if windows is None:
         return np.stack([t_ser] * len(c.sms), -1), np.stack([e_ser] * len(c.sms), -1)
-    # the SM-count-free parts of the windows, once for all SM counts
-    groups = _window_groups(ops, comm, windows)
-    shape = (len(windows), *ops.t.shape[1:])
-    solo_t = np.stack([ops.t[w].sum(axis=0) for w in windows])
-    solo_e = np.stack([ops.e[w].sum(axis=0) for w in windows])
-    ci = np.array(comm)
-    active = ops.t[ci] > 0
-    comm_t, comm_e = ops.t[ci], ops.e[ci]
-    cnt = count[ci][:, None, None]
-    static_w = c.profile.static_power_w
+    comm_t, comm_e = p.time_s[windows.comm], p.energy_j[windows.comm]
+    cnt = count[windows.comm][:, None, None]
     ts, es = [], []
     for k in c.sms:
         if k is None:
             ts.append(t_ser)
             es.append(e_ser)
             continue
-        wt, we = np.empty(shape), np.empty(shape)
-        for g in groups:
-            w = overlap_window(g.kernels, comm_bytes=g.comm_bytes, comm_sms=k, block_size=block, params=c.params)
-            wt[g.rows], we[g.rows] = w.time_s, w.energy_j
-        nt = np.maximum(0.0, wt - solo_t)
-        st = static_w * nt
-        ne = st + np.maximum(0.0, we - solo_e - st)
-        ts.append(t_ser + (cnt * np.where(active, nt - comm_t, 0.0)).sum(axis=0))
-        es.append(e_ser + (cnt * np.where(active, ne - comm_e, 0.0)).sum(axis=0))
+        nt, extra = windows.collective_cost(k, c.params, block)
+        ts.append(t_ser + (cnt * (nt - comm_t)).sum(axis=0))
+        es.append(e_ser + (cnt * (p.static_w * nt + extra - comm_e)).sum(axis=0))
     return np.stack(ts, -1), np.stack(es, -1)
-
-
-def _component(graph: Graph, parallel: Parallel, fused: bool, binding: dict[str, np.ndarray], c: _Ctx,
-               select: Callable[[Any], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    n = len(next(iter(binding.values())))
-    recs = plan_work(graph, parallel, binding, gpu=c.gpu, fused=fused, select=select)
-    return _totals(_price_recs(recs, n, c), c)
 
 
 # ---------------------------------------------------------------------------------------------
