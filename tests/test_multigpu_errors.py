@@ -14,8 +14,10 @@ WL = el.Workload(batch=8, prompt_len=512, output_len=128)
 
 def test_tp_not_dividing_heads_names_value_and_choices() -> None:
     with pytest.raises(ShardingError, match=r"tp=3 does not divide .*32 attention heads and 8 KV heads.*"
-                                            r"valid tp: 1, 2, 4, 8"):
+                                            r"valid tp on 8 GPUs: 1, 2, 4, 8$"):
         el.estimate(LLAMA, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=3))
+    with pytest.raises(ShardingError, match=r"valid tp on 4 GPUs: 1, 2, 4$"):  # only what the cluster can run
+        el.estimate(LLAMA, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=3))
 
 
 def test_ep_not_dividing_experts_names_value_and_choices() -> None:

@@ -185,16 +185,17 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
         raise ShardingError(f"tp x dp = {tp} x {dp} = {gpus} GPUs, but the cluster has {num_gpus}; "
                             f"use tp x dp <= {num_gpus}")
     heads, kv = _heads(graph)
+    valid_tp = ", ".join(map(str, valid_tp_values(graph, up_to=num_gpus or 64)))
     if not _tp_ok(tp, heads, kv):
         what = f"{heads} attention heads" + (f" and {kv} KV heads" if kv else "")
         raise ShardingError(
             f"tp={tp} does not divide the model's {what} "
             f"(tp must divide the heads and either divide the KV heads or be a multiple of them); "
-            f"valid tp: {', '.join(map(str, valid_tp_values(graph)))}")
+            f"valid tp{'' if num_gpus is None else f' on {num_gpus} GPUs'}: {valid_tp}")
     f = _int_size(graph, "f")
     if f and f % tp:
         raise ShardingError(f"tp={tp} does not divide the MLP intermediate size f={f}; "
-                            f"valid tp: {', '.join(map(str, valid_tp_values(graph)))}")
+                            f"valid tp{'' if num_gpus is None else f' on {num_gpus} GPUs'}: {valid_tp}")
     experts = _num_experts(graph)
     if ep > 1 and not experts:
         raise ShardingError(f"ep={ep} but graph {graph.name!r} has no experts (dim 'e'); use ep=1")
