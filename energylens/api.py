@@ -22,6 +22,7 @@ from energylens.costmodel.serving import serving_estimate
 from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Graph
 from energylens.passes.moe import Moe
+from energylens.passes.overlap import Overlap
 from energylens.passes.shard import check_parallel
 from energylens.typing import Cluster, Estimate, OpEstimate, Parallel, PhaseEstimate, PlanGraphs, Workload
 
@@ -89,7 +90,8 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     ``parallel`` (vLLM's meaning, default one GPU): attention and dense layers on ``tp x dp`` GPUs,
     each of the ``dp`` replicas serving ``batch / dp`` of the sequences; experts spread with ``ep``
     over the same GPUs. The plan is the pipeline ``shard{tp,ep,dp}``, ``fuse`` (when ``fused``),
-    ``moe{routing}`` (``routing``: ``uniform``, ``zipf`` or a configured ``Moe`` pass), priced per
+    ``moe{routing}`` (``routing``: ``uniform``, ``zipf`` or a configured ``Moe`` pass) and, with
+    ``comm_sms``, ``overlap{comm_sms}`` (the pass schedules the overlap; the pricer reads it), priced per
     GPU (``energylens.costmodel.plan``): local dim sizes per op, collectives from NCCL tables on
     ``cluster.interconnect`` (default NVLink where the GPU has it), the expert straggler under ep
     (waiting GPUs burn static power), fused kernels' HBM bytes; with ``comm_sms`` set, tensor-parallel
@@ -130,8 +132,9 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     prof = profile or load_profile(gpu, profiles)
     traced = resolve_model(model)
     check_parallel(traced.decode, parallel, num_gpus=cluster.num_gpus)
-    prefill_g = plan_graph(traced.prefill, parallel, fused, routing)
-    decode_g = plan_graph(traced.decode, parallel, fused, routing)
+    overlap = None if comm_sms is None else Overlap(comm_sms=comm_sms, total_sms=gpu.compute_units)
+    prefill_g = plan_graph(traced.prefill, parallel, fused, routing, overlap)
+    decode_g = plan_graph(traced.decode, parallel, fused, routing, overlap)
     name = _model_name(model, decode_g)
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
@@ -149,7 +152,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
         ops=tuple(_op_rows("prefill", pre_ops, n) + _op_rows("decode", dec_ops, n)),
         serving=serving_estimate(prefill_g, decode_g, workload, gpu, prof, num_gpus=n, price=price),
         profile=f"{prof.provenance.method}: {prof.provenance.data}",
-        graphs=PlanGraphs(pipeline=pipeline_text(parallel, fused, routing), prefill=prefill_g, decode=decode_g),
+        graphs=PlanGraphs(pipeline=pipeline_text(parallel, fused, routing, overlap), prefill=prefill_g, decode=decode_g),
     )
 
 # compile and Plan live in the search stage (above the cost model); re-exported here for ``energylens``.

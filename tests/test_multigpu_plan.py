@@ -17,6 +17,7 @@ from energylens.costmodel.profile import load_profile
 from energylens.costmodel.serving import serving_estimate
 from energylens.ir.core import Collective
 from energylens.passes.moe import Moe, graph_expert_load
+from energylens.passes.overlap import Overlap
 from energylens.passes.shard import mesh_of
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -177,8 +178,8 @@ def test_overlap_uses_the_contended_schedule() -> None:
     serial = el.estimate(LLAMA, H100, wl, par)
     lapped = el.estimate(LLAMA, H100, wl, par, comm_sms=16)
     assert lapped.prefill.latency_s != serial.prefill.latency_s
-    ops = PlanPricer(comm_sms=16)(plan_graph(resolve_model(LLAMA).prefill, par), {"B": 16, "S": 2048, "K": 2048},
-                                  GPU, PROF)
+    lapped_g = plan_graph(resolve_model(LLAMA).prefill, par, overlap=Overlap(comm_sms=16, total_sms=GPU.compute_units))
+    ops = PlanPricer(comm_sms=16)(lapped_g, {"B": 16, "S": 2048, "K": 2048}, GPU, PROF)
     comm = [p for p in ops if p.cls == "comm" and p.op.axis == "tp" and p.count > 1]
     # a large prefill all-reduce mostly hides behind the other nano-batch's compute
     solo = PlanPricer()(plan_graph(resolve_model(LLAMA).prefill, par), {"B": 16, "S": 2048, "K": 2048}, GPU, PROF)

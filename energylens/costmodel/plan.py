@@ -1,6 +1,6 @@
 """Multi-GPU plans: the rewritten graphs of a plan, their work per GPU, and their price.
 
-A *plan* is a traced graph after the pipeline ``shard{tp,ep,dp}[,fuse],moe{routing}``
+A *plan* is a traced graph after the pipeline ``shard{tp,ep,dp}[,fuse],moe{routing}[,overlap{comm_sms}]``
 (``plan_graph``). Every op of a planned graph runs on each of the plan's ``tp x dp`` GPUs at its
 local dim sizes (``energylens.passes.shard.local_dim_sizes``); the collectives the shard pass
 inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signature as
@@ -21,12 +21,13 @@ inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signat
   that of the mean work; every other GPU waits for the straggler at static power. That waiting
   energy is in ``static_j`` and reported as ``wait_j``.
 * **Overlap** (``comm_sms`` set): the step runs as two interleaved nano-batches (as NanoFlow and
-  Kareus run it), so each tensor-parallel collective (axis ``tp``) runs on ``comm_sms`` SMs
-  concurrently with the compute ops that follow it up to the next collective of its region
-  (wrapping round to the region's start: the next layer), which belong to the other nano-batch.
-  Time and energy of that window come from the contended schedule ``overlap.overlap_window``
-  (SM contention, HBM interference, communication power); the collective's cost is the window's
-  minus the solo cost of the compute ops, so sums stay additive. Kernels are priced at the full
+  Kareus run it). The ``overlap`` pass decides the schedule and the pricer only reads it from the
+  IR (``overlap_windows``): a collective on stream 1 runs on ``comm_sms`` SMs concurrently with the
+  compute ops that follow it in its region (wrapping round to the region's start: the next layer)
+  while they carry an ``sm_share`` below 1, which belong to the other nano-batch. Time and energy
+  of that window come from the contended schedule ``overlap.overlap_window`` (SM contention, HBM
+  interference, communication power); the collective's cost is the window's minus the solo cost
+  of the compute ops, so sums stay additive. Kernels are priced at the full
   batch: the weight re-reads of the second nano-batch are not counted (an optimistic bound).
   Contention coefficients are fitted on A100 (``profiles/overlap_a100_sxm4_40gb.json``); other
   GPUs use them with their own SM count, static power and TDP, the per-SM byte rate scaled by
@@ -34,8 +35,9 @@ inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signat
 
 The rules are written once, on arrays: ``plan_work`` (work records, fields arrays over points),
 ``price_ops`` (their time and energy at each point and GPU clock) and ``OverlapWindows`` (the
-windows of ``overlap_windows``, priced at any SM count). ``PlanPricer`` applies them at one point and
-one clock; the search (``energylens.search.evaluate``) at every batch x clock x SM count of a variant.
+windows the ``overlap`` pass annotated, read by ``overlap_windows``, priced at any SM count).
+``PlanPricer`` applies them at one point and one clock; the search (``energylens.search.evaluate``)
+at every batch x clock x SM count of a variant.
 
 >>> from energylens.typing import Parallel
 >>> # ops = plan_work(traced.decode, Parallel(tp=2), {"B": np.array([1, 8, 64]), "S": 1, "K": 1024},
@@ -63,6 +65,7 @@ from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Collective, Einsum, Gather, Graph, Op, Value
 from energylens.passes.manager import PassManager
 from energylens.passes.moe import Moe, graph_expert_load
+from energylens.passes.overlap import Overlap
 from energylens.passes.shard import Shard, collective_bytes, local_dim_sizes, mesh_of, replication
 from energylens.typing import MemoryEstimate, OpCost, Parallel, Workload
 
@@ -76,6 +79,7 @@ __all__ = [
     "OpPrices",
     "price_ops",
     "overlap_windows",
+    "overlap_block_sizes",
     "OverlapWindows",
     "PlanPricer",
     "overlap_params",
@@ -100,16 +104,24 @@ def _moe_pass(routing: str | Moe) -> Moe:
     return Moe(routing=routing)  # type: ignore[arg-type]
 
 
-def pipeline_text(parallel: Parallel, fused: bool = True, routing: str | Moe = "uniform") -> str:
-    """The pipeline of a plan in the pass-manager syntax (``"shard{tp=2,ep=1,dp=1},fuse,moe{...}"``)."""
+def pipeline_text(parallel: Parallel, fused: bool = True, routing: str | Moe = "uniform",
+                  overlap: Overlap | None = None) -> str:
+    """The pipeline of a plan in the pass-manager syntax (``"shard{tp=2,ep=1,dp=1},fuse,moe{...}"``,
+    then ``overlap{comm_sms=16,total_sms=132}`` when an ``overlap`` pass (model mode) is given)."""
     moe = _moe_pass(routing)
     opts = f"routing={moe.routing}" + (f",skew={moe.skew}" if moe.routing == "zipf" else "") + f",seed={moe.seed}"
+    ov = ""
+    if overlap is not None:
+        ov = (f",overlap{{comm_sms={overlap.comm_sms},total_sms={overlap.total_sms}"
+              + (f",comm_block_size={overlap.comm_block_size}" if overlap.comm_block_size != 1024 else "") + "}")
     return (f"shard{{tp={parallel.tp},ep={parallel.ep},dp={parallel.dp}}}" + (",fuse" if fused else "")
-            + f",moe{{{opts}}}")
+            + f",moe{{{opts}}}" + ov)
 
 
-@functools.lru_cache(maxsize=64)
-def _planned(graph: Graph, parallel: Parallel, fused: bool, moe: Moe) -> Graph:
+@functools.lru_cache(maxsize=128)
+def _planned(graph: Graph, parallel: Parallel, fused: bool, moe: Moe, overlap: Overlap | None) -> Graph:
+    if overlap is not None:  # the schedule on top of the (cached) rewritten graph
+        return PassManager((overlap,))(_planned(graph, parallel, fused, moe, None))
     passes: list[Any] = [Shard(parallel.tp, parallel.ep, parallel.dp)]
     if fused:
         from energylens.passes.fuse import Fuse
@@ -120,13 +132,18 @@ def _planned(graph: Graph, parallel: Parallel, fused: bool, moe: Moe) -> Graph:
 
 
 def plan_graph(graph: Graph, parallel: Parallel | None = None, fused: bool = True,
-               routing: str | Moe = "uniform") -> Graph:
-    """``graph`` after ``shard{tp,ep,dp}``, ``fuse`` (when ``fused``) and ``moe{routing}`` (cached).
+               routing: str | Moe = "uniform", overlap: Overlap | None = None) -> Graph:
+    """``graph`` after ``shard{tp,ep,dp}``, ``fuse`` (when ``fused``), ``moe{routing}`` and, when
+    given, the ``overlap`` pass (model mode: ``Overlap(comm_sms=16, total_sms=gpu.compute_units)``),
+    whose stream and SM-share annotations are the schedule ``PlanPricer(comm_sms=...)`` prices (cached).
 
     ``routing`` is a routing name (``uniform``, ``zipf``; ``histogram`` needs a ``Moe`` pass) or a
     configured ``energylens.passes.moe.Moe``. Raises ``ShardingError`` for an impossible sharding.
     """
-    return _planned(graph, parallel or Parallel(), bool(fused), _moe_pass(routing))
+    if overlap is not None and overlap.start is not None:
+        raise ConfigError("plan_graph: the overlap pass of a plan runs in model mode (no start/end), "
+                          f"got {overlap!r}")
+    return _planned(graph, parallel or Parallel(), bool(fused), _moe_pass(routing), overlap)
 
 
 def num_gpus_of(graph: Graph) -> int:
@@ -402,13 +419,19 @@ def price_ops(recs: Sequence[PlanOp], n: int, gpu: GPUSpec, profile: Profile, in
     return OpPrices(recs, static_w, t, flop_j, byte_j, wait_j, dyn, static_w * t + dyn)
 
 
-def overlap_windows(prices: OpPrices) -> list[tuple[int, list[int]]]:
-    """The overlap rule: (a tensor-parallel collective, the compute ops it runs concurrently with).
+def _shares_sms(op: Op) -> bool:
+    """A compute op the overlap pass put in a window: it runs on a share of the SMs."""
+    return op.sm_share is not None and op.sm_share < 1
 
-    Regions are the maximal runs of ops with the same repetition count (a Repeat, or top-level ops);
-    a collective's window is the compute ops after it up to the next collective of its region,
-    wrapping round to the region's start (the next layer). Collectives that take no time at any
-    point and empty windows are left out. Rows index ``prices.recs``.
+
+def overlap_windows(prices: OpPrices) -> list[tuple[int, list[int]]]:
+    """The schedule the ``overlap`` pass annotated: (a collective, the compute ops it runs with).
+
+    Read from the IR only: a collective on stream 1 overlaps the compute ops that follow it in its
+    region (a maximal run of ops with the same repetition count: a Repeat, or top-level ops),
+    wrapping round to the region's start (the next layer), while they carry an ``sm_share`` below 1,
+    up to the next collective. Collectives that take no time at any point and empty windows are
+    left out. Rows index ``prices.recs``.
     """
     recs = prices.recs
     runs: list[list[int]] = []
@@ -420,16 +443,26 @@ def overlap_windows(prices: OpPrices) -> list[tuple[int, list[int]]]:
     out = []
     for run in runs:
         for pos, i in enumerate(run):
-            if recs[i].cls != "comm" or recs[i].comm_axis != "tp" or not np.any(prices.time_s[i] > 0):
+            if recs[i].cls != "comm" or recs[i].op.stream != 1 or not np.any(prices.time_s[i] > 0):
                 continue
             window = []
             for step in range(1, len(run)):
                 j = run[(pos + step) % len(run)]
-                if recs[j].cls == "comm":
+                if recs[j].cls == "comm" or not _shares_sms(recs[j].op):
                     break
                 window.append(j)
             if window:
                 out.append((i, window))
+    return out
+
+
+def overlap_block_sizes(graph: Graph) -> dict[str, int]:
+    """Threads per block of each overlapped collective's kernel, as the ``overlap`` pass recorded
+    them (``Graph.attrs`` ``overlap.<collective>.block_size``), by collective result name."""
+    out = {}
+    for key, value in graph.attrs:
+        if key.startswith("overlap.") and key.endswith(".block_size"):
+            out[key[len("overlap."):-len(".block_size")]] = int(value)
     return out
 
 
@@ -440,21 +473,23 @@ _CLS = {"expert": "gemm"}  # kernel class of an op class in the contention model
 class OverlapWindows:
     """The windows of ``overlap_windows`` as ``overlap.overlap_window`` inputs, for any SM count.
 
-    ``comm``: each window's collective row. ``groups``: (windows, kernels, comm bytes) per window
-    length, priced by one ``overlap_window`` call: ``kernels[j]`` is kernel ``j`` of each window of
-    the group, fields (windows, points, clocks) ((points, clocks) for a lone window: views). No window
-    is padded (a padded kernel would cost as much array work as a real one).
+    ``comm``: each window's collective row. ``groups``: (windows, kernels, comm bytes, block size)
+    per window length and recorded block size (None: the caller's), priced by one ``overlap_window``
+    call: ``kernels[j]`` is kernel ``j`` of each window of the group, fields (windows, points, clocks)
+    ((points, clocks) for a lone window: views). No window is padded (a padded kernel would cost as
+    much array work as a real one).
     """
 
     prices: OpPrices
     comm: list[int]
-    groups: list[tuple[list[int], list[Kernel], np.ndarray]]
+    groups: list[tuple[list[int], list[Kernel], np.ndarray, int | None]]
     solo_t: np.ndarray        # (windows, points, clocks): the window's compute ops run solo
     solo_e: np.ndarray
 
     @classmethod
-    def of(cls, p: OpPrices) -> OverlapWindows | None:
-        """The windows of ``p`` (None when it has none)."""
+    def of(cls, p: OpPrices, block_sizes: Mapping[str, int] | None = None) -> OverlapWindows | None:
+        """The windows of ``p`` (None when it has none); ``block_sizes``: ``overlap_block_sizes`` of
+        the priced graph (a collective without one uses ``collective_cost``'s ``block_size``)."""
         found = overlap_windows(p)
         if not found:
             return None
@@ -462,17 +497,18 @@ class OverlapWindows:
         n = p.time_s.shape[1]
         # one point and one clock (PlanPricer): a lone window on floats, overlap_window's fast path
         pick = (lambda a: float(a.flat[0])) if p.time_s.shape[1:] == (1, 1) else (lambda a: a)
-        by_len: dict[int, list[int]] = {}
+        blocks = block_sizes or {}
+        by_len: dict[tuple[int, int | None], list[int]] = {}
         for row, w in enumerate(windows):
-            by_len.setdefault(len(w), []).append(row)
+            by_len.setdefault((len(w), blocks.get(p.recs[comm[row]].op.result.name)), []).append(row)
         groups = []
-        for rows in by_len.values():
+        for (_, block), rows in by_len.items():
             names = [[_CLS.get(p.recs[j].cls, p.recs[j].cls) for j in windows[r]] for r in rows]
             if len(rows) == 1:
                 w = windows[rows[0]]
                 kernels = [Kernel(time_s=pick(p.time_s[j]), dyn_power_w=pick(p.dyn_power_w[j]), cls=c)
                            for j, c in zip(w, names[0], strict=True)]
-                groups.append((rows, kernels, pick(_col(p.recs[comm[rows[0]]].comm_bytes, n)[:, None])))
+                groups.append((rows, kernels, pick(_col(p.recs[comm[rows[0]]].comm_bytes, n)[:, None]), block))
                 continue
             idx = np.array([windows[r] for r in rows]).T               # (length, windows)
             kt, kw = p.time_s[idx], p.dyn_power_w[idx]                 # (length, windows, points, clocks)
@@ -480,7 +516,7 @@ class OverlapWindows:
                               cls=c[0] if len(set(c)) == 1 else np.array(c)[:, None, None])
                        for j, c in enumerate(zip(*names, strict=True))]
             nbytes = np.stack([_col(p.recs[comm[r]].comm_bytes, n) for r in rows])[..., None]
-            groups.append((rows, kernels, nbytes))
+            groups.append((rows, kernels, nbytes, block))
         solo_t = np.stack([p.time_s[w].sum(axis=0) for w in windows])
         solo_e = np.stack([p.energy_j[w].sum(axis=0) for w in windows])
         return cls(p, comm, groups, solo_t, solo_e)
@@ -489,10 +525,12 @@ class OverlapWindows:
                         block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(time_s, energy above static in J) of each window's collective with ``comm_sms`` SMs: the
         contended window's less its compute ops' solo cost (so sums stay additive), arrays (windows,
-        points, clocks); 0 where the collective takes no time (its serial price)."""
+        points, clocks); 0 where the collective takes no time (its serial price). ``block_size``:
+        threads per block of a collective whose graph recorded none."""
         wt, we = np.empty(self.solo_t.shape), np.empty(self.solo_t.shape)
-        for rows, kernels, nbytes in self.groups:
-            w = overlap_window(kernels, comm_bytes=nbytes, comm_sms=comm_sms, block_size=block_size, params=params)
+        for rows, kernels, nbytes, block in self.groups:
+            w = overlap_window(kernels, comm_bytes=nbytes, comm_sms=comm_sms,
+                               block_size=block_size if block is None else block, params=params)
             wt[rows], we[rows] = w.time_s, w.energy_j
         active = self.prices.time_s[self.comm] > 0
         t = np.where(active, np.maximum(0.0, wt - self.solo_t), 0.0)
@@ -504,9 +542,10 @@ class PlanPricer:
     """Prices planned graphs per GPU; called like ``price_graph(graph, binding, gpu, profile, select)``.
 
     ``interconnect``: ``nvlink`` | ``pcie`` | ``ib`` for the collectives; ``comm_sms``: SMs given to
-    tensor-parallel collectives overlapped with compute (None: no overlap, collectives in series);
-    ``comm_block_size``: threads per block of the collective kernel. ``price_ops`` and
-    ``OverlapWindows`` at one point and one clock.
+    each collective the ``overlap`` pass scheduled on stream 1 (``plan_graph(..., overlap=...)``),
+    priced over the window the graph annotates (``overlap_windows``); None: collectives in series.
+    ``comm_block_size``: threads per block of a collective kernel whose graph records none
+    (``overlap.<collective>.block_size``). ``price_ops`` and ``OverlapWindows`` at one point and one clock.
     """
 
     interconnect: str = "nvlink"
@@ -522,7 +561,7 @@ class PlanPricer:
             params = overlap_params(gpu, profile)
             if not 0 < self.comm_sms < params.num_sms:
                 raise ConfigError(f"comm_sms must be in 1..{params.num_sms - 1} on {gpu.name}, got {self.comm_sms}")
-            windows = OverlapWindows.of(p)
+            windows = OverlapWindows.of(p, overlap_block_sizes(graph))
             if windows is not None:
                 wt, extra = windows.collective_cost(self.comm_sms, params, self.comm_block_size)
                 t[windows.comm], byte_j[windows.comm] = wt[:, 0, 0], extra[:, 0, 0]

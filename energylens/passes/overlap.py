@@ -13,9 +13,10 @@ Two modes, chosen by whether a window is given:
   for sharded traced graphs with ``Repeat`` regions. Every tensor-parallel collective (axis
   ``tp``, on a mesh with ``tp > 1``) goes on stream 1 with ``sm_share = comm_sms / total_sms``, and
   the compute ops it overlaps get ``sm_share = 1 - comm_sms / total_sms``: the ops after it up to
-  the next collective of its region, wrapping round to the region's start (the next layer). That is
-  the schedule ``costmodel.plan.PlanPricer(comm_sms=...)`` prices; no op moves. A graph without
-  such a collective is returned as it is.
+  the next collective of its region, wrapping round to the region's start (the next layer); no op
+  moves. This pass decides the schedule: ``energylens.estimate(comm_sms=...)`` and the search plan
+  their graphs through it, and the cost model only reads it back from the annotations
+  (``costmodel.plan.overlap_windows``). A graph without such a collective is returned as it is.
 
 Either way the window is readable from the IR: a stream-1 collective, then ops with an
 ``sm_share`` below 1. The block size of each overlapped collective's kernel is recorded in
@@ -123,7 +124,7 @@ class Overlap:
             return self._model(graph)
         return self._window(graph)
 
-    # -- model mode: every tp collective, windows as PlanPricer prices them
+    # -- model mode: every tp collective, with the ops after it in its region
 
     def _model(self, graph: Graph) -> Graph:
         def op_at(a: tuple[int, int | None]) -> Op:
@@ -139,8 +140,8 @@ class Overlap:
             for pos, op in enumerate(ops):
                 if not isinstance(op, Collective) or op.axis != "tp":
                     continue
-                # window rule of overlap_windows (costmodel/plan.py): the ops after it up to the next
-                # collective of its region, wrapping round to the region's start
+                # the window: the ops after it up to the next collective of its region, wrapping round
+                # to the region's start (costmodel.plan.overlap_windows reads it back from sm_share)
                 window: list[int] = []
                 for step in range(1, len(run)):
                     j = (pos + step) % len(run)

@@ -1,10 +1,11 @@
 """Vectorised pricing of a plan space: one structural variant, every batch x clock x SM count at once.
 
 A *structural variant* is ``(tp, ep, dp, fused)``: it fixes the rewritten graphs (the pipeline
-``shard{tp,ep,dp}[,fuse],moe``). Everything else the search varies is a *knob* priced on arrays by
-the cost model's own per-op rules (``costmodel/plan.py``: ``price_ops``, ``OverlapWindows``, which
-``energylens.estimate``'s ``PlanPricer`` applies at one point) and the serving rules of
-``costmodel/serving.py``, which the tests check plan by plan:
+``shard{tp,ep,dp}[,fuse],moe``, then ``overlap`` when an SM count is searched). Everything else
+the search varies is a *knob* priced on arrays by the cost model's own per-op rules
+(``costmodel/plan.py``: ``price_ops``, ``OverlapWindows``, which ``energylens.estimate``'s
+``PlanPricer`` applies at one point) and the serving rules of ``costmodel/serving.py``, which the
+tests check plan by plan:
 
 * **batch** (concurrent sequences; ``max_num_seqs = batch / dp`` per replica): the graphs' symbols
   ``B``, ``S``, ``K`` are bound to numpy arrays with one entry per *evaluation point*, and
@@ -18,10 +19,12 @@ the cost model's own per-op rules (``costmodel/plan.py``: ``price_ops``, ``Overl
   dynamic energy per FLOP by ``V(f)^2``, a trailing clock axis: arrays ``(ops, points, clocks)``.
   (A clock is exactly a profile with ``compute_efficiency`` and ``vector_flops_fraction`` scaled
   by ``f / f_max`` and ``flop_pj`` by ``V(f)^2``: ``clock_profile`` builds it for the scalar oracle);
-* **overlap SMs** ``comm_sms``: each tensor-parallel collective's window (the compute ops after it,
-  up to the next collective) is simulated by ``overlap.overlap_window`` itself, called on arrays
-  ``(windows, points, clocks)`` once per SM count and window length (windows of one length share a
-  call; none is padded); one loop iteration per op of the window.
+* **overlap SMs** ``comm_sms``: the graphs go once per variant through the ``overlap`` pass (the
+  windows it annotates do not depend on the SM count), and each window it scheduled (a stream-1
+  collective and the ``sm_share < 1`` compute ops after it, ``plan.overlap_windows``) is simulated by
+  ``overlap.overlap_window`` itself, called on arrays ``(windows, points, clocks)`` once per SM count
+  and window length (windows of one length share a call; none is padded); one loop iteration per
+  op of the window.
 
 The Python work per variant is thus a loop over ops (one per component, plus one per overlapped
 window op), each iteration doing numpy over ``points x clocks [x sms]``.
@@ -41,7 +44,14 @@ from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.memory import _chunk
 from energylens.costmodel.overlap import OverlapParams
-from energylens.costmodel.plan import OverlapWindows, overlap_params, plan_graph, plan_work, price_ops
+from energylens.costmodel.plan import (
+    OverlapWindows,
+    overlap_block_sizes,
+    overlap_params,
+    plan_graph,
+    plan_work,
+    price_ops,
+)
 from energylens.costmodel.profile import Profile
 from energylens.costmodel.serving import (
     kv_capacity_tokens,
@@ -51,6 +61,7 @@ from energylens.costmodel.serving import (
     step_time_s,
 )
 from energylens.ir.core import Graph
+from energylens.passes.overlap import Overlap
 from energylens.passes.shard import local_dim_sizes, mesh_of
 from energylens.typing import Parallel, Workload
 
@@ -116,17 +127,18 @@ class _Ctx:
     params: OverlapParams | None
 
 
-def _component(graph: Graph, parallel: Parallel, fused: bool, binding: dict[str, np.ndarray], c: _Ctx,
-               select: Callable[[Any], bool] | None = None, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-GPU time and energy of one execution of a component: arrays (points, clocks, sms).
-
-    Each tp collective's row is replaced by its window's price (``OverlapWindows``) at each SM count."""
-    recs = plan_work(graph, parallel, binding, gpu=c.gpu, fused=fused, select=select)
+def _component(graph: Graph, binding: dict[str, np.ndarray], c: _Ctx, select: Callable[[Any], bool] | None = None,
+               block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-GPU time and energy of one execution of a component of a planned ``graph``: arrays
+    (points, clocks, sms). Each collective the overlap pass scheduled has its row replaced by its
+    window's price (``OverlapWindows``) at each SM count."""
+    recs = plan_work(graph, None, binding, gpu=c.gpu, select=select)
     p = price_ops(recs, len(next(iter(binding.values()))), c.gpu, c.profile, c.interconnect, c.cscale, c.escale)
     count = np.array([r.count for r in recs], dtype=float)
     t_ser = np.einsum("i,ipf->pf", count, p.time_s)
     e_ser = np.einsum("i,ipf->pf", count, p.energy_j)
-    windows = None if c.params is None or all(k is None for k in c.sms) else OverlapWindows.of(p)
+    windows = None if c.params is None or all(k is None for k in c.sms) else OverlapWindows.of(
+        p, overlap_block_sizes(graph))
     if windows is None:
         return np.stack([t_ser] * len(c.sms), -1), np.stack([e_ser] * len(c.sms), -1)
     comm_t, comm_e = p.time_s[windows.comm], p.energy_j[windows.comm]
@@ -210,19 +222,22 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     s_len = float(workload.prompt_len)
     b, p = pts["b"], pts["p"]
     ctx_b = np.array([ctx_of(int(x)) for x in knobs.batches])
-    dec, pre, fused = variant.decode, variant.prefill, variant.fused
-    t1, e1 = _component(dec, par, fused, {"B": b, "S": (b + p) / b, "K": pts["ctx"]}, c,
-                        lambda op: not is_attention_op(op))
-    t2, e2 = _component(dec, par, fused, {"B": batches, "S": np.ones_like(batches), "K": ctx_b}, c, is_attention_op)
-    t3, e3 = _component(pre, par, fused, {"B": np.maximum(p, 1e-9) / s_len, "S": np.full_like(p, s_len),
-                                          "K": np.full_like(p, s_len)}, c, is_attention_op)
+    # one overlap pass per variant: its windows are the same at every SM count, priced as a knob
+    ov = None if params is None else Overlap(comm_sms=next(k for k in knobs.comm_sms if k is not None),
+                                            total_sms=gpu.compute_units)
+    dec = plan_graph(variant.decode, par, variant.fused, overlap=ov)
+    pre = plan_graph(variant.prefill, par, variant.fused, overlap=ov)
+    t1, e1 = _component(dec, {"B": b, "S": (b + p) / b, "K": pts["ctx"]}, c, lambda op: not is_attention_op(op))
+    t2, e2 = _component(dec, {"B": batches, "S": np.ones_like(batches), "K": ctx_b}, c, is_attention_op)
+    t3, e3 = _component(pre, {"B": np.maximum(p, 1e-9) / s_len, "S": np.full_like(p, s_len),
+                              "K": np.full_like(p, s_len)}, c, is_attention_op)
     has_p = (p > 0)[:, None, None]
     t_gpu = t1 + t2[pts["idx"]] + np.where(has_p, t3, 0.0)
     t_srv = step_time_s(t_gpu, b[:, None, None], profile)  # kernels combined with host overheads
     idle_w = getattr(profile, "overhead_power_w", profile.static_power_w)  # host overheads: no kernel runs
     e_srv = e1 + e2[pts["idx"]] + np.where(has_p, e3, 0.0) + idle_w * (t_srv - t_gpu)
-    t_pre, e_pre = _component(pre, par, fused, {"B": batches, "S": np.full_like(batches, s_len),
-                                                "K": np.full_like(batches, s_len)}, c)
+    t_pre, e_pre = _component(pre, {"B": batches, "S": np.full_like(batches, s_len),
+                                    "K": np.full_like(batches, s_len)}, c)
     nb = len(batches)
     wmat = np.zeros((nb, len(b)))
     wmat[pts["idx"], np.arange(len(b))] = pts["w"]
