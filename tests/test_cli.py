@@ -16,6 +16,17 @@ def run(*args: str):
     return runner.invoke(app, list(args))
 
 
+def test_readme_main_command_compiles_a_plan_for_the_cluster():
+    """The README's first command: Llama-3.1-70B (full size, traced on meta) on 8 x H100."""
+    r = run("compile", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "H100-SXM", "--gpus", "8", "--batch", "64",
+            "--prompt-len", "1024", "--output-len", "256", "--slo-itl-ms", "40")
+    assert r.exit_code == 0, r.output
+    for text in ("meta-llama/Llama-3.1-70B-Instruct on 8 x H100-SXM", "SLO ITL ms <= 40", "plans searched",
+                 "serving step (median ITL", "memory per GPU", "top 10 ops by energy", "Pareto frontier"):
+        assert text in r.output, text
+    assert "Traceback" not in r.output
+
+
 def test_estimate_prints_phases_memory_and_top_ops():
     r = run("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "H100-SXM", "--batch", "32",
             "--prompt-len", "1024", "--output-len", "256", "--top", "5")
