@@ -99,6 +99,10 @@ def test_errors() -> None:
         collective_time_s("all_reduce", 1024, 2, GPU, "ethernet")
     with pytest.raises(UnknownNameError):
         collective_time_s("all_reduce", 1024, 2, "no-such-gpu")
+    # a peer link without measurements is an error that says what can be done, not a borrowed number
+    with pytest.raises(EstimateError, match=r"no measured collective tables for MI300X.*H100-SXM.*one GPU.*pcie"):
+        collective_time_s("all_reduce", 1024, 2, "MI300X")
+    assert collective_time_s("all_reduce", 1024, 2, "MI300X", "pcie")[1] == "alpha_beta_link"
     with pytest.raises(EstimateError):
         wait_energy_j(GPU, -1.0)
     assert "send_recv" in COLLECTIVES

@@ -121,9 +121,11 @@ def _check(fn: str, bytes_: float, num_gpus: int, interconnect: str) -> None:
 def _profile_key(spec: GPUSpec) -> str:
     key = _PROFILE_OF.get(spec.name)
     if key is None:
-        have = sorted(k for k, v in _PROFILE_OF.items() if k in _known_gpus())
-        raise UnknownNameError(
-            "GPU with NVLink collective tables", spec.name, have or list(_PROFILE_OF)) from None
+        have = sorted(k for k in _PROFILE_OF if k in _known_gpus())
+        raise EstimateError(
+            f"no measured collective tables for {spec.name}'s peer links, so its multi-GPU plans cannot be "
+            f"priced over them: GPUs with tables: {', '.join(have)}; run {spec.name} on one GPU (tp = dp = 1), "
+            f"or price its collectives over PCIe (interconnect 'pcie', datasheet bandwidth)")
     return key
 
 
@@ -231,8 +233,8 @@ def collective_cost(fn: str, bytes_: float, num_gpus: int, gpu: str,
                     interconnect: str = "nvlink") -> CommCost:
     """Time and energy (all ``num_gpus`` GPUs together) of one collective.
 
-    Raises ``UnknownNameError`` for an unknown collective, interconnect or a GPU without tables,
-    and ``EstimateError`` for a negative size.
+    Raises ``UnknownNameError`` for an unknown collective or interconnect, and ``EstimateError`` for a
+    negative size or a GPU without measured tables over its peer links (MI300X).
     """
     t, how = collective_time_s(fn, bytes_, num_gpus, gpu, interconnect)
     p = comm_power_w(gpu) if t > 0 else 0.0
