@@ -91,11 +91,12 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     each of the ``dp`` replicas serving ``batch / dp`` of the sequences; experts spread with ``ep``
     over the same GPUs. The plan is the pipeline ``shard{tp,ep,dp}``, ``fuse`` (when ``fused``),
     ``moe{routing}`` (``routing``: ``uniform``, ``zipf`` or a configured ``Moe`` pass) and, with
-    ``comm_sms``, ``overlap{comm_sms}`` (the pass schedules the overlap; the pricer reads it), priced per
-    GPU (``energylens.costmodel.plan``): local dim sizes per op, collectives from NCCL tables on
-    ``cluster.interconnect`` (default NVLink where the GPU has it), the expert straggler under ep
-    (waiting GPUs burn static power), fused kernels' HBM bytes; with ``comm_sms`` set, tensor-parallel
-    collectives overlap compute on that many SMs (contended schedule, ``costmodel.overlap``).
+    ``comm_sms``, ``overlap{comm_sms}`` (the pass schedules the overlap; the pricer reads it), priced
+    per GPU (``energylens.costmodel.plan``): local dim sizes per op, collectives from measured NCCL
+    (and vLLM all-reduce) tables on ``cluster.interconnect`` (default NVLink where the GPU has it),
+    the expert straggler under ep (waiting GPUs burn static power), fused kernels' HBM bytes; with
+    ``comm_sms`` set, tensor-parallel collectives overlap compute on that many SMs (contended
+    schedule, ``costmodel.overlap``).
 
     ``est.prefill`` is the prefill of the whole batch; ``est.decode`` one decode step of ``batch``
     sequences at the mean context ``prompt_len + output_len/2`` (``itl_s``, ``energy_per_token_j``);

@@ -98,7 +98,8 @@ def test_hand_edited_schedule_is_priced_accordingly() -> None:
             assert got[name].cost == q.cost
 
     # a collective moved back to stream 0: priced in series, as without overlap
-    serial = {q.op.result.name: q for q in PlanPricer()(g, BIND, GPU, PROF)}
+    plain = plan_graph(resolve_model(LLAMA).decode, PAR)  # the same plan without the overlap pass
+    serial = {q.op.result.name: q for q in PlanPricer()(plain, BIND, GPU, PROF)}
     back = {q.op.result.name: q for q in pricer(_edit(g, {coll.result.name: {"stream": 0}}), BIND, GPU, PROF)}
     assert back[coll.result.name].cost == serial[coll.result.name].cost
     assert back[recs[cj].op.result.name].cost == base[recs[cj].op.result.name].cost
@@ -111,3 +112,19 @@ def test_hand_edited_schedule_is_priced_accordingly() -> None:
     w256 = overlap_window(full, comm_bytes=float(recs[ci].comm_bytes), comm_sms=SMS, block_size=256, params=params)
     solo = float(np.sum(p.time_s[window, 0, 0]))
     assert small[coll.result.name].cost.time_s == pytest.approx(max(0.0, w256.time_s - solo), rel=1e-12)
+
+
+def test_sm_count_comes_from_the_schedule_and_a_mismatch_is_an_error() -> None:
+    from energylens.errors import ConfigError
+
+    g = plan_graph(resolve_model(LLAMA).decode, PAR, overlap=OV)
+    plain = plan_graph(resolve_model(LLAMA).decode, PAR)
+    cost = [q.cost for q in PlanPricer(comm_sms=SMS)(g, BIND, GPU, PROF)]
+    assert [q.cost for q in PlanPricer()(g, BIND, GPU, PROF)] == cost  # None: the graph's 16 SMs
+    with pytest.raises(ConfigError, match=r"comm_sms=32 but the graph's overlap schedule gives its collectives 16"):
+        PlanPricer(comm_sms=32)(g, BIND, GPU, PROF)
+    with pytest.raises(ConfigError, match=r"comm_sms=16 but the graph has no overlap schedule: plan it with"):
+        PlanPricer(comm_sms=SMS)(plain, BIND, GPU, PROF)
+    # a schedule made for another GPU's SM count is priced by its share on this one
+    other = plan_graph(resolve_model(LLAMA).decode, PAR, overlap=Overlap(comm_sms=16, total_sms=108))
+    assert PlanPricer(comm_sms=round(16 / 108 * GPU.compute_units))(other, BIND, GPU, PROF)

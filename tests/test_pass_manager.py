@@ -76,6 +76,19 @@ def test_reregistering_the_same_pass_is_a_no_op(scratch_registry) -> None:
     assert get_pass("shard") is Shard
 
 
+def test_reloaded_pass_module_replaces_its_class(tmp_path, monkeypatch, scratch_registry) -> None:
+    (tmp_path / "reload_me_pass.py").write_text(
+        "import dataclasses\nfrom typing import ClassVar\nfrom energylens.passes.manager import register_pass\n\n"
+        "@register_pass\n@dataclasses.dataclass(frozen=True)\nclass ReloadMe:\n"
+        "    name: ClassVar[str] = 'reload-me'\n    def __call__(self, graph): return graph\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("reload_me_pass")
+    first = get_pass("reload-me")
+    importlib.reload(mod)
+    assert get_pass("reload-me") is mod.ReloadMe and mod.ReloadMe is not first
+    monkeypatch.delitem(sys.modules, "reload_me_pass")
+
+
 def test_local_classes_of_one_statement_are_different_passes(scratch_registry) -> None:
     """Same qualname and file, but two executions of a local class statement: still a clash."""
 

@@ -15,7 +15,7 @@ from energylens.search.evaluate import Knobs, Variant, clock_profile, price_vari
 MODEL = "Qwen/Qwen3-30B-A3B-Instruct-2507"
 
 
-def test_variants_use_vllm_expert_parallel_sizes():
+def test_variants_use_vllms_expert_parallel_sizes_only():
     vs = variants(resolve_model(MODEL), 4)
     assert {(v.parallel.tp, v.parallel.ep, v.parallel.dp) for v in vs} == {
         (1, 1, 4), (1, 4, 4), (2, 1, 2), (2, 4, 2), (4, 1, 1), (4, 4, 1)}

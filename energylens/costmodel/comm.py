@@ -9,10 +9,13 @@ come from NCCL latency tables measured by NVIDIA and shipped in ``aiconfigurator
 * outside it (or for a GPU count the table lacks): alpha-beta ``alpha + beta * bytes`` with alpha and
   beta fitted per (collective, GPU count) on the same table, and ``CommCost.method`` says so;
 * ``all_reduce`` inside one node also has vLLM's own all-reduce measured (its custom P2P kernel in
-  CUDA-graph mode, same package): below 8 MiB the faster of it and NCCL is taken, as vLLM's size
-  thresholds choose (``all_reduce_utils.CUSTOM_ALL_REDUCE_MAX_SIZES``: custom or symmetric-memory
-  kernels for small messages, NCCL for large). Decode's all-reduces are small, where it is 1.5-3x
-  faster than NCCL (8 x H100, 64 KiB: 6.3 us against 18.7 us);
+  CUDA-graph mode, same package). vLLM hands small all-reduces to its own kernels (the custom one
+  below per-GPU/group-size limits, ``all_reduce_utils.CUSTOM_ALL_REDUCE_MAX_SIZES``, e.g. 256 KiB
+  on 8 x H100, a symmetric-memory one above) and large ones to NCCL. Modelling choice: below
+  8 MiB (``CustomAllreduce``'s default ``max_size``) an all-reduce costs the faster of the vLLM
+  table and NCCL's, standing in for whichever of its kernels vLLM picks; only the custom kernel is
+  measured. Decode's all-reduces are small, where it is 1.5-3x faster than NCCL (8 x H100, 64 KiB:
+  6.3 us against 18.7 us);
 * ``send_recv`` (no table): alpha-beta with the 2-GPU all_gather's alpha and the link bandwidth;
 * more than 8 GPUs (beyond one NVLink node), PCIe, InfiniBand: alpha-beta with the datasheet link bandwidth (``GPUSpec``) and a NCCL bus factor.
 
@@ -124,7 +127,7 @@ def _profile_key(spec: GPUSpec) -> str:
         have = sorted(k for k in _PROFILE_OF if k in _known_gpus())
         raise EstimateError(
             f"no measured collective tables for {spec.name}'s peer links, so its multi-GPU plans cannot be "
-            f"priced over them: GPUs with tables: {', '.join(have)}; run {spec.name} on one GPU (tp = dp = 1), "
+            f"priced over them: GPUs with tables: {', '.join(have)}; run {spec.name} plans on one GPU (tp = dp = 1; `--gpus 1`), "
             f"or price its collectives over PCIe (interconnect 'pcie', datasheet bandwidth)")
     return key
 

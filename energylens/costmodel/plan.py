@@ -322,6 +322,7 @@ def overlap_params(gpu: GPUSpec, profile: Profile) -> OverlapParams:
 
 _WORK_FIELDS = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels", "seqs")
 _ONE = np.ones(1)
+_ONE.setflags(write=False)  # shared default of price_ops: never written
 
 
 def _col(x: Any, n: int) -> np.ndarray:
@@ -541,11 +542,14 @@ class OverlapWindows:
 class PlanPricer:
     """Prices planned graphs per GPU; called like ``price_graph(graph, binding, gpu, profile, select)``.
 
-    ``interconnect``: ``nvlink`` | ``pcie`` | ``ib`` for the collectives; ``comm_sms``: SMs given to
-    each collective the ``overlap`` pass scheduled on stream 1 (``plan_graph(..., overlap=...)``),
-    priced over the window the graph annotates (``overlap_windows``); None: collectives in series.
-    ``comm_block_size``: threads per block of a collective kernel whose graph records none
-    (``overlap.<collective>.block_size``). ``price_ops`` and ``OverlapWindows`` at one point and one clock.
+    ``interconnect``: ``nvlink`` | ``pcie`` | ``ib`` for the collectives. Overlap is read from the
+    graph: each collective the ``overlap`` pass put on stream 1 (``plan_graph(..., overlap=...)``)
+    is priced over the window the graph annotates (``overlap_windows``) with the SMs its
+    ``sm_share`` gives on this GPU. ``comm_sms``: the SM count the caller expects (None: whatever
+    the graph says); a graph scheduled with another count, or not scheduled at all, is a
+    ``ConfigError``, not a silent serial price. ``comm_block_size``: threads per block of a
+    collective kernel whose graph records none (``overlap.<collective>.block_size``).
+    ``price_ops`` and ``OverlapWindows`` at one point and one clock.
     """
 
     interconnect: str = "nvlink"
@@ -557,19 +561,37 @@ class PlanPricer:
         recs = plan_work(graph, None, binding, gpu=gpu, select=select)
         p = price_ops(recs, 1, gpu, profile, self.interconnect)
         t, byte_j = p.time_s[:, 0, 0].copy(), p.byte_j[:, 0, 0].copy()
-        if self.comm_sms is not None and any(r.cls == "comm" for r in recs):
+        if any(r.cls == "comm" for r in recs):
             params = overlap_params(gpu, profile)
-            if not 0 < self.comm_sms < params.num_sms:
-                raise ConfigError(f"comm_sms must be in 1..{params.num_sms - 1} on {gpu.name}, got {self.comm_sms}")
-            windows = OverlapWindows.of(p, overlap_block_sizes(graph))
+            sms = self._scheduled_sms(recs, params.num_sms, gpu)
+            windows = OverlapWindows.of(p, overlap_block_sizes(graph)) if sms is not None else None
             if windows is not None:
-                wt, extra = windows.collective_cost(self.comm_sms, params, self.comm_block_size)
+                wt, extra = windows.collective_cost(sms, params, self.comm_block_size)
                 t[windows.comm], byte_j[windows.comm] = wt[:, 0, 0], extra[:, 0, 0]
         cols = zip(recs, t.tolist(), p.flop_j[:, 0, 0].tolist(), byte_j.tolist(), p.wait_j[:, 0, 0].tolist(), strict=True)
         return [PlanPricedOp(r.op, r.count, r.work, OpCost(time_s=ti, flops=float(r.work.flops),
                                                            hbm_bytes=float(r.work.hbm_bytes), static_j=p.static_w * ti,
                                                            flop_j=fi, byte_j=bi),
                              cls=r.cls, wait_j=wi, comm_j=bi if r.cls == "comm" else 0.0) for r, ti, fi, bi, wi in cols]
+
+    def _scheduled_sms(self, recs: Sequence[PlanOp], num_sms: int, gpu: GPUSpec) -> int | None:
+        """SMs of the stream-1 collectives of ``recs`` (None: none scheduled), checked against ``comm_sms``."""
+        if self.comm_sms is not None and not 0 < self.comm_sms < num_sms:
+            raise ConfigError(f"comm_sms must be in 1..{num_sms - 1} on {gpu.name}, got {self.comm_sms}")
+        shares = {r.op.sm_share for r in recs if r.cls == "comm" and r.op.stream == 1}
+        if len(shares) > 1:
+            raise ConfigError(f"the graph's overlapped collectives hold different SM shares {sorted(shares)}; "
+                              "price one SM count per graph")
+        sms = max(1, round(shares.pop() * num_sms)) if shares else None
+        if self.comm_sms is not None and sms != self.comm_sms:
+            if sms is None and any(r.cls == "comm" and r.comm_axis == "tp" and float(r.comm_gpus) > 1 for r in recs):
+                raise ConfigError(
+                    f"comm_sms={self.comm_sms} but the graph has no overlap schedule: plan it with "
+                    f"plan_graph(..., overlap=Overlap(comm_sms={self.comm_sms}, total_sms={num_sms}))")
+            if sms is not None:
+                raise ConfigError(f"comm_sms={self.comm_sms} but the graph's overlap schedule gives its "
+                                  f"collectives {sms} of {gpu.name}'s {num_sms} SMs")
+        return sms
 
 
 # ---------------------------------------------------------------------------------------------

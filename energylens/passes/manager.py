@@ -106,8 +106,10 @@ def _same_definition(a: type, b: type) -> bool:
 def register_pass(cls: P) -> P:
     """Class decorator: register a pass class under its ``name`` (kebab-case, unique).
 
-    Registering the same class again is a no-op (the first registration stays); a different class
-    under a taken name raises ``ConfigError``.
+    Registering the same class again is a no-op; the same class statement run again is accepted too:
+    from a reloaded module (``importlib.reload``: the new class replaces the old one) or from a copy
+    of the module under another name (``python -m doctest file.py``: the first registration stays).
+    A different class under a taken name raises ``ConfigError``.
 
     >>> @register_pass
     ... @dataclasses.dataclass(frozen=True)
@@ -127,6 +129,8 @@ def register_pass(cls: P) -> P:
         raise ConfigError(f"pass {name!r} ({cls.__name__}) must be a frozen dataclass (its fields are its options)")
     if name in _REGISTRY:
         if _same_definition(_REGISTRY[name], cls):
+            if _REGISTRY[name].__module__ == cls.__module__:  # a reload: the new definition wins
+                _REGISTRY[name] = cls
             return cls
         raise ConfigError(f"pass name {name!r} is already registered by {_REGISTRY[name].__module__}."
                           f"{_REGISTRY[name].__name__}; pick another name for {cls.__module__}.{cls.__name__}")

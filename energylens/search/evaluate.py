@@ -23,7 +23,7 @@ tests check plan by plan:
   windows it annotates do not depend on the SM count), and each window it scheduled (a stream-1
   collective and the ``sm_share < 1`` compute ops after it, ``plan.overlap_windows``) is simulated by
   ``overlap.overlap_window`` itself, called on arrays ``(windows, points, clocks)`` once per SM count
-  and window length (windows of one length share a call; none is padded); one loop iteration per
+  and window length (windows of one length and block size share a call; none is padded); one loop iteration per
   op of the window.
 
 The Python work per variant is thus a loop over ops (one per component, plus one per overlapped
@@ -127,8 +127,8 @@ class _Ctx:
     params: OverlapParams | None
 
 
-def _component(graph: Graph, binding: dict[str, np.ndarray], c: _Ctx, select: Callable[[Any], bool] | None = None,
-               block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def _component(graph: Graph, binding: dict[str, np.ndarray], c: _Ctx,
+               select: Callable[[Any], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-GPU time and energy of one execution of a component of a planned ``graph``: arrays
     (points, clocks, sms). Each collective the overlap pass scheduled has its row replaced by its
     window's price (``OverlapWindows``) at each SM count."""
@@ -149,7 +149,7 @@ def _component(graph: Graph, binding: dict[str, np.ndarray], c: _Ctx, select: Ca
             ts.append(t_ser)
             es.append(e_ser)
             continue
-        nt, extra = windows.collective_cost(k, c.params, block)
+        nt, extra = windows.collective_cost(k, c.params)
         ts.append(t_ser + (cnt * (nt - comm_t)).sum(axis=0))
         es.append(e_ser + (cnt * (p.static_w * nt + extra - comm_e)).sum(axis=0))
     return np.stack(ts, -1), np.stack(es, -1)
