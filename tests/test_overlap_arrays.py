@@ -81,7 +81,7 @@ def test_transfer_scales_the_link_limit_by_bandwidth(monkeypatch: pytest.MonkeyP
         assert q.per_sm_bytes_per_s_512 == pytest.approx(
             Q.per_sm_bytes_per_s_512 * ratio * a100.compute_units / gpu.compute_units, rel=1e-12)
         assert (q.num_sms, q.static_w, q.tdp_w) == (gpu.compute_units, 100.0, gpu.tdp_w)
-        assert q.threads_per_sm == 2048  # no GPU spec has a threads-per-SM field yet: the A100's
+        assert q.threads_per_sm == gpu.max_threads_per_compute_unit == {"H100-SXM": 2048, "L40S": 1536}[name]
         assert (q.sm_take_block_exponent, q.comm_j_per_byte) == (Q.sm_take_block_exponent, Q.comm_j_per_byte)
 
 

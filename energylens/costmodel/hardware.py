@@ -23,7 +23,7 @@ from energylens.errors import EstimateError, UnknownNameError
 __all__ = ["GPUSpec", "get_gpu", "list_gpus"]
 
 _NUMERIC_FIELDS = (
-    "compute_units", "bf16_dense_tflops", "fp16_dense_tflops", "fp8_dense_tflops",
+    "compute_units", "max_threads_per_compute_unit", "bf16_dense_tflops", "fp16_dense_tflops", "fp8_dense_tflops",
     "hbm_capacity_bytes", "hbm_bandwidth_bytes_per_s", "tdp_w", "idle_power_w",
     "nvlink_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s", "base_clock_mhz", "boost_clock_mhz",
 )
@@ -32,7 +32,9 @@ _NUMERIC_FIELDS = (
 class GPUSpec(BaseModel):
     """Datasheet numbers of one GPU; units in the field names; ``sources`` names where each came from.
 
-    ``compute_units`` counts SMs (NVIDIA) or CUs (AMD). ``hbm_*`` describe the device memory
+    ``compute_units`` counts SMs (NVIDIA) or CUs (AMD); ``max_threads_per_compute_unit`` is how
+    many threads one of them holds at once (a collective kernel's block of ``b`` threads takes
+    ``b`` of them from compute). ``hbm_*`` describe the device memory
     (GDDR6 on an L40S). Link bandwidths are per direction. ``None`` means not supported or not
     published (its source says which).
     """
@@ -43,6 +45,7 @@ class GPUSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     vendor: Literal["nvidia", "amd"]
     compute_units: PositiveInt
+    max_threads_per_compute_unit: PositiveInt
     bf16_dense_tflops: PositiveFloat
     fp16_dense_tflops: PositiveFloat
     fp8_dense_tflops: PositiveFloat | None

@@ -302,8 +302,9 @@ def _overlap_params(gpu_name: str, static_w: float) -> OverlapParams:
     link_ratio = link / a100.nvlink_bandwidth_bytes_per_s  # type: ignore[operator]
     per_sm = link_ratio * a100.compute_units / gpu.compute_units
     # the rate limit the collective saturates at is the link's: it scales with the link bandwidth
-    # (inf stays inf); threads per SM stay the A100's (GPUSpec has no such field yet)
+    # (inf stays inf); a block's share of an SM follows this GPU's threads per SM
     return dataclasses.replace(base, num_sms=gpu.compute_units, tdp_w=gpu.tdp_w, static_w=static_w,
+                               threads_per_sm=gpu.max_threads_per_compute_unit,
                                per_sm_bytes_per_s_512=base.per_sm_bytes_per_s_512 * per_sm,
                                comm_max_bytes_per_s=base.comm_max_bytes_per_s * link_ratio)
 
