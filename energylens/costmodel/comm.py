@@ -170,7 +170,8 @@ def collective_time_s(fn: str, bytes_: float, num_gpus: int, gpu: str,
         return _link_time_s(fn, bytes_, num_gpus, spec, interconnect), "alpha_beta_link"
     if spec.nvlink_bandwidth_bytes_per_s is None:
         raise EstimateError(f"{spec.name} has no NVLink; use interconnect='pcie' (valid: {', '.join(INTERCONNECTS)})")
-    tables = comm_profile(_profile_key(spec))["tables"][fn]
+    profile = comm_profile(_profile_key(spec))
+    tables = profile["tables"][fn]
     entry = tables.get(str(num_gpus))
     if entry is None:  # GPU count not measured: alpha-beta with the bus factor scaled from the nearest
         near = min(tables, key=lambda n: abs(math.log(int(n) / num_gpus)))
@@ -178,7 +179,7 @@ def collective_time_s(fn: str, bytes_: float, num_gpus: int, gpu: str,
         scale = _bus_factor(fn, num_gpus) / _bus_factor(fn, int(near))
         return e["alpha_s"] * num_gpus / int(near) + e["beta_s_per_byte"] * scale * bytes_, "alpha_beta_gpus"
     t, how = _nccl_time_s(entry, bytes_)
-    vllm = comm_profile(_profile_key(spec)).get("vllm_all_reduce", {}).get(str(num_gpus)) if fn == "all_reduce" else None
+    vllm = profile.get("vllm_all_reduce", {}).get(str(num_gpus)) if fn == "all_reduce" else None
     if vllm is not None and bytes_ < _VLLM_AR_MAX_BYTES:
         tv = vllm["latency_s"][0] if bytes_ < vllm["bytes"][0] else _interp_loglog(vllm["bytes"], vllm["latency_s"], bytes_)
         if tv < t:

@@ -20,6 +20,7 @@ at once with the same code).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.profile import Profile
 
-__all__ = ["OpWork", "gemm_efficiency", "op_time_s"]
+__all__ = ["OpWork", "WORK_FIELDS", "gemm_efficiency", "op_time_s"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ class OpWork:
     @property
     def flops(self) -> Any:
         return self.tc_flops + self.vec_flops
+
+
+#: The fields of ``OpWork``, in order (for stacking many works into one of arrays).
+WORK_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(OpWork))
 
 
 def gemm_efficiency(rows: Any, profile: Profile) -> Any:

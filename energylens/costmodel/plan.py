@@ -56,7 +56,7 @@ import numpy as np
 
 from energylens.costmodel.analysis import PricedOp, WorkAnalysis, _on_chip, is_attention_op
 from energylens.costmodel.comm import collective_cost
-from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, op_time_s
+from energylens.costmodel.compute import WORK_FIELDS, OpWork, compute_time_s, memory_time_s, op_time_s
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
 from energylens.costmodel.power import capped_time_s, dynamic_energy_j
@@ -321,7 +321,6 @@ def overlap_params(gpu: GPUSpec, profile: Profile) -> OverlapParams:
     return dataclasses.replace(own, static_w=profile.static_power_w)
 
 
-_WORK_FIELDS = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels", "seqs")
 _ONE = np.ones(1)
 _ONE.setflags(write=False)  # shared default of price_ops: never written
 
@@ -333,7 +332,7 @@ def _col(x: Any, n: int) -> np.ndarray:
 def _stack(works: Sequence[OpWork], n: int) -> OpWork:
     """One OpWork with fields of shape (ops, points)."""
     cols = {}
-    for f in _WORK_FIELDS:
+    for f in WORK_FIELDS:
         out = np.empty((len(works), n))
         for i, w in enumerate(works):
             out[i] = getattr(w, f)

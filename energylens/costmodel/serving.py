@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from energylens.costmodel.analysis import PricedOp, is_attention_op, price_graph
-from energylens.costmodel.compute import OpWork
+from energylens.costmodel.compute import WORK_FIELDS, OpWork
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
@@ -212,7 +212,6 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
 
 def stack_works(works: Sequence[OpWork]) -> OpWork:
     """One OpWork whose fields are arrays over ``works`` (for vectorised pricing in the fit)."""
-    fields = ("tc_flops", "vec_flops", "hbm_bytes", "rows", "peak_flops_per_s", "kv", "kernels", "seqs")
-    return OpWork(**{f: np.array([float(getattr(w, f)) for w in works]) for f in fields})
+    return OpWork(**{f: np.array([float(getattr(w, f)) for w in works]) for f in WORK_FIELDS})
 
 
