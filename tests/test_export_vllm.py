@@ -13,9 +13,9 @@ import pytest
 
 from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.export import PlanSpec, to_vllm, vllm_env, vllm_notes
-from energylens.export.plan import expert_parallel_sizes
 from energylens.export.vllm import VLLM_VERSION, load_vllm_args
 from energylens.export.vllm_args_extract import extract
+from energylens.passes.shard import expert_parallel_sizes
 from energylens.typing import Parallel
 
 ARGS_FILE = Path(__file__).parents[1] / "energylens" / "export" / f"vllm_args_{VLLM_VERSION}.txt"

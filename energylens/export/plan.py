@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.passes.shard import ep_size_error, expert_parallel_sizes
 from energylens.typing import Parallel, Record
 
 __all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan"]
@@ -60,15 +61,6 @@ def _positive(name: str, value: object) -> None:
         raise InvalidWorkloadError(f"plan.{name} must be a positive integer, got {value!r}")
 
 
-def expert_parallel_sizes(tp: int, dp: int) -> tuple[int, ...]:
-    """The expert-parallel sizes a plan can have with ``tp`` and ``dp``: 1, and ``tp x dp``.
-
-    >>> expert_parallel_sizes(4, 2)
-    (1, 8)
-    """
-    return (1,) if tp * dp == 1 else (1, tp * dp)
-
-
 def check_plan(plan: PlanLike) -> None:
     """Check what every exporter relies on; raise a user-facing error otherwise.
 
@@ -88,13 +80,8 @@ def check_plan(plan: PlanLike) -> None:
             f"plan uses tp x dp = {p.tp} x {p.dp} = {p.tp * p.dp} GPUs but num_gpus is {plan.num_gpus}; "
             f"tp x dp must equal num_gpus (choose tp and dp with tp*dp == {plan.num_gpus})"
         )
-    valid_ep = expert_parallel_sizes(p.tp, p.dp)
-    if p.ep not in valid_ep:
-        raise ShardingError(
-            f"ep={p.ep} with tp x dp = {p.tp} x {p.dp} = {p.tp * p.dp} GPUs: a plan's ep has vLLM's meaning, "
-            f"experts spread over all tp x dp GPUs (--enable-expert-parallel, ep = {p.tp * p.dp}) or "
-            f"tensor-sharded over them (ep = 1), as the shard pass prices it; valid ep: {', '.join(map(str, valid_ep))}"
-        )
+    if p.ep not in expert_parallel_sizes(p.tp, p.dp):  # the shard pass's rule, which the cost model prices
+        raise ep_size_error(p.ep, p.tp, p.dp, expert_parallel_sizes(p.tp, p.dp))
     if plan.quantization is not None and plan.quantization not in QUANTIZATIONS:
         raise InvalidWorkloadError(
             f"unknown quantization {plan.quantization!r}; valid: None, {', '.join(map(repr, QUANTIZATIONS))}"

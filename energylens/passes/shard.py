@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -86,6 +86,8 @@ __all__ = [
     "check_parallel",
     "valid_tp_values",
     "valid_ep_values",
+    "expert_parallel_sizes",
+    "ep_size_error",
     "local_dim_sizes",
     "replication",
     "collective_bytes",
@@ -160,14 +162,29 @@ def valid_tp_values(graph: Graph, up_to: int = 64) -> list[int]:
     return [t for t in range(1, up_to + 1) if _tp_ok(t, heads, kv) and (not f or f % t == 0)]
 
 
-def valid_ep_values(graph: Graph, num_gpus: int) -> list[int]:
-    """Expert-parallel sizes on ``num_gpus`` (= tp x dp) GPUs: 1, and ``num_gpus`` if it divides the experts.
+def expert_parallel_sizes(tp: int, dp: int) -> tuple[int, ...]:
+    """The expert-parallel sizes of a plan with ``tp`` and ``dp``: 1, and ``tp x dp``.
 
     vLLM has no other EP size: ``--enable-expert-parallel`` spreads the experts over all tp x dp
     GPUs, and without it they are tensor-sharded (ep 1).
+
+    >>> expert_parallel_sizes(4, 2)
+    (1, 8)
     """
+    return (1,) if tp * dp == 1 else (1, tp * dp)
+
+
+def valid_ep_values(graph: Graph, num_gpus: int) -> list[int]:
+    """``expert_parallel_sizes`` on ``num_gpus`` (= tp x dp) GPUs that divide the graph's experts."""
     e = _num_experts(graph) or 1
-    return [1] + ([num_gpus] if num_gpus > 1 and e % num_gpus == 0 else [])
+    return [s for s in expert_parallel_sizes(num_gpus, 1) if e % s == 0]
+
+
+def ep_size_error(ep: int, tp: int, dp: int, valid: Sequence[int]) -> ShardingError:
+    """The error of an ``ep`` that is neither 1 nor ``tp x dp`` (``valid``: the sizes to offer)."""
+    return ShardingError(f"ep={ep} with tp x dp = {tp} x {dp} = {tp * dp} GPUs: vLLM spreads experts over all "
+                         f"tp x dp GPUs (--enable-expert-parallel, ep = {tp * dp}) or tensor-shards them "
+                         f"(ep = 1); valid ep: {', '.join(map(str, valid))}")
 
 
 def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None) -> None:
@@ -199,10 +216,8 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
     experts = _num_experts(graph)
     if ep > 1 and not experts:
         raise ShardingError(f"ep={ep} but graph {graph.name!r} has no experts (dim 'e'); use ep=1")
-    if ep not in (1, gpus):
-        raise ShardingError(f"ep={ep} with tp x dp = {tp} x {dp} = {gpus} GPUs: vLLM spreads experts over all "
-                            f"tp x dp GPUs (--enable-expert-parallel, ep = {gpus}) or tensor-shards them (ep = 1); "
-                            f"valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))}")
+    if ep not in expert_parallel_sizes(tp, dp):
+        raise ep_size_error(ep, tp, dp, valid_ep_values(graph, gpus))
     if experts and experts % ep:
         raise ShardingError(f"ep={ep} does not divide the {experts} experts; valid ep on {gpus} GPUs: "
                             f"{', '.join(map(str, valid_ep_values(graph, gpus)))}")
