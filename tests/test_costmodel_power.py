@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from energylens.costmodel.compute import OpWork, op_time_s
+from energylens.costmodel.fit import write_profile
 from energylens.costmodel.hardware import get_gpu
 from energylens.costmodel.power import op_energy
 from energylens.costmodel.profile import default_profile, load_profile
@@ -53,6 +54,19 @@ def test_bundled_profiles_have_provenance():
     assert load_profile("B200").provenance.method == "fit"
     other = load_profile("L40S")
     assert other.provenance.method == "datasheet-default" and "not calibrated" in other.provenance.notes
+
+
+def test_h200_takes_the_h100_profile_of_the_same_directory(tmp_path):
+    """H200 is the H100's GH100 die with HBM3e: it takes the H100-SXM coefficients (from the same
+    profile folder, so a held-out refit carries over) and runs them at its own bandwidth."""
+    h100, h200 = load_profile("H100-SXM"), load_profile("H200")
+    assert h200.gpu == "H200" and h200.provenance.method == "derived"
+    assert "H100-SXM" in h200.provenance.notes and "same GH100 die" in h200.provenance.notes
+    assert h200.model_dump(exclude={"gpu", "provenance"}) == h100.model_dump(exclude={"gpu", "provenance"})
+    write_profile(h100.with_params(static_power_w=123.0), tmp_path)
+    assert load_profile("H200", tmp_path).static_power_w == 123.0
+    w = work(hbm_bytes=1e10, rows=1)  # a weight stream: 43% more bandwidth, 1/1.43 of the time
+    assert op_time_s(w, get_gpu("H100"), h100) / op_time_s(w, get_gpu("H200"), h200) == pytest.approx(4.8 / 3.35, rel=2e-3)
 
 
 def test_memory_stall_draws_less_power_than_full_bandwidth():

@@ -51,6 +51,14 @@ def test_missing_source_is_rejected():
         GPUSpec.model_validate(data)
 
 
+def test_profile_from_needs_a_source():
+    data = get_gpu("H200").model_dump()
+    assert data["profile_from"] == "H100-SXM"
+    del data["sources"]["profile_from"]
+    with pytest.raises(ValidationError, match="no source for profile_from"):
+        GPUSpec.model_validate(data)
+
+
 def test_fp8_on_ampere_fails_loudly():
     with pytest.raises(EstimateError, match="fp8"):
         get_gpu("A100").peak_flops_per_s("fp8")

@@ -34,6 +34,9 @@ def test_all_required_models_are_bundled() -> None:
     ("meta-llama/Meta-Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct"),
     ("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
     ("Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
+    # Thinking-2507 checkpoints: the Instruct-2507 architecture with other weights
+    ("Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
+    ("Qwen/Qwen3-235B-A22B-Thinking-2507-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
 ])
 def test_aliases(alias: str, name: str) -> None:
     assert load_config(alias).name == name

@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(PROFILES_DIR))
     ap.add_argument("--exclude-model", action="append", default=[], help="leave this model's rows out")
     ap.add_argument("--defaults", action="store_true", help="also write datasheet-default profiles "
-                    "for GPUs without rows")
+                    "for GPUs without rows (except those that take a same-die GPU's profile: GPUSpec.profile_from)")
     args = ap.parse_args(argv)
     from energylens.api import resolve_model
 
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fitted.add(gpu_name)
     if args.defaults:
         for name in list_gpus():
-            if name not in fitted:
+            if name not in fitted and get_gpu(name).profile_from is None:  # others derive theirs
                 print(f"{name}: {write_profile(default_profile(get_gpu(name)), args.out)}  (datasheet default)")
 
 

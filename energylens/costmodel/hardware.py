@@ -36,7 +36,9 @@ class GPUSpec(BaseModel):
     many threads one of them holds at once (a collective kernel's block of ``b`` threads takes
     ``b`` of them from compute). ``hbm_*`` describe the device memory
     (GDDR6 on an L40S). Link bandwidths are per direction. ``None`` means not supported or not
-    published (its source says which).
+    published (its source says which). ``profile_from`` names another GPU built on the same die,
+    with the same clocks and TDP (H200: H100-SXM), whose cost-model profile this GPU takes when it
+    has none of its own (``energylens.costmodel.profile.load_profile``); its source says why.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,14 +59,16 @@ class GPUSpec(BaseModel):
     pcie_bandwidth_bytes_per_s: PositiveFloat
     base_clock_mhz: PositiveFloat | None
     boost_clock_mhz: PositiveFloat | None
+    profile_from: str | None = None
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _every_number_has_a_source(self) -> GPUSpec:
-        missing = [f for f in _NUMERIC_FIELDS if not self.sources.get(f, "").strip()]
+        sourced = _NUMERIC_FIELDS + (("profile_from",) if self.profile_from else ())
+        missing = [f for f in sourced if not self.sources.get(f, "").strip()]
         if missing:
             raise ValueError(f"{self.name}: no source for {', '.join(missing)}")
-        unknown = sorted(set(self.sources) - set(_NUMERIC_FIELDS))
+        unknown = sorted(set(self.sources) - set(sourced))
         if unknown:
             raise ValueError(f"{self.name}: sources for unknown fields {unknown}")
         if self.idle_power_w >= self.tdp_w:
@@ -101,6 +105,10 @@ def _registry() -> dict[str, GPUSpec]:
         if spec.name in specs:
             raise ValueError(f"GPU {spec.name!r} defined twice (second in {entry.name})")
         specs[spec.name] = spec
+    for spec in specs.values():
+        if spec.profile_from is not None and (spec.profile_from not in specs or specs[spec.profile_from].profile_from):
+            raise ValueError(f"{spec.name}: profile_from {spec.profile_from!r} must name a GPU with a "
+                             f"profile of its own; GPUs: {', '.join(sorted(specs))}")
     return specs
 
 

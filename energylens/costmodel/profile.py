@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.errors import EstimateError
 
-__all__ = ["Profile", "Provenance", "default_profile", "load_profile", "profile_path", "PROFILES_DIR"]
+__all__ = ["Profile", "Provenance", "default_profile", "derived_profile", "load_profile", "profile_path", "PROFILES_DIR"]
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
@@ -29,7 +29,7 @@ class Provenance(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str  # "fit" or "datasheet-default"
+    method: str  # "fit", "derived" (another GPU's profile, same die) or "datasheet-default"
     data: str = ""  # file(s) the fit used, with their source
     fit: str = ""  # what was fitted and how
     rows: int = 0
@@ -112,6 +112,27 @@ def default_profile(gpu: GPUSpec) -> Profile:
     )
 
 
+def derived_profile(base: Profile, gpu: GPUSpec) -> Profile:
+    """``base``'s coefficients for ``gpu``, a GPU on the same die (``GPUSpec.profile_from``).
+
+    Every coefficient is a property of the die, its clocks and the kernels (achieved fractions of
+    peak, overheads, static power, energy per FLOP and per byte), so it carries over unchanged;
+    the roofline then uses ``gpu``'s own bandwidth and capacity.
+
+    >>> from energylens.costmodel.hardware import get_gpu
+    >>> h200 = load_profile("H200")
+    >>> h200.provenance.method, h200.mem_efficiency == load_profile("H100-SXM").mem_efficiency
+    ('derived', True)
+    """
+    src = base.provenance
+    return base.model_copy(update={"gpu": gpu.name, "provenance": Provenance(
+        method="derived", data=src.data,
+        fit=f"the {base.gpu} profile ({src.method}: {src.fit or 'see its provenance'}) unchanged",
+        rows=0, residuals={},
+        notes=f"{gpu.name} takes the {base.gpu} profile: {gpu.sources.get('profile_from', '')}. "
+              f"No {gpu.name} measurement checks it; the {base.gpu} residuals were: {src.residuals}")})
+
+
 def profile_path(gpu_name: str, directory: Path | None = None) -> Path:
     return (directory or PROFILES_DIR) / f"{gpu_name.lower()}.json"
 
@@ -124,13 +145,16 @@ def _load(path: str) -> Profile:
 def load_profile(gpu: str | GPUSpec, directory: str | Path | None = None) -> Profile:
     """The profile of ``gpu`` from ``directory`` (default: the bundled ``profiles/``).
 
-    A GPU with no profile file gets ``default_profile`` (its provenance says so).
+    A GPU with no profile file takes the profile of the GPU it shares a die with
+    (``GPUSpec.profile_from``: ``derived_profile``), else ``default_profile``; the provenance says so.
     """
     spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
     path = profile_path(spec.name, Path(directory) if directory else None)
     if not path.exists():
         if directory is not None and not Path(directory).is_dir():
             raise EstimateError(f"profile directory {directory} does not exist")
+        if spec.profile_from is not None:
+            return derived_profile(load_profile(spec.profile_from, directory), spec)
         return default_profile(spec)
     prof = _load(str(path.resolve()))
     if prof.gpu != spec.name:

@@ -82,13 +82,18 @@ def list_models() -> list[str]:
 
 
 def _aliases() -> dict[str, str]:
-    """Lower-cased id, bare name, and names without ``-Instruct`` / ``Meta-`` -> canonical id."""
+    """Lower-cased id, bare name, and names without ``-Instruct`` / ``Meta-`` -> canonical id.
+
+    Qwen's ``-Thinking-2507`` checkpoints name their ``-Instruct-2507`` twins: the same
+    architecture with other weights (``/work/shared/models/README.md``), so the same config.
+    """
     out: dict[str, str] = {}
     for name in _bundled():
         bare = name.split("/", 1)[1]
         forms = {name, bare}
         for f in list(forms):
             forms.add(f.replace("-Instruct-2507", ""))
+            forms.add(f.replace("-Instruct-2507", "-Thinking-2507"))
             forms.add(f.replace("-Instruct", ""))
             forms.add(f.replace("Meta-Llama", "Llama"))
         if name.startswith("meta-llama/"):
