@@ -60,7 +60,7 @@ from energylens.typing import Workload
 
 __all__ = [
     "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "FIT_PARAMS",
-    "write_profile", "nelder_mead",
+    "write_profile", "nelder_mead", "fit_bounds", "huber",
 ]
 
 #: Mean prompt tokens per ML.ENERGY v3.0 task (ML.ENERGY v3.0 blog, Qwen3 tokenizer; data/public/README.md).
@@ -231,6 +231,14 @@ def _bounds(gpu: GPUSpec) -> list[tuple[str, float, float, bool]]:
             for n, lo, hi, log in FIT_PARAMS]
 
 
+def fit_bounds(gpu: GPUSpec) -> dict[str, tuple[float, float]]:
+    """Each fitted coefficient's (lower, upper) bound on ``gpu`` in the profile's units (watts for
+    the powers, which the optimiser bounds as fractions of TDP, the busy static power floored at
+    the GPU's idle power). ``runtime.calibrate`` bounds its coefficients with the same table."""
+    return {n: (lo * gpu.tdp_w, hi * gpu.tdp_w) if n in _TDP_FRACTION else (lo, hi)
+            for n, lo, hi, _log in _bounds(gpu)}
+
+
 def _decode(x: np.ndarray, gpu: GPUSpec) -> dict[str, float]:
     tdp_w = gpu.tdp_w
     out = {}
@@ -341,7 +349,8 @@ def _predict(feat: _Features, gpu: GPUSpec, params: dict[str, float]) -> dict[st
 OUTLIER_LOG = math.log(1.4)
 
 
-def _huber(r: np.ndarray, delta: float = 0.05) -> np.ndarray:
+def huber(r: np.ndarray, delta: float = 0.05) -> np.ndarray:
+    """Huber loss of residuals ``r`` (quadratic within ``delta``, linear beyond)."""
     a = np.abs(r)
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
@@ -371,7 +380,7 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     def loss_of(x: np.ndarray, targets: tuple[str, ...]) -> float:
         params = _decode(x, gpu)
         pred = _predict(feat, gpu, params)
-        return float(sum(_huber(np.log(pred[k] / meas[k]))[keep].sum() for k in targets)
+        return float(sum(huber(np.log(pred[k] / meas[k]))[keep].sum() for k in targets)
                      + _prior_penalty(params, gpu, names))
 
     def solve(x: np.ndarray, free: slice, targets: tuple[str, ...]) -> tuple[np.ndarray, float]:

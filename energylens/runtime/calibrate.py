@@ -48,8 +48,7 @@ from typing import Any
 import numpy as np
 
 from energylens.costmodel.compute import OpWork, op_time_s
-from energylens.costmodel.fit import _TDP_FRACTION, FIT_PARAMS
-from energylens.costmodel.fit import _bounds as _fit_bounds
+from energylens.costmodel.fit import FIT_PARAMS, fit_bounds
 from energylens.costmodel.hardware import GPUSpec, get_gpu, list_gpus
 from energylens.costmodel.power import op_energy
 from energylens.costmodel.profile import PROFILES_DIR, Profile, Provenance, default_profile, load_profile
@@ -89,7 +88,7 @@ class _Param:
 _FIT_LOG = {name: log for name, _lo, _hi, log in FIT_PARAMS}
 
 #: The coefficients calibration may fit and the op classes that inform them. Their bounds and log
-#: spacing are ``costmodel.fit.FIT_PARAMS``'s (see ``_bounds``): one table for both fits.
+#: spacing are ``costmodel.fit.FIT_PARAMS``'s (see ``fit.fit_bounds``): one table for both fits.
 PARAMS: tuple[_Param, ...] = (
     _Param("mem_efficiency", "time", ("hbm_copy", "elementwise", "norm", "gemm", "prefill", "decode")),
     _Param("attn_mem_efficiency", "time", ("attention_decode", "attention_prefill", "decode")),
@@ -545,12 +544,11 @@ def contention_exponent(samples: Sequence[Sample]) -> dict[str, float] | None:
 
 
 def _bounds(p: _Param, gpu: GPUSpec) -> tuple[float, float]:
-    """``p``'s (lower, upper) bound in the profile's units, as ``costmodel.fit`` bounds it on ``gpu``
-    (powers there are fractions of TDP, the static power's floored at the GPU's idle power)."""
-    for name, lo, hi, _log in _fit_bounds(gpu):
-        if name == p.name:
-            return (lo * gpu.tdp_w, hi * gpu.tdp_w) if name in _TDP_FRACTION else (lo, hi)
-    raise KeyError(f"{p.name!r} has no bounds in costmodel.fit.FIT_PARAMS")
+    """``p``'s (lower, upper) bound in the profile's units, as ``costmodel.fit`` bounds it on ``gpu``."""
+    try:
+        return fit_bounds(gpu)[p.name]
+    except KeyError:
+        raise KeyError(f"{p.name!r} has no bounds in costmodel.fit.FIT_PARAMS") from None
 
 
 def _to_x(p: _Param, v: float, gpu: GPUSpec) -> float:
@@ -596,7 +594,7 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
                       restarts: int = 3, prior: float = 1e-3) -> CalibrationResult:
     """Fit the profile of the samples' GPU (all samples of one GPU) starting from ``base``
     (default: the bundled profile of that GPU). See the module docstring for the method."""
-    from energylens.costmodel.fit import _huber, nelder_mead
+    from energylens.costmodel.fit import huber, nelder_mead
 
     gpus = {s.gpu for s in samples}
     if len(gpus) != 1:
@@ -649,13 +647,13 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
         t, _e, dyn = stack.price(gpu, prof)
         pull = prior * sum((x[p.name] - x0[p.name]) ** 2 for p in free if p.stage == stage)
         if stage == "time":
-            return float(np.sum(w_t * _huber(np.log(t / t_meas)))) + pull
+            return float(np.sum(w_t * huber(np.log(t / t_meas)))) + pull
         total = pull
         if has_p.any():
             p_pred = prof.static_power_w + dyn[has_p] / t_meas[has_p]
-            total += float(np.sum(w_p[has_p] * _huber(np.log(p_pred / p_meas[has_p]))))
+            total += float(np.sum(w_p[has_p] * huber(np.log(p_pred / p_meas[has_p]))))
         if len(static_p):
-            total += w_static * float(np.sum(_huber(np.log(prof.static_power_w / static_p))))
+            total += w_static * float(np.sum(huber(np.log(prof.static_power_w / static_p))))
         return total
 
     x = dict(x0)
