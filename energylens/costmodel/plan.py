@@ -65,7 +65,7 @@ from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Collective, Einsum, Gather, Graph, Op, Value
 from energylens.passes.manager import PassManager
 from energylens.passes.moe import Moe, graph_expert_load
-from energylens.passes.overlap import Overlap
+from energylens.passes.overlap import Overlap, count_runs, window_after
 from energylens.passes.shard import Shard, collective_bytes, local_dim_sizes, mesh_of, replication
 from energylens.typing import MemoryEstimate, OpCost, Parallel, Workload
 
@@ -435,25 +435,15 @@ def overlap_windows(prices: OpPrices) -> list[tuple[int, list[int]]]:
     left out. Rows index ``prices.recs``.
     """
     recs = prices.recs
-    runs: list[list[int]] = []
-    for i, r in enumerate(recs):
-        if runs and recs[runs[-1][-1]].count == r.count:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
     out = []
-    for run in runs:
+    for run in count_runs([r.count for r in recs]):
         for pos, i in enumerate(run):
             if recs[i].cls != "comm" or recs[i].op.stream != 1 or not np.any(prices.time_s[i] > 0):
                 continue
-            window = []
-            for step in range(1, len(run)):
-                j = run[(pos + step) % len(run)]
-                if recs[j].cls == "comm" or not _shares_sms(recs[j].op):
-                    break
-                window.append(j)
+            window = window_after(len(run), pos, lambda q, run=run: recs[run[q]].cls != "comm"
+                                  and _shares_sms(recs[run[q]].op))
             if window:
-                out.append((i, window))
+                out.append((i, [run[q] for q in window]))
     return out
 
 

@@ -35,6 +35,7 @@ Either way the window is readable from the IR: a stream-1 collective, then ops w
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -42,7 +43,7 @@ from energylens.errors import EnergylensError, InvalidWorkloadError
 from energylens.ir.core import Collective, Graph, Op, Repeat
 from energylens.passes.shard import mesh_of
 
-__all__ = ["Overlap", "kernels_of", "overlap_regions"]
+__all__ = ["Overlap", "kernels_of", "count_runs", "window_after", "overlap_regions"]
 
 
 def kernels_of(ops: tuple[Op, ...]) -> list[list[int]]:
@@ -56,28 +57,51 @@ def kernels_of(ops: tuple[Op, ...]) -> list[list[int]]:
     return groups
 
 
-def overlap_regions(graph: Graph) -> list[list[tuple[int, int | None]]]:
-    """Regions of the model-mode schedule: lists of op addresses ``(body index, index in its Repeat)``.
+def count_runs(counts: Sequence[int]) -> list[list[int]]:
+    """Indices of ``counts`` grouped into maximal runs of equal consecutive values: the regions of
+    the model-mode schedule (a ``Repeat``'s ops, or the top-level ops between Repeats).
 
-    A region is a maximal run of consecutive ops (in ``graph.walk()`` order) with the same repetition
-    count: a ``Repeat``'s ops, or top-level ops (index ``None``) between regions, as
-    ``costmodel.plan.overlap_windows`` groups them.
+    >>> count_runs([1, 80, 80, 80, 1, 1])
+    [[0], [1, 2, 3], [4, 5]]
     """
-    runs: list[list[tuple[int, int | None]]] = []
-    last: int | None = None
-    for b, item in enumerate(graph.body):
-        addrs: list[tuple[int, int | None]]
-        if isinstance(item, Repeat):
-            addrs, count = [(b, k) for k in range(len(item.ops))], item.count
+    runs: list[list[int]] = []
+    for i, c in enumerate(counts):
+        if runs and counts[runs[-1][-1]] == c:
+            runs[-1].append(i)
         else:
-            addrs, count = [(b, None)], 1
-        for a in addrs:
-            if runs and last == count:
-                runs[-1].append(a)
-            else:
-                runs.append([a])
-            last = count
+            runs.append([i])
     return runs
+
+
+def window_after(n: int, pos: int, takes: Callable[[int], bool]) -> list[int]:
+    """Positions after ``pos`` in a region of ``n`` ops, wrapping round to its start (the next
+    layer), for as long as ``takes(position)`` holds: a collective's overlap window.
+
+    >>> window_after(5, 3, lambda j: j != 1)
+    [4, 0]
+    """
+    out = []
+    for step in range(1, n):
+        j = (pos + step) % n
+        if not takes(j):
+            break
+        out.append(j)
+    return out
+
+
+def overlap_regions(graph: Graph) -> list[list[tuple[int, int | None]]]:
+    """Regions of the model-mode schedule (``count_runs``) as op addresses ``(body index, index in
+    its Repeat)``, in ``graph.walk()`` order; top-level ops have index ``None``."""
+    addrs: list[tuple[int, int | None]] = []
+    counts: list[int] = []
+    for b, item in enumerate(graph.body):
+        if isinstance(item, Repeat):
+            addrs += [(b, k) for k in range(len(item.ops))]
+            counts += [item.count] * len(item.ops)
+        else:
+            addrs.append((b, None))
+            counts.append(1)
+    return [[addrs[i] for i in run] for run in count_runs(counts)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,12 +166,7 @@ class Overlap:
                     continue
                 # the window: the ops after it up to the next collective of its region, wrapping round
                 # to the region's start (costmodel.plan.overlap_windows reads it back from sm_share)
-                window: list[int] = []
-                for step in range(1, len(run)):
-                    j = (pos + step) % len(run)
-                    if isinstance(ops[j], Collective):
-                        break
-                    window.append(j)
+                window = window_after(len(run), pos, lambda j, ops=ops: not isinstance(ops[j], Collective))
                 if not window:
                     continue
                 new[run[pos]] = dataclasses.replace(op, stream=1, sm_share=self.share)
