@@ -537,14 +537,13 @@ class PlanPricer:
     is priced over the window the graph annotates (``overlap_windows``) with the SMs its
     ``sm_share`` gives on this GPU. ``comm_sms``: the SM count the caller expects (None: whatever
     the graph says); a graph scheduled with another count, or not scheduled at all, is a
-    ``ConfigError``, not a silent serial price. ``comm_block_size``: threads per block of a
-    collective kernel whose graph records none (``overlap.<collective>.block_size``).
+    ``ConfigError``, not a silent serial price. Each collective kernel's threads per block are the
+    ones the pass recorded (``overlap.<collective>.block_size``; 1024 where none is recorded).
     ``price_ops`` and ``OverlapWindows`` at one point and one clock.
     """
 
     interconnect: str = "nvlink"
     comm_sms: int | None = None
-    comm_block_size: int = 1024
 
     def __call__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec, profile: Profile,
                  select: Callable[[Op], bool] | None = None) -> list[PricedOp]:
@@ -556,7 +555,7 @@ class PlanPricer:
             sms = self._scheduled_sms(recs, params.num_sms, gpu)
             windows = OverlapWindows.of(p, overlap_block_sizes(graph)) if sms is not None else None
             if windows is not None:
-                wt, extra = windows.collective_cost(sms, params, self.comm_block_size)
+                wt, extra = windows.collective_cost(sms, params)
                 t[windows.comm], byte_j[windows.comm] = wt[:, 0, 0], extra[:, 0, 0]
         cols = zip(recs, t.tolist(), p.flop_j[:, 0, 0].tolist(), byte_j.tolist(), p.wait_j[:, 0, 0].tolist(), strict=True)
         return [PlanPricedOp(r.op, r.count, r.work, OpCost(time_s=ti, flops=float(r.work.flops),
