@@ -8,7 +8,7 @@ import pytest
 from energylens.costmodel.compute import OpWork, op_time_s
 from energylens.costmodel.fit import write_profile
 from energylens.costmodel.hardware import get_gpu
-from energylens.costmodel.power import op_energy
+from energylens.costmodel.power import dynamic_energy_j, op_energy
 from energylens.costmodel.profile import default_profile, load_profile
 
 GPU = get_gpu("H100-SXM")
@@ -93,3 +93,19 @@ def test_overhead_bound_step_draws_idle_power():
     assert sc.time_s == pytest.approx(1.0)
     assert sc.energy_j / sc.time_s == pytest.approx(90.0)
     assert default_profile(GPU).overhead_power_w == default_profile(GPU).static_power_w
+
+
+def test_decode_attention_pays_for_its_padded_mma_tile():
+    """A GQA group of 4 query rows on a 64-row MMA tile: 16x the useful FLOPs in energy, same time;
+    prefill attention (many rows) and a weight GEMV with 4 tokens are not padded."""
+    prof = default_profile(GPU)
+
+    def flop_j(rows, kv):
+        w = OpWork(tc_flops=1e9, vec_flops=0.0, hbm_bytes=1e8, rows=rows, peak_flops_per_s=GPU.peak_flops_per_s("bf16"),
+                   kv=kv, kernels=1.0)
+        return dynamic_energy_j(w, prof)[0]
+
+    useful = 1e9 * prof.flop_pj * 1e-12
+    assert flop_j(4.0, 1.0) == pytest.approx(16 * useful)
+    assert flop_j(2048.0, 1.0) == pytest.approx(useful)
+    assert flop_j(4.0, 0.0) == pytest.approx(useful)
