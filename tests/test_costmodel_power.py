@@ -109,3 +109,31 @@ def test_decode_attention_pays_for_its_padded_mma_tile():
     assert flop_j(4.0, 1.0) == pytest.approx(16 * useful)
     assert flop_j(2048.0, 1.0) == pytest.approx(useful)
     assert flop_j(4.0, 0.0) == pytest.approx(useful)
+
+
+def test_power_limit_lowers_the_clock_before_it_stretches_time():
+    """Over TDP, the limiter lowers the SM clock: a compute-bound GEMM slows by less than its excess
+    power (FLOP energy falls as V^2), and a bandwidth-bound op sheds FLOP energy at no cost in time."""
+    prof = default_profile(GPU).with_params(flop_pj=1.2)
+    gemm = work(tc_flops=1e15)
+    t0 = op_time_s(gemm, GPU, prof)
+    t, static_j, flop_j, byte_j = op_energy(gemm, t0, GPU, prof)
+    stretched = (1e15 * prof.flop_pj * 1e-12) / (GPU.tdp_w - prof.static_power_w)  # energy kept, time stretched
+    assert t0 < t < stretched
+    assert (static_j + flop_j + byte_j) / t == pytest.approx(GPU.tdp_w)
+    prof = default_profile(GPU).with_params(static_power_w=175.0, flop_pj=0.8, byte_pj=113.0, attn_mem_efficiency=0.95)
+    stream = OpWork(tc_flops=6e10, vec_flops=0.0, hbm_bytes=1e10, rows=4.0, peak_flops_per_s=GPU.peak_flops_per_s("bf16"),
+                    kv=1.0, kernels=1.0)  # decode attention of a GQA group of 4: 64-row MMA tiles on a KV stream
+    t0 = op_time_s(stream, GPU, prof)
+    assert prof.static_power_w + sum(dynamic_energy_j(stream, prof)) / t0 > GPU.tdp_w  # over TDP at full clock
+    t, static_j, flop_j, byte_j = op_energy(stream, t0, GPU, prof)
+    assert t == pytest.approx(t0) and flop_j < dynamic_energy_j(stream, prof)[0]
+    assert (static_j + flop_j + byte_j) / t == pytest.approx(GPU.tdp_w)
+
+
+def test_power_module_doctests():
+    import doctest
+
+    import energylens.costmodel.power as power
+
+    assert doctest.testmod(power).failed == 0

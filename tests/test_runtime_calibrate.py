@@ -171,7 +171,10 @@ def test_timing_only_records_fit_time_only_and_say_so():
     true = load_profile(H100).with_params(**TRUE)
     recs = [r for r in synthetic_records("H100", true, seed=1, energy=False) if r["kind"] != "static"]
     samples = samples_of(*recs)
-    base = default_profile(H100)
+    # the kept power coefficients set where the power limiter slows a GEMM: keep the generator's,
+    # so that the times alone must recover the time coefficients
+    base = default_profile(H100).with_params(static_power_w=TRUE["static_power_w"], flop_pj=TRUE["flop_pj"],
+                                             byte_pj=TRUE["byte_pj"])
     res = calibrate_samples(samples, base=base)
     assert {"static_power_w", "flop_pj", "byte_pj"} <= set(res.kept) and res.energy_samples == 0
     assert res.profile.flop_pj == base.flop_pj and res.profile.static_power_w == base.static_power_w

@@ -20,7 +20,9 @@ boost clock ``f_max`` (``GPUSpec.boost_clock_mhz``) under load. Locking the grap
   the SM voltage in this model).
 
 The lowest clock offered to the search is ``MIN_CLOCK_FRACTION x f_max`` (below it the memory
-system is no longer saturated and the model above does not hold).
+system is no longer saturated and the model above does not hold). The GPU's power limiter uses
+the same physics: an op that would draw more than TDP runs at the clock where it draws exactly TDP
+(``costmodel.power.power_capped``), a locked clock being the highest it may use.
 
 >>> from energylens.costmodel.hardware import get_gpu
 >>> c = ClockModel.of(get_gpu("H100-SXM"))

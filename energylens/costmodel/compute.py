@@ -68,9 +68,11 @@ def gemm_efficiency(rows: Any, profile: Profile) -> Any:
 
 
 def compute_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
+    """Tensor-core plus CUDA-core time at the profile's SM clock (``sm_clock_fraction`` of the
+    maximum: FLOP rates scale with the clock)."""
     tc = work.tc_flops / (work.peak_flops_per_s * gemm_efficiency(work.rows, profile))
     vec = work.vec_flops / (gpu.bf16_dense_tflops * 1e12 * profile.vector_flops_fraction)
-    return tc + vec
+    return (tc + vec) / getattr(profile, "sm_clock_fraction", 1.0)
 
 
 def memory_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:

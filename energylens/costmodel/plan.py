@@ -59,7 +59,7 @@ from energylens.costmodel.comm import collective_cost
 from energylens.costmodel.compute import WORK_FIELDS, OpWork, compute_time_s, memory_time_s, op_time_s
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
-from energylens.costmodel.power import capped_time_s, dynamic_energy_j
+from energylens.costmodel.power import dynamic_energy_j, power_capped
 from energylens.costmodel.profile import Profile
 from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Collective, Einsum, Gather, Graph, Op, Value
@@ -346,18 +346,17 @@ def _coll(fn: str, nbytes: float, n: int, gpu: str, interconnect: str) -> tuple[
     return c.time_s, c.power_w
 
 
-def _time_dyn(w: OpWork, gpu: GPUSpec, profile: Profile, cscale: np.ndarray,
-              escale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(TDP-capped time, flop_j, byte_j) of one execution of each op, arrays (ops, points, clocks)."""
+def _time_dyn(w: OpWork, gpu: GPUSpec, profile: Profile,
+              clocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(power-capped time, flop_j, byte_j) of one execution of each op, arrays (ops, points, clocks):
+    ``power.op_energy`` at each clock (``clocks``: fractions of the profile's own clock)."""
+    x0 = getattr(profile, "sm_clock_fraction", 1.0)
     comp, mem = compute_time_s(w, gpu, profile), memory_time_s(w, gpu, profile)
-    base = op_time_s(w, gpu, profile)  # the clock-free roofline, exactly as at the top clock
-    t = comp[..., None] * cscale
-    np.maximum(t, mem[..., None], out=t)
-    t += (base - np.maximum(comp, mem))[..., None]
+    extra = op_time_s(w, gpu, profile) - np.maximum(comp, mem)  # the clock-free part: kernel overheads
     flop_j, byte_j = dynamic_energy_j(w, profile)
-    flop_j = flop_j[..., None] * escale
-    byte_j = np.broadcast_to(byte_j[..., None], t.shape)
-    return capped_time_s(t, flop_j + byte_j, profile.static_power_w, gpu.tdp_w), flop_j, byte_j
+    t, flop_j = power_capped((comp * x0)[..., None], mem[..., None], extra[..., None], flop_j[..., None],
+                             byte_j[..., None], profile.static_power_w, gpu.tdp_w, x0 * clocks)
+    return t, flop_j, np.broadcast_to(byte_j[..., None], t.shape)
 
 
 @dataclass
@@ -387,25 +386,25 @@ class OpPrices:
 
 
 def price_ops(recs: Sequence[PlanOp], n: int, gpu: GPUSpec, profile: Profile, interconnect: str = "nvlink",
-              cscale: np.ndarray = _ONE, escale: np.ndarray = _ONE) -> OpPrices:
+              clocks: np.ndarray = _ONE) -> OpPrices:
     """Price ``plan_work`` records whose fields are scalars or arrays of ``n`` points, at each clock.
 
-    A clock (``clock.ClockModel``) scales the roofline's compute side by ``cscale`` and the energy
-    per FLOP by ``escale`` (arrays (clocks,); one clock at 1: the profile as it is). Compute ops: the
-    roofline and TDP-capped energy of ``work``; an expert op under ep takes the time of ``max_work``
+    ``clocks``: locked SM clocks as fractions of the maximum (array (clocks,); one clock at 1: the
+    profile as it is; ``clock.ClockModel`` physics, see ``power.power_capped``). Compute ops: the
+    roofline and power-capped energy of ``work``; an expert op under ep takes the time of ``max_work``
     (the straggler) while its dynamic energy is the mean GPU's, the others waiting at static power.
     Collectives: ``comm.collective_cost`` for the message bytes, energy above static in ``byte_j``.
     """
     static_w = profile.static_power_w
-    shape = (len(recs), n, len(cscale))
+    shape = (len(recs), n, len(clocks))
     t, flop_j, byte_j, wait_j = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
     comp = [i for i, r in enumerate(recs) if r.cls != "comm"]
     if comp:
         t[comp], flop_j[comp], byte_j[comp] = _time_dyn(_stack([recs[i].work for i in comp], n), gpu, profile,
-                                                        cscale, escale)
+                                                        clocks)
         strag = [i for i in comp if recs[i].max_work is not recs[i].work]
         if strag:  # expert straggler: every GPU waits for the most loaded one
-            tmax = _time_dyn(_stack([recs[i].max_work for i in strag], n), gpu, profile, cscale, escale)[0]
+            tmax = _time_dyn(_stack([recs[i].max_work for i in strag], n), gpu, profile, clocks)[0]
             tmax = np.maximum(tmax, t[strag])
             wait_j[strag], t[strag] = static_w * (tmax - t[strag]), tmax
     for i, r in enumerate(recs):

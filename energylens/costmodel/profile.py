@@ -68,6 +68,10 @@ class Profile(BaseModel):
     #: (synchronous scheduling); large: overlapped (vLLM's async scheduling prepares step n+1 on
     #: the CPU while the GPU runs step n, so a step takes the longer of the two).
     host_overlap_p: float = Field(default=1.0, ge=1.0)
+    #: SM clock the profile prices at, as a fraction of the maximum boost clock: 1 = default clocks
+    #: (as calibrated); lower = a locked clock (``search.evaluate.clock_profile``): compute time
+    #: ``/ x``, energy per FLOP ``V(x)^2`` of its calibrated value (``costmodel.clock``, ``costmodel.power``)
+    sm_clock_fraction: float = Field(default=1.0, gt=0, le=1)
     provenance: Provenance
 
     @property

@@ -15,10 +15,11 @@ tests check plan by plan:
   the prefill of the whole batch (TTFT). Components are the three parts of a serving step
   (token-wise ops, decode attention, prefill attention) and the prefill phase: 4 graph walks per
   variant, whatever the number of batch sizes, clocks and SM counts;
-* **GPU clock** (``costmodel/clock.py``): the roofline's compute side scales by ``f_max / f`` and the
+* **GPU clock** (``costmodel/clock.py``): a locked clock ``f`` is the highest the power limiter may
+  use (``power.power_capped``): the roofline's compute side scales by ``f_max / f`` and the
   dynamic energy per FLOP by ``V(f)^2``, a trailing clock axis: arrays ``(ops, points, clocks)``.
-  (A clock is exactly a profile with ``compute_efficiency`` and ``vector_flops_fraction`` scaled
-  by ``f / f_max`` and ``flop_pj`` by ``V(f)^2``: ``clock_profile`` builds it for the scalar oracle);
+  (A clock is exactly a profile with ``sm_clock_fraction = f / f_max``: ``clock_profile`` builds
+  it for the scalar oracle);
 * **overlap SMs** ``comm_sms``: the graphs go once per variant through the ``overlap`` pass (the
   windows it annotates do not depend on the SM count), and each window it scheduled (a stream-1
   collective and the ``sm_share < 1`` compute ops after it, ``plan.overlap_windows``) is simulated by
@@ -105,11 +106,7 @@ class Knobs:
 
 def clock_profile(profile: Profile, gpu: GPUSpec, clock_mhz: float) -> Profile:
     """``profile`` at a locked clock: the scalar equivalent of the search's clock axis."""
-    c = ClockModel.of(gpu)
-    r = 1.0 / c.compute_scale(clock_mhz)
-    return profile.with_params(compute_efficiency=profile.compute_efficiency * r,
-                               vector_flops_fraction=profile.vector_flops_fraction * r,
-                               flop_pj=profile.flop_pj * float(c.flop_energy_scale(clock_mhz)))
+    return profile.with_params(sm_clock_fraction=1.0 / ClockModel.of(gpu).compute_scale(clock_mhz))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,8 +117,7 @@ def clock_profile(profile: Profile, gpu: GPUSpec, clock_mhz: float) -> Profile:
 class _Ctx:
     gpu: GPUSpec
     profile: Profile
-    cscale: np.ndarray      # (clocks,)
-    escale: np.ndarray      # (clocks,)
+    clocks: np.ndarray      # (clocks,): fractions of the maximum clock
     interconnect: str
     sms: tuple[int | None, ...]
     params: OverlapParams | None
@@ -133,7 +129,7 @@ def _component(graph: Graph, binding: dict[str, np.ndarray], c: _Ctx,
     (points, clocks, sms). Each collective the overlap pass scheduled has its row replaced by its
     window's price (``OverlapWindows``) at each SM count."""
     recs = plan_work(graph, None, binding, gpu=c.gpu, select=select)
-    p = price_ops(recs, len(next(iter(binding.values()))), c.gpu, c.profile, c.interconnect, c.cscale, c.escale)
+    p = price_ops(recs, len(next(iter(binding.values()))), c.gpu, c.profile, c.interconnect, c.clocks)
     count = np.array([r.count for r in recs], dtype=float)
     t_ser = np.einsum("i,ipf->pf", count, p.time_s)
     e_ser = np.einsum("i,ipf->pf", count, p.energy_j)
@@ -210,8 +206,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     clock = ClockModel.of(gpu)
     clocks = np.asarray(knobs.clocks_mhz, dtype=float)
     params = overlap_params(gpu, profile) if variant.has_tp_comm and any(k is not None for k in knobs.comm_sms) else None
-    c = _Ctx(gpu, profile, np.atleast_1d(clock.compute_scale(clocks)), np.atleast_1d(clock.flop_energy_scale(clocks)),
-             interconnect, knobs.comm_sms, params)
+    c = _Ctx(gpu, profile, 1.0 / np.atleast_1d(clock.compute_scale(clocks)), interconnect, knobs.comm_sms, params)
     kv_cap = kv_capacity_tokens(variant.planned_decode, gpu, gpus)
 
     def ctx_of(b: int) -> float:
