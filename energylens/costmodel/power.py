@@ -57,25 +57,31 @@ def power_capped(comp_s: Any, mem_s: Any, extra_s: Any, flop_j: Any, byte_j: Any
     """
     if static_w >= tdp_w:
         raise EstimateError(f"static power {static_w:.0f} W is not below TDP {tdp_w:.0f} W")
-    comp_s, mem_s, extra_s, flop_j, byte_j, clock = (np.asarray(a, dtype=float)
-                                                      for a in (comp_s, mem_s, extra_s, flop_j, byte_j, clock))
+    args = (comp_s, mem_s, extra_s, flop_j, byte_j, clock)
+    scalar = all(np.ndim(a) == 0 for a in args)
+    comp_s, mem_s, extra_s, flop_j, byte_j, clock = (np.atleast_1d(np.asarray(a, dtype=float)) for a in args)
     budget_w = tdp_w - static_w
     v = 1.0 - VOLTAGE_SLOPE * (1.0 - clock)
     t = np.maximum(comp_s / clock, mem_s) + extra_s
     fj = flop_j * (v * v)
     over = fj + byte_j > budget_w * t
-    if over.any():
-        c, m, e, f, b, top = (np.broadcast_to(a, over.shape)[over]
-                              for a in (comp_s, mem_s, extra_s, flop_j, byte_j, clock))
+    if over.any():  # a few ops in a plan space: solve on those only
+        ix = over.nonzero()
+        c, m, e, f, b, top = (np.broadcast_to(a, over.shape)[ix] for a in (comp_s, mem_s, extra_s, flop_j, byte_j, clock))
         x = _limiter_clock(c, m, e, f, b, top, budget_w)
         vx = 1.0 - VOLTAGE_SLOPE * (1.0 - x)
         fl = f * vx * vx
         tl = np.maximum(np.maximum(c / x, m) + e, (fl + b) / budget_w)  # over TDP at the lowest clock: stretch
-        t, fj = np.broadcast_to(t, over.shape).copy(), np.broadcast_to(fj, over.shape).copy()
-        t[over], fj[over] = tl, fl
-    if np.ndim(t) == 0:
-        return float(t), float(fj)
+        t, fj = _own(t, over.shape), _own(fj, over.shape)
+        t[ix], fj[ix] = tl, fl
+    if scalar:
+        return float(t[0]), float(fj[0])
     return t, fj
+
+
+def _own(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` (a fresh result) with ``shape``, writable: copied only when it must be broadcast."""
+    return a if a.shape == shape else np.broadcast_to(a, shape).copy()
 
 
 def _limiter_clock(c: np.ndarray, m: np.ndarray, e: np.ndarray, f: np.ndarray, b: np.ndarray, top: np.ndarray,
