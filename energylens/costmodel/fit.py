@@ -69,7 +69,7 @@ TASK_PROMPT_LEN: dict[str, int] = {"lm-arena-chat": 634, "gpqa": 224}
 #: fact, not a GPU or model constant. Chat replies spread roughly exponentially (CV ~1, as in
 #: LMSYS/ShareGPT traces); GPQA reasoning traces are long and bounded by the generation limit, so
 #: they spread less (CV ~0.5, an estimate: ML.ENERGY publishes only the mean).
-TASK_OUTPUT_CV: dict[str, float] = {"lm-arena-chat": 1.0, "gpqa": 1.0}
+TASK_OUTPUT_CV: dict[str, float] = {"lm-arena-chat": 1.0, "gpqa": 0.5}
 
 MLENERGY_COLUMNS = (
     "model_id", "task", "gpu_model", "num_gpus", "tp", "ep", "dp", "max_num_seqs", "avg_batch_size",
