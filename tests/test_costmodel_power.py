@@ -137,3 +137,64 @@ def test_power_module_doctests():
     import energylens.costmodel.power as power
 
     assert doctest.testmod(power).failed == 0
+
+
+def _brute_force(c, m, e, f, b, top, budget_w):
+    """The highest clock on a fine grid whose power fits the budget (else half clock, stretched)."""
+    xs = np.linspace(0.5, top, 4001)
+    v = 1 - 0.6 * (1 - xs)
+    t = np.maximum(c / xs, m) + e
+    ok = f * v * v + b <= budget_w * t
+    k = np.nonzero(ok)[0].max() if ok.any() else 0
+    return max(t[k], (f * v[k] ** 2 + b) / budget_w)
+
+
+def test_power_capped_matches_a_brute_force_clock_search():
+    from energylens.costmodel.power import power_capped
+
+    rng = np.random.default_rng(7)
+    n = 300
+    c, m = rng.uniform(0, 2e-3, n) * (rng.random(n) > 0.1), rng.uniform(0, 2e-3, n) * (rng.random(n) > 0.1)
+    e, f, b = rng.uniform(0, 2e-4, n), rng.uniform(0, 2.0, n) * (rng.random(n) > 0.1), rng.uniform(0, 1.2, n)
+    top = rng.uniform(0.5, 1.0, n)
+    c = np.where((c == 0) & (m == 0), 1e-4, c)
+    t, fj = power_capped(c, m, e, f, b, 150.0, 700.0, top)
+    assert np.all((fj + b) / t <= 550.0 * (1 + 1e-9))
+    grid = np.array([_brute_force(*args, 550.0) for args in zip(c, m, e, f, b, top, strict=True)])
+    assert t == pytest.approx(grid, rel=2e-4)  # the grid's resolution
+    scalar = [power_capped(*args, 150.0, 700.0, x) for *args, x in zip(c[:20], m[:20], e[:20], f[:20], b[:20], top[:20],
+                                                                       strict=True)]
+    assert [s[0] for s in scalar] == pytest.approx(t[:20], rel=1e-12)
+
+
+def test_op_energy_on_arrays_equals_op_energy_per_op():
+    prof = load_profile("H100-SXM")
+    ws = [work(tc_flops=1e15), work(hbm_bytes=1e10, rows=1), work(tc_flops=1e12, hbm_bytes=1e9),
+          OpWork(tc_flops=6e10, vec_flops=0.0, hbm_bytes=1e10, rows=4.0, peak_flops_per_s=GPU.peak_flops_per_s("bf16"),
+                 kv=1.0, kernels=1.0)]
+    arr = OpWork(**{f: np.array([getattr(w, f) for w in ws]) for f in OpWork.__dataclass_fields__})
+    many = op_energy(arr, op_time_s(arr, GPU, prof), GPU, prof)
+    for i, w in enumerate(ws):
+        one = op_energy(w, op_time_s(w, GPU, prof), GPU, prof)
+        assert [float(x[i]) for x in many] == pytest.approx(list(one), rel=1e-12)
+
+
+def test_a_locked_clock_is_the_same_whichever_way_it_is_given():
+    """``price_ops`` clocks are fractions of the maximum clock: a profile locked at 0.8 and the plain
+    profile priced at clock 0.8 agree, and an explicit clock overrides the profile's."""
+    import energylens as el
+    from energylens.api import resolve_model
+    from energylens.costmodel.plan import plan_work, price_ops
+
+    prof = load_profile("H100-SXM")
+    recs = plan_work(resolve_model("meta-llama/Llama-3.1-8B-Instruct").prefill, el.Parallel(),
+                     {"B": 4.0, "S": 1024.0, "K": 1024.0}, gpu=GPU)
+    locked = prof.with_params(sm_clock_fraction=0.8)
+    a = price_ops(recs, 1, GPU, locked)
+    b = price_ops(recs, 1, GPU, prof, clocks=np.array([0.8]))
+    c = price_ops(recs, 1, GPU, locked, clocks=np.array([0.8, 1.0]))
+    d = price_ops(recs, 1, GPU, prof)
+    assert a.time_s == pytest.approx(b.time_s, rel=1e-12) and a.energy_j == pytest.approx(b.energy_j, rel=1e-12)
+    assert c.time_s[..., :1] == pytest.approx(b.time_s, rel=1e-12)
+    assert c.time_s[..., 1:] == pytest.approx(d.time_s, rel=1e-12)
+    assert np.sum(a.time_s) > np.sum(d.time_s)  # a prefill is compute-bound: slower at a lower clock

@@ -3,8 +3,8 @@
 ``time = max(compute time, memory time) + kernels * (kernel_overhead + seqs * kv_seq_overhead)``,
 where
 
-* compute time = tensor-core FLOPs / (dense peak x GEMM efficiency(rows)) + CUDA-core FLOPs /
-  (vector rate). The GEMM efficiency curve ``compute_efficiency * rows / (rows + gemm_half_rows)``
+* compute time = (tensor-core FLOPs / (dense peak x GEMM efficiency(rows)) + CUDA-core FLOPs /
+  (vector rate)) / ``profile.sm_clock_fraction`` (FLOP rates follow a locked SM clock). The GEMM efficiency curve ``compute_efficiency * rows / (rows + gemm_half_rows)``
   says that a GEMM with few rows (decode GEMV, a MoE expert that got two tokens) cannot fill the
   tensor cores, so it is bandwidth bound long before its FLOPs matter;
 * memory time = HBM bytes / (peak bandwidth x achieved fraction); decode attention reading the

@@ -166,11 +166,12 @@ FIT_PARAMS: tuple[tuple[str, float, float, bool], ...] = (
 #: ``attn_mem_efficiency`` of 0.29, and the held-out folds do not improve overall (ITL worse on two
 #: of three). Kept in series (1.0) until rows that separate host from GPU time exist (a host-time
 #: trace per step, or the same GPU under two CPUs). Likewise ``Profile.kv_byte_pj`` is not fitted:
-#: with the per-op TDP cap it turns decode attention into a power-capped stream (fitted H100
-#: attention at ~2.5 TB/s at TDP) that over-predicts the long-context GPQA rows by 15-40%. A TDP cap
-#: per step instead of per op (the power limiter averages over ms, longer than a kernel), with or
-#: without a fitted ``kv_byte_pj``, was tried too: held-out single-GPU ITL got worse (Qwen3-8B fold
-#: 23.1% -> 25.0-25.4%, Llama-3.1-8B fold 12.6% -> 15.9-16.3%) for at most ~1 point of power.
+#: decode attention's extra power comes from its padded MMA tiles (``power.ATTENTION_TILE_ROWS``),
+#: FLOP energy that the power limiter can shed by lowering the clock. (Measured before the padded
+#: tiles and the DVFS cap, under a time-stretching per-op cap: a fitted ``kv_byte_pj`` turned decode
+#: attention into a power-capped stream that over-predicted the long-context GPQA rows by 15-40%,
+#: and a cap per step instead of per op made held-out single-GPU ITL worse, Qwen3-8B fold 23.1% ->
+#: 25.0-25.4%, Llama-3.1-8B fold 12.6% -> 15.9-16.3%, for at most ~1 point of power.)
 HOST_OVERLAP_P = 1.0
 
 #: Parameters stored as a fraction of TDP in the optimiser's space.

@@ -321,10 +321,6 @@ def overlap_params(gpu: GPUSpec, profile: Profile) -> OverlapParams:
     return dataclasses.replace(own, static_w=profile.static_power_w)
 
 
-_ONE = np.ones(1)
-_ONE.setflags(write=False)  # shared default of price_ops: never written
-
-
 def _col(x: Any, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))
 
@@ -347,15 +343,17 @@ def _coll(fn: str, nbytes: float, n: int, gpu: str, interconnect: str) -> tuple[
 
 
 def _time_dyn(w: OpWork, gpu: GPUSpec, profile: Profile,
-              clocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              clocks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(power-capped time, flop_j, byte_j) of one execution of each op, arrays (ops, points, clocks):
-    ``power.op_energy`` at each clock (``clocks``: fractions of the profile's own clock)."""
+    ``power.op_energy`` at each of ``clocks`` (fractions of the maximum clock; None: the profile's
+    ``sm_clock_fraction``)."""
     x0 = getattr(profile, "sm_clock_fraction", 1.0)
+    x = np.array([x0]) if clocks is None else np.asarray(clocks, dtype=float)
     comp, mem = compute_time_s(w, gpu, profile), memory_time_s(w, gpu, profile)
     extra = op_time_s(w, gpu, profile) - np.maximum(comp, mem)  # the clock-free part: kernel overheads
     flop_j, byte_j = dynamic_energy_j(w, profile)
     t, flop_j = power_capped((comp * x0)[..., None], mem[..., None], extra[..., None], flop_j[..., None],
-                             byte_j[..., None], profile.static_power_w, gpu.tdp_w, x0 * clocks)
+                             byte_j[..., None], profile.static_power_w, gpu.tdp_w, x)
     return t, flop_j, np.broadcast_to(byte_j[..., None], t.shape)
 
 
@@ -386,17 +384,18 @@ class OpPrices:
 
 
 def price_ops(recs: Sequence[PlanOp], n: int, gpu: GPUSpec, profile: Profile, interconnect: str = "nvlink",
-              clocks: np.ndarray = _ONE) -> OpPrices:
+              clocks: np.ndarray | None = None) -> OpPrices:
     """Price ``plan_work`` records whose fields are scalars or arrays of ``n`` points, at each clock.
 
-    ``clocks``: locked SM clocks as fractions of the maximum (array (clocks,); one clock at 1: the
-    profile as it is; ``clock.ClockModel`` physics, see ``power.power_capped``). Compute ops: the
+    ``clocks``: locked SM clocks as fractions of the maximum (array (clocks,), each the highest clock
+    the power limiter may use, ``power.power_capped``; None: one clock, the profile's
+    ``sm_clock_fraction``). Compute ops: the
     roofline and power-capped energy of ``work``; an expert op under ep takes the time of ``max_work``
     (the straggler) while its dynamic energy is the mean GPU's, the others waiting at static power.
     Collectives: ``comm.collective_cost`` for the message bytes, energy above static in ``byte_j``.
     """
     static_w = profile.static_power_w
-    shape = (len(recs), n, len(clocks))
+    shape = (len(recs), n, 1 if clocks is None else len(clocks))
     t, flop_j, byte_j, wait_j = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
     comp = [i for i, r in enumerate(recs) if r.cls != "comm"]
     if comp:

@@ -2,8 +2,8 @@
 
 Tensor-core FLOPs are paid as the kernel executes them, not as the einsum counts them. Decode
 attention (an op that streams the KV cache) puts its few query rows, the query heads that share
-one KV head times the query tokens (``OpWork.rows``), on the M side of the MMA, padded to a tile
-of ``ATTENTION_TILE_ROWS`` = 64 rows: vLLM's FlashAttention-3 packs a decode query group into one
+one KV head times the query tokens (``OpWork.rows``), on the M side of the MMA, padded to whole
+tiles of ``ATTENTION_TILE_ROWS`` = 64 rows: vLLM's FlashAttention-3 packs a decode query group into one
 MMA warpgroup with a 64-row tile (its ``use_one_mma_wg``), the smallest M of Hopper's ``wgmma``
 and of Blackwell's ``tcgen05`` MMA. The tensor cores switch for the whole tile, so a GQA group of
 4 heads costs 16x its useful FLOPs in energy (about ``64 x flop_pj`` per KV byte); its time is
@@ -62,25 +62,25 @@ def power_capped(comp_s: Any, mem_s: Any, extra_s: Any, flop_j: Any, byte_j: Any
     comp_s, mem_s, extra_s, flop_j, byte_j, clock = (np.atleast_1d(np.asarray(a, dtype=float)) for a in args)
     budget_w = tdp_w - static_w
     v = 1.0 - VOLTAGE_SLOPE * (1.0 - clock)
-    t = np.maximum(comp_s / clock, mem_s) + extra_s
-    fj = flop_j * (v * v)
+    shape = np.broadcast_shapes(*(a.shape for a in (comp_s, mem_s, extra_s, flop_j, byte_j, clock)))
+    t = _full(np.maximum(comp_s / clock, mem_s) + extra_s, shape)
+    fj = _full(flop_j * (v * v), shape)
     over = fj + byte_j > budget_w * t
     if over.any():  # a few ops in a plan space: solve on those only
         ix = over.nonzero()
-        c, m, e, f, b, top = (np.broadcast_to(a, over.shape)[ix] for a in (comp_s, mem_s, extra_s, flop_j, byte_j, clock))
+        c, m, e, f, b, top = (np.broadcast_to(a, shape)[ix] for a in (comp_s, mem_s, extra_s, flop_j, byte_j, clock))
         x = _limiter_clock(c, m, e, f, b, top, budget_w)
         vx = 1.0 - VOLTAGE_SLOPE * (1.0 - x)
         fl = f * vx * vx
         tl = np.maximum(np.maximum(c / x, m) + e, (fl + b) / budget_w)  # over TDP at the lowest clock: stretch
-        t, fj = _own(t, over.shape), _own(fj, over.shape)
         t[ix], fj[ix] = tl, fl
     if scalar:
         return float(t[0]), float(fj[0])
     return t, fj
 
 
-def _own(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``a`` (a fresh result) with ``shape``, writable: copied only when it must be broadcast."""
+def _full(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``a``, a fresh result, with the broadcast ``shape`` of all the inputs (copied only if smaller)."""
     return a if a.shape == shape else np.broadcast_to(a, shape).copy()
 
 
@@ -119,8 +119,8 @@ def dynamic_energy_j(work: OpWork, profile: Profile) -> tuple[Any, Any]:
     kv = np.asarray(work.kv) > 0
     kv_pj = profile.byte_pj if getattr(profile, "kv_byte_pj", None) is None else profile.kv_byte_pj
     byte_pj = np.where(kv, kv_pj, profile.byte_pj)
-    rows = np.asarray(work.rows, dtype=float)
-    pad = np.where(kv & (rows > 0), np.maximum(1.0, ATTENTION_TILE_ROWS / np.maximum(rows, 1e-9)), 1.0)
+    rows = np.maximum(np.asarray(work.rows, dtype=float), 1e-9)
+    pad = np.where(kv & (rows >= 1), np.ceil(rows / ATTENTION_TILE_ROWS) * ATTENTION_TILE_ROWS / rows, 1.0)
     return (work.tc_flops * pad + work.vec_flops) * profile.flop_pj * 1e-12, work.hbm_bytes * byte_pj * 1e-12
 
 

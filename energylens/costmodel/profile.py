@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from energylens.costmodel.clock import MIN_CLOCK_FRACTION
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.errors import EstimateError
 
@@ -71,7 +72,7 @@ class Profile(BaseModel):
     #: SM clock the profile prices at, as a fraction of the maximum boost clock: 1 = default clocks
     #: (as calibrated); lower = a locked clock (``search.evaluate.clock_profile``): compute time
     #: ``/ x``, energy per FLOP ``V(x)^2`` of its calibrated value (``costmodel.clock``, ``costmodel.power``)
-    sm_clock_fraction: float = Field(default=1.0, gt=0, le=1)
+    sm_clock_fraction: float = Field(default=1.0, ge=MIN_CLOCK_FRACTION, le=1)
     provenance: Provenance
 
     @property

@@ -16,8 +16,9 @@ Work (FLOPs, bytes, GEMM rows, kernels) is computed once per record; the fit the
 in one vectorised call per trial of coefficients. Two stages, alternated twice (as
 ``energylens.costmodel.fit``): the time coefficients on log(predicted / measured time), then the
 power coefficients on log(predicted / measured average power), where the predicted power is
-``static_power_w + dynamic energy / measured time`` (the TDP cap stretches time, not power, so
-this holds for capped records too). Loss: Huber(0.05) of the log-ratios, each op class weighted
+``static_power_w + dynamic energy / measured time``, the dynamic energy being the one the cost
+model prices (for a record over TDP, at the clock its power limiter settles on,
+``costmodel.power.power_capped``). Loss: Huber(0.05) of the log-ratios, each op class weighted
 equally, plus a weak pull towards the starting profile; optimiser: ``costmodel.fit.nelder_mead``
 on bounded, transformed coefficients. Only the coefficients that the data inform are fitted
 (``PARAMS`` lists which op classes inform each); the rest are kept from the starting profile and
