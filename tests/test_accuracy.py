@@ -22,6 +22,10 @@ def sample(tmp_path: Path) -> Path:
                      and r["model_id"] == "meta-llama/Llama-3.1-8B-Instruct"))
     unknown = dict(pick[0], model_id="acme/NoSuchModel-7B")  # unknown model: skipped
     other_task = dict(pick[1], task="mystery-task")  # unknown prompt length: skipped
+    # rows of kinds the dev file lacks (placeholder measurements: only that they are predicted counts)
+    pick.append(dict(pick[0], gpu_model="H200"))  # priced with the H100-SXM profile (same die)
+    pick.append(dict(next(r for r in rows if r["num_gpus"] == "1" and "30B" in r["model_id"]),
+                     model_id="Qwen/Qwen3-30B-A3B-Thinking-2507", task="gpqa"))  # the Instruct-2507 architecture
     out = tmp_path / "sample.csv"
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -35,10 +39,11 @@ def test_accuracy_script_on_sample(tmp_path):
                           "--data", str(sample(tmp_path))], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
-    assert re.fullmatch(r"MAPE itl=\d+\.\d% power=\d+\.\d% energy_per_token=\d+\.\d% rows=4 skipped=2", lines[-1])
+    assert re.fullmatch(r"MAPE itl=\d+\.\d% power=\d+\.\d% energy_per_token=\d+\.\d% rows=6 skipped=2", lines[-1])
     assert sum(1 for ln in lines if ln.startswith("MAPE")) == 1
     out = res.stdout
     assert "unknown model 'acme/NoSuchModel-7B'" in out
     assert re.search(r"multi-GPU: itl \d+\.\d%  power \d+\.\d%  energy/token \d+\.\d%  \(1 rows\)", out)
     assert "unknown prompt length for task 'mystery-task'" in out
+    assert re.search(r"  H200: itl \d+\.\d%", out) and "Qwen3-30B-A3B-Thinking-2507" in out
     assert "predicted despite memory 1 rows" in out and re.search(r"│ +5\* │ meta-llama/Llama-3.1-8B-Instruct", out)
