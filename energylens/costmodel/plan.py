@@ -56,10 +56,10 @@ import numpy as np
 
 from energylens.costmodel.analysis import PricedOp, WorkAnalysis, _on_chip, is_attention_op
 from energylens.costmodel.comm import collective_cost
-from energylens.costmodel.compute import WORK_FIELDS, OpWork, compute_time_s, memory_time_s, op_time_s
+from energylens.costmodel.compute import WORK_FIELDS, OpWork
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
-from energylens.costmodel.power import dynamic_energy_j, power_capped
+from energylens.costmodel.power import power_capped_op
 from energylens.costmodel.profile import Profile
 from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Collective, Einsum, Gather, Graph, Op, Value
@@ -326,12 +326,12 @@ def _col(x: Any, n: int) -> np.ndarray:
 
 
 def _stack(works: Sequence[OpWork], n: int) -> OpWork:
-    """One OpWork with fields of shape (ops, points)."""
+    """One OpWork with fields of shape (ops, points, 1): the last axis broadcasts against clocks."""
     cols = {}
     for f in WORK_FIELDS:
-        out = np.empty((len(works), n))
+        out = np.empty((len(works), n, 1))
         for i, w in enumerate(works):
-            out[i] = getattr(w, f)
+            out[i, :, 0] = getattr(w, f)
         cols[f] = out
     return OpWork(**cols)
 
@@ -344,17 +344,11 @@ def _coll(fn: str, nbytes: float, n: int, gpu: str, interconnect: str) -> tuple[
 
 def _time_dyn(w: OpWork, gpu: GPUSpec, profile: Profile,
               clocks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(power-capped time, flop_j, byte_j) of one execution of each op, arrays (ops, points, clocks):
-    ``power.op_energy`` at each of ``clocks`` (fractions of the maximum clock; None: the profile's
-    ``sm_clock_fraction``)."""
-    x0 = getattr(profile, "sm_clock_fraction", 1.0)
-    x = np.array([x0]) if clocks is None else np.asarray(clocks, dtype=float)
-    comp, mem = compute_time_s(w, gpu, profile), memory_time_s(w, gpu, profile)
-    extra = op_time_s(w, gpu, profile) - np.maximum(comp, mem)  # the clock-free part: kernel overheads
-    flop_j, byte_j = dynamic_energy_j(w, profile)
-    t, flop_j = power_capped((comp * x0)[..., None], mem[..., None], extra[..., None], flop_j[..., None],
-                             byte_j[..., None], profile.static_power_w, gpu.tdp_w, x)
-    return t, flop_j, np.broadcast_to(byte_j[..., None], t.shape)
+    """(power-capped time, flop_j, byte_j) of one execution of each op of ``w`` (``_stack``), arrays
+    (ops, points, clocks): ``power.power_capped_op`` at each of ``clocks`` (fractions of the maximum
+    clock; None: the profile's ``sm_clock_fraction``)."""
+    t, flop_j, byte_j = power_capped_op(w, gpu, profile, None if clocks is None else np.asarray(clocks, dtype=float))
+    return t, flop_j, np.broadcast_to(byte_j, t.shape)
 
 
 @dataclass

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from energylens.costmodel.clock import MIN_CLOCK_FRACTION, VOLTAGE_SLOPE
-from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s
+from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, op_time_s
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.profile import Profile
 from energylens.errors import EstimateError
 
-__all__ = ["ATTENTION_TILE_ROWS", "op_energy", "power_capped", "dynamic_energy_j"]
+__all__ = ["ATTENTION_TILE_ROWS", "op_energy", "power_capped", "power_capped_op", "dynamic_energy_j"]
 
 #: Rows of the MMA tile a decode-attention kernel pads its query rows to (see the module docstring).
 ATTENTION_TILE_ROWS = 64.0
@@ -124,12 +124,23 @@ def dynamic_energy_j(work: OpWork, profile: Profile) -> tuple[Any, Any]:
     return (work.tc_flops * pad + work.vec_flops) * profile.flop_pj * 1e-12, work.hbm_bytes * byte_pj * 1e-12
 
 
+def power_capped_op(work: OpWork, gpu: GPUSpec, profile: Profile, clock: Any = None,
+                    time_s: Any = None) -> tuple[Any, Any, Any]:
+    """(time after the power cap, flop_j, byte_j) of one execution of ``work`` (fields scalars or
+    arrays) at ``clock``, the highest clock the limiter may use as a fraction of the maximum (None:
+    the profile's ``sm_clock_fraction``; an array broadcasts against the fields). ``time_s``: the
+    op's roofline time at the profile's clock when the caller has it (``compute.op_time_s``)."""
+    x0 = getattr(profile, "sm_clock_fraction", 1.0)
+    comp, mem = compute_time_s(work, gpu, profile), memory_time_s(work, gpu, profile)
+    roofline = op_time_s(work, gpu, profile) if time_s is None else time_s
+    flop_j, byte_j = dynamic_energy_j(work, profile)
+    t, flop_j = power_capped(comp * x0, mem, roofline - np.maximum(comp, mem), flop_j, byte_j,
+                             profile.static_power_w, gpu.tdp_w, x0 if clock is None else clock)
+    return t, flop_j, byte_j
+
+
 def op_energy(work: OpWork, time_s: Any, gpu: GPUSpec, profile: Profile) -> tuple[Any, Any, Any, Any]:
     """(time after the power cap, static_j, flop_j, byte_j) of one execution of an op whose roofline
     time (``compute.op_time_s`` at the profile's clock) is ``time_s``."""
-    x = getattr(profile, "sm_clock_fraction", 1.0)
-    comp, mem = compute_time_s(work, gpu, profile), memory_time_s(work, gpu, profile)
-    flop_j, byte_j = dynamic_energy_j(work, profile)
-    t, flop_j = power_capped(comp * x, mem, time_s - np.maximum(comp, mem), flop_j, byte_j,
-                             profile.static_power_w, gpu.tdp_w, x)
+    t, flop_j, byte_j = power_capped_op(work, gpu, profile, time_s=time_s)
     return t, profile.static_power_w * t, flop_j, byte_j
