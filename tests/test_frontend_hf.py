@@ -34,6 +34,15 @@ def test_param_counts_match_published(model: str, total: float, active: float | 
         assert active_param_count(g) == pytest.approx(active or total, rel=0.01 if active is None else 0.02)
 
 
+@pytest.mark.parametrize("model,non_embedding", [("Qwen/Qwen3-1.7B", 1.4e9), ("Qwen/Qwen3-4B-Instruct-2507", 3.6e9)])
+def test_small_qwen3_non_embedding_counts(model: str, non_embedding: float) -> None:
+    """Their model cards give totals to one decimal (1.7B, 4.0B), so check the non-embedding counts."""
+    ir = trace_model(model, cache=False)
+    cfg = load_config(model)
+    assert cfg.get("tie_word_embeddings") is True  # one vocab x hidden matrix serves embedding and lm_head
+    assert param_count(ir.decode) - cfg.get("vocab_size") * cfg.get("hidden_size") == pytest.approx(non_embedding, rel=0.01)
+
+
 @pytest.mark.parametrize("cfg", [tiny_llama_config, tiny_qwen3_config, tiny_qwen3_moe_config])
 def test_tiny_graphs_verify_and_round_trip(cfg) -> None:
     from energylens.ir.text import parse_graph, print_graph

@@ -37,6 +37,10 @@ def test_all_required_models_are_bundled() -> None:
     # Thinking-2507 checkpoints: the Instruct-2507 architecture with other weights
     ("Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
     ("Qwen/Qwen3-235B-A22B-Thinking-2507-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
+    ("Qwen/Qwen3-4B-Thinking-2507", "Qwen/Qwen3-4B-Instruct-2507"),
+    # a bundled id is its own checkpoint even when another id would alias to it
+    ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B"),
+    ("qwen3-4b", "Qwen/Qwen3-4B"),
 ])
 def test_aliases(alias: str, name: str) -> None:
     assert load_config(alias).name == name
@@ -49,6 +53,9 @@ def test_config_values() -> None:
     q = load_config("Qwen/Qwen3-235B-A22B-Instruct-2507")
     assert q.is_moe and q.get("num_experts") == 128 and q.get("max_position_embeddings") == 262144
     assert load_config("Qwen/Qwen3-14B").get("intermediate_size") == 17408
+    q4 = load_config("Qwen/Qwen3-4B-Instruct-2507")
+    assert (q4.get("hidden_size"), q4.get("num_hidden_layers"), q4.get("rope_theta")) == (2560, 36, 5000000)
+    assert q4.get("tie_word_embeddings") is True
 
 
 def test_fp8_specs() -> None:

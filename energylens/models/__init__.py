@@ -4,6 +4,8 @@ Each ``<org>--<name>.json`` file here is the Hugging Face ``config.json`` of one
 (file name = repo id with ``/`` replaced by ``--``), copied unchanged from public sources (see
 ``/work/shared/models/README.md``) or written from the model card; no hub is contacted at run
 time. ``<id>.hf_quant_config.json`` holds NVIDIA ModelOpt's separate quantization file.
+Written from model cards (not in the shared set): Qwen3-14B, Qwen3-4B and Qwen3-4B-Instruct-2507
+(the 2507 checkpoint differs only in ``rope_theta`` 5e6 and 262,144 positions), Llama-3.2-1B/3B.
 
 Importing this module imports neither torch nor transformers.
 
@@ -87,7 +89,10 @@ def _aliases() -> dict[str, str]:
     Qwen's ``-Thinking-2507`` checkpoints name their ``-Instruct-2507`` twins: the same
     architecture with other weights (``/work/shared/models/README.md``), so the same config.
     """
+    # a bundled id and its bare name are that checkpoint's own, never another one's alias
     out: dict[str, str] = {}
+    for name in _bundled():
+        out[name.lower()] = out[name.split("/", 1)[1].lower()] = name
     for name in _bundled():
         bare = name.split("/", 1)[1]
         forms = {name, bare}
