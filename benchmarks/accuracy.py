@@ -21,6 +21,9 @@ Held-out protocol (fit the GPU profiles on the other models' rows, report on thi
 
     python benchmarks/accuracy.py --dataset mlenergy --data data/public/mlenergy_dev.csv \\
         --holdout-model Qwen/Qwen3-8B
+
+The schema has no prompt length: tasks with a known mean (``fit.TASK_PROMPT_LEN``: lm-arena-chat,
+gpqa) are predicted; rows of other tasks are skipped unless ``--task-prompt-len TASK=TOKENS`` gives it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import energylens as el  # noqa: E402
 from energylens.api import resolve_model  # noqa: E402
-from energylens.costmodel.fit import fit_profile, read_mlenergy, row_skip_reason, write_profile  # noqa: E402
+from energylens.costmodel.fit import (  # noqa: E402
+    TASK_PROMPT_LEN,
+    fit_profile,
+    read_mlenergy,
+    row_skip_reason,
+    write_profile,
+)
 from energylens.costmodel.hardware import get_gpu  # noqa: E402
 from energylens.errors import DoesNotFitError, EnergylensError, UnknownNameError  # noqa: E402
 
@@ -66,7 +75,10 @@ def parallel_of(row) -> el.Parallel:
 
 def _skip_reason(row) -> str | None:
     """``row_skip_reason`` of the fit, except that multi-GPU rows are predicted (as ``parallel_of``)."""
-    return row_skip_reason(dataclasses.replace(row, num_gpus=1, tp=1, ep=1, dp=1))
+    reason = row_skip_reason(dataclasses.replace(row, num_gpus=1, tp=1, ep=1, dp=1))
+    if reason and reason.startswith("unknown prompt length"):
+        reason += f"; give it with --task-prompt-len {row.task}=TOKENS"
+    return reason
 
 
 def _pct(pred: float, meas: float) -> float:
@@ -102,10 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--profiles", default=None, help="folder of profile JSONs (default: the bundled ones)")
     ap.add_argument("--holdout-model", default=None,
                     help="fit profiles on the other models' rows and report on this model's rows only")
+    ap.add_argument("--task-prompt-len", action="append", default=[], metavar="TASK=TOKENS",
+                    help="mean prompt tokens of a task (repeatable); needed for tasks other than "
+                         f"{', '.join(TASK_PROMPT_LEN)}, whose means are built in")
     args = ap.parse_args(argv)
     console = Console(width=200, highlight=False)
 
-    rows = read_mlenergy(args.data)
+    prompt_lens = {}
+    for item in args.task_prompt_len:
+        task, _, tokens = item.partition("=")
+        if not task or not tokens.isdigit() or int(tokens) <= 0:
+            ap.error(f"--task-prompt-len {item!r}: expected TASK=TOKENS with a positive integer, "
+                     "e.g. lm-arena-chat=634")
+        prompt_lens[task] = int(tokens)
+    rows = read_mlenergy(args.data, prompt_lens)
     profiles = args.profiles
     tmp = None
     if args.holdout_model:
@@ -160,13 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"skipped {len(skipped)} rows:")
         for r, reason in skipped:
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
-                          f"max_num_seqs={r.max_num_seqs}: {reason}")
+                          f"max_num_seqs={r.max_num_seqs}: {reason}", soft_wrap=True)
     if over_memory:
         console.print(f"predicted despite memory {len(over_memory)} rows (measured runs that held the batch; "
                       "priced with check_memory=False, mean KV length capped at the cache capacity):")
         for r, why in over_memory:
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
-                          f"batch {r.avg_batch_size:.0f}: memory estimate says {why}")
+                          f"batch {r.avg_batch_size:.0f}: memory estimate says {why}", soft_wrap=True)
     if tmp is not None:
         tmp.cleanup()
 

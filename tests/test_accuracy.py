@@ -44,6 +44,21 @@ def test_accuracy_script_on_sample(tmp_path):
     out = res.stdout
     assert "unknown model 'acme/NoSuchModel-7B'" in out
     assert re.search(r"multi-GPU: itl \d+\.\d%  power \d+\.\d%  energy/token \d+\.\d%  \(1 rows\)", out)
-    assert "unknown prompt length for task 'mystery-task'" in out
+    assert "unknown prompt length for task 'mystery-task'" in out and "--task-prompt-len mystery-task=TOKENS" in out
     assert re.search(r"  H200: itl \d+\.\d%", out) and "Qwen3-30B-A3B-Thinking-2507" in out
     assert "predicted despite memory 1 rows" in out and re.search(r"│ +5\* │ meta-llama/Llama-3.1-8B-Instruct", out)
+
+
+def test_task_prompt_len_predicts_other_tasks(tmp_path, capsys):
+    """A task outside the built-in means is predicted once its mean prompt length is given."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    csv_path = sample(tmp_path)
+    assert main(["--dataset", "mlenergy", "--data", str(csv_path), "--task-prompt-len", "mystery-task=500"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"rows=7 skipped=1$", out.strip()) and "mystery-task" in out
+    from energylens.costmodel.fit import read_mlenergy
+
+    row = next(r for r in read_mlenergy(csv_path, {"mystery-task": 500}) if r.task == "mystery-task")
+    assert row.workload().prompt_len == 500

@@ -33,7 +33,7 @@ import argparse
 import csv
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -96,6 +96,9 @@ class MLEnergyRow:
     energy_per_token_j: float
     output_tok_per_s: float
     median_itl_ms: float
+    #: mean prompt tokens of this row's task when given by the reader (``read_mlenergy``'s
+    #: ``prompt_lens``); None: ``TASK_PROMPT_LEN`` of the task
+    prompt_len: int | None = None
 
     @property
     def mean_step_s(self) -> float:
@@ -103,13 +106,18 @@ class MLEnergyRow:
         return self.avg_batch_size / self.output_tok_per_s
 
     def workload(self) -> Workload:
-        return Workload(batch=max(1, round(self.avg_batch_size)), prompt_len=TASK_PROMPT_LEN[self.task],
+        return Workload(batch=max(1, round(self.avg_batch_size)),
+                        prompt_len=self.prompt_len or TASK_PROMPT_LEN[self.task],
                         output_len=max(1, round(self.avg_output_len)),
                         output_len_cv=TASK_OUTPUT_CV.get(self.task, 1.0))
 
 
-def read_mlenergy(path: str | Path) -> list[MLEnergyRow]:
-    """Rows of a CSV with the schema of ML.ENERGY's ``mlenergy_dev.csv`` (extra columns ignored)."""
+def read_mlenergy(path: str | Path, prompt_lens: Mapping[str, int] | None = None) -> list[MLEnergyRow]:
+    """Rows of a CSV with the schema of ML.ENERGY's ``mlenergy_dev.csv`` (extra columns ignored).
+
+    ``prompt_lens`` (task -> mean prompt tokens) gives the prompt length of tasks the file's schema
+    does not carry, or overrides ``TASK_PROMPT_LEN`` for a task.
+    """
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in MLENERGY_COLUMNS if c not in (reader.fieldnames or [])]
@@ -121,7 +129,7 @@ def read_mlenergy(path: str | Path) -> list[MLEnergyRow]:
             floats = {k: float(r[k]) for k in ("avg_batch_size", "avg_output_len", "avg_power_watts_total",
                                                "energy_per_token_j", "output_tok_per_s", "median_itl_ms")}
             rows.append(MLEnergyRow(line=i, model_id=r["model_id"], task=r["task"], gpu_model=r["gpu_model"],
-                                    **ints, **floats))
+                                    **ints, **floats, prompt_len=(prompt_lens or {}).get(r["task"])))
     return rows
 
 
@@ -129,7 +137,7 @@ def row_skip_reason(row: MLEnergyRow) -> str | None:
     """Why a row cannot be predicted yet (None: it can). Unknown models are found when tracing."""
     if row.num_gpus > 1 or row.tp > 1 or row.ep > 1 or row.dp > 1:
         return f"multi-GPU plans come with issue 4 ({row.num_gpus} GPUs, tp={row.tp} ep={row.ep} dp={row.dp})"
-    if row.task not in TASK_PROMPT_LEN:
+    if row.prompt_len is None and row.task not in TASK_PROMPT_LEN:
         return f"unknown prompt length for task {row.task!r} (known: {', '.join(TASK_PROMPT_LEN)})"
     if row.gpu_model.lower() not in {g.lower() for g in list_gpus()} and _gpu_or_none(row.gpu_model) is None:
         return f"unknown GPU {row.gpu_model!r}"
