@@ -71,3 +71,22 @@ def test_kv_capacity_leaves_room_for_weights():
     expected = (gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION - weights) / per_token
     assert kv_capacity_tokens(graph, gpu) == pytest.approx(expected)
     assert kv_capacity_tokens(graph, gpu, num_gpus=2) > 2 * expected  # weights split over two GPUs
+
+
+@pytest.mark.parametrize("batch,prompt,output", [(1000, 16, 1), (900, 128, 1), (4096, 8, 2), (9000, 100, 1), (64, 1, 1)])
+def test_mixture_many_arrivals_per_step(batch, prompt, output):
+    """Short outputs put many new prompts in each step: the Poisson terms must not underflow, and the
+    counts that fill the token budget are one entry at the budget."""
+    wl = Workload(batch=batch, prompt_len=prompt, output_len=output)
+    mix = prefill_mixture(wl)
+    budget = max(0, MAX_NUM_BATCHED_TOKENS - batch)
+    assert sum(w for w, _ in mix) == pytest.approx(1.0)
+    assert all(0 <= t <= budget for _, t in mix)
+    assert sum(w * t for w, t in mix) == pytest.approx(min(batch / output * prompt, budget), rel=0.05)
+
+
+def test_estimate_with_one_output_token_per_request():
+    import energylens as el
+
+    est = el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM"), el.Workload(batch=1000, prompt_len=16, output_len=1))
+    assert est.serving.prefill_tokens_per_step == pytest.approx(MAX_NUM_BATCHED_TOKENS - 1000)

@@ -95,18 +95,29 @@ def poisson_median(lam: float) -> int:
 def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
                     coverage: float = 0.999) -> list[tuple[float, float]]:
     """(probability, prefill tokens) of the steps of steady-state serving: ``n`` new prompts per
-    step, ``n`` Poisson with mean ``batch / output_len``; the tail beyond ``coverage`` is dropped."""
+    step, ``n`` Poisson with mean ``lam = batch / output_len``, their tokens capped by the step's
+    token budget. Every count whose prompts fill the budget is one entry; the tail beyond
+    ``coverage`` is dropped. The Poisson terms are taken in log space from ``lam - 8 sqrt(lam)``
+    (the mass below is < 1e-14), so a large ``lam`` (many short requests) neither underflows nor
+    needs a term per count from 0.
+
+    >>> [(round(w, 3), t) for w, t in prefill_mixture(Workload(batch=2, prompt_len=4000, output_len=1))]
+    [(0.135, 0.0), (0.271, 4000.0), (0.271, 8000.0), (0.323, 8190.0)]
+    """
     lam = workload.batch / workload.output_len
     budget = max(0, max_num_batched_tokens - workload.batch)
-    out, cdf, n, p = [], 0.0, 0, math.exp(-lam)
-    while True:
-        out.append((p, float(min(n * workload.prompt_len, budget))))
+    n_full = math.ceil(budget / workload.prompt_len)  # from n_full prompts on, a step is full
+    out, cdf = [], 0.0
+    n = max(0, math.floor(lam - 8 * math.sqrt(lam)))
+    while n < n_full and cdf < coverage:
+        p = math.exp(n * math.log(lam) - lam - math.lgamma(n + 1))
+        out.append((p, float(n * workload.prompt_len)))
         cdf += p
-        if cdf >= coverage or n >= 200:
-            break
         n += 1
-        p *= lam / n
-    return [(w / cdf, t) for w, t in out]
+    if n >= n_full:  # every larger count fills the budget
+        out.append((max(0.0, 1.0 - cdf), float(budget)))
+        cdf = sum(w for w, _ in out)
+    return [(w / cdf, t) for w, t in out if w > 0]
 
 
 def prefill_tokens_per_step(workload: Workload, median: bool = False,
