@@ -213,6 +213,8 @@ def test_fusion_fp8_limits_and_clock() -> None:
         "fp8": "e4m3",
     }
     assert ex.gpu_clock_command == "nvidia-smi -lgc 1200,1200"
+    # AMD: performance-determinism mode caps the graphics clock
+    assert megatron_extras(plan(gpu="MI300X", gpu_clock_mhz=1500)).gpu_clock_command == "rocm-smi --setperfdeterminism 1500"
     assert ex.to_dict()["world_size"] == 1
 
 

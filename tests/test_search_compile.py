@@ -3,6 +3,7 @@ feasible one of a brute-force scalar search; infeasible SLOs; exports; CLI; repo
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -139,3 +140,14 @@ def test_cli_compile_errors_are_one_line():
     assert r.exit_code == 2
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: no plan meets the SLO")
+
+
+def test_gpu_without_published_max_clock_searches_only_its_default_clock():
+    """The B200's maximum clock is not published: no MHz can be locked, so only the default is searched."""
+    assert get_gpu("B200").boost_clock_mhz is None
+    b200 = el.compile(MODEL, el.Cluster("B200", num_gpus=1), workload=WL)
+    assert set(b200.space.cols["clock_mhz"]) == {int(ClockModel.of(get_gpu("B200")).f_max_mhz)}
+    assert b200.gpu_clock_mhz is None and "nvidia-smi" not in b200.to_vllm(cli=True)
+    assert "default" in b200.report(file=io.StringIO())
+    with pytest.raises(el.EnergylensError, match="B200 has no published maximum clock"):
+        el.compile(MODEL, el.Cluster("B200", num_gpus=1), workload=WL, clocks_mhz=(990,))

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from energylens.errors import InvalidWorkloadError, ShardingError
-from energylens.export.plan import PlanLike, check_plan
+from energylens.export.plan import PlanLike, check_plan, clock_commands
 from energylens.typing import Record
 
 __all__ = ["MEGATRON_CORE_VERSION", "UB_FPROP_LAYERS", "MegatronExtras", "to_megatron", "megatron_extras"]
@@ -136,7 +136,8 @@ class MegatronExtras(Record):
     - ``tp_comm_overlap_cfg``: Transformer Engine userbuffers settings (write as YAML for
       Megatron-LM's ``--tp-comm-overlap-cfg``, or pass as ``ub_cfgs`` to TE's ``initialize_ub``);
       None without TP overlap.
-    - ``gpu_clock_command``: ``nvidia-smi -lgc`` to lock the plan's clock (root), or None.
+    - ``gpu_clock_command``: the command (root) that sets the plan's clock, or None at the default
+      clock (``energylens.export.plan.clock_commands``).
     - ``notes``: parts of the plan Megatron-Core cannot express.
     """
 
@@ -182,9 +183,7 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
     ub = None
     if cfg["tp_comm_overlap"]:
         ub = {name: {"num_sm": plan.comm_sms, "set_sm_margin": 1} for name in UB_FPROP_LAYERS}
-    clock = None
-    if plan.gpu_clock_mhz is not None:
-        clock = f"nvidia-smi -lgc {plan.gpu_clock_mhz},{plan.gpu_clock_mhz}"
+    clock = (clock_commands(plan) or (None,))[0]
     return MegatronExtras(
         world_size=plan.num_gpus,
         data_parallel_size=plan.num_gpus // (tp * pp),

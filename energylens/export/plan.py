@@ -61,6 +61,23 @@ def _positive(name: str, value: object) -> None:
         raise InvalidWorkloadError(f"plan.{name} must be a positive integer, got {value!r}")
 
 
+def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
+    """The commands (root) that set the plan's GPU clock and undo it, or None at the default clock.
+
+    NVIDIA: ``nvidia-smi -lgc F,F`` (undo ``nvidia-smi -rgc``). AMD: ``rocm-smi
+    --setperfdeterminism F``, performance-determinism mode with F the highest graphics clock, which
+    any other performance level ends (undo ``rocm-smi --setperflevel auto``).
+    """
+    f = plan.gpu_clock_mhz
+    if f is None:
+        return None
+    from energylens.costmodel.hardware import get_gpu
+
+    if get_gpu(plan.gpu).vendor == "amd":
+        return f"rocm-smi --setperfdeterminism {f}", "rocm-smi --setperflevel auto"
+    return f"nvidia-smi -lgc {f},{f}", "nvidia-smi -rgc"
+
+
 def check_plan(plan: PlanLike) -> None:
     """Check what every exporter relies on; raise a user-facing error otherwise.
 

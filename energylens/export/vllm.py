@@ -23,7 +23,8 @@ Mapping (plan -> vLLM):
   needs it even. Elsewhere vLLM has no such knob and the request is reported by :func:`vllm_notes`.
 - ``sequence_parallel``: vLLM 0.33 has no dense sequence-parallel option (it shards MoE inputs by
   sequence on its own when EP, tp > 1 and dp > 1); reported by :func:`vllm_notes`.
-- ``gpu_clock_mhz`` is not a vLLM argument: the CLI form carries an ``nvidia-smi -lgc`` comment.
+- ``gpu_clock_mhz`` is not a vLLM argument: the CLI form carries the command that sets it as a
+  comment (``energylens.export.plan.clock_commands``: ``nvidia-smi -lgc``, or ``rocm-smi`` on AMD).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from energylens.errors import InvalidWorkloadError
-from energylens.export.plan import PlanLike, check_plan
+from energylens.export.plan import PlanLike, check_plan, clock_commands
 
 __all__ = [
     "VLLM_VERSION",
@@ -157,12 +158,11 @@ def _cli(plan: PlanLike, args: dict[str, Any]) -> str:
         f"# energylens plan for vLLM {VLLM_VERSION}: {plan.model} on {plan.num_gpus}x {plan.gpu} "
         f"(tp={p.tp}, ep={p.ep}, dp={p.dp})"
     ]
-    if plan.gpu_clock_mhz is not None:
-        lines.append(
-            f"# GPU clock is not a vLLM argument; lock it to {plan.gpu_clock_mhz} MHz first "
-            "(needs root; undo with `nvidia-smi -rgc`):"
-        )
-        lines.append(f"# nvidia-smi -lgc {plan.gpu_clock_mhz},{plan.gpu_clock_mhz}")
+    clock = clock_commands(plan)
+    if clock is not None:
+        lines.append(f"# GPU clock is not a vLLM argument; lock it to {plan.gpu_clock_mhz} MHz first "
+                     f"(needs root; undo with `{clock[1]}`):")
+        lines.append(f"# {clock[0]}")
     lines += [f"# note: {n}" for n in vllm_notes(plan)]
     words = [f"{k}={shlex.quote(v)}" for k, v in vllm_env(plan).items()]
     words += ["vllm", "serve", shlex.quote(args["model"])]

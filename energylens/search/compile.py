@@ -290,6 +290,12 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
            clocks_mhz: Sequence[int] | None = None) -> SearchSpace:
     """Price the whole plan space; return every plan that fits in memory, as columns."""
     t0 = time.perf_counter()
+    if gpu.boost_clock_mhz is None:  # no maximum clock to lock against: only the default clock
+        if clocks_mhz:
+            raise InvalidWorkloadError(
+                f"{gpu.name} has no published maximum clock, so a locked clock cannot be priced or "
+                f"applied; got clocks_mhz={list(clocks_mhz)}. Leave the clocks unset to search its default clock")
+        num_clocks = 1
     clocks = tuple(clocks_mhz) if clocks_mhz else ClockModel.of(gpu).grid(num_clocks)
     sms = tuple(k for k in comm_sms if k is None or 0 < k < gpu.compute_units)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLS}

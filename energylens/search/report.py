@@ -32,7 +32,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
                        f"output {wl.output_len}; objective {plan.objective}, SLO {slo}")
     for col in ("tp", "ep", "dp", "batch (max_num_seqs)", "fused", "comm SMs", "GPU clock", "plans searched"):
         head.add_column(col, justify="right")
-    clock = f"{plan.clock_mhz} MHz" + (" (default)" if plan.gpu_clock_mhz is None else " (locked)")
+    clock = "default" if plan.gpu_clock_mhz is None else f"{plan.clock_mhz} MHz (locked)"
     head.add_row(str(p.tp), str(p.ep), str(p.dp), f"{plan.batch} ({plan.max_num_seqs}/replica)",
                  "yes" if plan.fused else "no", str(plan.comm_sms or "-"), clock,
                  f"{plan.plans_evaluated:,} in {plan.search_s:.2f} s")
@@ -72,7 +72,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
         mark = " *" if (r.tp, r.ep, r.dp, r.fused, r.batch, r.comm_sms, r.clock_mhz) == (
             p.tp, p.ep, p.dp, plan.fused, plan.batch, plan.comm_sms, plan.clock_mhz) else ""
         fr.add_row(str(r.tp), str(r.ep), str(r.dp), "yes" if r.fused else "no", str(r.batch), str(r.comm_sms or "-"),
-                   str(r.clock_mhz), si(r.itl_s, "s") + mark, si(r.ttft_s, "s"), si(r.energy_per_token_j, "J"),
+                   _clock(plan, r.clock_mhz), si(r.itl_s, "s") + mark, si(r.ttft_s, "s"), si(r.energy_per_token_j, "J"),
                    si(r.power_w, "W"))
     console.print(fr)
 
@@ -118,10 +118,18 @@ def plot(plan: Any, path: Path) -> Path:
                 handle.set_alpha(1.0)
     p = plan.parallel
     fig.suptitle(f"{plan.model} on {plan.num_gpus} x {plan.gpu}: chosen tp={p.tp} ep={p.ep} dp={p.dp}, "
-                 f"batch {plan.batch}, clock {plan.clock_mhz} MHz, comm SMs {plan.comm_sms or '-'} "
+                 f"batch {plan.batch}, clock {_clock(plan, plan.clock_mhz)}, comm SMs {plan.comm_sms or '-'} "
                  f"({plan.plans_evaluated:,} plans)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _clock(plan: Any, mhz: int) -> str:
+    """A searched clock as the user sets it: MHz to lock, or ``default`` at the maximum (no lock)."""
+    from energylens.costmodel.clock import ClockModel
+    from energylens.costmodel.hardware import get_gpu
+
+    return "default" if mhz >= ClockModel.of(get_gpu(plan.gpu)).f_max_mhz else str(mhz)
