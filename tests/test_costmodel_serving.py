@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from energylens.costmodel.serving import (
+    MAX_MIXTURE_ENTRIES,
     MAX_NUM_BATCHED_TOKENS,
     poisson_median,
     prefill_mixture,
@@ -83,6 +84,7 @@ def test_mixture_many_arrivals_per_step(batch, prompt, output):
     assert sum(w for w, _ in mix) == pytest.approx(1.0)
     assert all(0 <= t <= budget for _, t in mix)
     assert sum(w * t for w, t in mix) == pytest.approx(min(batch / output * prompt, budget), rel=0.05)
+    assert len(mix) <= MAX_MIXTURE_ENTRIES  # each entry is priced: many counts merge into groups
 
 
 def test_estimate_with_one_output_token_per_request():

@@ -47,7 +47,7 @@ from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
 
-__all__ = ["MAX_NUM_BATCHED_TOKENS", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
 
 #: vLLM's default token budget per step with chunked prefill (the ML.ENERGY runs use it).
 MAX_NUM_BATCHED_TOKENS = 8192
@@ -92,6 +92,11 @@ def poisson_median(lam: float) -> int:
         p *= lam / k
 
 
+#: Most entries of ``prefill_mixture``: each is priced once, so many new prompts per step (short
+#: outputs) merge neighbouring counts into groups of equal probability.
+MAX_MIXTURE_ENTRIES = 16
+
+
 def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
                     coverage: float = 0.999) -> list[tuple[float, float]]:
     """(probability, prefill tokens) of the steps of steady-state serving: ``n`` new prompts per
@@ -117,7 +122,21 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     if n >= n_full:  # every larger count fills the budget
         out.append((max(0.0, 1.0 - cdf), float(budget)))
         cdf = sum(w for w, _ in out)
-    return [(w / cdf, t) for w, t in out if w > 0]
+    out = [(w / cdf, t) for w, t in out if w > 0]
+    if len(out) <= MAX_MIXTURE_ENTRIES:
+        return out
+    # many new prompts per step (short outputs): merge neighbouring counts into groups of about equal
+    # probability, each at its mean token count (the mean is kept; each entry costs one pricing)
+    groups: list[tuple[float, float]] = []
+    cum = w_acc = wt_acc = 0.0
+    for w, t in out:
+        cum, w_acc, wt_acc = cum + w, w_acc + w, wt_acc + w * t
+        if cum >= (len(groups) + 1) / MAX_MIXTURE_ENTRIES:
+            groups.append((w_acc, wt_acc / w_acc))
+            w_acc = wt_acc = 0.0
+    if w_acc > 0:
+        groups.append((w_acc, wt_acc / w_acc))
+    return groups
 
 
 def prefill_tokens_per_step(workload: Workload, median: bool = False,
