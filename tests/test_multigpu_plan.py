@@ -193,3 +193,17 @@ def test_op_table_adds_up_to_the_phase_over_all_gpus() -> None:
     assert sum(o.time_s for o in dec) == pytest.approx(est.decode.latency_s)
     assert sum(o.energy_j for o in dec) == pytest.approx(est.decode.energy_j)
     assert sum(o.flops for o in dec) == pytest.approx(est.decode.flops)
+
+
+def test_expert_parallel_moe_activations_span_every_slot() -> None:
+    """vLLM's fused MoE under ep keeps its intermediate buffers for every top-k slot (zeros for other
+    GPUs' experts; activation and top-k sum over all): those bytes do not shrink with ep, while
+    the expert FLOPs and weights do."""
+    raw = resolve_model(MOE).decode
+    binding = {"B": 64, "S": 1, "K": 512}
+    one = {r.op.result.name: r.work for r in plan_work(raw, el.Parallel(), binding, gpu=GPU, fused=False)}
+    ep2 = {r.op.result.name: r.work for r in plan_work(raw, el.Parallel(tp=2, ep=2), binding, gpu=GPU, fused=False)}
+    assert float(ep2["moe_experts_swiglu"].hbm_bytes) == pytest.approx(float(one["moe_experts_swiglu"].hbm_bytes))
+    for name in ("moe_experts", "moe_experts_down"):
+        assert float(ep2[name].tc_flops) == pytest.approx(float(one[name].tc_flops) / 2)
+        assert float(one[name].hbm_bytes) / 2 < float(ep2[name].hbm_bytes) < float(one[name].hbm_bytes)

@@ -198,6 +198,19 @@ class WorkAnalysis(Interpreter[OpWork]):
             self._group_seen.add(op.fusion_group)
         return 1.0
 
+    def _ep_full_slots(self, op: Op) -> float:
+        """How many times its local expert slots an expert-parallel MoE op's activations span.
+
+        vLLM's fused MoE under expert parallelism (``expert_map``: the all-gather/reduce-scatter
+        backend the shard pass prices) keeps its intermediate buffers for every token's top-k slots:
+        its GEMMs write zeros for the slots of other GPUs' experts, and the activation and the top-k
+        sum run over all of them. So that traffic does not shrink with ep; the weights and FLOPs do.
+        1 when the op's expert dim ``e`` is not sharded.
+        """
+        if "e" not in self.local or "e" not in self.sizes:
+            return 1.0
+        return self.sizes["e"] / self.local["e"]
+
     def _work(self, op: Op, *, tc_flops: float = 0.0, vec_flops: float = 0.0, hbm_bytes: float,
               rows: float = 0.0, peak: float | None = None) -> OpWork:
         kv = 1.0 if any("K" in v.type.dims and "S" not in v.type.dims for v in op.operands) else 0.0
@@ -241,7 +254,10 @@ class WorkAnalysis(Interpreter[OpWork]):
         dtype = next((v.type.dtype for v in op.operands if v.name in self.params), op.operands[0].type.dtype)
         if any(v.type.dtype == "fp8" for v in op.operands):
             dtype = "fp8"
-        return self._work(op, tc_flops=flops, hbm_bytes=sum(reads) + self._write_bytes(op), rows=rows,
+        write = self._write_bytes(op)
+        if all("e" in v.type.dims for v in op.operands):
+            write = write * self._ep_full_slots(op)  # zeros written for other GPUs' experts' slots
+        return self._work(op, tc_flops=flops, hbm_bytes=sum(reads) + write, rows=rows,
                           peak=self.gpu.peak_flops_per_s(dtype))
 
     def elementwise(self, op: Elementwise) -> OpWork:
@@ -251,15 +267,17 @@ class WorkAnalysis(Interpreter[OpWork]):
 
     def reduce(self, op: Reduce) -> OpWork:
         per = REDUCE_FLOPS.get(op.fn, 2.0)
-        return self._work(op, vec_flops=per * self.numel(op.operands[0]),
-                          hbm_bytes=sum(self._read_bytes(op, v) for v in op.operands) + self._write_bytes(op))
+        full = self._ep_full_slots(op) if "e" in op.result.type.dims else 1.0  # MoE activation: every slot
+        return self._work(op, vec_flops=per * self.numel(op.operands[0]),  # FLOPs on zeros: negligible
+                          hbm_bytes=(sum(self._read_bytes(op, v) for v in op.operands) + self._write_bytes(op)) * full)
 
     def gather(self, op: Gather) -> OpWork:
         if op.fn == "scatter":  # KV-cache write: read the new rows, write them into the table
             new = op.operands[-1] if len(op.operands) > 1 else op.result
             moved = 2.0 * self.nbytes(new)
-        elif op.fn == "combine":  # MoE combine: read every expert output, write the tokens
-            moved = sum(self.nbytes(v) for v in op.operands) + self.nbytes(op.result)
+        elif op.fn == "combine":  # MoE combine: read every expert output (every slot under ep), write the tokens
+            moved = (sum(self.nbytes(v) * (self._ep_full_slots(op) if "e" in v.type.dims else 1.0) for v in op.operands)
+                     + self.nbytes(op.result))
         else:  # read the picked rows, write them; read the indices
             moved = 2.0 * self.nbytes(op.result) + sum(self.nbytes(v) for v in op.operands[1:])
         return self._work(op, hbm_bytes=moved)
