@@ -13,20 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from energylens.costmodel.analysis import PricedOp
-from energylens.costmodel.comm import INTERCONNECTS
+from energylens.costmodel.comm import normalize_interconnect
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.memory import check_fits
 from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, plan_memory
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.costmodel.serving import serving_estimate
-from energylens.errors import ConfigError, UnknownNameError
+from energylens.errors import ConfigError, InvalidTypeError, InvalidWorkloadError, ShardingError
 from energylens.ir.core import Graph
 from energylens.passes.moe import Moe
 from energylens.passes.overlap import Overlap
 from energylens.passes.shard import check_parallel
-from energylens.typing import Cluster, Estimate, OpEstimate, Parallel, PhaseEstimate, PlanGraphs, Workload
+from energylens.typing import (
+    Cluster,
+    Estimate,
+    OpEstimate,
+    Parallel,
+    PhaseEstimate,
+    PlanGraphs,
+    Workload,
+    expect_type,
+)
 
-__all__ = ["estimate", "resolve_model", "default_interconnect"]
+__all__ = ["estimate", "resolve_model", "default_interconnect", "cluster_interconnect", "check_context"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -80,7 +89,42 @@ def default_interconnect(gpu: GPUSpec) -> str:
     return "nvlink" if gpu.nvlink_bandwidth_bytes_per_s else "pcie"
 
 
-def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Parallel | None = None, *,
+def cluster_interconnect(cluster: Cluster, gpu: GPUSpec) -> str:
+    """The comm model's interconnect of ``cluster`` (``normalize_interconnect``; None: ``default_interconnect``)."""
+    return default_interconnect(gpu) if cluster.interconnect is None else normalize_interconnect(cluster.interconnect)
+
+
+def _max_context(spec: Any) -> tuple[int, str] | None:
+    """Longest sequence (prompt + output tokens) the model's config allows, and where it comes from,
+    as vLLM derives its ``--max-model-len`` limit: ``max_position_embeddings``, times the factor of
+    a ``yarn``, ``linear`` or ``dynamic`` rope scaling (``llama3`` scaling is already in it). None: not given."""
+    limit = spec.get("max_position_embeddings") if spec is not None else None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return None
+    rope = spec.get("rope_scaling")
+    if isinstance(rope, dict) and isinstance(rope.get("factor"), int | float):
+        kind, factor = rope.get("rope_type") or rope.get("type"), rope["factor"]
+        if kind == "yarn":
+            base = int(rope.get("original_max_position_embeddings") or limit)
+            return int(base * factor), f"original_max_position_embeddings {base} x yarn factor {factor}"
+        if kind in ("linear", "dynamic"):
+            return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor}"
+    return limit, "max_position_embeddings"
+
+
+def check_context(traced: Any, workload: Workload, name: str) -> None:
+    """Raise ``InvalidWorkloadError`` when ``prompt_len + output_len`` exceeds the model's maximum
+    context (the config's ``max_position_embeddings``): it would be priced, and exported to vLLM as
+    a ``--max-model-len`` that vLLM refuses."""
+    got = _max_context(getattr(traced, "spec", None))
+    total = workload.prompt_len + workload.output_len
+    if got is not None and total > got[0]:
+        raise InvalidWorkloadError(
+            f"prompt_len + output_len = {workload.prompt_len} + {workload.output_len} = {total} tokens exceeds "
+            f"{name}'s maximum context of {got[0]} tokens ({got[1]} in its config); use a shorter prompt or output")
+
+
+def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, parallel: Parallel | None = None, *,
              fused: bool = True, comm_sms: int | None = None, routing: str | Moe = "uniform",
              profiles: str | Path | None = None, profile: Profile | None = None,
              check_memory: bool = True) -> Estimate:
@@ -98,6 +142,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     ``comm_sms`` set, tensor-parallel collectives overlap compute on that many SMs (contended
     schedule, ``costmodel.overlap``).
 
+    ``workload`` None is the default ``Workload()`` (as in ``compile``).
     ``est.prefill`` is the prefill of the whole batch; ``est.decode`` one decode step of ``batch``
     sequences at the mean context ``prompt_len + output_len/2`` (``itl_s``, ``energy_per_token_j``);
     ``est.serving`` the steady state of continuous batching with chunked prefill (median ITL, power,
@@ -107,7 +152,8 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     (``print(est.graphs)``). Powers and energies are totals over the ``tp x dp`` GPUs of the plan
     (``est.num_gpus``); GPUs of the cluster outside the plan are not counted (they are free for
     another replica or job). ``profiles`` is a folder of profile JSONs to use instead of the bundled
-    ones (or pass one ``profile``).
+    ones (or pass one ``profile``); it must exist, and a GPU without a file in it falls back as
+    ``load_profile`` says (``est.profile`` names the profile used).
 
     ``check_memory=False`` prices the plan even when ``est.memory`` exceeds the GPU (instead of
     raising ``DoesNotFitError``): for comparing with a measured run whose engine held that batch
@@ -119,19 +165,30 @@ def estimate(model: Any, cluster: Cluster, workload: Workload, parallel: Paralle
     Raises ``ShardingError`` for an impossible plan (tp not dividing the heads, ep not dividing the
     experts, more GPUs than the cluster has), ``DoesNotFitError`` when a GPU's share does not fit in
     memory, ``EstimateError`` for an op the cost model cannot price, ``UnknownNameError`` for an
-    unknown model, GPU or interconnect.
+    unknown model, GPU or interconnect, ``InvalidTypeError`` for an argument of the wrong type,
+    ``InvalidWorkloadError`` for a context longer than the model's maximum.
     """
+    # types first: a wrong one would otherwise be an AttributeError deep inside
+    expect_type("cluster", cluster, Cluster)
+    expect_type("workload", workload, Workload, optional=True)
+    expect_type("parallel", parallel, Parallel, optional=True)
+    for flag, value in (("fused", fused), ("check_memory", check_memory)):
+        if not isinstance(value, bool):  # "no" would be truthy
+            raise InvalidTypeError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
+    workload = workload or Workload()
     parallel = parallel or Parallel()
+    if workload.batch < parallel.dp:  # as compile: each replica serves batch / dp >= 1 sequences
+        raise ShardingError(f"batch={workload.batch} is smaller than dp={parallel.dp}: each data-parallel replica "
+                            f"needs at least one sequence; use batch >= {parallel.dp} or dp <= {workload.batch}")
     gpu: GPUSpec = get_gpu(cluster.gpu)
-    interconnect = cluster.interconnect or default_interconnect(gpu)
-    if interconnect not in INTERCONNECTS:
-        raise UnknownNameError("interconnect", interconnect, INTERCONNECTS)
+    interconnect = cluster_interconnect(cluster, gpu)
     if comm_sms is not None and (isinstance(comm_sms, bool) or not isinstance(comm_sms, int)
                                  or not 0 < comm_sms < gpu.compute_units):
         raise ConfigError(f"comm_sms must be an SM count in 1..{gpu.compute_units - 1} on {gpu.name} "
                           f"(or None: no overlap), got {comm_sms!r}")
     prof = profile or load_profile(gpu, profiles)
     traced = resolve_model(model)
+    check_context(traced, workload, _model_name(model, traced.decode))
     check_parallel(traced.decode, parallel, num_gpus=cluster.num_gpus)
     overlap = None if comm_sms is None else Overlap(comm_sms=comm_sms, total_sms=gpu.compute_units)
     prefill_g = plan_graph(traced.prefill, parallel, fused, routing, overlap)

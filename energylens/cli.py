@@ -45,6 +45,14 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _check_min(option: str, value: int | None, low: int) -> None:
+    """An integer option below ``low`` is an error naming the option (None: not given)."""
+    from energylens.errors import InvalidWorkloadError
+
+    if value is not None and value < low:
+        raise InvalidWorkloadError(f"--{option} must be an integer >= {low}, got {value}")
+
+
 def _si(x: float, unit: str) -> str:
     """Human-readable number with an SI prefix: 1.5e9 B -> '1.50 GB'."""
     for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")):
@@ -78,7 +86,10 @@ def estimate(
     """Predict prefill and decode latency, energy and power of MODEL on GPUS GPUs with a given plan."""
     import energylens as el
 
-    est = el.estimate(model, el.Cluster(gpu, num_gpus=gpus or tp * dp, interconnect=interconnect),
+    for option, value, low in (("tp", tp, 1), ("ep", ep, 1), ("dp", dp, 1), ("gpus", gpus, 1), ("top", top, 0)):
+        _check_min(option, value, low)
+    # --gpus 0 is an error above, not the default; --interconnect "" reaches Cluster, which rejects it
+    est = el.estimate(model, el.Cluster(gpu, num_gpus=tp * dp if gpus is None else gpus, interconnect=interconnect),
                       el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len),
                       el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms, routing=routing)
     if as_json:
@@ -213,7 +224,10 @@ def validate_cmd(
 ) -> None:
     """Predicted vs measured time, energy and power per run and per op class, with MAPEs."""
     from energylens.runtime.validate import validate
+    from energylens.search.report import plot_path
 
+    if plot is not None:
+        plot_path(plot)  # a bad extension (or "") fails before the work
     report = validate(paths or ["data/measurements"], profiles_dir=profiles)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -275,9 +289,13 @@ def compile_cmd(
     """Search tp x ep x dp x fusion x overlap SMs x batch x GPU clock for the least-energy plan meeting the SLO."""
     import energylens as el
     from energylens.errors import UnknownNameError
+    from energylens.search.report import plot_path
 
     if export is not None and export not in ("vllm", "megatron"):
         raise UnknownNameError("export target", export, ["vllm", "megatron"])
+    if plot is not None:
+        plot_path(plot)  # a bad extension (or "") fails before the search
+    _check_min("gpus", gpus, 1)
     plan = el.compile(model, el.Cluster(gpu, num_gpus=gpus, interconnect=interconnect),
                       workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len),
                       objective=objective, slo=el.SLO(itl_ms=slo_itl_ms, ttft_ms=slo_ttft_ms))  # type: ignore[arg-type]
@@ -285,7 +303,7 @@ def compile_cmd(
         print(json.dumps(plan.to_dict(), indent=2))
     elif export is None:
         plan.report()
-    if plot:
+    if plot:  # plot() returns the file written (.png added to a path without an extension)
         print(f"Pareto plot: {plan.plot(plot)}", file=sys.stderr if as_json or export else sys.stdout)
     if export == "vllm":
         print(plan.to_vllm(cli=True), end="")

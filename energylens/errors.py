@@ -13,6 +13,7 @@ __all__ = [
     "EnergylensError",
     "UnknownNameError",
     "InvalidWorkloadError",
+    "InvalidTypeError",
     "ConfigError",
     "DoesNotFitError",
     "UnsupportedOpError",
@@ -54,6 +55,10 @@ class UnknownNameError(EnergylensError, KeyError):
 
 class InvalidWorkloadError(EnergylensError, ValueError):
     """A workload, cluster or option with an impossible value (batch <= 0, ...)."""
+
+
+class InvalidTypeError(EnergylensError, TypeError):
+    """An argument of the wrong type (a str where an ``el.Cluster`` is expected, a dict for a ``Workload``...)."""
 
 
 class ConfigError(EnergylensError, ValueError):

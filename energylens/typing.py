@@ -7,10 +7,12 @@ All records are frozen dataclasses with ``to_dict()`` for scripts and JSON.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from energylens.errors import InvalidWorkloadError
+from energylens.errors import InvalidTypeError, InvalidWorkloadError
 
 __all__ = [
     "Workload",
@@ -25,12 +27,33 @@ __all__ = [
     "Estimate",
     "PlanGraphs",
     "Record",
+    "expect_type",
 ]
 
 
 def _positive_int(owner: str, name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidWorkloadError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+def expect_type(name: str, value: Any, cls: type, *, optional: bool = False) -> None:
+    """Raise ``InvalidTypeError`` unless ``value`` is a ``cls`` (or None when ``optional``).
+
+    Checked at the API entry points so a wrong type is one clear line, not an AttributeError deep inside.
+
+    >>> expect_type("cluster", "H100-SXM", Cluster)
+    Traceback (most recent call last):
+    energylens.errors.InvalidTypeError: cluster must be an el.Cluster, got str 'H100-SXM'; use el.Cluster('H100-SXM')
+    """
+    if isinstance(value, cls) or (optional and value is None):
+        return
+    want = f"el.{cls.__name__}" + (" (or None for the default)" if optional else "")
+    hint = ""
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        hint = f"; use el.{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in value.items())})"
+    elif isinstance(value, str) and cls is Cluster:
+        hint = f"; use el.Cluster({value!r})"
+    raise InvalidTypeError(f"{name} must be an {want}, got {type(value).__name__} {value!r}{hint}")
 
 
 def _plain(value: Any) -> Any:
@@ -127,6 +150,10 @@ class Cluster(Record):
         from energylens.costmodel.hardware import get_gpu  # validates the name, lists the choices
 
         object.__setattr__(self, "gpu", get_gpu(self.gpu).name)
+        if self.interconnect is not None:  # canonical name (nvlink4 -> nvlink), as for the GPU name
+            from energylens.costmodel.comm import normalize_interconnect
+
+            object.__setattr__(self, "interconnect", normalize_interconnect(self.interconnect))
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,15 @@ class SLO(Record):
 
     itl_ms: float | None = None
     ttft_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("itl_ms", "ttft_ms"):
+            v = getattr(self, name)
+            # NaN compares False with every latency: it would pass ``> 0`` and then reject every plan
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                                  or not math.isfinite(v) or v <= 0):
+                raise InvalidWorkloadError(f"SLO.{name} must be a positive finite number of milliseconds "
+                                           f"(or None: no target), got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,36 @@ def test_cache_round_trip_without_torch(tmp_path) -> None:
     warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert cold.startswith("True") and warm.startswith("False")
     assert cold.split("\n", 1)[1] == warm.split("\n", 1)[1]
+
+
+def test_transformers5_configs_trace() -> None:
+    """PretrainedConfigs of transformers 5: Qwen3 has `layer_types` (trimmed with the layers), Qwen3-MoE
+    names its expert count `num_local_experts`."""
+    from transformers import Qwen3Config, Qwen3MoeConfig
+
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "vocab_size": 128, "num_hidden_layers": 3}
+    ir = trace_model(Qwen3Config(**small), cache=False)
+    assert len(Qwen3Config(**small).layer_types) == 3
+    assert next(b for b in ir.decode.body if isinstance(b, Repeat)).count == 3
+    moe = trace_model(Qwen3MoeConfig(**small, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32),
+                      cache=False)
+    assert moe.decode.attr["num_experts"] == "8" and moe.decode.dim_sizes["e"] == 8
+
+
+def test_fp8_tied_lm_head_stays_bf16() -> None:
+    """A tied lm_head is the (unquantized) embedding matrix, even when lm_head is not excluded."""
+    cfg = tiny_qwen3_config() | {"tie_word_embeddings": True, "quantization_config": {"quant_method": "fp8"}}
+    g = trace_model(cfg, cache=False).decode
+    dtypes = {d.value.name: d.value.type.dtype for d, _ in g.all_decls()}
+    assert dtypes["model.layers.self_attn.q_proj.weight"] == "fp8"
+    assert [t for n, t in dtypes.items() if "embed" in n or "lm_head" in n] == ["bf16"]
+
+
+def test_module_that_is_not_a_causal_lm() -> None:
+    import torch
+
+    from energylens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Linear module: a module must be an HF causal LM.*input_ids"):
+        trace_model(torch.nn.Linear(4, 4))

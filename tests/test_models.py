@@ -116,3 +116,85 @@ def test_import_does_not_import_torch() -> None:
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+# ---- bad input: a clear ConfigError naming the field and the valid choices -------------------------------
+
+def test_transformers5_qwen3_moe_config_names_experts_num_local_experts() -> None:
+    from transformers import Qwen3MoeConfig
+
+    spec = load_config(Qwen3MoeConfig())  # transformers 5: `num_experts` is stored as `num_local_experts`
+    assert spec.is_moe and spec.get("num_experts") == 128
+    from energylens.testing import tiny_qwen3_moe_config
+
+    cfg = tiny_qwen3_moe_config()
+    cfg["num_local_experts"] = cfg.pop("num_experts")  # a config.json saved by transformers 5
+    assert load_config(cfg).get("num_experts") == 8
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("mlp_only_layers", [0, 1], r"mlp_only_layers \[0, 1\].*must be \[\]"),
+    ("decoder_sparse_step", 2, r"decoder_sparse_step 2.*must be 1"),
+    ("num_experts_per_tok", 9, r"num_experts_per_tok 9 exceeds num_experts 8.*1\.\.8"),
+])
+def test_moe_layers_must_all_be_moe(field: str, value, match: str) -> None:
+    from energylens.testing import tiny_qwen3_moe_config
+
+    with pytest.raises(ConfigError, match=match):  # one traced layer would silently price them all as it
+        load_config(tiny_qwen3_moe_config() | {field: value})
+
+
+def test_layer_types_must_be_uniform_full_attention() -> None:
+    from energylens.testing import tiny_qwen3_config
+
+    assert load_config(tiny_qwen3_config() | {"layer_types": ["full_attention"] * 2}).family == "qwen3"
+    with pytest.raises(ConfigError, match=r"layer_types mixes.*'sliding_attention'.*same type"):
+        load_config(tiny_qwen3_config() | {"layer_types": ["full_attention", "sliding_attention"]})
+    with pytest.raises(ConfigError, match=r"'sliding_attention' is not supported.*full_attention"):
+        load_config(tiny_qwen3_config() | {"layer_types": ["sliding_attention"] * 2})
+    with pytest.raises(ConfigError, match=r"one type per layer"):
+        load_config(tiny_qwen3_config() | {"layer_types": ["full_attention"] * 3})
+
+
+@pytest.mark.parametrize("quant,match", [
+    ({"quant_method": "awq", "bits": 4}, r"quantization 'awq' is not supported; supported: fp8"),
+    ({"quantization": {"quant_algo": "NVFP4"}}, r"quantization 'NVFP4' is not supported; supported: fp8"),
+])
+def test_only_fp8_quantization(quant, match: str, tmp_path) -> None:
+    from energylens.testing import tiny_llama_config
+
+    (tmp_path / "config.json").write_text(json.dumps(tiny_llama_config()))
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps(quant))
+    with pytest.raises(ConfigError, match=match):  # never priced as bf16
+        load_config(str(tmp_path))
+    with pytest.raises(ConfigError, match=match):
+        load_config(tiny_llama_config() | {"quantization_config": quant})
+    fp8 = {"quantization": {"quant_algo": "FP8"}}
+    assert load_config(tiny_llama_config() | {"quantization_config": fp8}).quantization == "fp8"
+
+
+@pytest.mark.parametrize("patch,match", [
+    ({"head_dim": 0}, r"'head_dim' must be a positive integer, got 0"),
+    ({"num_key_value_heads": -2}, r"'num_key_value_heads' must be a positive integer, got -2"),
+    ({"rope_scaling": {"rope_type": "bogus"}}, r"rope_type 'bogus' is not supported; supported: default, .*llama3"),
+])
+def test_bad_field_values(patch, match: str) -> None:
+    from energylens.testing import tiny_llama_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(tiny_llama_config() | patch)
+
+
+def test_rope_types_match_transformers() -> None:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from energylens.models import ROPE_TYPES
+
+    assert set(ROPE_TYPES) == set(ROPE_INIT_FUNCTIONS) | {"default"}
+
+
+def test_non_utf8_file_names_file(tmp_path) -> None:
+    p = tmp_path / "config.json"
+    p.write_bytes(b'{"model_type": "llama", "x": "\xff"}')
+    with pytest.raises(ConfigError, match=r"config\.json is not valid UTF-8"):
+        load_config(str(p))

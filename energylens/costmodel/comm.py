@@ -32,12 +32,13 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from energylens.costmodel.hardware import GPUSpec, get_gpu
-from energylens.errors import EstimateError, UnknownNameError
+from energylens.errors import EstimateError, InvalidTypeError, UnknownNameError
 from energylens.typing import Record
 
 __all__ = [
@@ -49,11 +50,33 @@ __all__ = [
     "comm_power_w",
     "wait_energy_j",
     "comm_profile",
+    "normalize_interconnect",
 ]
 
 #: Collectives priced here (``Collective.fn`` names of the IR, plus point-to-point).
 COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 INTERCONNECTS: tuple[str, ...] = ("nvlink", "pcie", "ib")
+#: Spellings a user may give (case-insensitive): a name above or ``infiniband``, with an optional
+#: generation (``nvlink4``, ``pcie5``, ``pcie-gen5``). The generation is not priced: the link
+#: bandwidth is the GPU's datasheet one (``GPUSpec``).
+_INTERCONNECT_RE = re.compile(r"(nvlink|pcie|ib|infiniband)(?:[-_ ]?(?:gen)?\d+)?")
+
+
+def normalize_interconnect(name: Any) -> str:
+    """The comm model's interconnect (one of ``INTERCONNECTS``) for a user's spelling of it.
+
+    The one place names are matched, so ``Cluster``, ``estimate`` and ``compile`` accept the same ones.
+
+    >>> normalize_interconnect("nvlink4"), normalize_interconnect("PCIe"), normalize_interconnect("InfiniBand")
+    ('nvlink', 'pcie', 'ib')
+    """
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"interconnect must be a string ({', '.join(INTERCONNECTS)}) or None for the "
+                               f"GPU's default, got {type(name).__name__} {name!r}")
+    m = _INTERCONNECT_RE.fullmatch(name.strip().lower())
+    if m is None:  # '' too: an empty name is not the default (None is)
+        raise UnknownNameError("interconnect", name, [*INTERCONNECTS, "nvlink4", "pcie5", "infiniband"])
+    return "ib" if m.group(1) == "infiniband" else m.group(1)
 
 #: GPU (canonical name of ``energylens gpus``) -> comm profile measured on that GPU family.
 _PROFILE_OF: dict[str, str] = {

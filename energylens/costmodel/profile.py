@@ -152,12 +152,17 @@ def load_profile(gpu: str | GPUSpec, directory: str | Path | None = None) -> Pro
 
     A GPU with no profile file takes the profile of the GPU it shares a die with
     (``GPUSpec.profile_from``: ``derived_profile``), else ``default_profile``; the provenance says so.
+    That holds in a given ``directory`` too; a ``directory`` that does not exist raises ``EstimateError``.
     """
     spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
-    path = profile_path(spec.name, Path(directory) if directory else None)
+    # a folder the user named must exist: a typo must not silently give the fallback profile
+    # ('' too: it is not "the bundled profiles", None is)
+    if directory is not None and (not isinstance(directory, str | Path) or str(directory) == ""
+                                  or not Path(directory).is_dir()):
+        raise EstimateError(f"profile directory {directory!r} does not exist or is not a folder; give a folder "
+                            f"of profile JSONs (<gpu>.json, e.g. {profile_path(spec.name).name}) or None for the bundled ones")
+    path = profile_path(spec.name, Path(directory) if directory is not None else None)
     if not path.exists():
-        if directory is not None and not Path(directory).is_dir():
-            raise EstimateError(f"profile directory {directory} does not exist")
         if spec.profile_from is not None:
             return derived_profile(load_profile(spec.profile_from, directory), spec)
         return default_profile(spec)

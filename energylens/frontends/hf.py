@@ -21,11 +21,14 @@ imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +36,7 @@ from typing import Any
 
 from energylens.errors import ConfigError, UnsupportedOpError
 from energylens.ir.core import Decl, Graph, Op, Repeat
-from energylens.models import ModelSpec, config_dict, load_config
+from energylens.models import MODEL_TYPES, ModelSpec, config_dict, load_config
 
 __all__ = ["ModelIR", "trace_model", "trace", "cache_dir", "cache_key", "PHASES", "FRONTEND_VERSION"]
 
@@ -266,15 +269,19 @@ def _build(spec: ModelSpec, num_layers: int = 1) -> Any:
     for key in ("max_window_layers",):
         if key in d:
             d[key] = min(d[key], num_layers)
-    if "mlp_only_layers" in d:
-        d["mlp_only_layers"] = [i for i in d["mlp_only_layers"] if i < num_layers]
+    # per-layer lists must match the traced layer count (load_config checked that they are uniform)
+    for key in ("layer_types", "mlp_layer_types"):
+        if isinstance(d.get(key), list):
+            d[key] = d[key][:num_layers]
     try:
         cfg = AutoConfig.for_model(model_type, **d)
-    except Exception as exc:  # transformers validates the values
-        raise ConfigError(f"model config {spec.source} is not accepted by transformers: {exc}") from exc
-    cfg._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
+        cfg._attn_implementation = "sdpa"
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
+    except Exception as exc:  # transformers validates the values, or fails on them while building
+        msg = " ".join(str(exc).split())
+        raise ConfigError(f"model config {spec.source} is not accepted by transformers: "
+                          f"{type(exc).__name__}: {msg}") from exc
     model.eval()
     _patch_experts(model)
     return model
@@ -390,6 +397,8 @@ def _param_dtype_for(spec: ModelSpec, num_layers: int) -> Any:
     """FP8 checkpoints: weights of quantized linear layers are fp8 (the majority over the layers)."""
     if spec.quantization != "fp8":
         return lambda name, traced: traced
+    # a tied lm_head is the embedding matrix, which fp8 checkpoints keep unquantized
+    tied = bool(spec.get("tie_word_embeddings"))
     qc = spec.quant_config or {}
     if "quantization" in qc:  # NVIDIA ModelOpt hf_quant_config.json
         skip = list(qc["quantization"].get("exclude_modules") or [])
@@ -409,7 +418,7 @@ def _param_dtype_for(spec: ModelSpec, num_layers: int) -> Any:
         module, _, kind = name.rpartition(".")
         leaf = module.rsplit(".", 1)[-1]
         linear = leaf.endswith("_proj") or leaf == "lm_head" or leaf == "experts"
-        if not linear or "norm" in leaf or leaf in ("embed_tokens", "gate"):
+        if not linear or "norm" in leaf or leaf in ("embed_tokens", "gate") or (tied and leaf == "lm_head"):
             return traced
         if _LAYER.search(module) and "layers.0" in module:
             layers = [module.replace("layers.0", f"layers.{i}", 1) for i in range(num_layers)]
@@ -573,6 +582,18 @@ def _graph_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]", "_", name.split("/")[-1])
 
 
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence a logger for the duration (the error raised instead says what went wrong)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _trace_module(module: Any) -> ModelIR:
     """Trace an ``nn.Module``: an HF ``PreTrainedModel`` is re-built from its config on meta; any other
     module must map ``input_ids [B, S]`` to logits and is exported as is (no region, no KV cache)."""
@@ -587,8 +608,15 @@ def _trace_module(module: Any) -> ModelIR:
     out = {}
     for phase, seq in (("prefill", 17), ("decode", 3)):
         ids = torch.zeros(5, seq, dtype=torch.long)
-        with torch.no_grad():
-            ep = torch.export.export(module, (ids,), strict=False)
+        try:
+            with torch.no_grad(), _quiet("torch._subclasses.fake_tensor"):  # it logs the failure's traceback
+                ep = torch.export.export(module, (ids,), strict=False)
+        except Exception as exc:  # a module that does not take token ids: say what is accepted
+            msg = " ".join(str(exc).split())[:200]
+            raise ConfigError(
+                f"cannot trace the {type(module).__name__} module: a module must be an HF causal LM "
+                f"(model_type one of: {', '.join(MODEL_TYPES)}) or map input_ids [B, S] (int64) to "
+                f"logits; exporting it failed with {type(exc).__name__}: {msg}") from exc
         sizes = [("B", 5), ("S", seq)]
         ops, decls, outs, atom_size = _lower(ep, None, phase, sizes, lambda n, s: None, lambda n, t: t, None,
                                              region=False)

@@ -23,7 +23,7 @@ from typing import Any
 
 from energylens.errors import ConfigError, UnknownNameError
 
-__all__ = ["ModelSpec", "list_models", "load_config", "REQUIRED_FIELDS", "config_dict"]
+__all__ = ["ModelSpec", "list_models", "load_config", "REQUIRED_FIELDS", "MODEL_TYPES", "config_dict"]
 
 _DIR = Path(__file__).resolve().parent
 _QUANT_SUFFIX = ".hf_quant_config.json"
@@ -34,7 +34,16 @@ REQUIRED_FIELDS: tuple[str, ...] = (
     "vocab_size",
 )
 _MOE_FIELDS: tuple[str, ...] = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
+#: Other names of a field: transformers 5 stores Qwen3-MoE's ``num_experts`` as ``num_local_experts``.
+_ALIASES: dict[str, str] = {"num_experts": "num_local_experts"}
+#: RoPE types transformers knows (``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS`` and
+#: ``default``); listed here since this module must not import transformers.
+ROPE_TYPES: tuple[str, ...] = ("default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn")
+#: The one supported quantization: fp8 weights (``quant_method`` / ModelOpt ``quant_algo`` naming fp8).
+_QUANT_SUPPORTED = "fp8"
 _FAMILIES: dict[str, str] = {"llama": "llama", "qwen3": "qwen3", "qwen3_moe": "qwen3_moe"}
+#: The supported HF ``model_type`` values.
+MODEL_TYPES: tuple[str, ...] = tuple(_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -54,14 +63,25 @@ class ModelSpec:
     source: str = ""
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A config field, for dict and ``PretrainedConfig`` configs alike."""
+        """A config field, for dict and ``PretrainedConfig`` configs alike (and under its other name)."""
         if isinstance(self.config, dict):
-            return self.config.get(key, default)
-        return getattr(self.config, key, default)
+            return _field(self.config, key, default)
+        value = getattr(self.config, key, None)
+        if value is None and key in _ALIASES:
+            value = getattr(self.config, _ALIASES[key], None)
+        return default if value is None else value
 
     @property
     def is_moe(self) -> bool:
         return bool(self.get("num_experts"))
+
+
+def _field(d: dict[str, Any], key: str, default: Any = None) -> Any:
+    """``d[key]``, else the field under its other name (``_ALIASES``), else ``default``."""
+    value = d.get(key)
+    if value is None and key in _ALIASES:
+        value = d.get(_ALIASES[key])
+    return default if value is None else value
 
 
 def _bundled() -> dict[str, Path]:
@@ -111,9 +131,11 @@ def _aliases() -> dict[str, str]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read model config {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # JSON files are UTF-8
+        raise ConfigError(f"model config {path} is not valid UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"model config {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -131,6 +153,10 @@ def config_dict(config: Any) -> dict[str, Any]:
     return to_dict()
 
 
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
 def _check(config: Any, where: str) -> str:
     d = config_dict(config)
     for key in REQUIRED_FIELDS:
@@ -140,18 +166,75 @@ def _check(config: Any, where: str) -> str:
     if mt not in _FAMILIES:
         raise ConfigError(f"model config {where}: model_type {mt!r} is not supported; "
                           f"supported: {', '.join(_FAMILIES)}")
+    optional = ("head_dim", "num_key_value_heads")
     if mt == "qwen3_moe":
         for key in _MOE_FIELDS:
-            if d.get(key) is None:
+            if _field(d, key) is None:
                 raise ConfigError(f"model config {where} lacks the required field {key!r}")
-    for key in REQUIRED_FIELDS[1:]:
-        v = d[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        optional += _MOE_FIELDS
+    for key in REQUIRED_FIELDS[1:] + optional:
+        v = _field(d, key)
+        if (key in REQUIRED_FIELDS or v is not None) and not _positive_int(v):
             raise ConfigError(f"model config {where}: field {key!r} must be a positive integer, got {v!r}")
+    if mt == "qwen3_moe":
+        _check_moe(d, where)
+    _check_layers(d, where)
+    _check_rope(d, where)
     return _FAMILIES[mt]
 
 
-def _quant(d: dict[str, Any], extra: dict[str, Any] | None) -> tuple[str | None, Any]:
+def _check_moe(d: dict[str, Any], where: str) -> None:
+    k, e = d["num_experts_per_tok"], _field(d, "num_experts")
+    if k > e:
+        raise ConfigError(f"model config {where}: num_experts_per_tok {k} exceeds num_experts {e}; "
+                          f"it must be 1..{e}")
+    # one traced layer stands for all: dense MLP layers among the MoE ones are not modelled
+    if d.get("mlp_only_layers"):
+        raise ConfigError(f"model config {where}: mlp_only_layers {d['mlp_only_layers']!r} is not supported "
+                          "(only models whose layers are all MoE are); it must be []")
+    if d.get("decoder_sparse_step", 1) not in (None, 1):
+        raise ConfigError(f"model config {where}: decoder_sparse_step {d['decoder_sparse_step']!r} is not "
+                          "supported (only models whose layers are all MoE are); it must be 1")
+
+
+def _check_layers(d: dict[str, Any], where: str) -> None:
+    """One traced layer is repeated ``num_hidden_layers`` times: every layer must be full attention."""
+    n = d["num_hidden_layers"]
+    for key in ("layer_types", "mlp_layer_types"):
+        types = d.get(key)
+        if types is None:
+            continue
+        if not isinstance(types, list) or len(types) != n:
+            raise ConfigError(f"model config {where}: {key} must list one type per layer "
+                              f"(num_hidden_layers {n}), got {types!r}")
+        kinds = sorted(set(map(str, types)))
+        if len(kinds) > 1:
+            counts = ", ".join(f"{types.count(t)} x {t!r}" for t in kinds)
+            raise ConfigError(f"model config {where}: {key} mixes layer types ({counts}); only models whose "
+                              "layers are all the same type are supported")
+    types = d.get("layer_types") or []
+    sliding = any(t != "full_attention" for t in types) or (d.get("use_sliding_window")
+                                                            and d.get("sliding_window") is not None)
+    if sliding:  # the IR prices attention over the whole KV length
+        got = f"layer_types {types[0]!r}" if types else f"use_sliding_window {d.get('use_sliding_window')!r}"
+        raise ConfigError(f"model config {where}: {got} is not supported; only full_attention layers are "
+                          "(sliding-window attention is not modelled)")
+
+
+def _check_rope(d: dict[str, Any], where: str) -> None:
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = d.get(key)
+        if rope is None:
+            continue
+        if not isinstance(rope, dict):
+            raise ConfigError(f"model config {where}: {key} must be an object, got {rope!r}")
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind not in ROPE_TYPES:
+            raise ConfigError(f"model config {where}: {key} rope_type {kind!r} is not supported; "
+                              f"supported: {', '.join(ROPE_TYPES)}")
+
+
+def _quant(d: dict[str, Any], extra: dict[str, Any] | None, where: str) -> tuple[str | None, Any]:
     qc = d.get("quantization_config")
     if extra is not None:
         qc = extra
@@ -159,15 +242,23 @@ def _quant(d: dict[str, Any], extra: dict[str, Any] | None) -> tuple[str | None,
         return None, None
     if not isinstance(qc, dict):
         qc = config_dict(qc)
-    text = json.dumps(qc).lower()
-    if "fp8" in text:
-        return "fp8", qc
-    return None, qc
+    # the method: HF ``quant_method`` or ModelOpt's ``quantization.quant_algo``
+    modelopt = qc.get("quantization")
+    method = modelopt.get("quant_algo") if isinstance(modelopt, dict) else qc.get("quant_method")
+    if isinstance(modelopt, dict) and method is None:  # ModelOpt without weight quantization (KV cache only)
+        return None, qc
+    if method is None:  # no method named: fp8 if the section says so
+        method = _QUANT_SUPPORTED if "fp8" in json.dumps(qc).lower() else None
+    if method is None or _QUANT_SUPPORTED not in str(method).lower():
+        # anything else (int4 AWQ/GPTQ, NVFP4, ...) would be priced as bf16: refuse it
+        raise ConfigError(f"model config {where}: quantization {method!r} is not supported; "
+                          f"supported: {_QUANT_SUPPORTED} (e.g. quant_method 'fp8', quant_algo 'FP8')")
+    return _QUANT_SUPPORTED, qc
 
 
 def _spec(name: str, config: Any, where: str, quant_extra: dict[str, Any] | None = None) -> ModelSpec:
     family = _check(config, where)
-    quantization, qc = _quant(config_dict(config), quant_extra)
+    quantization, qc = _quant(config_dict(config), quant_extra, where)
     return ModelSpec(name=name, config=config, family=family, quantization=quantization,
                      quant_config=qc, source=where)
 

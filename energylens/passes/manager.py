@@ -78,6 +78,10 @@ _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _BUILTIN_MODULES = ("energylens.passes.shard", "energylens.passes.fuse", "energylens.passes.moe",
                     "energylens.passes.overlap")
 _loaded = False
+#: Passes that may run at most once in a pipeline: a second shard would split shards again.
+_ONCE = ("shard",)
+#: Options that must be > 0, checked before the pass's own checks that divide by or range over them.
+_POSITIVE_OPTIONS = {"overlap": ("total_sms",)}
 
 
 class PassVerificationError(VerificationError):
@@ -253,6 +257,8 @@ def make_pass(name: str, **options: Any) -> Any:
         except ValueError:
             raise ConfigError(f"pass {name!r}: option {key}={value!r} has the wrong type; "
                               f"expected {_type_name(hints[key])}") from None
+        if key in _POSITIVE_OPTIONS.get(name, ()) and kwargs[key] is not None and kwargs[key] <= 0:
+            raise ConfigError(f"pass {name!r}: option {key}={value!r} must be > 0")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -393,6 +399,13 @@ class PassManager:
     passes: tuple[Any, ...]
     verify: bool = True
     print_after_all: PrintAfter | None = None
+
+    def __post_init__(self) -> None:
+        names = [getattr(p, "name", type(p).__name__) for p in self.passes]
+        for once in _ONCE:
+            if names.count(once) > 1:
+                raise ConfigError(f"pipeline {','.join(names)!r} runs pass {once!r} {names.count(once)} times; "
+                                  f"it may run once (give all its options to one {once}{{...}})")
 
     @classmethod
     def from_pipeline(cls, pipeline: str | Iterable[Any], **kwargs: Any) -> PassManager:

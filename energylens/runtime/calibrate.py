@@ -174,22 +174,41 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
         data = f.read_bytes()
         out.digests[str(f)] = hashlib.sha256(data).hexdigest()[:12]
         newest: dict[str, Measured] = {}
-        for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        text = data.decode("utf-8", errors="replace")
+        torn = 0
+        for i, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                out.torn_lines += 1
+                torn += 1
                 continue
             if not isinstance(rec, dict):
-                out.torn_lines += 1
+                torn += 1
                 continue
             m = Measured(str(f), i, rec)
             newest.pop(m.key, None)  # keep file order of the newest lines
             newest[m.key] = m
+        if not newest and torn:
+            _not_a_measurement_file(f, text, torn)
+        out.torn_lines += torn
         out.records += list(newest.values())
     return out
+
+
+def _not_a_measurement_file(f: Path, text: str, torn: int) -> None:
+    """Raise for a file with no record line: a JSON document (a config, a profile) or other text.
+    One unparsable line alone is a run cut while writing its first record, and is only counted."""
+    try:
+        json.loads(text)
+        what = "a JSON document"
+    except json.JSONDecodeError:
+        if torn < 2:
+            return
+        what = f"{torn} lines, none a JSON record"
+    raise EnergylensError(f"{f} is not a measurement file ({what}): `energylens measure` writes one JSON record "
+                          "per line (see data/measurements/README.md)")
 
 
 # ---- which GPU a record was taken on ----------------------------------------------------------------
@@ -360,8 +379,26 @@ def _positive(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and math.isfinite(x) else None
 
 
+#: Reasons of records skipped for their shape (wrong types, non-finite numbers) start with this.
+MALFORMED = "malformed record"
+
+
+def _malformed(rec: dict[str, Any]) -> str | None:
+    """Why a measured (status ok) record cannot be read (None: it can): the reason, without the value."""
+    for name in ("params", "result", "env"):
+        v = rec.get(name)
+        if not isinstance(v, dict) and not (v is None and name != "params"):  # params is required
+            return f"{MALFORMED}: {name} is not a JSON object"
+    for name in ("time_s", "energy_j", "avg_power_w"):
+        x = (rec.get("result") or {}).get(name)
+        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)):
+            return f"{MALFORMED}: result.{name} is not a finite number or null"
+    return None
+
+
 def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tuple[Measured, str]]]:
-    """Samples of the records the cost model can predict, and the others with the reason."""
+    """Samples of the records the cost model can predict, and the others with the reason
+    (a malformed record's reason starts with ``MALFORMED``)."""
     from energylens.costmodel.analysis import WorkAnalysis
 
     samples: list[Sample] = []
@@ -369,6 +406,10 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
     for m in measured:
         rec = m.rec
         status = rec.get("status")
+        bad = _malformed(rec) if status == "ok" else None
+        if bad:
+            skipped.append((m, bad))
+            continue
         if status != "ok":
             skipped.append((m, f"not measured: status {status!r} ({str(rec.get('reason', ''))[:120]})"))
             continue
@@ -411,13 +452,21 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
         except EnergylensError as exc:
             skipped.append((m, f"cannot be priced: {exc}"))
             continue
+        except (KeyError, TypeError, ValueError) as exc:  # a param missing or of the wrong type
+            skipped.append((m, f"{MALFORMED}: params of a {kind} record: {type(exc).__name__} {exc}"[:200]))
+            continue
         if energy is not None and power is None:
             power = energy / t
         contention = None
         if kind == "sm_contention":
-            alone = _positive((rec.get("alone") or {}).get("time_s"))
-            sms = int(rec.get("sms") or gpu.compute_units)
-            blocks = int(rec["params"].get("blocks", 0))
+            alone_rec = rec.get("alone")
+            alone = _positive(alone_rec.get("time_s")) if isinstance(alone_rec, dict) else None
+            try:
+                sms = int(rec.get("sms") or gpu.compute_units)
+                blocks = int(rec["params"].get("blocks", 0))
+            except (TypeError, ValueError):
+                skipped.append((m, f"{MALFORMED}: sms or params.blocks is not an integer"))
+                continue
             if alone is None:
                 skipped.append((m, "sm_contention record without the GEMM's time alone"))
                 continue
@@ -623,8 +672,10 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
         else:
             need = "records with energy readings of " if p.stage == "power" else "records of "
             kept[p.name] = need + "/".join(p.informed_by)
-    if not timed and not powered:
-        raise EnergylensError(f"no record of {gpu.name} can be fitted on (records: {len(samples)})")
+    n_time = sum(1 for p in free if p.stage == "time")
+    if not timed or len(timed) < n_time:  # e.g. every time negative or NaN: only a static record left
+        raise EnergylensError(f"too few valid records of {gpu.name} to calibrate: {len(timed)} with a positive "
+                              f"finite time_s, {len(samples)} in all (at least {max(n_time, 1)} needed)")
     stack = _Stack(work)
     t_meas = np.array([s.time_s for s in work])
     p_meas = np.array([s.power_w if s.power_w is not None else np.nan for s in work])
@@ -681,10 +732,13 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
         idx = np.array([s.op_class == cls for s in work])
         residuals[f"mape_time_{cls}_pct"] = round(_mape(t[idx], t_meas[idx]), 2)
         pi = idx & has_p
+        has_e = np.array([s.energy_j is not None for s in work], bool)
         if pi.any():
             residuals[f"mape_power_{cls}_pct"] = round(_mape(prof.static_power_w + dyn[pi] / t_meas[pi], p_meas[pi]), 2)
-            e_meas = np.array([s.energy_j for s, k in zip(work, pi, strict=True) if k])
-            residuals[f"mape_energy_{cls}_pct"] = round(_mape(e[pi], e_meas), 2)
+            ei = pi & has_e  # a power reading without an energy one (sampled power) has no energy residual
+            if ei.any():
+                e_meas = np.array([s.energy_j for s, k in zip(work, ei, strict=True) if k])
+                residuals[f"mape_energy_{cls}_pct"] = round(_mape(e[ei], e_meas), 2)
     if len(static_p):
         residuals["mape_power_static_pct"] = round(_mape(np.full(len(static_p), prof.static_power_w), static_p), 2)
     residuals["loss"] = round(loss(x, "time") + loss(x, "power"), 5)
@@ -776,11 +830,21 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
     if write and out is not None and str(out).endswith(".json") and len(by_gpu) > 1:
         raise EnergylensError(f"--out {out} is one file but the data hold {len(by_gpu)} GPUs ({', '.join(sorted(by_gpu))}); "
                               "give a folder, or pick one GPU with --gpu")
+    malformed = [(m, r) for m, r in skipped if r.startswith(MALFORMED)]
+    note = (f"{len(malformed)} malformed record(s) skipped (first: {malformed[0][0].file}:{malformed[0][0].line}: "
+            f"{malformed[0][1][len(MALFORMED) + 2:]})") if malformed else ""
     results = []
     for name, ss in sorted(by_gpu.items()):
         spec = get_gpu(name)
         start = load_profile(spec) if base == "bundled" else default_profile(spec)
-        res = calibrate_samples(ss, base=start, data_label=_data_label(ms, ss))
+        try:
+            res = calibrate_samples(ss, base=start, data_label=_data_label(ms, ss))
+        except EnergylensError as exc:  # say why the other records were left out
+            reasons = Counter(r for _m, r in skipped)
+            why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+            raise EnergylensError(f"{exc}" + (f"; records left out: {why}" if why else "")) from None
+        if note:
+            res = dataclasses.replace(res, notes=(*res.notes, note))
         if write:
             res = dataclasses.replace(res, path=str(write_profile_to(res.profile, out)))
         say(f"{name}: {len(ss)} records, fitted {', '.join(res.fitted) or 'nothing'}"

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -365,11 +366,18 @@ def measure(
         raise UnknownNameError("suite", suite, SUITES)
     if budget_s <= 0 or repeats < 1:
         raise InvalidWorkloadError(f"budget_s must be > 0 and repeats >= 1, got {budget_s}, {repeats}")
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):  # before any record is written
+        raise UnknownNameError("device", device, ("cpu", "cuda", "cuda:N"))
+    if Path(out).is_dir():
+        raise InvalidWorkloadError(f"--out {out} is a folder; give the JSONL file to write, e.g. {Path(out) / 'run.jsonl'}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
     if gpu:
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {device!r} requested but torch sees {torch.cuda.device_count()} "
+                                         f"GPU(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
         torch.cuda.set_device(torch.device(device))
         device = f"cuda:{torch.cuda.current_device()}"  # meter this GPU only, not every GPU of the node
     say = progress or (lambda line: print(line, flush=True))

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.errors import EnergylensError
 from energylens.runtime.calibrate import (
+    MALFORMED,
     CalibrationResult,
     Measured,
     Sample,
@@ -160,6 +161,10 @@ class ValidationReport(Record):
             con.print(f"[yellow]file left out[/]: {f}: {why}")
         if self.torn_lines:
             con.print(f"{self.torn_lines} torn line(s) ignored (an interrupted run)")
+        malformed = [r for r in self.not_compared if r["reason"].startswith(MALFORMED)]
+        if malformed:
+            con.print(f"{len(malformed)} malformed record(s) skipped (first: {malformed[0]['file']} "
+                      f"{malformed[0]['key']}: {malformed[0]['reason'][len(MALFORMED) + 2:]})")
         if self.runs:
             t = Table(title="prediction error (MAPE) of end-to-end runs")
             for col in ("metric", "runs", "MAPE"):
@@ -207,7 +212,11 @@ class ValidationReport(Record):
 
     # -- plotting --------------------------------------------------------------------------------
     def parity_plot(self, path: str | Path) -> Path:
-        """Predicted vs measured time and energy per call (log-log, one colour per op class) to ``path``."""
+        """Predicted vs measured time and energy per call (log-log, one colour per op class) to ``path``;
+        returns the file written (``.png`` added to a path without an extension)."""
+        from energylens.search.report import plot_path
+
+        out = plot_path(path)  # a bad extension fails before the figure is drawn
         if not self.runs:
             raise EnergylensError("no parity plot: no record was compared with the cost model (see the reasons above)")
         import matplotlib
@@ -248,10 +257,13 @@ class ValidationReport(Record):
         gpus = ", ".join(sorted({r.gpu for r in self.runs}))
         fig.suptitle(f"energylens: predicted vs measured ({gpus})")
         fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out, dpi=120)
+        except OSError as exc:
+            raise EnergylensError(f"cannot write the plot to {str(out)!r}: {exc.strerror or exc}") from None
+        finally:
+            plt.close(fig)
         return out
 
 
@@ -330,7 +342,8 @@ def validate_samples(samples: Sequence[Sample], not_compared: Sequence[tuple[Mea
             measured_power_w=s.power_w, predicted_power_w=p.power_w))
     nc = tuple({"file": m.file, "key": m.key, "kind": m.kind, "reason": why} for m, why in not_compared)
     kinds = Counter(m.kind for m, _ in not_compared if m.rec.get("status") == "ok")
-    ok = [m.rec.get("result") or {} for m, _ in not_compared if m.rec.get("status") == "ok"]
+    ok = [r if isinstance(r := m.rec.get("result"), dict) else {} for m, _ in not_compared
+          if m.rec.get("status") == "ok"]
     ok += [{"energy_j": s.energy_j if s.energy_j is not None else s.power_w} for s in samples]
     with_e = sum(1 for r in ok if r.get("energy_j") is not None)
     why = Counter(str(r.get("energy_unavailable_reason")) for r in ok if r.get("energy_j") is None

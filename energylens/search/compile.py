@@ -22,6 +22,7 @@ token vs TTFT) are over all fitting plans.
 from __future__ import annotations
 
 import io
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from energylens.search.evaluate import (
     price_variant,
 )
 from energylens.search.pareto import pareto_mask
-from energylens.typing import SLO, Cluster, Estimate, Parallel, PlanGraphs, Record, Workload
+from energylens.typing import SLO, Cluster, Estimate, Parallel, PlanGraphs, Record, Workload, expect_type
 
 __all__ = ["compile", "Plan", "PlanPoint", "Pareto", "SearchSpace", "InfeasibleSLOError",
            "DEFAULT_COMM_SMS", "DEFAULT_NUM_CLOCKS", "search"]
@@ -290,6 +291,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
            clocks_mhz: Sequence[int] | None = None) -> SearchSpace:
     """Price the whole plan space; return every plan that fits in memory, as columns."""
     t0 = time.perf_counter()
+    _check_comm_sms(comm_sms, gpu)
     if gpu.boost_clock_mhz is None:  # no maximum clock to lock against: only the default clock
         if clocks_mhz:
             raise InvalidWorkloadError(
@@ -371,23 +373,25 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     Raises ``InfeasibleSLOError`` naming the best achievable ITL when no plan meets ``slo``,
     ``DoesNotFitError`` when no plan fits in memory, ``UnknownNameError`` for an unknown model/GPU.
     """
-    from energylens.api import default_interconnect, estimate, resolve_model
+    from energylens.api import check_context, cluster_interconnect, estimate, resolve_model
 
+    # types first (a wrong one would be an AttributeError deep inside); SLO checks its own values
+    expect_type("cluster", cluster, Cluster)
+    expect_type("workload", workload, Workload, optional=True)
+    expect_type("slo", slo, SLO, optional=True)
     workload = workload or Workload()
     slo = slo or SLO()
     if objective not in ("energy", "latency"):
         raise InvalidWorkloadError(f"unknown objective {objective!r}; valid: 'energy', 'latency'")
-    for name in ("itl_ms", "ttft_ms"):
-        v = getattr(slo, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
-            raise InvalidWorkloadError(f"SLO.{name} must be a positive number of milliseconds, got {v!r}")
     gpu = get_gpu(cluster.gpu)
+    _check_comm_sms(comm_sms, gpu)
     prof = profile or load_profile(gpu)
-    interconnect = _interconnect(cluster, gpu, default_interconnect)
+    interconnect = cluster_interconnect(cluster, gpu)  # the same names as estimate
     traced = resolve_model(model)
+    name = traced.decode.attr.get("model") or (model if isinstance(model, str) else "model")
+    check_context(traced, workload, name)  # before the search: its plans would export a --max-model-len vLLM refuses
     space = search(traced, gpu, cluster.num_gpus, workload, prof, interconnect, comm_sms=comm_sms,
                    num_clocks=num_clocks, clocks_mhz=clocks_mhz)
-    name = traced.decode.attr.get("model") or (model if isinstance(model, str) else "model")
     if len(space) == 0:
         raise DoesNotFitError(
             f"no plan of {name} fits on {cluster.num_gpus} x {gpu.name} ({GPU_MEMORY_UTILIZATION:.0%} of "
@@ -415,16 +419,13 @@ def _named(est: Estimate, name: str) -> Estimate:
     return est if est.model == name else dataclasses.replace(est, model=name)
 
 
-def _interconnect(cluster: Cluster, gpu: GPUSpec, default: Any) -> str:
-    """The comm model's interconnect for ``cluster.interconnect`` (``nvlink4`` -> ``nvlink``)."""
-    from energylens.costmodel.comm import INTERCONNECTS
-    from energylens.errors import UnknownNameError
-
-    ic = cluster.interconnect
-    if ic is None:
-        return default(gpu)
-    low = ic.lower()
-    for name in INTERCONNECTS:
-        if low.startswith(name) or (name == "ib" and low.startswith("infiniband")):
-            return name
-    raise UnknownNameError("interconnect", ic, [*INTERCONNECTS, "nvlink4", "infiniband"])
+def _check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
+    """``comm_sms`` must be a non-empty sequence of None (no overlap) or SM counts the GPU has
+    (an empty or all-invalid one left nothing to search and failed inside numpy)."""
+    ok = isinstance(comm_sms, Sequence) and not isinstance(comm_sms, str) and len(comm_sms) > 0 and all(
+        k is None or (isinstance(k, numbers.Integral) and not isinstance(k, bool) and 0 < k < gpu.compute_units)
+        for k in comm_sms)
+    if not ok:
+        raise InvalidWorkloadError(
+            f"comm_sms must be a non-empty sequence of None (no overlap) or SM counts in 1..{gpu.compute_units - 1} "
+            f"on {gpu.name}, e.g. (None, 16); got {comm_sms!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from energylens.errors import EnergylensError
 
-__all__ = ["render", "plot", "si"]
+__all__ = ["render", "plot", "plot_path", "si"]
 
 
 def si(x: float, unit: str) -> str:
@@ -77,16 +78,39 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     console.print(fr)
 
 
-def plot(plan: Any, path: Path) -> Path:
-    """Two panels: energy per output token vs median ITL, and prefill energy per token vs TTFT;
-    every searched plan (grey), the frontier (line), the chosen plan (star), the SLO (dashed)."""
-    try:
-        import matplotlib
+def plot_path(path: str | Path) -> Path:
+    """The file a plot to ``path`` is written to: ``path`` if its extension is a format matplotlib
+    writes, ``path`` + ``.png`` if it has none (as matplotlib does); else ``EnergylensError``.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    >>> str(plot_path("pareto")), str(plot_path("pareto.svg"))
+    ('pareto.png', 'pareto.svg')
+    """
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise EnergylensError("plotting needs matplotlib: pip install matplotlib") from None
+    if not str(path).strip():
+        raise EnergylensError("empty plot path: give a file such as pareto.png (formats: png, pdf, svg, ...)")
+    ext = os.path.splitext(str(path))[1][1:].lower()
+    if not ext:
+        return Path(str(path).rstrip(".") + ".png")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if ext not in formats:
+        raise EnergylensError(f"cannot write a plot to {str(path)!r}: unknown image format {ext!r}. "
+                              f"Valid extensions: {', '.join(formats)}")
+    return Path(path)
+
+
+def plot(plan: Any, path: Path) -> Path:
+    """Two panels: energy per output token vs median ITL, and prefill energy per token vs TTFT;
+    every searched plan (grey), the frontier (line), the chosen plan (star), the SLO (dashed).
+    Returns the file written (``plot_path``: ``.png`` added to a path without an extension)."""
+    path = plot_path(path)  # a bad extension fails before the figure is drawn
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     space = plan.space
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     panels = (("itl_s", "energy_per_token_j", plan.pareto, "median ITL (ms)", "energy per output token (J)",
@@ -121,9 +145,13 @@ def plot(plan: Any, path: Path) -> Path:
                  f"batch {plan.batch}, clock {_clock(plan, plan.clock_mhz)}, comm SMs {plan.comm_sms or '-'} "
                  f"({plan.plans_evaluated:,} plans)", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise EnergylensError(f"cannot write the plot to {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -1,0 +1,191 @@
+"""Bad input to el.estimate / el.compile / the records: one clear typed error, never a traceback
+from deep inside or a silently wrong number."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+import energylens as el
+from energylens.api import _max_context, check_context
+from energylens.cli import app
+from energylens.costmodel.comm import normalize_interconnect
+from energylens.errors import (
+    EnergylensError,
+    EstimateError,
+    InvalidTypeError,
+    InvalidWorkloadError,
+    ShardingError,
+    UnknownNameError,
+)
+
+MODEL = "Qwen/Qwen3-0.6B"
+LLAMA = "meta-llama/Llama-3.2-1B-Instruct"
+H100 = el.Cluster("H100-SXM")
+WL = el.Workload(batch=4, prompt_len=128, output_len=16)
+SPACE = {"clocks_mhz": (1980,), "comm_sms": (None,)}  # a small compile search
+
+
+# ---- 1. interconnect names: one normalisation for Cluster, estimate and compile ----------------------------
+
+@pytest.mark.parametrize("name, canon", [("nvlink", "nvlink"), ("nvlink4", "nvlink"), ("NVLink", "nvlink"),
+                                         ("pcie", "pcie"), ("PCIe5", "pcie"), ("pcie-gen5", "pcie"),
+                                         ("ib", "ib"), ("InfiniBand", "ib")])
+def test_interconnect_spellings(name: str, canon: str) -> None:
+    assert normalize_interconnect(name) == canon
+    assert el.Cluster("H100-SXM", num_gpus=2, interconnect=name).interconnect == canon
+
+
+@pytest.mark.parametrize("name", ["", "carrier-pigeon", "ibm", "nvlinkx"])
+def test_unknown_interconnect_lists_the_names(name: str) -> None:
+    with pytest.raises(UnknownNameError, match=r"unknown interconnect .*Valid interconnect names: ib, .*nvlink4"):
+        el.Cluster("H100-SXM", interconnect=name)  # '' is not the default (None is)
+
+
+def test_interconnect_of_wrong_type() -> None:
+    with pytest.raises(InvalidTypeError, match=r"interconnect must be a string .* got int 5$"):
+        el.Cluster("H100-SXM", interconnect=5)  # type: ignore[arg-type]
+
+
+def test_estimate_and_compile_accept_the_same_names() -> None:
+    par = el.Parallel(tp=2)
+    ref = el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2, interconnect="nvlink"), WL, par)
+    est = el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=8, interconnect="nvlink4"), WL, par)  # the README's
+    assert est.decode.itl_s == ref.decode.itl_s
+    ib = el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2, interconnect="infiniband"), WL, par)
+    assert ib.decode.itl_s > ref.decode.itl_s
+    plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=2, interconnect="NVLINK4"), WL, **SPACE)
+    assert plan.estimate.decode.itl_s > 0
+
+
+# ---- 2. wrong types at the entry points ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, match", [
+    (("H100-SXM", WL), r"cluster must be an el.Cluster, got str 'H100-SXM'; use el.Cluster\('H100-SXM'\)$"),
+    ((None, WL), r"cluster must be an el.Cluster, got NoneType None$"),
+    ((H100, {"batch": 4}), r"workload must be an el.Workload .*got dict \{'batch': 4\}; use el.Workload\(batch=4\)$"),
+    ((H100, WL, {"tp": 1}), r"parallel must be an el.Parallel .*got dict \{'tp': 1\}; use el.Parallel\(tp=1\)$"),
+])
+def test_estimate_wrong_types(args: tuple, match: str) -> None:
+    with pytest.raises(InvalidTypeError, match=match):
+        el.estimate(MODEL, *args)
+
+
+@pytest.mark.parametrize("flag", ["fused", "check_memory"])
+def test_estimate_flags_must_be_bool(flag: str) -> None:
+    with pytest.raises(InvalidTypeError, match=rf"{flag} must be True or False, got str 'no'$"):
+        el.estimate(MODEL, H100, WL, **{flag: "no"})
+
+
+def test_workload_none_is_the_default_in_estimate_and_compile() -> None:
+    assert el.estimate(MODEL, H100).workload == el.Workload()
+    assert el.estimate(MODEL, H100, None).decode.itl_s == el.estimate(MODEL, H100, el.Workload()).decode.itl_s
+    assert el.compile(MODEL, H100, None, **SPACE).workload == el.Workload()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"slo": {"itl_ms": 40}}, r"slo must be an el.SLO .*got dict \{'itl_ms': 40\}; use el.SLO\(itl_ms=40\)$"),
+    ({"workload": {"batch": 4}}, r"workload must be an el.Workload"),
+    ({"cluster": "H100-SXM"}, r"cluster must be an el.Cluster, got str 'H100-SXM'"),
+])
+def test_compile_wrong_types(kwargs: dict, match: str) -> None:
+    kwargs = {"cluster": H100, "workload": WL, **kwargs}
+    with pytest.raises(InvalidTypeError, match=match):
+        el.compile(MODEL, **kwargs, **SPACE)
+
+
+# ---- 3. profiles folder ----------------------------------------------------------------------------------------
+
+def test_missing_profiles_folder_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "missing"
+    with pytest.raises(EstimateError, match=r"profile directory .*missing.* does not exist"):
+        el.estimate(MODEL, H100, WL, profiles=missing)
+    with pytest.raises(EstimateError, match=r"profile directory '' does not exist"):
+        el.estimate(MODEL, H100, WL, profiles="")  # not "the bundled ones" (None is)
+    (tmp_path / "a_file").write_text("{}")
+    with pytest.raises(EstimateError, match=r"is not a folder"):
+        el.estimate(MODEL, H100, WL, profiles=tmp_path / "a_file")
+
+
+def test_existing_profiles_folder_without_the_gpu_falls_back_visibly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    est = el.estimate(MODEL, H100, WL, profiles=tmp_path)  # documented: load_profile's fallback, named in est.profile
+    assert est.profile.startswith("datasheet-default")
+
+
+# ---- 4. comm_sms of compile ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sms", [[], [0], (None, 200), "16", [True], 16, [16.0]])
+def test_compile_bad_comm_sms(sms: object) -> None:
+    with pytest.raises(InvalidWorkloadError, match=r"comm_sms must be a non-empty sequence of None .* SM counts "
+                                                   r"in 1..131 on H100-SXM"):
+        el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=2), WL, comm_sms=sms, clocks_mhz=(1980,))  # type: ignore[arg-type]
+
+
+def test_compile_good_comm_sms() -> None:
+    plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=2), WL, comm_sms=[None, 16], clocks_mhz=(1980,))
+    assert plan.comm_sms in (None, 16)
+
+
+# ---- 5. SLO values ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0, -1.0, "40", True])
+def test_slo_must_be_positive_finite(value: object) -> None:
+    with pytest.raises(InvalidWorkloadError, match=r"SLO.itl_ms must be a positive finite number of milliseconds"):
+        el.SLO(itl_ms=value)  # type: ignore[arg-type]
+    with pytest.raises(InvalidWorkloadError, match=r"SLO.ttft_ms must be"):
+        el.SLO(ttft_ms=value)  # type: ignore[arg-type]
+    assert el.SLO(itl_ms=40, ttft_ms=1500.5).itl_ms == 40
+
+
+def test_cli_slo_nan_is_one_line_and_exit_2() -> None:
+    r = CliRunner().invoke(app, ["compile", MODEL, "--gpus", "1", "--batch", "4", "--slo-itl-ms", "nan"])
+    assert r.exit_code == 2
+    assert "SLO.itl_ms must be a positive finite number" in r.output and "Traceback" not in r.output
+
+
+# ---- 6. contexts beyond the model's maximum ---------------------------------------------------------------------
+
+def test_context_beyond_max_position_embeddings() -> None:
+    with pytest.raises(InvalidWorkloadError, match=r"500000 \+ 10 = 500010 tokens exceeds .*maximum context of "
+                                                   r"131072 tokens \(max_position_embeddings"):
+        el.estimate(LLAMA, el.Cluster("H100-SXM", num_gpus=8), el.Workload(batch=1, prompt_len=500000, output_len=10),
+                    el.Parallel(tp=8))
+    with pytest.raises(InvalidWorkloadError, match=r"40961 tokens exceeds Qwen/Qwen3-0.6B's maximum context of 40960"):
+        el.compile(MODEL, H100, el.Workload(batch=1, prompt_len=40000, output_len=961), **SPACE)
+
+
+def test_context_at_the_maximum_is_fine() -> None:
+    from energylens.api import resolve_model
+
+    check_context(resolve_model(MODEL), el.Workload(batch=1, prompt_len=40000, output_len=960), MODEL)
+
+
+def test_max_context_follows_rope_scaling() -> None:
+    def spec(**cfg: object) -> SimpleNamespace:
+        return SimpleNamespace(get=cfg.get)
+
+    assert _max_context(spec()) is None
+    assert _max_context(spec(max_position_embeddings=40960))[0] == 40960  # type: ignore[index]
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}
+    assert _max_context(spec(max_position_embeddings=131072, rope_scaling=llama3))[0] == 131072  # type: ignore[index]
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # Qwen3's long context
+    assert _max_context(spec(max_position_embeddings=40960, rope_scaling=yarn))[0] == 131072  # type: ignore[index]
+
+
+# ---- 7. batch smaller than dp ---------------------------------------------------------------------------------
+
+def test_estimate_rejects_batch_below_dp() -> None:
+    cluster = el.Cluster("H100-SXM", num_gpus=8)
+    with pytest.raises(ShardingError, match=r"batch=4 is smaller than dp=8: each data-parallel replica needs at "
+                                            r"least one sequence; use batch >= 8 or dp <= 4$"):
+        el.estimate(LLAMA, cluster, WL, el.Parallel(tp=1, dp=8))
+    assert el.estimate(LLAMA, cluster, el.Workload(batch=8, prompt_len=128, output_len=16),
+                       el.Parallel(tp=1, dp=8)).num_gpus == 8
+
+
+def test_all_are_energylens_errors() -> None:
+    for cls in (InvalidTypeError, InvalidWorkloadError, ShardingError, UnknownNameError, EstimateError):
+        assert issubclass(cls, EnergylensError)
+    assert issubclass(InvalidTypeError, TypeError)

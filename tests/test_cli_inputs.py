@@ -1,0 +1,161 @@
+"""Bad command-line and file input: one ``error:`` line and exit code 2 naming the bad value, or a
+malformed record skipped and counted; never a traceback, never silently wrong.
+
+The measurement records here are SYNTHETIC, made in the test (GEMM shapes with made-up times).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from energylens.cli import app
+from energylens.errors import ConfigError, EnergylensError
+from energylens.passes.manager import PassManager, parse_pipeline
+from energylens.passes.shard import Shard
+from energylens.search.report import plot, plot_path
+
+runner = CliRunner()
+ENV = {"gpu_name": "NVIDIA H100 80GB HBM3", "env_id": "synthetic-test", "synthetic": True}
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(r, *texts: str) -> None:
+    assert r.exit_code == 2, r.output
+    out = r.output.strip()
+    assert out.startswith("error: ") and len(out.splitlines()) == 1, out
+    for t in texts:
+        assert t in out, (t, out)
+
+
+def gemm(m: int, time_s: float = 1e-3, **result) -> dict:
+    params = {"m": m, "n": 4096, "k": 4096, "dtype": "bfloat16"}
+    return {"schema": 1, "key": f"gemm:{m}", "kind": "gemm", "params": params, "device": "cuda:0", "status": "ok",
+            "result": {"time_s": time_s, "energy_j": 0.4 * time_s * 1e3, "avg_power_w": 400.0, **result},
+            "env": ENV}
+
+
+def write(path: Path, recs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))  # json writes NaN / Infinity as given
+    return path
+
+
+def good(n: int = 6) -> list[dict]:
+    return [gemm(m, time_s=1e-5 * m + 2e-5) for m in (1, 16, 64, 256, 1024, 4096)[:n]]
+
+
+# ---- 1. plot paths ----------------------------------------------------------------------------------
+def test_plot_path_checks_the_format_and_adds_png():
+    assert plot_path("out/pareto") == Path("out/pareto.png") and plot_path("p.SVG") == Path("p.SVG")
+    with pytest.raises(EnergylensError, match=r"unknown image format 'txt'.*png"):
+        plot_path("p.txt")
+    with pytest.raises(EnergylensError, match="'txt'"):
+        plot(object(), Path("p.txt"))  # Plan.plot: fails before drawing
+    with pytest.raises(EnergylensError, match="empty plot path"):
+        plot_path("")
+
+
+@pytest.mark.parametrize("cmd", [("compile", "meta-llama/Llama-3.2-1B-Instruct", "--export", "vllm"),
+                                 ("validate", "nowhere.jsonl")])
+def test_bad_plot_extension_fails_up_front(cmd, tmp_path):
+    one_error_line(run(*cmd, "--plot", tmp_path / "x.txt"), "'txt'", "png", "pdf", "svg")
+
+
+def test_compile_reports_the_plot_file_written(tmp_path):
+    r = run("compile", "meta-llama/Llama-3.2-1B-Instruct", "--gpus", "1", "--batch", "2", "--prompt-len", "64",
+            "--output-len", "16", "--plot", tmp_path / "noext", "--export", "vllm")
+    assert r.exit_code == 0, r.output
+    assert f"Pareto plot: {tmp_path / 'noext.png'}\n" in r.output and (tmp_path / "noext.png").is_file()
+    assert "vllm serve" in r.output
+
+
+# ---- 2. estimate options ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "message"), [
+    (("--tp", "0"), "--tp must be an integer >= 1, got 0"),
+    (("--dp", "0"), "--dp must be an integer >= 1, got 0"),
+    (("--ep", "-2"), "--ep must be an integer >= 1, got -2"),
+    (("--gpus", "0"), "--gpus must be an integer >= 1, got 0"),
+    (("--gpus", "-8"), "--gpus must be an integer >= 1, got -8"),
+    (("--top", "-1"), "--top must be an integer >= 0, got -1"),
+    (("--interconnect", ""), "unknown interconnect ''"),
+])
+def test_estimate_rejects_bad_counts_naming_the_option(args, message):
+    one_error_line(run("estimate", "Qwen/Qwen3-0.6B", *args), message)
+
+
+def test_compile_rejects_zero_gpus():
+    one_error_line(run("compile", "Qwen/Qwen3-0.6B", "--gpus", "0"), "--gpus must be an integer >= 1, got 0")
+
+
+# ---- 3. measure -------------------------------------------------------------------------------------
+def test_measure_checks_device_and_out_before_running(tmp_path):
+    out = tmp_path / "m.jsonl"
+    one_error_line(run("measure", "--device", "foo", "--out", out), "unknown device 'foo'", "cpu, cuda, cuda:N")
+    assert not out.exists()  # nothing measured, no error records written
+    one_error_line(run("measure", "--device", "cpu", "--out", tmp_path), f"--out {tmp_path} is a folder")
+
+
+# ---- 4. malformed measurement files -----------------------------------------------------------------
+def test_validate_skips_and_counts_a_record_with_null_params(tmp_path):
+    f = write(tmp_path / "m.jsonl", [*good(3), {**gemm(8), "params": None}])
+    r = run("validate", f)
+    assert r.exit_code == 0, r.output
+    assert "1 malformed record(s) skipped" in r.output and "params is not a JSON object" in r.output
+    r = run("calibrate", f, "--dry-run")
+    assert r.exit_code == 2 and "Traceback" not in r.output  # 3 GEMMs: too few for 4 coefficients
+    assert "too few valid records" in r.output
+
+
+def test_calibrate_skips_non_finite_numbers_and_counts_them(tmp_path):
+    f = write(tmp_path / "m.jsonl", [*good(), gemm(8, energy_j=math.inf), gemm(32, time_s=math.nan)])
+    r = run("calibrate", f, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "calibrated on 6 records" in r.output and "2 malformed record(s) skipped" in r.output
+
+
+def test_calibrate_with_power_but_no_energy_reading(tmp_path):
+    """A sampled power without an energy reading: no energy residual, no crash."""
+    f = write(tmp_path / "m.jsonl", [*good(), gemm(8, energy_j=None)])
+    r = run("calibrate", f, "--dry-run")
+    assert r.exit_code == 0, r.output
+
+
+def test_calibrate_says_too_few_valid_records(tmp_path):
+    static = {"schema": 1, "key": "static", "kind": "static", "params": {}, "device": "cuda:0", "status": "ok",
+              "result": {"time_s": 1.0, "energy_j": 120.0, "avg_power_w": 120.0}, "env": ENV}
+    f = write(tmp_path / "m.jsonl", [gemm(1, time_s=-1e-3), gemm(16, time_s=math.nan), gemm(64, time_s=-2.0), static])
+    one_error_line(run("calibrate", f, "--dry-run"), "too few valid records of H100-SXM",
+                   "0 with a positive finite time_s", "no positive result.time_s")
+
+
+def test_a_json_document_is_not_a_measurement_file(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2}, indent=2))
+    one_error_line(run("validate", cfg), f"{cfg} is not a measurement file (a JSON document)")
+    text = tmp_path / "notes.jsonl"
+    text.write_text("some\nnotes\n")
+    one_error_line(run("calibrate", text, "--dry-run"), "is not a measurement file (2 lines, none a JSON record)")
+
+
+# ---- 5. pipelines -----------------------------------------------------------------------------------
+def test_pipeline_runs_shard_once():
+    with pytest.raises(ConfigError, match="runs pass 'shard' 2 times"):
+        PassManager.from_pipeline("shard{tp=2},shard{tp=2}")
+    with pytest.raises(ConfigError, match="runs pass 'shard' 2 times"):
+        PassManager((Shard(tp=2), Shard(tp=2)))
+    one_error_line(run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},fuse,shard{tp=2}"),
+                   "runs pass 'shard' 2 times")
+
+
+def test_overlap_total_sms_checked_first():
+    with pytest.raises(ConfigError, match=r"option total_sms=0 must be > 0"):
+        parse_pipeline("shard{tp=2},overlap{comm_sms=0,total_sms=0}")
+    one_error_line(run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},overlap{comm_sms=0,total_sms=0}"),
+                   "total_sms=0 must be > 0")
