@@ -214,7 +214,7 @@ class ValidationReport(Record):
     def parity_plot(self, path: str | Path) -> Path:
         """Predicted vs measured time and energy per call (log-log, one colour per op class) to ``path``;
         returns the file written (``.png`` added to a path without an extension)."""
-        from energylens.search.report import plot_path
+        from energylens.search.report import plot_path, save_figure
 
         out = plot_path(path)  # a bad extension fails before the figure is drawn
         if not self.runs:
@@ -257,14 +257,7 @@ class ValidationReport(Record):
         gpus = ", ".join(sorted({r.gpu for r in self.runs}))
         fig.suptitle(f"energylens: predicted vs measured ({gpus})")
         fig.tight_layout()
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(out, dpi=120)
-        except OSError as exc:
-            raise EnergylensError(f"cannot write the plot to {str(out)!r}: {exc.strerror or exc}") from None
-        finally:
-            plt.close(fig)
-        return out
+        return save_figure(fig, out, dpi=120)
 
 
 def _pct(x: float | None, none: str = "n/a") -> str:

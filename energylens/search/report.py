@@ -145,9 +145,16 @@ def plot(plan: Any, path: Path) -> Path:
                  f"batch {plan.batch}, clock {_clock(plan, plan.clock_mhz)}, comm SMs {plan.comm_sms or '-'} "
                  f"({plan.plans_evaluated:,} plans)", fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> Path:
+    """Write ``fig`` to ``path`` (from ``plot_path``) and close it; a failed write is one clear error."""
+    import matplotlib.pyplot as plt
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=dpi)
     except OSError as exc:
         raise EnergylensError(f"cannot write the plot to {str(path)!r}: {exc.strerror or exc}") from None
     finally:
