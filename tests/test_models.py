@@ -198,3 +198,16 @@ def test_non_utf8_file_names_file(tmp_path) -> None:
     p.write_bytes(b'{"model_type": "llama", "x": "\xff"}')
     with pytest.raises(ConfigError, match=r"config\.json is not valid UTF-8"):
         load_config(str(p))
+
+
+def test_config_dict_gives_the_canonical_expert_count() -> None:
+    """transformers 5 writes Qwen3-MoE's num_experts as num_local_experts; every reader of config_dict
+    (the runtime's tiny configs and microbenchmark shapes too) sees num_experts."""
+    from transformers import Qwen3MoeConfig
+
+    from energylens.models import config_dict
+    from energylens.runtime.execute import tiny_config
+
+    d = config_dict(Qwen3MoeConfig(num_hidden_layers=2, num_experts=16))
+    assert d["num_experts"] == 16
+    assert tiny_config(Qwen3MoeConfig(num_hidden_layers=2))["num_experts"] == 8

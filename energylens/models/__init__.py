@@ -144,13 +144,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """Plain-dict form of a config (dict or ``PretrainedConfig``)."""
+    """Plain-dict form of a config (dict or ``PretrainedConfig``), with every field also under its
+    canonical name (``_ALIASES``: transformers 5 writes Qwen3-MoE's expert count as ``num_local_experts``)."""
     if isinstance(config, dict):
-        return config
-    to_dict = getattr(config, "to_dict", None)
-    if to_dict is None:
-        raise ConfigError(f"cannot read a model config from {type(config).__name__}")
-    return to_dict()
+        d = config
+    else:
+        to_dict = getattr(config, "to_dict", None)
+        if to_dict is None:
+            raise ConfigError(f"cannot read a model config from {type(config).__name__}")
+        d = to_dict()
+    missing = {k: d[a] for k, a in _ALIASES.items() if d.get(k) is None and d.get(a) is not None}
+    return {**d, **missing} if missing else d
 
 
 def _positive_int(v: Any) -> bool:

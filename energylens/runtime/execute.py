@@ -122,6 +122,7 @@ def tiny_config(model: Any, **overrides: Any) -> dict[str, Any]:
         max_position_embeddings=max(int(d.get("max_position_embeddings") or 0), 4096),
     )
     if d.get("num_experts"):
+        d.pop("num_local_experts", None)  # transformers 5's other name of num_experts: one value only
         d.update(num_experts=8, num_experts_per_tok=min(2, int(d["num_experts_per_tok"])), moe_intermediate_size=32,
                  mlp_only_layers=[], max_window_layers=2)
     elif "max_window_layers" in d:
