@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from pathlib import Path
 from typing import Any
 
 from energylens.costmodel.analysis import PricedOp
-from energylens.costmodel.comm import normalize_interconnect
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.memory import check_fits
 from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, plan_memory
@@ -35,7 +35,8 @@ from energylens.typing import (
     expect_type,
 )
 
-__all__ = ["estimate", "resolve_model", "default_interconnect", "cluster_interconnect", "check_context"]
+__all__ = ["estimate", "resolve_model", "default_interconnect", "cluster_interconnect", "check_context",
+           "check_comm_sms"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -90,8 +91,8 @@ def default_interconnect(gpu: GPUSpec) -> str:
 
 
 def cluster_interconnect(cluster: Cluster, gpu: GPUSpec) -> str:
-    """The comm model's interconnect of ``cluster`` (``normalize_interconnect``; None: ``default_interconnect``)."""
-    return default_interconnect(gpu) if cluster.interconnect is None else normalize_interconnect(cluster.interconnect)
+    """The comm model's interconnect of ``cluster`` (``Cluster`` normalised its name; None: ``default_interconnect``)."""
+    return cluster.interconnect or default_interconnect(gpu)
 
 
 def _max_context(spec: Any) -> tuple[int, str] | None:
@@ -101,7 +102,7 @@ def _max_context(spec: Any) -> tuple[int, str] | None:
     limit = spec.get("max_position_embeddings") if spec is not None else None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         return None
-    rope = spec.get("rope_scaling")
+    rope = spec.get("rope_scaling") or spec.get("rope_parameters")  # transformers 5 writes the latter
     if isinstance(rope, dict) and isinstance(rope.get("factor"), int | float):
         kind, factor = rope.get("rope_type") or rope.get("type"), rope["factor"]
         if kind == "yarn":
@@ -110,6 +111,14 @@ def _max_context(spec: Any) -> tuple[int, str] | None:
         if kind in ("linear", "dynamic"):
             return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor}"
     return limit, "max_position_embeddings"
+
+
+def check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
+    """``comm_sms`` must be None (no overlap) or an SM count the GPU can spare (1 .. SMs - 1)."""
+    if comm_sms is not None and (isinstance(comm_sms, bool) or not isinstance(comm_sms, numbers.Integral)
+                                 or not 0 < comm_sms < gpu.compute_units):
+        raise ConfigError(f"comm_sms must be an SM count in 1..{gpu.compute_units - 1} on {gpu.name} "
+                          f"(or None: no overlap), got {comm_sms!r}")
 
 
 def check_context(traced: Any, workload: Workload, name: str) -> None:
@@ -182,10 +191,8 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
                             f"needs at least one sequence; use batch >= {parallel.dp} or dp <= {workload.batch}")
     gpu: GPUSpec = get_gpu(cluster.gpu)
     interconnect = cluster_interconnect(cluster, gpu)
-    if comm_sms is not None and (isinstance(comm_sms, bool) or not isinstance(comm_sms, int)
-                                 or not 0 < comm_sms < gpu.compute_units):
-        raise ConfigError(f"comm_sms must be an SM count in 1..{gpu.compute_units - 1} on {gpu.name} "
-                          f"(or None: no overlap), got {comm_sms!r}")
+    check_comm_sms(comm_sms, gpu)
+    comm_sms = None if comm_sms is None else int(comm_sms)
     prof = profile or load_profile(gpu, profiles)
     traced = resolve_model(model)
     check_context(traced, workload, _model_name(model, traced.decode))

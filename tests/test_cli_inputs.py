@@ -108,9 +108,9 @@ def test_validate_skips_and_counts_a_record_with_null_params(tmp_path):
     r = run("validate", f)
     assert r.exit_code == 0, r.output
     assert "1 malformed record(s) skipped" in r.output and "params is not a JSON object" in r.output
-    r = run("calibrate", f, "--dry-run")
-    assert r.exit_code == 2 and "Traceback" not in r.output  # 3 GEMMs: too few for 4 coefficients
-    assert "too few valid records" in r.output
+    r = run("calibrate", f, "--dry-run")  # the 3 good GEMMs calibrate (the priors regularise a small set)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "1 malformed record(s) skipped" in r.output
 
 
 def test_calibrate_skips_non_finite_numbers_and_counts_them(tmp_path):
@@ -130,9 +130,13 @@ def test_calibrate_with_power_but_no_energy_reading(tmp_path):
 def test_calibrate_says_too_few_valid_records(tmp_path):
     static = {"schema": 1, "key": "static", "kind": "static", "params": {}, "device": "cuda:0", "status": "ok",
               "result": {"time_s": 1.0, "energy_j": 120.0, "avg_power_w": 120.0}, "env": ENV}
-    f = write(tmp_path / "m.jsonl", [gemm(1, time_s=-1e-3), gemm(16, time_s=math.nan), gemm(64, time_s=-2.0), static])
-    one_error_line(run("calibrate", f, "--dry-run"), "too few valid records of H100-SXM",
-                   "0 with a positive finite time_s", "no positive result.time_s")
+    bad = [gemm(1, time_s=-1e-3), gemm(16, time_s=math.nan), gemm(64, time_s=-2.0)]
+    f = write(tmp_path / "m.jsonl", bad)
+    one_error_line(run("calibrate", f, "--dry-run"), "nothing to calibrate: no record can be predicted",
+                   "no positive result.time_s")
+    f = write(tmp_path / "s.jsonl", [*bad, static])  # a static power reading alone calibrates static power
+    r = run("calibrate", f, "--dry-run")
+    assert r.exit_code == 0 and "calibrated on 1 records (1 with energy)" in r.output, r.output
 
 
 def test_a_json_document_is_not_a_measurement_file(tmp_path):
@@ -155,7 +159,7 @@ def test_pipeline_runs_shard_once():
 
 
 def test_overlap_total_sms_checked_first():
-    with pytest.raises(ConfigError, match=r"option total_sms=0 must be > 0"):
+    with pytest.raises(ConfigError, match=r"total_sms must be the GPU's SM count \(>= 2\), got 0"):
         parse_pipeline("shard{tp=2},overlap{comm_sms=0,total_sms=0}")
     one_error_line(run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},overlap{comm_sms=0,total_sms=0}"),
-                   "total_sms=0 must be > 0")
+                   "total_sms must be the GPU's SM count (>= 2), got 0")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from energylens.errors import ConfigError, UnknownNameError
-from energylens.models import ModelSpec, list_models, load_config
+from energylens.models import ModelSpec, config_dict, list_models, load_config
 
 REQUIRED = [
     "meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Llama-3.3-70B-Instruct",
@@ -211,3 +211,21 @@ def test_config_dict_gives_the_canonical_expert_count() -> None:
     d = config_dict(Qwen3MoeConfig(num_hidden_layers=2, num_experts=16))
     assert d["num_experts"] == 16
     assert tiny_config(Qwen3MoeConfig(num_hidden_layers=2))["num_experts"] == 8
+
+
+def test_modelopt_fp8_in_config_json() -> None:
+    """Newer ModelOpt exports name the method in config.json: quant_method 'modelopt', quant_algo 'FP8'."""
+    base = config_dict(load_config("meta-llama/Llama-3.2-1B-Instruct").config)
+    fp8 = load_config({**base, "quantization_config": {"quant_method": "modelopt", "quant_algo": "FP8"}})
+    assert fp8.quantization == "fp8"
+    kv_only = load_config({**base, "quantization_config": {"quant_method": "modelopt", "quant_algo": None}})
+    assert kv_only.quantization is None
+
+
+def test_qwen_sliding_window_only_from_max_window_layers() -> None:
+    """Qwen configs slide only the layers from max_window_layers on: all full attention is accepted."""
+    base = config_dict(load_config("Qwen/Qwen3-0.6B").config)
+    n = base["num_hidden_layers"]
+    load_config({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": n})
+    with pytest.raises(ConfigError, match="sliding-window attention is not modelled"):
+        load_config({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 0})

@@ -216,11 +216,14 @@ def _check_layers(d: dict[str, Any], where: str) -> None:
             counts = ", ".join(f"{types.count(t)} x {t!r}" for t in kinds)
             raise ConfigError(f"model config {where}: {key} mixes layer types ({counts}); only models whose "
                               "layers are all the same type are supported")
-    types = d.get("layer_types") or []
-    sliding = any(t != "full_attention" for t in types) or (d.get("use_sliding_window")
-                                                            and d.get("sliding_window") is not None)
+    types = d.get("layer_types")
+    if types is not None:  # when given, it says which layers slide
+        sliding = types[0] != "full_attention"
+    else:  # Qwen-style: layers from max_window_layers on use the sliding window
+        sliding = bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None and (
+            d.get("max_window_layers", 0) < n)
     if sliding:  # the IR prices attention over the whole KV length
-        got = f"layer_types {types[0]!r}" if types else f"use_sliding_window {d.get('use_sliding_window')!r}"
+        got = f"layer_types {types[0]!r}" if types else "use_sliding_window with max_window_layers < num_hidden_layers"
         raise ConfigError(f"model config {where}: {got} is not supported; only full_attention layers are "
                           "(sliding-window attention is not modelled)")
 
@@ -246,11 +249,15 @@ def _quant(d: dict[str, Any], extra: dict[str, Any] | None, where: str) -> tuple
         return None, None
     if not isinstance(qc, dict):
         qc = config_dict(qc)
-    # the method: HF ``quant_method`` or ModelOpt's ``quantization.quant_algo``
-    modelopt = qc.get("quantization")
-    method = modelopt.get("quant_algo") if isinstance(modelopt, dict) else qc.get("quant_method")
-    if isinstance(modelopt, dict) and method is None:  # ModelOpt without weight quantization (KV cache only)
-        return None, qc
+    # the method: ModelOpt's ``quant_algo`` (in hf_quant_config.json's ``quantization``, or in a
+    # config.json ``quantization_config`` with ``quant_method: modelopt``), else HF ``quant_method``
+    modelopt = qc.get("quantization") if isinstance(qc.get("quantization"), dict) else qc
+    if "quant_algo" in modelopt:
+        method = modelopt["quant_algo"]
+        if method is None:  # ModelOpt without weight quantization (KV cache only)
+            return None, qc
+    else:
+        method = qc.get("quant_method")
     if method is None:  # no method named: fp8 if the section says so
         method = _QUANT_SUPPORTED if "fp8" in json.dumps(qc).lower() else None
     if method is None or _QUANT_SUPPORTED not in str(method).lower():

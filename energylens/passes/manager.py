@@ -80,8 +80,6 @@ _BUILTIN_MODULES = ("energylens.passes.shard", "energylens.passes.fuse", "energy
 _loaded = False
 #: Passes that may run at most once in a pipeline: a second shard would split shards again.
 _ONCE = ("shard",)
-#: Options that must be > 0, checked before the pass's own checks that divide by or range over them.
-_POSITIVE_OPTIONS = {"overlap": ("total_sms",)}
 
 
 class PassVerificationError(VerificationError):
@@ -257,8 +255,6 @@ def make_pass(name: str, **options: Any) -> Any:
         except ValueError:
             raise ConfigError(f"pass {name!r}: option {key}={value!r} has the wrong type; "
                               f"expected {_type_name(hints[key])}") from None
-        if key in _POSITIVE_OPTIONS.get(name, ()) and kwargs[key] is not None and kwargs[key] <= 0:
-            raise ConfigError(f"pass {name!r}: option {key}={value!r} must be > 0")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -133,6 +133,8 @@ class Overlap:
         if self.start is None and self.collective is not None:
             raise InvalidWorkloadError("overlap: `collective` picks the collective of an explicit window; "
                                        "give start and end too, or drop it (model mode overlaps every tp collective)")
+        if self.total_sms < 2:  # the range below would read "1..-1"
+            raise InvalidWorkloadError(f"overlap: total_sms must be the GPU's SM count (>= 2), got {self.total_sms}")
         if not 0 < self.comm_sms < self.total_sms:
             raise InvalidWorkloadError(f"comm_sms must be in 1..{self.total_sms - 1}, got {self.comm_sms}")
         if self.comm_block_size <= 0:

@@ -672,10 +672,9 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
         else:
             need = "records with energy readings of " if p.stage == "power" else "records of "
             kept[p.name] = need + "/".join(p.informed_by)
-    n_time = sum(1 for p in free if p.stage == "time")
-    if not timed or len(timed) < n_time:  # e.g. every time negative or NaN: only a static record left
-        raise EnergylensError(f"too few valid records of {gpu.name} to calibrate: {len(timed)} with a positive "
-                              f"finite time_s, {len(samples)} in all (at least {max(n_time, 1)} needed)")
+    if not timed and not powered:  # e.g. every time negative or NaN (the priors regularise small sets)
+        raise EnergylensError(f"too few valid records of {gpu.name} to calibrate: none with a positive finite "
+                              f"time_s or an energy reading, {len(samples)} in all")
     stack = _Stack(work)
     t_meas = np.array([s.time_s for s in work])
     p_meas = np.array([s.power_w if s.power_w is not None else np.nan for s in work])

@@ -22,7 +22,6 @@ token vs TTFT) are over all fitting plans.
 from __future__ import annotations
 
 import io
-import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -299,7 +298,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
                 f"applied; got clocks_mhz={list(clocks_mhz)}. Leave the clocks unset to search its default clock")
         num_clocks = 1
     clocks = tuple(clocks_mhz) if clocks_mhz else ClockModel.of(gpu).grid(num_clocks)
-    sms = tuple(k for k in comm_sms if k is None or 0 < k < gpu.compute_units)
+    sms = tuple(None if k is None else int(k) for k in comm_sms)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLS}
     n_plans = 0
     vs = variants(traced, num_gpus)
@@ -384,7 +383,6 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     if objective not in ("energy", "latency"):
         raise InvalidWorkloadError(f"unknown objective {objective!r}; valid: 'energy', 'latency'")
     gpu = get_gpu(cluster.gpu)
-    _check_comm_sms(comm_sms, gpu)
     prof = profile or load_profile(gpu)
     interconnect = cluster_interconnect(cluster, gpu)  # the same names as estimate
     traced = resolve_model(model)
@@ -420,12 +418,12 @@ def _named(est: Estimate, name: str) -> Estimate:
 
 
 def _check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
-    """``comm_sms`` must be a non-empty sequence of None (no overlap) or SM counts the GPU has
-    (an empty or all-invalid one left nothing to search and failed inside numpy)."""
-    ok = isinstance(comm_sms, Sequence) and not isinstance(comm_sms, str) and len(comm_sms) > 0 and all(
-        k is None or (isinstance(k, numbers.Integral) and not isinstance(k, bool) and 0 < k < gpu.compute_units)
-        for k in comm_sms)
-    if not ok:
-        raise InvalidWorkloadError(
-            f"comm_sms must be a non-empty sequence of None (no overlap) or SM counts in 1..{gpu.compute_units - 1} "
-            f"on {gpu.name}, e.g. (None, 16); got {comm_sms!r}")
+    """``comm_sms`` must be a non-empty sequence of what ``estimate`` takes (None or an SM count):
+    an empty one left nothing to search and failed inside numpy."""
+    from energylens.api import check_comm_sms
+
+    if not isinstance(comm_sms, Sequence) or isinstance(comm_sms, str) or not comm_sms:
+        raise InvalidWorkloadError(f"comm_sms must be a non-empty sequence of None (no overlap) or SM counts, "
+                                   f"e.g. (None, 16); got {comm_sms!r}")
+    for k in comm_sms:
+        check_comm_sms(k, gpu)
