@@ -92,3 +92,21 @@ def test_estimate_with_one_output_token_per_request():
 
     est = el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM"), el.Workload(batch=1000, prompt_len=16, output_len=1))
     assert est.serving.prefill_tokens_per_step == pytest.approx(MAX_NUM_BATCHED_TOKENS - 1000)
+
+
+def test_decode_attention_kernel_floor():
+    """A decode-attention call costs at least the measured kernels' floor (attn_kernel_overhead_s);
+    the KV-cache write (no FLOPs) and other kernels keep kernel_overhead_s."""
+    from energylens.costmodel.compute import OpWork, op_time_s
+    from energylens.costmodel.hardware import get_gpu
+    from energylens.costmodel.profile import load_profile
+
+    gpu = get_gpu("H100-SXM")
+    prof = load_profile(gpu)
+    assert prof.attn_kernel_overhead_s == pytest.approx(11.6e-6)
+    tiny = dict(vec_flops=0.0, hbm_bytes=1e3, rows=1.0, peak_flops_per_s=1e15, kernels=1.0, seqs=1.0)
+    attention = OpWork(tc_flops=1e3, kv=1.0, **tiny)
+    kv_write = OpWork(tc_flops=0.0, kv=1.0, **tiny)
+    assert op_time_s(attention, gpu, prof) >= 11.6e-6
+    assert op_time_s(kv_write, gpu, prof) < 5e-6
+    assert op_time_s(attention, gpu, prof.with_params(attn_kernel_overhead_s=None)) < 5e-6

@@ -1,7 +1,7 @@
 """Latency of one op: a roofline with efficiency curves, plus a per-kernel overhead.
 
-``time = max(compute time, memory time) + kernels * (kernel_overhead + seqs * kv_seq_overhead)``,
-where
+``time = max(compute time, memory time) + kernels * (kernel_overhead + seqs * kv_seq_overhead)``
+(a decode-attention kernel's fixed part is at least ``attn_kernel_overhead``), where
 
 * compute time = (tensor-core FLOPs / (dense peak x GEMM efficiency(rows)) + CUDA-core FLOPs /
   (vector rate)) / ``profile.sm_clock_fraction`` (FLOP rates follow a locked SM clock). The GEMM efficiency curve ``compute_efficiency * rows / (rows + gemm_half_rows)``
@@ -83,5 +83,9 @@ def memory_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
 def op_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
     """Roofline time of one execution of an op, in seconds (before any power cap)."""
     per_kernel = profile.kernel_overhead_s + work.seqs * profile.kv_seq_overhead_s
+    attn_floor = getattr(profile, "attn_kernel_overhead_s", None)
+    if attn_floor is not None:  # a decode-attention call (KV-streaming op with FLOPs; not the KV write)
+        attention = (np.asarray(work.kv) > 0) & (np.asarray(work.tc_flops) > 0)
+        per_kernel = per_kernel + np.where(attention, max(attn_floor - profile.kernel_overhead_s, 0.0), 0.0)
     return (np.maximum(compute_time_s(work, gpu, profile), memory_time_s(work, gpu, profile))
             + work.kernels * per_kernel)

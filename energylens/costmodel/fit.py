@@ -182,6 +182,13 @@ FIT_PARAMS: tuple[tuple[str, float, float, bool], ...] = (
 #: 25.0-25.4%, Llama-3.1-8B fold 12.6% -> 15.9-16.3%, for at most ~1 point of power.)
 HOST_OVERLAP_P = 1.0
 
+#: ``Profile.attn_kernel_overhead_s`` of the fitted GPUs, not fitted: the shortest decode-attention
+#: call AIConfigurator measured of vLLM's kernels on that GPU (min ``latency_us`` of
+#: data/public/aiconfigurator_kernels/attention_<gpu>.csv: FlashAttention-3 on H100 11.6 us,
+#: FlashInfer TRT-LLM decode on B200 8.6 us; batch 1, 128-token KV cache). The fit's other
+#: coefficients are fitted around it.
+ATTENTION_KERNEL_S: dict[str, float] = {"H100-SXM": 11.6e-6, "B200": 8.6e-6}
+
 #: Parameters stored as a fraction of TDP in the optimiser's space.
 _TDP_FRACTION = ("static_power_w", "idle_power_w")
 
@@ -340,7 +347,8 @@ def _features(rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], gpu: GPU
 
 
 def _predict(feat: _Features, gpu: GPUSpec, params: dict[str, float]) -> dict[str, np.ndarray]:
-    prof = SimpleNamespace(vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P, **params)
+    prof = SimpleNamespace(vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P,
+                           attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name), **params)
     t0 = op_time_s(feat.work, gpu, prof)  # type: ignore[arg-type]
     t, static_j, flop_j, byte_j = op_energy(feat.work, t0, gpu, prof)  # type: ignore[arg-type]
     n = len(feat.seg_row)
@@ -433,7 +441,8 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     residuals.update({f"mape_{k}_pct_all_rows": round(_mape(pred[k], meas[k]), 2) for k in meas})
     residuals["loss"] = round(best, 5)
     return Profile(
-        gpu=gpu.name, vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P, **params,
+        gpu=gpu.name, vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P,
+        attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name), **params,
         provenance=Provenance(
             method="fit", data=data_label or "ML.ENERGY rows", rows=int(keep.sum()),
             fit=("two-stage Nelder-Mead on bounded transformed parameters: time coefficients on median ITL "

@@ -50,6 +50,10 @@ class Profile(BaseModel):
     gemm_half_rows: float = Field(ge=0)  # GEMM rows at which efficiency is half of compute_efficiency
     vector_flops_fraction: float = Field(gt=0, le=1)  # CUDA-core (non-tensor) rate / dense bf16 peak
     kernel_overhead_s: float = Field(ge=0)  # launch + tail per kernel (CUDA graphs on)
+    #: fixed time of one decode-attention kernel call (split-KV partials and their combine): the
+    #: floor of the measured kernels (data/public/aiconfigurator_kernels, ``fit.ATTENTION_KERNEL_S``).
+    #: None: ``kernel_overhead_s`` (GPUs without a measured attention kernel).
+    attn_kernel_overhead_s: float | None = Field(default=None, ge=0)
     #: fixed time per sequence in each kernel walking the paged KV cache (decode attention, KV
     #: write): block-table reads, the partial last block, split-KV combine (``costmodel.compute``)
     kv_seq_overhead_s: float = Field(default=0.0, ge=0)
