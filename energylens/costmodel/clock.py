@@ -84,6 +84,14 @@ class ClockModel:
         """Factor on dynamic energy per FLOP at clock ``f_mhz`` (``V(f)^2``, relative)."""
         return self.voltage(f_mhz) ** 2
 
+    def lock(self, f_mhz: int) -> int | None:
+        """The clock to lock for a searched ``f_mhz``: None at the maximum (the default clock, no lock).
+
+        >>> ClockModel(1980.0).lock(1980), ClockModel(1980.0).lock(990)
+        (None, 990)
+        """
+        return None if f_mhz >= self.f_max_mhz else f_mhz
+
     def grid(self, n: int | None = None) -> tuple[int, ...]:
         """``n`` clocks (MHz) from ``MIN_CLOCK_FRACTION x f_max`` to ``f_max``, on the 15 MHz grid
         (``None``: every 15 MHz step). The last is always ``f_max`` (the default clock: no lock).

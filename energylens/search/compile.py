@@ -184,7 +184,7 @@ class Plan(Record):
 
     @property
     def gpu_clock_mhz(self) -> int | None:
-        return None if self.clock_mhz >= ClockModel.of(get_gpu(self.gpu)).f_max_mhz else self.clock_mhz
+        return ClockModel.of(get_gpu(self.gpu)).lock(self.clock_mhz)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

@@ -167,4 +167,5 @@ def _clock(plan: Any, mhz: int) -> str:
     from energylens.costmodel.clock import ClockModel
     from energylens.costmodel.hardware import get_gpu
 
-    return "default" if mhz >= ClockModel.of(get_gpu(plan.gpu)).f_max_mhz else str(mhz)
+    locked = ClockModel.of(get_gpu(plan.gpu)).lock(mhz)
+    return "default" if locked is None else str(locked)
