@@ -167,6 +167,10 @@ def models() -> None:
                       f"{spec.get('num_attention_heads')} / {spec.get('num_key_value_heads')}", experts,
                       spec.quantization or "-")
     console.print(table)
+    console.print("Also accepted: short names and case variants (llama-3.1-70b); other checkpoints of these "
+                  "architectures (Qwen/Qwen3-30B-A3B-Thinking-2507, Qwen/Qwen3-Coder-30B-A3B-Instruct, "
+                  "meta-llama/Llama-3.1-8B); <Qwen id>-FP8 (Qwen/Qwen3-8B-FP8); a local config.json or model folder.",
+                  soft_wrap=True)
 
 
 @app.command()

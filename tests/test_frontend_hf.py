@@ -25,6 +25,7 @@ from energylens.testing import tiny_llama_config, tiny_qwen3_config, tiny_qwen3_
     ("Qwen/Qwen3-30B-A3B-Instruct-2507", 30.5e9, 3.3e9),
     ("Qwen/Qwen3-235B-A22B-Instruct-2507", 235e9, 22e9),
     ("meta-llama/Llama-3.2-1B-Instruct", 1.24e9, None),
+    ("Qwen/Qwen3-Coder-480B-A35B-Instruct", 480e9, 35e9),
 ])
 def test_param_counts_match_published(model: str, total: float, active: float | None) -> None:
     ir = trace_model(model, cache=False)
@@ -211,13 +212,36 @@ def test_transformers5_configs_trace() -> None:
     assert moe.decode.attr["num_experts"] == "8" and moe.decode.dim_sizes["e"] == 8
 
 
-def test_fp8_tied_lm_head_stays_bf16() -> None:
-    """A tied lm_head is the (unquantized) embedding matrix, even when lm_head is not excluded."""
-    cfg = tiny_qwen3_config() | {"tie_word_embeddings": True, "quantization_config": {"quant_method": "fp8"}}
+@pytest.mark.parametrize("tied", [True, False])
+def test_fp8_lm_head_stays_bf16(tied: bool) -> None:
+    """vLLM quantizes no lm_head (an embedding layer to it), tied or not, listed in the skips or not
+    (Qwen3-32B-FP8 lists none)."""
+    cfg = tiny_qwen3_config() | {"tie_word_embeddings": tied, "quantization_config": {"quant_method": "fp8"}}
     g = trace_model(cfg, cache=False).decode
     dtypes = {d.value.name: d.value.type.dtype for d, _ in g.all_decls()}
     assert dtypes["model.layers.self_attn.q_proj.weight"] == "fp8"
-    assert [t for n, t in dtypes.items() if "embed" in n or "lm_head" in n] == ["bf16"]
+    assert {t for n, t in dtypes.items() if "embed" in n or "lm_head" in n} == {"bf16"}
+
+
+def test_compressed_tensors_ignore_patterns() -> None:
+    """compressed-tensors' ``ignore`` list: module names and ``re:`` patterns stay bf16."""
+    f8 = {"num_bits": 8, "type": "float"}
+    qc = {"quant_method": "compressed-tensors", "ignore": ["lm_head", "re:.*mlp\\.gate$", "re:.*self_attn\\.o_proj$"],
+          "config_groups": {"group_0": {"targets": ["Linear"], "weights": f8, "input_activations": f8}}}
+    g = trace_model(tiny_qwen3_moe_config() | {"quantization_config": qc}, cache=False).decode
+    dtypes = {d.value.name: d.value.type.dtype for d, _ in g.all_decls()}
+    assert dtypes["model.layers.self_attn.q_proj.weight"] == "fp8" and dtypes["model.layers.mlp.experts.gate_up_proj"] == "fp8"
+    assert dtypes["model.layers.self_attn.o_proj.weight"] == "bf16" and dtypes["model.layers.mlp.gate.weight"] == "bf16"
+
+
+def test_derived_qwen_fp8_prices_as_the_published_checkpoint() -> None:
+    """Qwen3-30B-A3B-Instruct-2507-FP8 (derived: bf16 config + Qwen's fp8 section) has the weight
+    dtypes of the published Qwen3-30B-A3B-FP8, whose skip list names every norm and router."""
+    def dtypes(model: str) -> dict[str, str]:
+        return {d.value.name: d.value.type.dtype for d, _ in trace_model(model, cache=False).decode.all_decls()}
+
+    derived, published = dtypes("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8"), dtypes("Qwen/Qwen3-30B-A3B-FP8")
+    assert derived == published and derived["model.layers.mlp.experts.down_proj"] == "fp8"
 
 
 def test_module_that_is_not_a_causal_lm() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,23 +29,49 @@ def test_all_required_models_are_bundled() -> None:
         assert spec.name == name and spec.family in ("llama", "qwen3", "qwen3_moe")
 
 
-@pytest.mark.parametrize("alias,name", [
-    ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
-    ("META-LLAMA/llama-3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct"),
-    ("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct"),
-    ("meta-llama/Meta-Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct"),
-    ("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
-    ("Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
+@pytest.mark.parametrize("alias,name,config", [
+    ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", None),
+    ("META-LLAMA/llama-3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", None),
+    ("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct", None),
+    ("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B-Instruct-2507", None),
+    # another checkpoint with a bundled architecture keeps its own id (exports serve it)
+    ("meta-llama/Meta-Llama-3.1-405B", "meta-llama/Meta-Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct"),
+    ("Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
     # Thinking-2507 checkpoints: the Instruct-2507 architecture with other weights
-    ("Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
-    ("Qwen/Qwen3-235B-A22B-Thinking-2507-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
-    ("Qwen/Qwen3-4B-Thinking-2507", "Qwen/Qwen3-4B-Instruct-2507"),
+    ("Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
+    ("Qwen/Qwen3-235B-A22B-Thinking-2507-FP8", "Qwen/Qwen3-235B-A22B-Thinking-2507-FP8",
+     "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
+    ("Qwen/Qwen3-4B-Thinking-2507", "Qwen/Qwen3-4B-Thinking-2507", "Qwen/Qwen3-4B-Instruct-2507"),
+    ("Qwen/Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
+    ("qwen3-coder-30b-a3b-instruct", "Qwen/Qwen3-30B-A3B-Instruct-2507", None),
     # a bundled id is its own checkpoint even when another id would alias to it
-    ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B"),
-    ("qwen3-4b", "Qwen/Qwen3-4B"),
+    ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B", None),
+    ("qwen3-4b", "Qwen/Qwen3-4B", None),
+    ("Qwen/Qwen3-30B-A3B-FP8", "Qwen/Qwen3-30B-A3B-FP8", None),
 ])
-def test_aliases(alias: str, name: str) -> None:
-    assert load_config(alias).name == name
+def test_aliases(alias: str, name: str, config: str | None) -> None:
+    """``name``: the checkpoint (what exports serve); ``config``: the bundled file it uses (None: ``name``'s)."""
+    spec = load_config(alias)
+    assert spec.name == name
+    assert Path(spec.source).name == (config or name).replace("/", "--", 1) + ".json"
+
+
+@pytest.mark.parametrize("asked,name,base", [
+    ("Qwen/Qwen3-8B-FP8", "Qwen/Qwen3-8B-FP8", "Qwen/Qwen3-8B"),
+    ("qwen3-14b-fp8", "Qwen/Qwen3-14B-FP8", "Qwen/Qwen3-14B"),
+    ("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", "Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
+    ("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
+     "Qwen/Qwen3-Coder-480B-A35B-Instruct"),
+])
+def test_qwen_fp8_twins(asked: str, name: str, base: str) -> None:
+    """Qwen's -FP8 checkpoints: the bf16 config plus the quantization_config of Qwen3-32B-FP8."""
+    spec, bf16 = load_config(asked), load_config(base)
+    assert spec.name == name and spec.quantization == "fp8" and bf16.quantization is None
+    assert spec.quant_config == load_config("Qwen/Qwen3-32B-FP8").quant_config
+    assert {k: v for k, v in spec.config.items() if k != "quantization_config"} == bf16.config
+    for unknown in ("meta-llama/Llama-3.1-8B-Instruct-FP8", "Qwen/Qwen3-9B-FP8"):  # only bundled Qwen ids
+        with pytest.raises(UnknownNameError):
+            load_config(unknown)
 
 
 def test_config_values() -> None:
@@ -171,6 +199,26 @@ def test_only_fp8_quantization(quant, match: str, tmp_path) -> None:
         load_config(tiny_llama_config() | {"quantization_config": quant})
     fp8 = {"quantization": {"quant_algo": "FP8"}}
     assert load_config(tiny_llama_config() | {"quantization_config": fp8}).quantization == "fp8"
+
+
+def _compressed_tensors(weights: dict, activations: dict | None) -> dict:
+    return {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                          "input_activations": activations}}}
+
+
+def test_compressed_tensors_fp8() -> None:
+    """RedHatAI-style compressed-tensors checkpoints: W8A8-FP8 is fp8; anything else is refused, by name."""
+    from energylens.testing import tiny_llama_config
+
+    f8 = {"num_bits": 8, "type": "float", "strategy": "channel"}
+    spec = load_config(tiny_llama_config() | {"quantization_config": _compressed_tensors(f8, f8)})
+    assert spec.quantization == "fp8"
+    for weights, acts, scheme in ((f8, None, "w8a16 (float weights)"),
+                                  ({"num_bits": 4, "type": "int"}, None, "w4a16 (int weights)"),
+                                  ({"num_bits": 8, "type": "int"}, {"num_bits": 8, "type": "int"}, "w8a8 (int weights)")):
+        with pytest.raises(ConfigError, match=rf"'compressed-tensors {re.escape(scheme)}' is not supported.*W8A8-FP8"):
+            load_config(tiny_llama_config() | {"quantization_config": _compressed_tensors(weights, acts)})
 
 
 @pytest.mark.parametrize("patch,match", [

@@ -394,19 +394,22 @@ def _prod(roles: dict[str, int], atoms: tuple[str, ...]) -> int:
 
 
 def _param_dtype_for(spec: ModelSpec, num_layers: int) -> Any:
-    """FP8 checkpoints: weights of quantized linear layers are fp8 (the majority over the layers)."""
+    """FP8 checkpoints: weights of quantized linear layers are fp8 (the majority over the layers).
+
+    The lm_head stays bf16: vLLM's ``ParallelLMHead`` is an embedding layer, which none of its fp8
+    methods (``fp8``, ``fbgemm_fp8``, ModelOpt, compressed-tensors) quantizes, listed or not.
+    """
     if spec.quantization != "fp8":
         return lambda name, traced: traced
-    # a tied lm_head is the embedding matrix, which fp8 checkpoints keep unquantized
-    tied = bool(spec.get("tie_word_embeddings"))
     qc = spec.quant_config or {}
     if "quantization" in qc:  # NVIDIA ModelOpt hf_quant_config.json
         skip = list(qc["quantization"].get("exclude_modules") or [])
-    else:
-        skip = list(qc.get("modules_to_not_convert") or [])
+    else:  # HF fp8 / fbgemm_fp8 name modules; compressed-tensors ignores names and "re:" patterns
+        skip = list(qc.get("modules_to_not_convert") or qc.get("ignore") or [])
 
-    exact = {s for s in skip if "*" not in s}
-    globs = [re.compile(s.replace(".", r"\.").replace("*", ".*")) for s in skip if "*" in s]
+    exact = {s for s in skip if "*" not in s and not s.startswith("re:")}
+    globs = [re.compile(s[3:]) if s.startswith("re:") else re.compile(s.replace(".", r"\.").replace("*", ".*"))
+             for s in skip if "*" in s or s.startswith("re:")]
 
     def skipped(module: str) -> bool:
         parts = module.split(".")
@@ -417,8 +420,7 @@ def _param_dtype_for(spec: ModelSpec, num_layers: int) -> Any:
     def dtype(name: str, traced: str) -> str:
         module, _, kind = name.rpartition(".")
         leaf = module.rsplit(".", 1)[-1]
-        linear = leaf.endswith("_proj") or leaf == "lm_head" or leaf == "experts"
-        if not linear or "norm" in leaf or leaf in ("embed_tokens", "gate") or (tied and leaf == "lm_head"):
+        if not (leaf.endswith("_proj") or leaf == "experts"):  # norms, embedding, router, lm_head
             return traced
         if _LAYER.search(module) and "layers.0" in module:
             layers = [module.replace("layers.0", f"layers.{i}", 1) for i in range(num_layers)]

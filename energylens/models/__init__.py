@@ -6,6 +6,12 @@ Each ``<org>--<name>.json`` file here is the Hugging Face ``config.json`` of one
 time. ``<id>.hf_quant_config.json`` holds NVIDIA ModelOpt's separate quantization file.
 Written from model cards (not in the shared set): Qwen3-14B, Qwen3-4B and Qwen3-4B-Instruct-2507
 (the 2507 checkpoint differs only in ``rope_theta`` 5e6 and 262,144 positions), Llama-3.2-1B/3B.
+From the AIConfigurator wheel the shared set comes from, beyond it: Qwen3-Coder-480B-A35B-Instruct,
+Qwen3-32B-FP8 and Qwen3-30B-A3B-FP8.
+
+Other ids resolve to a bundled config: case variants and short names (``llama-3.1-70b``); twins
+with other weights (``-Thinking-2507``, base models, ``_TWINS``), which keep their own id as the
+name exports serve; and ``<bundled Qwen3 id>-FP8`` (``_qwen_fp8``).
 
 Importing this module imports neither torch nor transformers.
 
@@ -103,6 +109,12 @@ def list_models() -> list[str]:
     return sorted(_bundled())
 
 
+#: Checkpoints with the architecture of a bundled one and other weights: Qwen3-Coder-30B-A3B-Instruct's
+#: model card gives Qwen3-30B-A3B-Instruct-2507's numbers (48 layers, 32 query / 4 KV heads, 128
+#: experts with 8 active, 30.5B / 3.3B parameters, 262,144 positions).
+_TWINS: dict[str, str] = {"Qwen/Qwen3-Coder-30B-A3B-Instruct": "Qwen/Qwen3-30B-A3B-Instruct-2507"}
+
+
 def _aliases() -> dict[str, str]:
     """Lower-cased id, bare name, and names without ``-Instruct`` / ``Meta-`` -> canonical id.
 
@@ -126,7 +138,41 @@ def _aliases() -> dict[str, str]:
             forms |= meta | {f.replace("-Instruct", "") for f in meta}
         for f in forms:
             out.setdefault(f.lower(), name)
+    for twin, name in _TWINS.items():
+        for f in (twin, twin.split("/", 1)[1]):
+            out.setdefault(f.lower(), name)
     return out
+
+
+def _checkpoint_name(asked: str, canonical: str) -> str:
+    """The checkpoint a user's id names: an ``org/name`` id other than the bundled one (a Thinking
+    twin, a base model, a Coder twin) stays what was asked, since exports serve it; a short name
+    or a case variant is the bundled id."""
+    return asked if "/" in asked and asked.lower() != canonical.lower() else canonical
+
+
+#: The bundled checkpoint whose ``quantization_config`` every Qwen ``-FP8`` checkpoint shares
+#: (fine-grained fp8: e4m3 weights in 128 x 128 blocks, dynamic activation scales).
+_QWEN_FP8_SOURCE = "Qwen/Qwen3-32B-FP8"
+
+
+def _qwen_fp8(asked: str) -> ModelSpec | None:
+    """``<Qwen id>-FP8`` for a bundled bf16 Qwen3 checkpoint: Qwen publishes an FP8 twin of each
+    (``Qwen/Qwen3-8B-FP8``, ``Qwen/Qwen3-30B-A3B-Instruct-2507-FP8``, ...) with the same
+    ``config.json`` plus the ``quantization_config`` of ``_QWEN_FP8_SOURCE``. None if ``asked``
+    is not of that form."""
+    if not asked.lower().endswith("-fp8"):
+        return None
+    base = _aliases().get(asked[:-4].lower())
+    if base is None or not base.startswith("Qwen/"):
+        return None
+    path = _bundled()[base]
+    d = _read_json(path)
+    if d.get("quantization_config"):
+        return None
+    qc = _read_json(_bundled()[_QWEN_FP8_SOURCE])["quantization_config"]
+    name = _checkpoint_name(asked, base + "-FP8")
+    return _spec(name, {**d, "quantization_config": qc}, f"{path} with the quantization_config of {_QWEN_FP8_SOURCE}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -258,13 +304,33 @@ def _quant(d: dict[str, Any], extra: dict[str, Any] | None, where: str) -> tuple
             return None, qc
     else:
         method = qc.get("quant_method")
+    if method == "compressed-tensors":
+        method = _compressed_tensors_scheme(qc, where)
     if method is None:  # no method named: fp8 if the section says so
         method = _QUANT_SUPPORTED if "fp8" in json.dumps(qc).lower() else None
     if method is None or _QUANT_SUPPORTED not in str(method).lower():
         # anything else (int4 AWQ/GPTQ, NVFP4, ...) would be priced as bf16: refuse it
         raise ConfigError(f"model config {where}: quantization {method!r} is not supported; "
-                          f"supported: {_QUANT_SUPPORTED} (e.g. quant_method 'fp8', quant_algo 'FP8')")
+                          f"supported: {_QUANT_SUPPORTED} (e.g. quant_method 'fp8', quant_algo 'FP8', "
+                          "compressed-tensors W8A8-FP8)")
     return _QUANT_SUPPORTED, qc
+
+
+def _compressed_tensors_scheme(qc: dict[str, Any], where: str) -> str:
+    """``"fp8"`` when every ``config_groups`` entry of a compressed-tensors section quantizes
+    weights and input activations to 8-bit floats (W8A8-FP8: fp8 GEMMs, as vLLM runs them); else
+    the scheme, e.g. ``'compressed-tensors w4a16 (int)'``, for the caller to refuse."""
+    groups = qc.get("config_groups")
+    if not isinstance(groups, dict) or not groups:
+        raise ConfigError(f"model config {where}: compressed-tensors quantization_config has no config_groups")
+    for group in groups.values():
+        w = (group or {}).get("weights") or {}
+        a = (group or {}).get("input_activations") or {}
+        if not (w.get("num_bits") == 8 and w.get("type") == "float" and a.get("num_bits") == 8
+                and a.get("type") == "float"):
+            return (f"compressed-tensors w{w.get('num_bits')}a{a.get('num_bits', 16)} "
+                    f"({w.get('type')} weights)")
+    return _QUANT_SUPPORTED
 
 
 def _spec(name: str, config: Any, where: str, quant_extra: dict[str, Any] | None = None) -> ModelSpec:
@@ -308,9 +374,12 @@ def load_config(model: Any) -> ModelSpec:
         return _from_file(path)
     if isinstance(model, str):
         canonical = _aliases().get(model.lower())
-        if canonical is None:
+        if canonical is not None:
+            return _from_file(_bundled()[canonical], _checkpoint_name(model, canonical))
+        spec = _qwen_fp8(model)
+        if spec is None:
             raise UnknownNameError("model", model, list_models())
-        return _from_file(_bundled()[canonical], canonical)
+        return spec
     if hasattr(model, "to_dict") and hasattr(model, "model_type"):  # transformers.PretrainedConfig
         name = getattr(model, "_name_or_path", "") or getattr(model, "name_or_path", "") or model.model_type
         return _spec(str(name), model, f"<{type(model).__name__}>")
