@@ -36,7 +36,7 @@ from energylens.typing import (
 )
 
 __all__ = ["estimate", "resolve_model", "default_interconnect", "cluster_interconnect", "check_context",
-           "check_comm_sms"]
+           "check_comm_sms", "model_name"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -81,7 +81,8 @@ def _op_rows(phase: str, ops: list[PricedOp], num_gpus: int = 1) -> list[OpEstim
                        time_s=p.count * p.cost.time_s, energy_j=p.count * p.cost.energy_j * num_gpus) for p in ops]
 
 
-def _model_name(model: Any, graph: Graph) -> str:
+def model_name(model: Any, graph: Graph) -> str:
+    """The name reports and exports give a model: its config's checkpoint id (``ModelSpec.name``)."""
     return graph.attr.get("model") or (model if isinstance(model, str) else type(model).__name__)
 
 
@@ -195,12 +196,12 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     comm_sms = None if comm_sms is None else int(comm_sms)
     prof = profile or load_profile(gpu, profiles)
     traced = resolve_model(model)
-    check_context(traced, workload, _model_name(model, traced.decode))
+    check_context(traced, workload, model_name(model, traced.decode))
     check_parallel(traced.decode, parallel, num_gpus=cluster.num_gpus)
     overlap = None if comm_sms is None else Overlap(comm_sms=comm_sms, total_sms=gpu.compute_units)
     prefill_g = plan_graph(traced.prefill, parallel, fused, routing, overlap)
     decode_g = plan_graph(traced.decode, parallel, fused, routing, overlap)
-    name = _model_name(model, decode_g)
+    name = model_name(model, decode_g)
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
     if check_memory:

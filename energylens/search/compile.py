@@ -372,7 +372,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     Raises ``InfeasibleSLOError`` naming the best achievable ITL when no plan meets ``slo``,
     ``DoesNotFitError`` when no plan fits in memory, ``UnknownNameError`` for an unknown model/GPU.
     """
-    from energylens.api import check_context, cluster_interconnect, estimate, resolve_model
+    from energylens.api import check_context, cluster_interconnect, estimate, model_name, resolve_model
 
     # types first (a wrong one would be an AttributeError deep inside); SLO checks its own values
     expect_type("cluster", cluster, Cluster)
@@ -386,7 +386,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     prof = profile or load_profile(gpu)
     interconnect = cluster_interconnect(cluster, gpu)  # the same names as estimate
     traced = resolve_model(model)
-    name = traced.decode.attr.get("model") or (model if isinstance(model, str) else "model")
+    name = model_name(model, traced.decode)
     check_context(traced, workload, name)  # before the search: its plans would export a --max-model-len vLLM refuses
     space = search(traced, gpu, cluster.num_gpus, workload, prof, interconnect, comm_sms=comm_sms,
                    num_clocks=num_clocks, clocks_mhz=clocks_mhz)
