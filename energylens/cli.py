@@ -167,9 +167,9 @@ def models() -> None:
                       f"{spec.get('num_attention_heads')} / {spec.get('num_key_value_heads')}", experts,
                       spec.quantization or "-")
     console.print(table)
-    console.print("Also accepted: short names and case variants (llama-3.1-70b); other checkpoints of these "
+    console.print("Also accepted: case variants and names without the org (qwen3-8b); other checkpoints of these "
                   "architectures (Qwen/Qwen3-30B-A3B-Thinking-2507, Qwen/Qwen3-Coder-30B-A3B-Instruct, "
-                  "meta-llama/Llama-3.1-8B); <Qwen id>-FP8 (Qwen/Qwen3-8B-FP8); a local config.json or model folder.",
+                  "meta-llama/Llama-3.1-8B); <Qwen3 id>-FP8 (Qwen/Qwen3-8B-FP8); a local config.json or model folder.",
                   soft_wrap=True)
 
 

@@ -161,6 +161,13 @@ def test_tp_times_dp_must_be_num_gpus() -> None:
         to_vllm(plan(tp=4, dp=2, num_gpus=4))
 
 
+def test_fp8_checkpoint_method_is_left_to_vllm() -> None:
+    """vLLM reads the quantization method from the checkpoint; a --quantization fp8 that differs from
+    it (fbgemm_fp8, modelopt, compressed-tensors) would make vLLM refuse to start."""
+    p = plan(tp=8, quantization="fp8")
+    assert "quantization" not in to_vllm(p) and "--quantization" not in to_vllm(p, cli=True)
+
+
 def test_bad_values() -> None:
     with pytest.raises(InvalidWorkloadError, match="quantization"):
         to_vllm(plan(quantization="int3"))

@@ -32,22 +32,26 @@ def test_all_required_models_are_bundled() -> None:
 @pytest.mark.parametrize("alias,name,config", [
     ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", None),
     ("META-LLAMA/llama-3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", None),
-    ("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct", None),
-    ("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B-Instruct-2507", None),
+    ("llama-3.1-70b-instruct", "meta-llama/Llama-3.1-70B-Instruct", None),
+    ("qwen3-30b-a3b-instruct-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507", None),
+    # Qwen ids without -Instruct(-2507) name no repo: the bundled checkpoint
+    ("Qwen/Qwen3-Coder-480B-A35B", "Qwen/Qwen3-Coder-480B-A35B-Instruct", None),
+    ("qwen3-4b-2507", "Qwen/Qwen3-4B-Instruct-2507", None),
     # another checkpoint with a bundled architecture keeps its own id (exports serve it)
     ("meta-llama/Meta-Llama-3.1-405B", "meta-llama/Meta-Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct"),
-    ("Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
+    ("llama-3.1-70b", "meta-llama/Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct"),  # the base model
     # Thinking-2507 checkpoints: the Instruct-2507 architecture with other weights
     ("Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
-    ("Qwen/Qwen3-235B-A22B-Thinking-2507-FP8", "Qwen/Qwen3-235B-A22B-Thinking-2507-FP8",
+    ("qwen3-235b-a22b-thinking-2507-fp8", "Qwen/Qwen3-235B-A22B-Thinking-2507-FP8",
      "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"),
     ("Qwen/Qwen3-4B-Thinking-2507", "Qwen/Qwen3-4B-Thinking-2507", "Qwen/Qwen3-4B-Instruct-2507"),
     ("Qwen/Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
-    ("qwen3-coder-30b-a3b-instruct", "Qwen/Qwen3-30B-A3B-Instruct-2507", None),
+    ("qwen3-coder-30b-a3b-instruct", "Qwen/Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
     # a bundled id is its own checkpoint even when another id would alias to it
     ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B", None),
     ("qwen3-4b", "Qwen/Qwen3-4B", None),
-    ("Qwen/Qwen3-30B-A3B-FP8", "Qwen/Qwen3-30B-A3B-FP8", None),
+    ("Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-30B-A3B", None),  # the original checkpoint: 40,960 positions
+    ("Qwen/Qwen3-235B-A22B-FP8", "Qwen/Qwen3-235B-A22B-FP8", None),
 ])
 def test_aliases(alias: str, name: str, config: str | None) -> None:
     """``name``: the checkpoint (what exports serve); ``config``: the bundled file it uses (None: ``name``'s)."""
@@ -60,6 +64,7 @@ def test_aliases(alias: str, name: str, config: str | None) -> None:
     ("Qwen/Qwen3-8B-FP8", "Qwen/Qwen3-8B-FP8", "Qwen/Qwen3-8B"),
     ("qwen3-14b-fp8", "Qwen/Qwen3-14B-FP8", "Qwen/Qwen3-14B"),
     ("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", "Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
+    ("qwen3-30b-a3b-thinking-2507-fp8", "Qwen/Qwen3-30B-A3B-Thinking-2507-FP8", "Qwen/Qwen3-30B-A3B-Thinking-2507"),
     ("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
      "Qwen/Qwen3-Coder-480B-A35B-Instruct"),
 ])
@@ -80,6 +85,8 @@ def test_config_values() -> None:
     assert l1.get("tie_word_embeddings") is True and l1.get("rope_scaling")["factor"] == 32.0
     q = load_config("Qwen/Qwen3-235B-A22B-Instruct-2507")
     assert q.is_moe and q.get("num_experts") == 128 and q.get("max_position_embeddings") == 262144
+    for original in ("Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-235B-A22B", "Qwen/Qwen3-235B-A22B-FP8"):  # not the 2507 ones
+        assert load_config(original).get("max_position_embeddings") == 40960
     assert load_config("Qwen/Qwen3-14B").get("intermediate_size") == 17408
     q4 = load_config("Qwen/Qwen3-4B-Instruct-2507")
     assert (q4.get("hidden_size"), q4.get("num_hidden_layers"), q4.get("rope_theta")) == (2560, 36, 5000000)
@@ -205,6 +212,20 @@ def _compressed_tensors(weights: dict, activations: dict | None) -> dict:
     return {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
                                           "input_activations": activations}}}
+
+
+def test_fp8_block() -> None:
+    """The weight block an fp8 checkpoint scales together: Qwen's 128x128, none for per-channel schemes."""
+    from energylens.testing import tiny_llama_config
+
+    assert load_config("Qwen/Qwen3-8B-FP8").fp8_block == (128, 128)
+    assert load_config("Qwen/Qwen3-235B-A22B-Instruct-2507-FP8").fp8_block == (128, 128)
+    assert load_config("meta-llama/Llama-3.1-405B-Instruct-FP8").fp8_block is None
+    assert load_config("nvidia/Llama-3.1-70B-Instruct-FP8").fp8_block is None
+    assert load_config("Qwen/Qwen3-8B").fp8_block is None
+    f8 = {"num_bits": 8, "type": "float"}
+    blocked = _compressed_tensors(f8 | {"strategy": "block", "block_structure": [128, 128]}, f8)
+    assert load_config(tiny_llama_config() | {"quantization_config": blocked}).fp8_block == (128, 128)
 
 
 def test_compressed_tensors_fp8() -> None:

@@ -20,6 +20,23 @@ def test_tp_not_dividing_heads_names_value_and_choices() -> None:
         el.estimate(LLAMA, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=3))
 
 
+def test_fp8_block_checkpoints_need_whole_blocks_per_gpu() -> None:
+    """Qwen's fp8 checkpoints scale 128x128 weight blocks; vLLM refuses plans that split one."""
+    from energylens.api import resolve_model
+    from energylens.search.compile import variants
+
+    moe = "Qwen/Qwen3-30B-A3B-FP8"  # experts 768 wide: 192 per GPU at tp=4 without ep
+    with pytest.raises(ShardingError, match=r"ep=1 on tp x dp = 4 GPUs .*expert intermediate size per GPU would "
+                                            r"be 192, not a multiple of the 128x128 fp8 weight block; use ep = tp x dp = 4"):
+        el.estimate(moe, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4))
+    el.estimate(moe, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4, ep=4))
+    el.estimate(MOE, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4))  # bf16: any split loads
+    # without ep vLLM tensor-shards the experts over all tp x dp = 4 GPUs: only ep = 4 loads
+    assert {(v.parallel.tp, v.parallel.ep) for v in variants(resolve_model(moe), 4)} == {(1, 4), (2, 4), (4, 4)}
+    with pytest.raises(ShardingError, match=r"tp=8: .*MLP intermediate size per GPU would be 1216.*valid tp on 8 GPUs: 1, 2, 4$"):
+        el.estimate("Qwen/Qwen3-4B-FP8", el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=8))
+
+
 def test_ep_not_dividing_experts_names_value_and_choices() -> None:
     with pytest.raises(ShardingError, match=r"ep=3 .*valid ep"):
         el.estimate(MOE, el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=2, dp=3, ep=3))

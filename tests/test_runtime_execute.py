@@ -53,7 +53,7 @@ def test_tiny_models_run_prefill_and_decode(name, family, cls):
 def test_tiny_config_keeps_architecture_options():
     d = tiny_config("Llama-3.2-1B")
     assert d["rope_scaling"]["rope_type"] == "llama3" and d["tie_word_embeddings"] is True
-    assert d["_name_or_path"] == "tiny:meta-llama/Llama-3.2-1B-Instruct"
+    assert d["_name_or_path"] == "tiny:meta-llama/Llama-3.2-1B"  # the checkpoint asked for (base model)
     assert tiny_config("Qwen3-8B", num_hidden_layers=3)["num_hidden_layers"] == 3
 
 

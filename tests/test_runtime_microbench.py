@@ -25,7 +25,7 @@ FAST = dict(warmup=0, repeats=1, min_window_s=0.0)
 
 def test_gemm_shapes_of_llama_8b():
     shapes = {(s["m"], s["n"], s["k"]): s["sources"] for s in gemm_shapes(["Llama-3.1-8B"], [4], [2048])}
-    assert shapes[(4, 4096, 4096)] == ["Llama-3.1-8B-Instruct:o_proj:decode", "Llama-3.1-8B-Instruct:q_proj:decode"]
+    assert shapes[(4, 4096, 4096)] == ["Llama-3.1-8B:o_proj:decode", "Llama-3.1-8B:q_proj:decode"]
     assert (4, 1024, 4096) in shapes  # K and V: 8 KV heads x 128
     assert (2048, 14336, 4096) in shapes and (2048, 4096, 14336) in shapes  # MLP at prefill
     assert (4, 128256, 4096) in shapes and (2048, 128256, 4096) not in shapes  # LM head at decode only
@@ -42,7 +42,7 @@ def test_moe_expert_gemms_get_tokens_per_expert():
 def test_attention_layouts_dedupe():
     lays = attention_layouts(["Llama-3.1-8B", "Qwen3-8B", "Llama-3.2-1B"])
     assert {(x["heads"], x["kv_heads"], x["head_dim"]) for x in lays} == {(32, 8, 128), (32, 8, 64)}
-    assert next(x for x in lays if x["head_dim"] == 128)["sources"] == ["Llama-3.1-8B-Instruct", "Qwen3-8B"]
+    assert next(x for x in lays if x["head_dim"] == 128)["sources"] == ["Llama-3.1-8B", "Qwen3-8B"]
 
 
 def test_full_gpu_suite_is_a_plan_not_a_run():

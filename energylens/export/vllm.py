@@ -12,7 +12,11 @@ Mapping (plan -> vLLM):
 - ``ep``: vLLM has no expert-parallel *size*. With ``enable_expert_parallel`` the MoE layers use
   ``ep_size = tp x dp`` (x prefill context parallel, 1 here) and expert tensor parallel 1; without
   it experts are tensor-sharded over all ``tp x dp`` GPUs (ep 1). So ``ep`` must be 1 or ``tp x dp``.
-- ``max_num_seqs``, ``max_model_len``, ``quantization`` ("fp8") map one to one.
+- ``max_num_seqs``, ``max_model_len`` map one to one.
+- ``quantization`` emits nothing: energylens prices pre-quantized checkpoints, whose method vLLM
+  reads from their config (``ModelConfig._verify_quantization``), and a ``--quantization fp8``
+  that differs from it (``fbgemm_fp8``, ``modelopt``, ``compressed-tensors``) makes vLLM refuse
+  to start.
 - ``fused=False`` -> ``compilation_config={"mode": 0}`` (``CompilationMode.NONE``: no
   torch.compile, so none of vLLM's Inductor fusion passes); ``fused=True`` keeps vLLM's default
   (``VLLM_COMPILE`` with its fusion passes), so nothing is emitted.
@@ -136,8 +140,6 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     args["max_num_seqs"] = plan.max_num_seqs
     args["max_model_len"] = plan.max_model_len
     args["gpu_memory_utilization"] = gpu_memory_utilization
-    if plan.quantization is not None:
-        args["quantization"] = plan.quantization
     if not plan.fused:
         args["compilation_config"] = {"mode": 0}  # CompilationMode.NONE
     if _dbo_applies(plan):

@@ -7,15 +7,17 @@ time. ``<id>.hf_quant_config.json`` holds NVIDIA ModelOpt's separate quantizatio
 Written from model cards (not in the shared set): Qwen3-14B, Qwen3-4B and Qwen3-4B-Instruct-2507
 (the 2507 checkpoint differs only in ``rope_theta`` 5e6 and 262,144 positions), Llama-3.2-1B/3B.
 From the AIConfigurator wheel the shared set comes from, beyond it: Qwen3-Coder-480B-A35B-Instruct,
-Qwen3-32B-FP8 and Qwen3-30B-A3B-FP8.
+Qwen3-32B-FP8 and Qwen3-30B-A3B-FP8. Also from the shared set: Qwen3-30B-A3B, Qwen3-235B-A22B and
+Qwen3-235B-A22B-FP8, the original checkpoints (40,960 positions).
 
-Other ids resolve to a bundled config: case variants and short names (``llama-3.1-70b``); twins
-with other weights (``-Thinking-2507``, base models, ``_TWINS``), which keep their own id as the
-name exports serve; and ``<bundled Qwen3 id>-FP8`` (``_qwen_fp8``).
+Other ids resolve to a bundled config (``_aliases``): case variants and bare names
+(``qwen3-8b``); checkpoints with a bundled architecture and other weights (``-Thinking-2507``,
+Llama base models, ``_TWINS``), which keep their own id as the name exports serve; and
+``<bundled Qwen3 id>-FP8`` (``_qwen_fp8``).
 
 Importing this module imports neither torch nor transformers.
 
->>> spec = load_config("llama-3.1-8b")
+>>> spec = load_config("llama-3.1-8b-instruct")
 >>> spec.name, spec.family, spec.config["hidden_size"]
 ('meta-llama/Llama-3.1-8B-Instruct', 'llama', 4096)
 """
@@ -81,6 +83,21 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return bool(self.get("num_experts"))
 
+    @property
+    def fp8_block(self) -> tuple[int, int] | None:
+        """(rows, columns) of the weight blocks an fp8 checkpoint scales together (Qwen's and
+        DeepSeek's ``weight_block_size``, compressed-tensors' ``block_structure``), None for
+        per-tensor or per-channel scales. vLLM loads such a checkpoint only on plans whose weight
+        slices are whole blocks (``passes.shard.check_parallel``)."""
+        qc = self.quant_config if self.quantization == "fp8" and isinstance(self.quant_config, dict) else {}
+        blocks = [qc.get("weight_block_size")]
+        blocks += [((g or {}).get("weights") or {}).get("block_structure")
+                   for g in (qc.get("config_groups") or {}).values()]
+        for b in blocks:
+            if isinstance(b, (list, tuple)) and len(b) == 2 and all(_positive_int(x) for x in b):
+                return int(b[0]), int(b[1])
+        return None
+
 
 def _field(d: dict[str, Any], key: str, default: Any = None) -> Any:
     """``d[key]``, else the field under its other name (``_ALIASES``), else ``default``."""
@@ -115,40 +132,38 @@ def list_models() -> list[str]:
 _TWINS: dict[str, str] = {"Qwen/Qwen3-Coder-30B-A3B-Instruct": "Qwen/Qwen3-30B-A3B-Instruct-2507"}
 
 
-def _aliases() -> dict[str, str]:
-    """Lower-cased id, bare name, and names without ``-Instruct`` / ``Meta-`` -> canonical id.
+def _aliases() -> dict[str, tuple[str, str]]:
+    """Lower-cased HF id or bare name -> (bundled id whose config it uses, HF id of the checkpoint it names).
 
-    Qwen's ``-Thinking-2507`` checkpoints name their ``-Instruct-2507`` twins: the same
-    architecture with other weights (``/work/shared/models/README.md``), so the same config.
+    * a bundled id, and Qwen ids without ``-Instruct`` / ``-Instruct-2507`` (no such repos): that
+      checkpoint;
+    * other checkpoints with a bundled architecture and other weights, which keep their own id
+      (the exports serve it): Qwen's ``-Thinking-2507`` twins of ``-Instruct-2507`` ones
+      (``/work/shared/models/README.md``), Meta's base models and its older ``Meta-Llama-3.1-*``
+      names, and ``_TWINS``.
     """
-    # a bundled id and its bare name are that checkpoint's own, never another one's alias
-    out: dict[str, str] = {}
-    for name in _bundled():
-        out[name.lower()] = out[name.split("/", 1)[1].lower()] = name
-    for name in _bundled():
-        bare = name.split("/", 1)[1]
-        forms = {name, bare}
-        for f in list(forms):
-            forms.add(f.replace("-Instruct-2507", ""))
-            forms.add(f.replace("-Instruct-2507", "-Thinking-2507"))
-            forms.add(f.replace("-Instruct", ""))
-            forms.add(f.replace("Meta-Llama", "Llama"))
-        if name.startswith("meta-llama/"):
-            meta = {f"meta-llama/Meta-{bare}", f"Meta-{bare}"}
-            forms |= meta | {f.replace("-Instruct", "") for f in meta}
-        for f in forms:
-            out.setdefault(f.lower(), name)
+    out: dict[str, tuple[str, str]] = {}
+
+    def add(checkpoint: str, config: str, named: str | None = None) -> None:
+        for form in (checkpoint, checkpoint.split("/", 1)[1]):
+            out.setdefault(form.lower(), (config, named or checkpoint))
+
+    bundled = list(_bundled())
+    for name in bundled:  # a bundled id is its own checkpoint, never another one's alias
+        add(name, name)
+    for name in bundled:
+        org, bare = name.split("/", 1)
+        if org == "meta-llama":
+            base = name.replace("-Instruct", "")
+            for other in (base, f"meta-llama/Meta-{bare}", f"meta-llama/Meta-{base.split('/', 1)[1]}"):
+                add(other, name)
+        else:
+            add(name.replace("-Instruct-2507", "-Thinking-2507"), name)
+            add(name.replace("-Instruct-2507", ""), name, name)
+            add(name.replace("-Instruct", ""), name, name)
     for twin, name in _TWINS.items():
-        for f in (twin, twin.split("/", 1)[1]):
-            out.setdefault(f.lower(), name)
+        add(twin, name)
     return out
-
-
-def _checkpoint_name(asked: str, canonical: str) -> str:
-    """The checkpoint a user's id names: an ``org/name`` id other than the bundled one (a Thinking
-    twin, a base model, a Coder twin) stays what was asked, since exports serve it; a short name
-    or a case variant is the bundled id."""
-    return asked if "/" in asked and asked.lower() != canonical.lower() else canonical
 
 
 #: The bundled checkpoint whose ``quantization_config`` every Qwen ``-FP8`` checkpoint shares
@@ -163,16 +178,16 @@ def _qwen_fp8(asked: str) -> ModelSpec | None:
     is not of that form."""
     if not asked.lower().endswith("-fp8"):
         return None
-    base = _aliases().get(asked[:-4].lower())
-    if base is None or not base.startswith("Qwen/"):
+    base, checkpoint = _aliases().get(asked[:-4].lower(), ("", ""))
+    if not base.startswith("Qwen/"):
         return None
     path = _bundled()[base]
     d = _read_json(path)
     if d.get("quantization_config"):
         return None
     qc = _read_json(_bundled()[_QWEN_FP8_SOURCE])["quantization_config"]
-    name = _checkpoint_name(asked, base + "-FP8")
-    return _spec(name, {**d, "quantization_config": qc}, f"{path} with the quantization_config of {_QWEN_FP8_SOURCE}")
+    return _spec(checkpoint + "-FP8", {**d, "quantization_config": qc},
+                 f"{path} with the quantization_config of {_QWEN_FP8_SOURCE}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -353,7 +368,8 @@ def _from_file(path: Path, name: str | None = None) -> ModelSpec:
 def load_config(model: Any) -> ModelSpec:
     """The ``ModelSpec`` of a model given as an HF id, a local path, a ``PretrainedConfig`` or a dict.
 
-    HF ids match case-insensitively; ``-Instruct`` may be left out (``"llama-3.1-70b"``). A path
+    HF ids match case-insensitively and without their org (``"qwen3-8b"``); ids of other checkpoints
+    with a bundled architecture resolve to it and keep their own name (``_aliases``, ``_qwen_fp8``). A path
     may name a model directory holding ``config.json`` or the JSON file itself. An unknown id
     raises ``UnknownNameError`` (with the closest bundled id); a malformed file or a missing
     field raises ``ConfigError`` naming the file and the field.
@@ -373,9 +389,9 @@ def load_config(model: Any) -> ModelSpec:
             raise ConfigError(f"model config {path} does not exist")
         return _from_file(path)
     if isinstance(model, str):
-        canonical = _aliases().get(model.lower())
-        if canonical is not None:
-            return _from_file(_bundled()[canonical], _checkpoint_name(model, canonical))
+        alias = _aliases().get(model.lower())
+        if alias is not None:
+            return _from_file(_bundled()[alias[0]], alias[1])
         spec = _qwen_fp8(model)
         if spec is None:
             raise UnknownNameError("model", model, list_models())

@@ -155,11 +155,49 @@ def _tp_ok(tp: int, heads: int | None, kv: int | None) -> bool:
     return not kv or (kv % tp == 0 if tp <= kv else tp % kv == 0)
 
 
+def _fp8_block_problem(graph: Graph, tp: int, etp: int | None = None) -> str | None:
+    """Why vLLM cannot load an fp8 checkpoint scaled in weight blocks (graph attr ``fp8_block``)
+    with its attention and MLP weights split ``tp`` ways and its experts' ``etp`` ways (None: not
+    checked); None if it can.
+
+    vLLM 0.11's ``validate_fp8_block_shape`` and ``Fp8MoEMethod.create_weights`` want every GPU's
+    slice in whole blocks: column-parallel outputs (q, k, v heads; gate and up), the first parts
+    of a merged GEMM even at tp 1, row-parallel inputs (o_proj, down_proj) when split, and the
+    expert intermediate size per GPU (also its input side when split)."""
+    block = graph.attr.get("fp8_block")
+    if not block:
+        return None
+    bn, bk = (int(x) for x in block.split("x"))
+    heads, kv = _heads(graph)
+    d, f, m = (_int_size(graph, n) for n in ("d", "f", "m"))
+    checks: list[tuple[str, int, int]] = []
+    if heads and d:
+        checks.append(("query heads x head_dim per GPU", heads * d // tp, bn))
+        if tp > 1:
+            checks.append(("o_proj input per GPU", heads * d // tp, bk))
+    if kv and d:
+        checks.append(("KV heads x head_dim per GPU", max(kv // tp, 1) * d, bn))
+    if f:
+        checks.append(("MLP intermediate size per GPU", f // tp, bn))
+        if tp > 1:
+            checks.append(("down_proj input per GPU", f // tp, bk))
+    if m and etp is not None:
+        checks.append(("expert intermediate size per GPU", m // etp, bn))
+        if etp > 1:
+            checks.append(("expert down_proj input per GPU", m // etp, bk))
+    for what, size, blk in checks:
+        if size % blk:
+            return f"its {what} would be {size}, not a multiple of the {bn}x{bk} fp8 weight block"
+    return None
+
+
 def valid_tp_values(graph: Graph, up_to: int = 64) -> list[int]:
-    """Tensor-parallel degrees (<= ``up_to``) that the graph's heads and MLP width allow."""
+    """Tensor-parallel degrees (<= ``up_to``) that the graph's heads and MLP width allow (and, for
+    fp8 checkpoints scaled in blocks, whose attention and MLP slices are whole blocks)."""
     heads, kv = _heads(graph)
     f = _int_size(graph, "f")
-    return [t for t in range(1, up_to + 1) if _tp_ok(t, heads, kv) and (not f or f % t == 0)]
+    return [t for t in range(1, up_to + 1)
+            if _tp_ok(t, heads, kv) and (not f or f % t == 0) and _fp8_block_problem(graph, t) is None]
 
 
 def expert_parallel_sizes(tp: int, dp: int) -> tuple[int, ...]:
@@ -213,6 +251,10 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
     if f and f % tp:
         raise ShardingError(f"tp={tp} does not divide the MLP intermediate size f={f}; "
                             f"valid tp{'' if num_gpus is None else f' on {num_gpus} GPUs'}: {valid_tp}")
+    problem = _fp8_block_problem(graph, tp)
+    if problem:
+        raise ShardingError(f"tp={tp}: vLLM cannot load this fp8 checkpoint so split: {problem}; "
+                            f"valid tp{'' if num_gpus is None else f' on {num_gpus} GPUs'}: {valid_tp}")
     experts = _num_experts(graph)
     if ep > 1 and not experts:
         raise ShardingError(f"ep={ep} but graph {graph.name!r} has no experts (dim 'e'); use ep=1")
@@ -226,6 +268,11 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
     if experts and m and m % etp:
         raise ShardingError(f"tp x dp / ep = {etp} GPUs per expert does not divide the expert intermediate size "
                             f"m={m}; raise ep (valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))})")
+    problem = _fp8_block_problem(graph, tp, etp) if experts else None
+    if problem:
+        raise ShardingError(f"ep={ep} on tp x dp = {gpus} GPUs ({etp} GPUs per expert): vLLM cannot load this fp8 "
+                            f"checkpoint so split: {problem}; use ep = tp x dp = {gpus} (--enable-expert-parallel), "
+                            "which keeps each expert whole")
 
 
 # ---------------------------------------------------------------------------------------------
