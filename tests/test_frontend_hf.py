@@ -224,9 +224,10 @@ def test_fp8_lm_head_stays_bf16(tied: bool) -> None:
 
 
 def test_compressed_tensors_ignore_patterns() -> None:
-    """compressed-tensors' ``ignore`` list: module names and ``re:`` patterns stay bf16."""
+    """compressed-tensors' ``ignore`` list: module names and ``re:`` patterns (matched from the start,
+    as vLLM's ``re.match``) stay bf16."""
     f8 = {"num_bits": 8, "type": "float"}
-    qc = {"quant_method": "compressed-tensors", "ignore": ["lm_head", "re:.*mlp\\.gate$", "re:.*self_attn\\.o_proj$"],
+    qc = {"quant_method": "compressed-tensors", "ignore": ["lm_head", "re:.*mlp\\.gate$", "re:.*self_attn\\.o_pr"],
           "config_groups": {"group_0": {"targets": ["Linear"], "weights": f8, "input_activations": f8}}}
     g = trace_model(tiny_qwen3_moe_config() | {"quantization_config": qc}, cache=False).decode
     dtypes = {d.value.name: d.value.type.dtype for d, _ in g.all_decls()}

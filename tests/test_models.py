@@ -240,6 +240,13 @@ def test_compressed_tensors_fp8() -> None:
                                   ({"num_bits": 8, "type": "int"}, {"num_bits": 8, "type": "int"}, "w8a8 (int weights)")):
         with pytest.raises(ConfigError, match=rf"'compressed-tensors {re.escape(scheme)}' is not supported.*W8A8-FP8"):
             load_config(tiny_llama_config() | {"quantization_config": _compressed_tensors(weights, acts)})
+    partial = _compressed_tensors(f8, f8)
+    partial["config_groups"]["group_0"]["targets"] = ["re:.*mlp.*"]
+    with pytest.raises(ConfigError, match=r"targets \['re:.\*mlp.\*'\]; supported: groups that target 'Linear'"):
+        load_config(tiny_llama_config() | {"quantization_config": partial})
+    with pytest.raises(ConfigError, match=r"config_groups\['g'\] has no weights scheme"):
+        load_config(tiny_llama_config() | {"quantization_config": {"quant_method": "compressed-tensors",
+                                                                     "config_groups": {"g": None}}})
 
 
 @pytest.mark.parametrize("patch,match", [

@@ -408,14 +408,14 @@ def _param_dtype_for(spec: ModelSpec, num_layers: int) -> Any:
         skip = list(qc.get("modules_to_not_convert") or qc.get("ignore") or [])
 
     exact = {s for s in skip if "*" not in s and not s.startswith("re:")}
-    globs = [re.compile(s[3:]) if s.startswith("re:") else re.compile(s.replace(".", r"\.").replace("*", ".*"))
-             for s in skip if "*" in s or s.startswith("re:")]
+    globs = [re.compile(s.replace(".", r"\.").replace("*", ".*")) for s in skip if "*" in s and not s.startswith("re:")]
+    patterns = [re.compile(s[3:]) for s in skip if s.startswith("re:")]  # compressed-tensors: re.match, as vLLM
 
     def skipped(module: str) -> bool:
         parts = module.split(".")
         if any(".".join(parts[:i]) in exact for i in range(1, len(parts) + 1)):
             return True
-        return any(p.fullmatch(module) for p in globs)
+        return any(p.fullmatch(module) for p in globs) or any(p.match(module) for p in patterns)
 
     def dtype(name: str, traced: str) -> str:
         module, _, kind = name.rpartition(".")

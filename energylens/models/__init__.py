@@ -338,9 +338,15 @@ def _compressed_tensors_scheme(qc: dict[str, Any], where: str) -> str:
     groups = qc.get("config_groups")
     if not isinstance(groups, dict) or not groups:
         raise ConfigError(f"model config {where}: compressed-tensors quantization_config has no config_groups")
-    for group in groups.values():
-        w = (group or {}).get("weights") or {}
-        a = (group or {}).get("input_activations") or {}
+    for key, group in groups.items():
+        if not isinstance(group, dict) or not isinstance(group.get("weights"), dict):
+            raise ConfigError(f"model config {where}: compressed-tensors config_groups[{key!r}] has no weights scheme")
+        targets = group.get("targets") or []
+        if "Linear" not in targets:  # other targets would leave some linear layers bf16 (or quantize others)
+            raise ConfigError(f"model config {where}: compressed-tensors config_groups[{key!r}] targets {targets!r}; "
+                              "supported: groups that target 'Linear' (every linear layer but the ignored ones)")
+        w = group["weights"]
+        a = group.get("input_activations") or {}
         if not (w.get("num_bits") == 8 and w.get("type") == "float" and a.get("num_bits") == 8
                 and a.get("type") == "float"):
             return (f"compressed-tensors w{w.get('num_bits')}a{a.get('num_bits', 16)} "
