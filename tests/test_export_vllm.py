@@ -168,6 +168,18 @@ def test_fp8_checkpoint_method_is_left_to_vllm() -> None:
     assert "quantization" not in to_vllm(p) and "--quantization" not in to_vllm(p, cli=True)
 
 
+@pytest.mark.parametrize("gpu,seqs,size", [("H100-SXM", 512, None), ("H100-SXM", 513, 528), ("H100-SXM", 768, 768),
+                                            ("B200", 768, None), ("B200", 1030, 1040)])
+def test_large_batches_keep_cuda_graphs(gpu: str, seqs: int, size: int | None) -> None:
+    """Above vLLM's default capture ceiling (512; 1024 on B200) decode would run without CUDA graphs,
+    which the cost model does not price: the export widens the capture to the batch."""
+    args = to_vllm(plan(gpu=gpu, max_num_seqs=seqs))
+    assert args.get("max_cudagraph_capture_size") == size
+    if size:
+        env, argv, _ = split_cli(to_vllm(plan(gpu=gpu, max_num_seqs=seqs), cli=True))
+        assert parser_from_vendored_list().parse_args(argv).max_cudagraph_capture_size == str(size)
+
+
 def test_bad_values() -> None:
     with pytest.raises(InvalidWorkloadError, match="quantization"):
         to_vllm(plan(quantization="int3"))
