@@ -160,8 +160,8 @@ def _fp8_block_problem(graph: Graph, tp: int, etp: int | None = None) -> str | N
     with its attention and MLP weights split ``tp`` ways and its experts' ``etp`` ways (None: not
     checked); None if it can.
 
-    vLLM 0.11's ``validate_fp8_block_shape`` and ``Fp8MoEMethod.create_weights`` want every GPU's
-    slice in whole blocks: column-parallel outputs (q, k, v heads; gate and up), the first parts
+    vLLM's ``validate_fp8_block_shape`` and its MoE twin (0.11: in ``Fp8MoEMethod.create_weights``;
+    0.33: ``validate_fp8_block_shape_moe``) want every GPU's slice in whole blocks: column-parallel outputs (q, k, v heads; gate and up), the first parts
     of a merged GEMM even at tp 1, row-parallel inputs (o_proj, down_proj) when split, and the
     expert intermediate size per GPU (also its input side when split)."""
     block = graph.attr.get("fp8_block")
