@@ -227,12 +227,14 @@ def test_compressed_tensors_ignore_patterns() -> None:
     """compressed-tensors' ``ignore`` list: module names and ``re:`` patterns (matched from the start,
     as vLLM's ``re.match``) stay bf16."""
     f8 = {"num_bits": 8, "type": "float"}
-    qc = {"quant_method": "compressed-tensors", "ignore": ["lm_head", "re:.*mlp\\.gate$", "re:.*self_attn\\.o_pr"],
+    qc = {"quant_method": "compressed-tensors",
+          "ignore": ["lm_head", "re:.*mlp\\.gate$", "re:.*self_attn\\.o_pr", "re:mlp\\.experts"],
           "config_groups": {"group_0": {"targets": ["Linear"], "weights": f8, "input_activations": f8}}}
     g = trace_model(tiny_qwen3_moe_config() | {"quantization_config": qc}, cache=False).decode
     dtypes = {d.value.name: d.value.type.dtype for d, _ in g.all_decls()}
     assert dtypes["model.layers.self_attn.q_proj.weight"] == "fp8" and dtypes["model.layers.mlp.experts.gate_up_proj"] == "fp8"
     assert dtypes["model.layers.self_attn.o_proj.weight"] == "bf16" and dtypes["model.layers.mlp.gate.weight"] == "bf16"
+    # "re:mlp\.experts" does not match "model.layers.N.mlp.experts" from its start: the experts stay fp8
 
 
 def test_derived_qwen_fp8_prices_as_the_published_checkpoint() -> None:

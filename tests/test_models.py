@@ -235,9 +235,9 @@ def test_compressed_tensors_fp8() -> None:
     f8 = {"num_bits": 8, "type": "float", "strategy": "channel"}
     spec = load_config(tiny_llama_config() | {"quantization_config": _compressed_tensors(f8, f8)})
     assert spec.quantization == "fp8"
-    for weights, acts, scheme in ((f8, None, "w8a16 (float weights)"),
-                                  ({"num_bits": 4, "type": "int"}, None, "w4a16 (int weights)"),
-                                  ({"num_bits": 8, "type": "int"}, {"num_bits": 8, "type": "int"}, "w8a8 (int weights)")):
+    for weights, acts, scheme in ((f8, None, "w8a16 (float weights, bf16 activations)"),
+                                  ({"num_bits": 4, "type": "int"}, None, "w4a16 (int weights, bf16 activations)"),
+                                  (f8, {"num_bits": 8, "type": "int"}, "w8a8 (float weights, int activations)")):
         with pytest.raises(ConfigError, match=rf"'compressed-tensors {re.escape(scheme)}' is not supported.*W8A8-FP8"):
             load_config(tiny_llama_config() | {"quantization_config": _compressed_tensors(weights, acts)})
     partial = _compressed_tensors(f8, f8)

@@ -21,20 +21,42 @@ def test_tp_not_dividing_heads_names_value_and_choices() -> None:
 
 
 def test_fp8_block_checkpoints_need_whole_blocks_per_gpu() -> None:
-    """Qwen's fp8 checkpoints scale 128x128 weight blocks; vLLM refuses plans that split one."""
+    """Qwen's fp8 checkpoints scale 128x128 weight blocks; vLLM 0.33 refuses a plan whose row-parallel
+    slices cut a block, and refines the experts' blocks (to >= 32) where it can."""
     from energylens.api import resolve_model
+    from energylens.passes.shard import _fp8_block_problem
     from energylens.search.compile import variants
 
-    moe = "Qwen/Qwen3-30B-A3B-FP8"  # experts 768 wide: 192 per GPU at tp=4 without ep
-    with pytest.raises(ShardingError, match=r"ep=1 on tp x dp = 4 GPUs .*expert intermediate size per GPU would "
-                                            r"be 192, not a multiple of the 128x128 fp8 weight block; use ep = tp x dp = 4"):
-        el.estimate(moe, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4))
-    el.estimate(moe, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4, ep=4))
-    el.estimate(MOE, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4))  # bf16: any split loads
-    # without ep vLLM tensor-shards the experts over all tp x dp = 4 GPUs: only ep = 4 loads
-    assert {(v.parallel.tp, v.parallel.ep) for v in variants(resolve_model(moe), 4)} == {(1, 4), (2, 4), (4, 4)}
-    with pytest.raises(ShardingError, match=r"tp=8: .*MLP intermediate size per GPU would be 1216.*valid tp on 8 GPUs: 1, 2, 4$"):
+    with pytest.raises(ShardingError, match=r"tp=8: .*down_proj input per GPU would be 1216, not a multiple of the "
+                                            r"128x128 fp8 weight block; valid tp on 8 GPUs: 1, 2, 4$"):
         el.estimate("Qwen/Qwen3-4B-FP8", el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=8))
+    moe = "Qwen/Qwen3-30B-A3B-FP8"  # experts 768 wide: 192 per GPU at tp=4 without ep, refined to 64x64 blocks
+    el.estimate(moe, el.Cluster("H100", num_gpus=4), WL, el.Parallel(tp=4))
+    assert (4, 1) in {(v.parallel.tp, v.parallel.ep) for v in variants(resolve_model(moe), 4)}
+    assert _fp8_block_problem(resolve_model(moe).decode, 1, 16) == (
+        "its expert intermediate size per GPU would be 48, not a multiple of the 128x128 fp8 weight block "
+        "nor of a finer block of >= 32")
+
+
+@pytest.mark.parametrize("method", ["fp8", "compressed-tensors"])
+def test_fp8_moe_block_refinement_depends_on_the_method(method: str) -> None:
+    """Experts 32 wide in 64x64 blocks: vLLM refines an HF fp8 checkpoint's scales to 32x32 blocks;
+    its compressed-tensors MoE method checks strictly, so no plan loads."""
+    from energylens.testing import tiny_qwen3_moe_config
+
+    f8 = {"num_bits": 8, "type": "float"}
+    qc = ({"quant_method": "fp8", "weight_block_size": [64, 64]} if method == "fp8" else
+          {"quant_method": "compressed-tensors", "ignore": ["lm_head"], "config_groups": {"g": {
+              "targets": ["Linear"], "weights": f8 | {"strategy": "block", "block_structure": [64, 64]},
+              "input_activations": f8}}})
+    model = tiny_qwen3_moe_config() | {"quantization_config": qc}
+    wl = el.Workload(batch=4, prompt_len=64, output_len=16)
+    if method == "fp8":
+        el.estimate(model, el.Cluster("H100", num_gpus=1), wl)
+    else:
+        with pytest.raises(ShardingError, match=r"expert intermediate size per GPU would be 32, not a multiple of the "
+                                                r"64x64 fp8 weight block; no ep loads it on 1 GPUs"):
+            el.estimate(model, el.Cluster("H100", num_gpus=1), wl)
 
 
 def test_ep_not_dividing_experts_names_value_and_choices() -> None:

@@ -60,11 +60,14 @@ class GPUSpec(BaseModel):
     base_clock_mhz: PositiveFloat | None
     boost_clock_mhz: PositiveFloat | None
     profile_from: str | None = None
+    #: CUDA compute capability ("9.0"), NVIDIA only: software keys kernels and defaults on it
+    compute_capability: str | None = None
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _every_number_has_a_source(self) -> GPUSpec:
-        sourced = _NUMERIC_FIELDS + (("profile_from",) if self.profile_from else ())
+        sourced = (_NUMERIC_FIELDS + (("profile_from",) if self.profile_from else ())
+                   + (("compute_capability",) if self.compute_capability else ()))
         missing = [f for f in sourced if not self.sources.get(f, "").strip()]
         if missing:
             raise ValueError(f"{self.name}: no source for {', '.join(missing)}")

@@ -61,9 +61,6 @@ __all__ = [
 VLLM_VERSION = "0.33.0"
 """The vLLM release whose argument names and meanings this exporter follows."""
 
-#: GPUs of compute capability 10.x, whose default CUDA-graph ceiling in vLLM is 1024 tokens, not 512.
-_BLACKWELL_DATACENTER = frozenset({"B200"})
-
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 """Fraction of each GPU's memory vLLM may use (vLLM 0.33's own default is 0.92)."""
 
@@ -135,12 +132,15 @@ def vllm_notes(plan: PlanLike) -> list[str]:
 
 
 def cudagraph_ceiling(gpu: str) -> int:
-    """Largest decode batch vLLM captures as a CUDA graph by default on ``gpu`` (energylens name).
+    """Largest decode batch vLLM captures as a CUDA graph by default on ``gpu`` (an energylens GPU
+    name): 1024 on datacenter Blackwell (compute capability 10.x), else 512.
 
     >>> cudagraph_ceiling("H100-SXM"), cudagraph_ceiling("B200")
     (512, 1024)
     """
-    return 1024 if gpu in _BLACKWELL_DATACENTER else 512
+    from energylens.costmodel.hardware import get_gpu
+
+    return 1024 if (get_gpu(gpu).compute_capability or "").startswith("10.") else 512
 
 
 def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from energylens.models import MODEL_TYPES, ModelSpec, config_dict, load_config
 __all__ = ["ModelIR", "trace_model", "trace", "cache_dir", "cache_key", "PHASES", "FRONTEND_VERSION"]
 
 #: Bump when the lowering changes, so cached IR text is re-traced.
-FRONTEND_VERSION = "2"
+FRONTEND_VERSION = "3"
 
 
 @functools.cache
@@ -565,6 +565,8 @@ def _trace_spec(spec: ModelSpec) -> dict[str, Graph]:
         attrs["quantization"] = spec.quantization
     if spec.fp8_block:
         attrs["fp8_block"] = "x".join(map(str, spec.fp8_block))
+    if spec.fp8_moe_refine and spec.is_moe:
+        attrs["fp8_moe_refine"] = "1"
     role_order = ["d", "h", "v", "f", "m", "e", "x", "g", "r", "u"]
     out = {}
     for phase in PHASES:

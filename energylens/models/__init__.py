@@ -84,6 +84,14 @@ class ModelSpec:
         return bool(self.get("num_experts"))
 
     @property
+    def fp8_moe_refine(self) -> bool:
+        """Whether vLLM may refine this checkpoint's fp8 MoE block scales to finer blocks when an
+        expert's slice per GPU is not whole blocks: HF ``fp8`` checkpoints (vLLM 0.33's
+        ``Fp8MoEMethod``), not compressed-tensors ones (their MoE method checks strictly)."""
+        return self.fp8_block is not None and isinstance(self.quant_config, dict) and (
+            self.quant_config.get("quant_method") == "fp8")
+
+    @property
     def fp8_block(self) -> tuple[int, int] | None:
         """(rows, columns) of the weight blocks an fp8 checkpoint scales together (Qwen's and
         DeepSeek's ``weight_block_size``, compressed-tensors' ``block_structure``), None for
@@ -139,8 +147,8 @@ def _aliases() -> dict[str, tuple[str, str]]:
       checkpoint;
     * other checkpoints with a bundled architecture and other weights, which keep their own id
       (the exports serve it): Qwen's ``-Thinking-2507`` twins of ``-Instruct-2507`` ones
-      (``/work/shared/models/README.md``), Meta's base models and its older ``Meta-Llama-3.1-*``
-      names, and ``_TWINS``.
+      (``/work/shared/models/README.md``), Meta's Llama 3.1 and 3.2 base models, the
+      ``Meta-Llama-3.1-*`` names Meta first gave Llama 3.1, and ``_TWINS``.
     """
     out: dict[str, tuple[str, str]] = {}
 
@@ -155,8 +163,13 @@ def _aliases() -> dict[str, tuple[str, str]]:
         org, bare = name.split("/", 1)
         if org == "meta-llama":
             base = name.replace("-Instruct", "")
-            for other in (base, f"meta-llama/Meta-{bare}", f"meta-llama/Meta-{base.split('/', 1)[1]}"):
-                add(other, name)
+            if "FP8" not in name and ("Llama-3.1-" in name or "Llama-3.2-" in name):  # Meta's base models
+                add(base, name)
+            if "Llama-3.1-" in name:  # the names Meta first gave Llama 3.1
+                add(f"meta-llama/Meta-{bare}", name)
+                if "FP8" not in name:
+                    add(f"meta-llama/Meta-{base.split('/', 1)[1]}", name)
+            add(base, name, name)  # else (Llama-3.3-70B): a short form of this checkpoint
         else:
             add(name.replace("-Instruct-2507", "-Thinking-2507"), name)
             add(name.replace("-Instruct-2507", ""), name, name)
@@ -349,8 +362,8 @@ def _compressed_tensors_scheme(qc: dict[str, Any], where: str) -> str:
         a = group.get("input_activations") or {}
         if not (w.get("num_bits") == 8 and w.get("type") == "float" and a.get("num_bits") == 8
                 and a.get("type") == "float"):
-            return (f"compressed-tensors w{w.get('num_bits')}a{a.get('num_bits', 16)} "
-                    f"({w.get('type')} weights)")
+            acts = f"{a.get('type')} activations" if a else "bf16 activations"
+            return f"compressed-tensors w{w.get('num_bits')}a{a.get('num_bits', 16)} ({w.get('type')} weights, {acts})"
     return _QUANT_SUPPORTED
 
 

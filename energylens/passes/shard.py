@@ -156,38 +156,34 @@ def _tp_ok(tp: int, heads: int | None, kv: int | None) -> bool:
 
 
 def _fp8_block_problem(graph: Graph, tp: int, etp: int | None = None) -> str | None:
-    """Why vLLM cannot load an fp8 checkpoint scaled in weight blocks (graph attr ``fp8_block``)
-    with its attention and MLP weights split ``tp`` ways and its experts' ``etp`` ways (None: not
+    """Why vLLM 0.33 cannot load an fp8 checkpoint scaled in weight blocks (graph attr ``fp8_block``)
+    with its attention and MLP weights split ``tp`` ways and its experts ``etp`` ways (None: not
     checked); None if it can.
 
-    vLLM's ``validate_fp8_block_shape`` and its MoE twin (0.11: in ``Fp8MoEMethod.create_weights``;
-    0.33: ``validate_fp8_block_shape_moe``) want every GPU's slice in whole blocks: column-parallel outputs (q, k, v heads; gate and up), the first parts
-    of a merged GEMM even at tp 1, row-parallel inputs (o_proj, down_proj) when split, and the
-    expert intermediate size per GPU (also its input side when split)."""
+    Dense layers (``validate_fp8_block_shape``): the row-parallel inputs (o_proj, down_proj) must be
+    whole blocks per GPU when split; merged column-parallel layers may cut a block
+    (``_maybe_allow_fp8_block_shape_mismatch``). Experts (``validate_fp8_block_shape_moe``): the
+    expert intermediate size per GPU must be whole blocks (its input side too when tp > 1), unless
+    the checkpoint's method refines its scales (graph attr ``fp8_moe_refine``: HF ``fp8``,
+    ``refine_fp8_moe_block_shape``) to a finer block of at least 32 dividing the blocks, that size
+    and the hidden size, which vLLM's Triton MoE then runs."""
     block = graph.attr.get("fp8_block")
     if not block:
         return None
     bn, bk = (int(x) for x in block.split("x"))
-    heads, kv = _heads(graph)
-    d, f, m = (_int_size(graph, n) for n in ("d", "f", "m"))
-    checks: list[tuple[str, int, int]] = []
-    if heads and d:
-        checks.append(("query heads x head_dim per GPU", heads * d // tp, bn))
-        if tp > 1:
-            checks.append(("o_proj input per GPU", heads * d // tp, bk))
-    if kv and d:
-        checks.append(("KV heads x head_dim per GPU", max(kv // tp, 1) * d, bn))
-    if f:
-        checks.append(("MLP intermediate size per GPU", f // tp, bn))
-        if tp > 1:
-            checks.append(("down_proj input per GPU", f // tp, bk))
+    heads, _ = _heads(graph)
+    d, f, m, h = (_int_size(graph, n) for n in ("d", "f", "m", "h"))
+    if tp > 1:
+        for what, size in (("o_proj input", heads * d // tp if heads and d else 0), ("down_proj input", (f or 0) // tp)):
+            if size % bk:
+                return f"its {what} per GPU would be {size}, not a multiple of the {bn}x{bk} fp8 weight block"
     if m and etp is not None:
-        checks.append(("expert intermediate size per GPU", m // etp, bn))
-        if etp > 1:
-            checks.append(("expert down_proj input per GPU", m // etp, bk))
-    for what, size, blk in checks:
-        if size % blk:
-            return f"its {what} would be {size}, not a multiple of the {bn}x{bk} fp8 weight block"
+        local = m // etp
+        whole = local % bn == 0 and (tp == 1 or local % bk == 0)
+        refined = bool(graph.attr.get("fp8_moe_refine")) and math.gcd(bn, bk, local, h or 0) >= 32
+        if not whole and not refined:
+            return (f"its expert intermediate size per GPU would be {local}, not a multiple of the {bn}x{bk} fp8 "
+                    "weight block" + (" nor of a finer block of >= 32" if graph.attr.get("fp8_moe_refine") else ""))
     return None
 
 
@@ -270,9 +266,11 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
                             f"m={m}; raise ep (valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))})")
     problem = _fp8_block_problem(graph, tp, etp) if experts else None
     if problem:
+        whole = experts % gpus == 0 and _fp8_block_problem(graph, tp, 1) is None
+        hint = (f"use ep = tp x dp = {gpus} (--enable-expert-parallel), which keeps each expert whole" if whole
+                else f"no ep loads it on {gpus} GPUs; use another GPU count")
         raise ShardingError(f"ep={ep} on tp x dp = {gpus} GPUs ({etp} GPUs per expert): vLLM cannot load this fp8 "
-                            f"checkpoint so split: {problem}; use ep = tp x dp = {gpus} (--enable-expert-parallel), "
-                            "which keeps each expert whole")
+                            f"checkpoint so split: {problem}; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------
