@@ -114,6 +114,9 @@ def test_local_dir_and_file(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(tiny_llama_config()))
     assert load_config(str(tmp_path)).get("hidden_size") == 64
     assert load_config(tmp_path / "config.json").family == "llama"
+    assert load_config(str(tmp_path)).name == str(tmp_path)  # what `vllm serve` takes for a local model
+    (tmp_path / "config.json").write_text(json.dumps(tiny_llama_config() | {"_name_or_path": "org/model"}))
+    assert load_config(str(tmp_path)).name == "org/model"
 
 
 def test_malformed_json_names_file(tmp_path) -> None:
