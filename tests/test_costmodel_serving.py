@@ -110,3 +110,23 @@ def test_decode_attention_kernel_floor():
     assert op_time_s(attention, gpu, prof) >= 11.6e-6
     assert op_time_s(kv_write, gpu, prof) < 5e-6
     assert op_time_s(attention, gpu, prof.with_params(attn_kernel_overhead_s=None)) < 5e-6
+
+
+def test_moe_call_overhead_once_per_fused_moe_call():
+    """Each MoE layer's dispatch pays moe_call_overhead_s once (H100: the kernel table's 28 us), per
+    GPU and layer; dense models pay nothing, and a profile without it (None) adds nothing."""
+    import energylens as el
+    from energylens.costmodel.hardware import get_gpu
+    from energylens.costmodel.profile import load_profile
+
+    prof = load_profile(get_gpu("H100-SXM"))
+    assert prof.moe_call_overhead_s == pytest.approx(28e-6)
+    wl = el.Workload(batch=8, prompt_len=128, output_len=32)
+    moe, dense = "Qwen/Qwen3-30B-A3B-Instruct-2507", "meta-llama/Llama-3.1-8B-Instruct"
+
+    def itl(model: str, p) -> float:
+        return el.estimate(model, el.Cluster("H100-SXM"), wl, profile=p).decode.itl_s
+
+    none = prof.with_params(moe_call_overhead_s=None)
+    assert itl(moe, prof) - itl(moe, none) == pytest.approx(48 * 28e-6, rel=1e-6)  # 48 MoE layers
+    assert itl(dense, prof) == itl(dense, none)

@@ -214,9 +214,10 @@ class WorkAnalysis(Interpreter[OpWork]):
     def _work(self, op: Op, *, tc_flops: float = 0.0, vec_flops: float = 0.0, hbm_bytes: float,
               rows: float = 0.0, peak: float | None = None) -> OpWork:
         kv = 1.0 if any("K" in v.type.dims and "S" not in v.type.dims for v in op.operands) else 0.0
+        moe_calls = 1.0 if isinstance(op, Gather) and op.fn == "dispatch" else 0.0  # one per fused-MoE call
         return OpWork(tc_flops=tc_flops, vec_flops=vec_flops, hbm_bytes=hbm_bytes, rows=rows,
                       peak_flops_per_s=peak or self.gpu.peak_flops_per_s("bf16"), kv=kv,
-                      kernels=self._kernels(op), seqs=self.local.get("B", 1.0) * kv)
+                      kernels=self._kernels(op), seqs=self.local.get("B", 1.0) * kv, moe_calls=moe_calls)
 
     # -- one method per op kind ----------------------------------------------------------------
     def einsum(self, op: Einsum) -> OpWork:

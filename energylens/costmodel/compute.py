@@ -1,7 +1,8 @@
 """Latency of one op: a roofline with efficiency curves, plus a per-kernel overhead.
 
 ``time = max(compute time, memory time) + kernels * (kernel_overhead + seqs * kv_seq_overhead)``
-(a decode-attention kernel's fixed part is at least ``attn_kernel_overhead``), where
+(a decode-attention kernel's fixed part is at least ``attn_kernel_overhead``; a MoE dispatch adds
+``moe_call_overhead``, the fixed cost of a fused-MoE call), where
 
 * compute time = (tensor-core FLOPs / (dense peak x GEMM efficiency(rows)) + CUDA-core FLOPs /
   (vector rate)) / ``profile.sm_clock_fraction`` (FLOP rates follow a locked SM clock). The GEMM efficiency curve ``compute_efficiency * rows / (rows + gemm_half_rows)``
@@ -40,7 +41,9 @@ class OpWork:
     ``vec_flops`` on CUDA cores; ``rows`` is the GEMM dimension that limits tensor-core
     utilisation (0 for non-GEMMs); ``kv`` is 1 when the op streams the KV cache; ``kernels`` is
     the number of kernel launches it costs (0 when it runs inside another op's kernel); ``seqs``
-    the sequences whose paged KV cache the op walks (local batch; 0 for ops that do not read it).
+    the sequences whose paged KV cache the op walks (local batch; 0 for ops that do not read it);
+    ``moe_calls`` the fused-MoE calls the op starts (1 for a MoE dispatch, which pays
+    ``profile.moe_call_overhead_s``).
     """
 
     tc_flops: Any
@@ -51,6 +54,7 @@ class OpWork:
     kv: Any
     kernels: Any
     seqs: Any = 0.0
+    moe_calls: Any = 0.0
 
     @property
     def flops(self) -> Any:
@@ -87,5 +91,6 @@ def op_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
     if attn_floor is not None:  # a decode-attention call (KV-streaming op with FLOPs; not the KV write)
         attention = (np.asarray(work.kv) > 0) & (np.asarray(work.tc_flops) > 0)
         per_kernel = per_kernel + np.where(attention, max(attn_floor - profile.kernel_overhead_s, 0.0), 0.0)
+    moe_call = getattr(profile, "moe_call_overhead_s", None) or 0.0
     return (np.maximum(compute_time_s(work, gpu, profile), memory_time_s(work, gpu, profile))
-            + work.kernels * per_kernel)
+            + work.kernels * per_kernel + work.moe_calls * moe_call)

@@ -188,6 +188,12 @@ HOST_OVERLAP_P = 1.0
 #: FlashInfer TRT-LLM decode on B200 8.6 us; batch 1, 128-token KV cache). The fit's other
 #: coefficients are fitted around it.
 ATTENTION_KERNEL_S: dict[str, float] = {"H100-SXM": 11.6e-6, "B200": 8.6e-6}
+#: ``Profile.moe_call_overhead_s`` of the fitted GPUs, not fitted: the median of measured minus
+#: priced time of one fused-MoE layer over the 40 decode-range rows (8-1024 tokens; Qwen3-30B-A3B and
+#: Qwen3-235B-A22B expert shapes, ep 1-8) of the AIConfigurator H100 table
+#: (data/public/aiconfigurator_kernels/moe_h100_sxm.csv; the H200 table gives 29 us). The B200 has
+#: no MoE table: none.
+MOE_CALL_OVERHEAD_S: dict[str, float] = {"H100-SXM": 28e-6}
 
 #: Parameters stored as a fraction of TDP in the optimiser's space.
 _TDP_FRACTION = ("static_power_w", "idle_power_w")
@@ -348,7 +354,8 @@ def _features(rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], gpu: GPU
 
 def _predict(feat: _Features, gpu: GPUSpec, params: dict[str, float]) -> dict[str, np.ndarray]:
     prof = SimpleNamespace(vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P,
-                           attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name), **params)
+                           attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name),
+                           moe_call_overhead_s=MOE_CALL_OVERHEAD_S.get(gpu.name), **params)
     t0 = op_time_s(feat.work, gpu, prof)  # type: ignore[arg-type]
     t, static_j, flop_j, byte_j = op_energy(feat.work, t0, gpu, prof)  # type: ignore[arg-type]
     n = len(feat.seg_row)
@@ -442,7 +449,8 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     residuals["loss"] = round(best, 5)
     return Profile(
         gpu=gpu.name, vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P,
-        attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name), **params,
+        attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name),
+        moe_call_overhead_s=MOE_CALL_OVERHEAD_S.get(gpu.name), **params,
         provenance=Provenance(
             method="fit", data=data_label or "ML.ENERGY rows", rows=int(keep.sum()),
             fit=("two-stage Nelder-Mead on bounded transformed parameters: time coefficients on median ITL "

@@ -54,6 +54,10 @@ class Profile(BaseModel):
     #: floor of the measured kernels (data/public/aiconfigurator_kernels, ``fit.ATTENTION_KERNEL_S``).
     #: None: ``kernel_overhead_s`` (GPUs without a measured attention kernel).
     attn_kernel_overhead_s: float | None = Field(default=None, ge=0)
+    #: fixed time of one fused-MoE call beyond its kernels' work (the routing alignment that sorts
+    #: tokens by expert, its small kernels and the GEMMs' tails): the median excess of the measured
+    #: fused-MoE layers over their priced work (``fit.MOE_CALL_OVERHEAD_S``). None: 0 (not measured).
+    moe_call_overhead_s: float | None = Field(default=None, ge=0)
     #: fixed time per sequence in each kernel walking the paged KV cache (decode attention, KV
     #: write): block-table reads, the partial last block, split-KV combine (``costmodel.compute``)
     kv_seq_overhead_s: float = Field(default=0.0, ge=0)
