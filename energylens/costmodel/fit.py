@@ -460,7 +460,9 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
                  "priors " + ", ".join(f"{k}={c:g}(+-{sg:g} log)" for k, (c, sg) in PRIORS.items())
                  + " (static/idle power as fractions of TDP); kv_seq_overhead_s = GPU time per sequence in each "
                  "paged-KV kernel (decode attention, KV write), at busy power; host overheads in series with the kernels "
-                 f"(host_overlap_p={HOST_OVERLAP_P:g}; kv_byte_pj not fitted, = byte_pj: see fit.HOST_OVERLAP_P)"
+                 f"(host_overlap_p={HOST_OVERLAP_P:g}; kv_byte_pj not fitted, = byte_pj: see fit.HOST_OVERLAP_P); "
+                 "attn_kernel_overhead_s and moe_call_overhead_s not fitted: taken from the measured kernel tables "
+                 "(fit.ATTENTION_KERNEL_S, fit.MOE_CALL_OVERHEAD_S)"
                  "; serving context: length-biased running batch "
                  "(prompt + output x (1+cv^2)/2, cv per task in TASK_OUTPUT_CV) capped by the KV-cache "
                  "capacity; models: " + ", ".join(models)),
