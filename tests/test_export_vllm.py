@@ -138,8 +138,10 @@ def test_dense_tp_plan() -> None:
         "data_parallel_size": 1,
         "max_num_seqs": 64,
         "max_model_len": 1280,
+        "max_num_batched_tokens": 8192,  # the priced chunked-prefill budget, whatever vLLM's GPU default
         "gpu_memory_utilization": 0.9,
     }
+    assert to_vllm(plan(tp=4, max_num_seqs=9000))["max_num_batched_tokens"] == 9000  # vLLM: >= max_num_seqs
 
 
 def test_expert_parallel_is_tp_times_dp() -> None:

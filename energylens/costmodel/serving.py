@@ -49,7 +49,8 @@ from energylens.typing import ServingEstimate, Workload
 
 __all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
 
-#: vLLM's default token budget per step with chunked prefill (the ML.ENERGY runs use it).
+#: Token budget per step with chunked prefill: the ML.ENERGY runs' (vLLM's API-server default on
+#: H100/H200; 0.33 defaults to 16384 on B200 and 2048 on smaller GPUs, so the vLLM export sets it).
 MAX_NUM_BATCHED_TOKENS = 8192
 #: vLLM's default ``gpu_memory_utilization``: the share of HBM for weights, activations and KV cache.
 GPU_MEMORY_UTILIZATION = 0.9

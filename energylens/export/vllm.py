@@ -12,7 +12,10 @@ Mapping (plan -> vLLM):
 - ``ep``: vLLM has no expert-parallel *size*. With ``enable_expert_parallel`` the MoE layers use
   ``ep_size = tp x dp`` (x prefill context parallel, 1 here) and expert tensor parallel 1; without
   it experts are tensor-sharded over all ``tp x dp`` GPUs (ep 1). So ``ep`` must be 1 or ``tp x dp``.
-- ``max_num_seqs``, ``max_model_len`` map one to one.
+- ``max_num_seqs``, ``max_model_len`` map one to one; ``max_num_batched_tokens`` is the cost
+  model's chunked-prefill budget (``costmodel.serving.MAX_NUM_BATCHED_TOKENS``, at least
+  ``max_num_seqs``), since vLLM 0.33's default depends on the GPU and on API server vs ``LLM``
+  (``EngineArgs._set_default_args``: 8192 or 16384 on H100, 16384 on B200, 2048 on an A100).
 - ``quantization`` emits nothing: energylens prices pre-quantized checkpoints, whose method vLLM
   reads from their config (``ModelConfig._verify_quantization``), and a ``--quantization fp8``
   that differs from it (``fbgemm_fp8``, ``modelopt``, ``compressed-tensors``) makes vLLM refuse
@@ -155,8 +158,11 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     }
     if p.ep > 1:
         args["enable_expert_parallel"] = True
+    from energylens.costmodel.serving import MAX_NUM_BATCHED_TOKENS
+
     args["max_num_seqs"] = plan.max_num_seqs
     args["max_model_len"] = plan.max_model_len
+    args["max_num_batched_tokens"] = max(MAX_NUM_BATCHED_TOKENS, plan.max_num_seqs)
     if plan.max_num_seqs > cudagraph_ceiling(plan.gpu):
         args["max_cudagraph_capture_size"] = -(-plan.max_num_seqs // 16) * 16
     args["gpu_memory_utilization"] = gpu_memory_utilization
