@@ -24,6 +24,7 @@ Importing this module imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,12 +73,7 @@ class ModelSpec:
 
     def get(self, key: str, default: Any = None) -> Any:
         """A config field, for dict and ``PretrainedConfig`` configs alike (and under its other name)."""
-        if isinstance(self.config, dict):
-            return _field(self.config, key, default)
-        value = getattr(self.config, key, None)
-        if value is None and key in _ALIASES:
-            value = getattr(self.config, _ALIASES[key], None)
-        return default if value is None else value
+        return _field(self.config, key, default)
 
     @property
     def is_moe(self) -> bool:
@@ -107,14 +103,17 @@ class ModelSpec:
         return None
 
 
-def _field(d: dict[str, Any], key: str, default: Any = None) -> Any:
-    """``d[key]``, else the field under its other name (``_ALIASES``), else ``default``."""
-    value = d.get(key)
+def _field(config: Any, key: str, default: Any = None) -> Any:
+    """``config``'s field ``key`` (a dict's item or a ``PretrainedConfig``'s attribute), else the
+    field under its other name (``_ALIASES``), else ``default``."""
+    read = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    value = read(key)
     if value is None and key in _ALIASES:
-        value = d.get(_ALIASES[key])
+        value = read(_ALIASES[key])
     return default if value is None else value
 
 
+@functools.cache  # the package's files do not change while it runs
 def _bundled() -> dict[str, Path]:
     """Canonical HF id -> bundled file."""
     out = {}
@@ -140,6 +139,7 @@ def list_models() -> list[str]:
 _TWINS: dict[str, str] = {"Qwen/Qwen3-Coder-30B-A3B-Instruct": "Qwen/Qwen3-30B-A3B-Instruct-2507"}
 
 
+@functools.cache
 def _aliases() -> dict[str, tuple[str, str]]:
     """Lower-cased HF id or bare name -> (bundled id whose config it uses, HF id of the checkpoint it names).
 
@@ -347,7 +347,8 @@ def _quant(d: dict[str, Any], extra: dict[str, Any] | None, where: str) -> tuple
 def _compressed_tensors_scheme(qc: dict[str, Any], where: str) -> str:
     """``"fp8"`` when every ``config_groups`` entry of a compressed-tensors section quantizes
     weights and input activations to 8-bit floats (W8A8-FP8: fp8 GEMMs, as vLLM runs them); else
-    the scheme, e.g. ``'compressed-tensors w4a16 (int)'``, for the caller to refuse."""
+    the scheme, e.g. ``'compressed-tensors w4a16 (int weights, bf16 activations)'``, for the caller
+    to refuse."""
     groups = qc.get("config_groups")
     if not isinstance(groups, dict) or not groups:
         raise ConfigError(f"model config {where}: compressed-tensors quantization_config has no config_groups")
