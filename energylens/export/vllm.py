@@ -147,6 +147,8 @@ def cudagraph_ceiling(gpu: str) -> int:
 
 
 def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any]:
+    from energylens.costmodel.serving import MAX_NUM_BATCHED_TOKENS  # the priced chunked-prefill budget
+
     check_plan(plan)
     if not 0 < gpu_memory_utilization <= 1:
         raise InvalidWorkloadError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -158,8 +160,6 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     }
     if p.ep > 1:
         args["enable_expert_parallel"] = True
-    from energylens.costmodel.serving import MAX_NUM_BATCHED_TOKENS
-
     args["max_num_seqs"] = plan.max_num_seqs
     args["max_model_len"] = plan.max_model_len
     args["max_num_batched_tokens"] = max(MAX_NUM_BATCHED_TOKENS, plan.max_num_seqs)
