@@ -1,7 +1,8 @@
 """Accuracy of energylens against published serving measurements.
 
 Predicts every supported row of an ML.ENERGY-schema CSV through the public API
-(``energylens.estimate``, its steady-state serving view) and compares median ITL, average power and
+(``energylens.estimate``, its steady-state serving view, with the profiles set to price the runs'
+engine, vLLM 0.11.1: ``fit.mlenergy_profile``) and compares median ITL, average power and
 energy per output token. Prints a per-row table, the skipped rows with their reasons, the rows
 predicted despite the memory check (a measured run held a batch whose private KV caches would not
 fit: vLLM's prefix cache shares the blocks of multi-turn prompts; they are priced with
@@ -45,7 +46,9 @@ import energylens as el  # noqa: E402
 from energylens.api import resolve_model  # noqa: E402
 from energylens.costmodel.fit import (  # noqa: E402
     TASK_PROMPT_LEN,
+    fit_moe_default_tile,
     fit_profile,
+    mlenergy_profile,
     read_mlenergy,
     row_skip_reason,
     write_profile,
@@ -64,17 +67,8 @@ class Result:
     energy_per_token_j: float
 
 
-def parallel_of(row) -> el.Parallel:
-    """The plan a row ran: its tp/ep/dp, except that ML.ENERGY's MoE rows showing ``tp=1, ep=N``
-    ran attention with tensor parallelism N plus expert parallelism N over the same N GPUs
-    (``--tensor-parallel-size N --enable-expert-parallel``; data/public/mlenergy_dev.README.md)."""
-    if row.ep > 1 and row.tp == 1:
-        return el.Parallel(tp=row.ep, ep=row.ep, dp=row.dp)
-    return el.Parallel(tp=row.tp, ep=row.ep, dp=row.dp)
-
-
 def _skip_reason(row) -> str | None:
-    """``row_skip_reason`` of the fit, except that multi-GPU rows are predicted (as ``parallel_of``)."""
+    """``row_skip_reason`` of the fit, except that multi-GPU rows are predicted (as ``MLEnergyRow.parallel``)."""
     reason = row_skip_reason(dataclasses.replace(row, num_gpus=1, tp=1, ep=1, dp=1))
     if reason and reason.startswith("unknown prompt length"):
         reason += f"; give it with --task-prompt-len {row.task}=TOKENS"
@@ -91,6 +85,7 @@ def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console
     for gpu in gpus:
         try:
             prof = fit_profile(gpu, train, resolve_model, data_label=f"{data} without {holdout} (held-out fit)")
+            prof = fit_moe_default_tile(prof, [r for r in rows if r.model_id != holdout])
         except EnergylensError as exc:
             console.print(f"[yellow]no held-out fit for {gpu}: {exc}; it uses its datasheet default[/]")
             continue
@@ -144,14 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         reason = _skip_reason(r)
         if reason is None:
-            args_ = (r.model_id, el.Cluster(r.gpu_model, num_gpus=r.num_gpus), r.workload(), parallel_of(r))
+            args_ = (r.model_id, el.Cluster(r.gpu_model, num_gpus=r.num_gpus), r.workload(), r.parallel())
             try:
+                prof = mlenergy_profile(r.gpu_model, profiles)  # ML.ENERGY v3.0's engine, vLLM 0.11.1
                 try:
-                    est = el.estimate(*args_, profiles=profiles)
+                    est = el.estimate(*args_, profile=prof)
                 except DoesNotFitError as exc:
                     # the run held this batch (its measured avg_batch_size): vLLM's prefix cache shares
                     # the KV blocks of multi-turn prompts, which the memory estimate does not see
-                    est = el.estimate(*args_, profiles=profiles, check_memory=False)
+                    est = el.estimate(*args_, profile=prof, check_memory=False)
                     over_memory.append((r, str(exc)))
             except UnknownNameError as exc:
                 reason = f"unknown {exc.kind} {exc.name!r}"

@@ -21,10 +21,11 @@ def test_variants_use_vllms_expert_parallel_sizes_only():
         (1, 1, 4), (1, 4, 4), (2, 1, 2), (2, 4, 2), (4, 1, 1), (4, 4, 1)}
 
 
-@pytest.mark.parametrize("par", [el.Parallel(tp=2, ep=4, dp=2), el.Parallel(tp=4, ep=1, dp=1)])
-def test_moe_prices_equal_estimate(par):
+@pytest.mark.parametrize("par,legacy", [(el.Parallel(tp=2, ep=4, dp=2), False), (el.Parallel(tp=4, ep=1, dp=1), False),
+                                        (el.Parallel(tp=2, ep=4, dp=2), True)])  # True: vLLM 0.11's MoE tiles
+def test_moe_prices_equal_estimate(par, legacy):
     traced = resolve_model(MODEL)
-    gpu, prof = get_gpu("H100-SXM"), load_profile("H100-SXM")
+    gpu, prof = get_gpu("H100-SXM"), load_profile("H100-SXM").with_params(legacy_moe_tiles=legacy)
     wl = el.Workload(batch=32, prompt_len=512, output_len=128)
     knobs = Knobs(batches=(4, 32), clocks_mhz=(1380, 1980), comm_sms=(None, 16))
     r = price_variant(Variant(par, True, traced.prefill, traced.decode), knobs, wl, gpu, prof, "nvlink")

@@ -40,6 +40,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from energylens.costmodel.compute import OpWork, op_time_s
+from energylens.costmodel.fused_moe import default_tile_rows, padded_rows_per_expert
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.moe import expected_distinct_experts
 from energylens.costmodel.power import op_energy
@@ -212,12 +213,13 @@ class WorkAnalysis(Interpreter[OpWork]):
         return self.sizes["e"] / self.local["e"]
 
     def _work(self, op: Op, *, tc_flops: float = 0.0, vec_flops: float = 0.0, hbm_bytes: float,
-              rows: float = 0.0, peak: float | None = None) -> OpWork:
+              rows: float = 0.0, peak: float | None = None, tile_flops: Any = 0.0) -> OpWork:
         kv = 1.0 if any("K" in v.type.dims and "S" not in v.type.dims for v in op.operands) else 0.0
         moe_calls = 1.0 if isinstance(op, Gather) and op.fn == "dispatch" else 0.0  # one per fused-MoE call
         return OpWork(tc_flops=tc_flops, vec_flops=vec_flops, hbm_bytes=hbm_bytes, rows=rows,
                       peak_flops_per_s=peak or self.gpu.peak_flops_per_s("bf16"), kv=kv,
-                      kernels=self._kernels(op), seqs=self.local.get("B", 1.0) * kv, moe_calls=moe_calls)
+                      kernels=self._kernels(op), seqs=self.local.get("B", 1.0) * kv, moe_calls=moe_calls,
+                      tile_flops=tile_flops)
 
     # -- one method per op kind ----------------------------------------------------------------
     def einsum(self, op: Einsum) -> OpWork:
@@ -255,11 +257,19 @@ class WorkAnalysis(Interpreter[OpWork]):
         dtype = next((v.type.dtype for v in op.operands if v.name in self.params), op.operands[0].type.dtype)
         if any(v.type.dtype == "fp8" for v in op.operands):
             dtype = "fp8"
+        tile_flops = 0.0
+        if all("e" in v.type.dims for v in op.operands) and dtype in ("bf16", "f16"):
+            # vLLM's Triton fused MoE without a tuned config: each expert hit computes whole tiles
+            # the tile follows the step's tokens M (``tokens`` above carries the ep straggler's excess)
+            step_tokens = self.local.get("B", 1.0) * self.local.get("S", 1.0)
+            tile = default_tile_rows(self.gpu.name, self.local["e"], self.local.get("m", 0.0), step_tokens)
+            per_expert = tokens * top_k / num_e
+            tile_flops = flops * padded_rows_per_expert(per_expert, tile) / np.maximum(per_expert, 1e-9)
         write = self._write_bytes(op)
         if all("e" in v.type.dims for v in op.operands):
             write = write * self._ep_full_slots(op)  # zeros written for other GPUs' experts' slots
         return self._work(op, tc_flops=flops, hbm_bytes=sum(reads) + write, rows=rows,
-                          peak=self.gpu.peak_flops_per_s(dtype))
+                          peak=self.gpu.peak_flops_per_s(dtype), tile_flops=tile_flops)
 
     def elementwise(self, op: Elementwise) -> OpWork:
         per = ELEMENTWISE_FLOPS.get(op.fn, 1.0)

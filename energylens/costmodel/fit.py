@@ -10,6 +10,9 @@ fixed; the fit only chooses the twelve per-GPU coefficients of a ``Profile``:
 * power: ``static_power_w`` (busy), ``flop_pj``, ``byte_pj``, ``idle_power_w`` (drawn during the
   host overheads of a step, when no kernel runs).
 
+Afterwards, alone, ``moe_default_tile_efficiency`` (vLLM 0.11's untuned fused-MoE tile) on the
+multi-GPU MoE rows that run it (``fit_moe_default_tile``).
+
 Each coefficient has a physical prior (``PRIORS``: what tuned serving kernels reach on any recent
 GPU) that the loss pays a small quadratic penalty to leave: serving rows of one task leave some
 coefficients degenerate (per-kernel overhead against bandwidth efficiency), and an unregularised
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +49,14 @@ from energylens.costmodel.compute import op_time_s
 from energylens.costmodel.hardware import GPUSpec, get_gpu, list_gpus
 from energylens.costmodel.plan import plan_graph
 from energylens.costmodel.power import op_energy
-from energylens.costmodel.profile import PROFILES_DIR, Profile, Provenance, default_profile, profile_path
+from energylens.costmodel.profile import (
+    PROFILES_DIR,
+    Profile,
+    Provenance,
+    default_profile,
+    load_profile,
+    profile_path,
+)
 from energylens.costmodel.serving import (
     kv_capacity_tokens,
     prefill_mixture,
@@ -56,11 +67,11 @@ from energylens.costmodel.serving import (
     step_time_s,
 )
 from energylens.errors import EnergylensError
-from energylens.typing import Workload
+from energylens.typing import Parallel, Workload
 
 __all__ = [
     "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "FIT_PARAMS",
-    "write_profile", "nelder_mead", "fit_bounds", "huber",
+    "write_profile", "fit_moe_default_tile", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
 ]
 
 #: Mean prompt tokens per ML.ENERGY v3.0 task (ML.ENERGY v3.0 blog, Qwen3 tokenizer; data/public/README.md).
@@ -104,6 +115,14 @@ class MLEnergyRow:
     def mean_step_s(self) -> float:
         """Measured mean time per decode step: running sequences / output tokens per second."""
         return self.avg_batch_size / self.output_tok_per_s
+
+    def parallel(self) -> Parallel:
+        """The plan the run used: its tp/ep/dp, except that ML.ENERGY's MoE rows showing ``tp=1, ep=N``
+        ran attention with tensor parallelism N plus expert parallelism N over the same N GPUs
+        (``--tensor-parallel-size N --enable-expert-parallel``; data/public/mlenergy_dev.README.md)."""
+        if self.ep > 1 and self.tp == 1:
+            return Parallel(tp=self.ep, ep=self.ep, dp=self.dp)
+        return Parallel(tp=self.tp, ep=self.ep, dp=self.dp)
 
     def workload(self) -> Workload:
         return Workload(batch=max(1, round(self.avg_batch_size)),
@@ -477,6 +496,74 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     )
 
 
+#: vLLM 0.11.1 captures CUDA graphs of decode steps up to 512 tokens; larger batches run eagerly,
+#: with host time the model does not price, so they do not enter ``fit_moe_default_tile``.
+CUDA_GRAPH_MAX_BATCH = 512
+
+
+def mlenergy_profile(gpu: str | GPUSpec, directory: str | Path | None = None) -> Profile:
+    """The profile of ``gpu`` (``load_profile``) set to price the engine of ML.ENERGY v3.0's runs,
+    vLLM 0.11.1 (``Profile.legacy_moe_tiles``): what ML.ENERGY rows are fitted and checked with."""
+    return load_profile(gpu, directory).with_params(legacy_moe_tiles=True)
+
+
+def fit_moe_default_tile(profile: Profile, rows: Sequence[MLEnergyRow]) -> Profile:
+    """``profile`` with ``moe_default_tile_efficiency`` fitted on the rows of its GPU whose decode steps
+    run MoE expert GEMMs on vLLM 0.11's untuned default tile (``costmodel.fused_moe``; the rows priced
+    with ``legacy_moe_tiles``): multi-GPU runs (the single-GPU fit does not price plans) with batch <=
+    ``CUDA_GRAPH_MAX_BATCH``. Unchanged when no row has such steps.
+
+    One coefficient, all others fixed at ``profile``'s: the median ITL of each row through
+    ``energylens.estimate`` (the plan the row ran, ``MLEnergyRow.parallel``); loss = sum of Huber(0.05)
+    of log(pred/meas); a log grid of efficiencies 0.02-1, then golden-section refinement.
+    """
+    from energylens.api import estimate
+    from energylens.typing import Cluster
+
+    gpu = get_gpu(profile.gpu)
+    cand = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and r.num_gpus > 1
+            and r.avg_batch_size <= CUDA_GRAPH_MAX_BATCH
+            and row_skip_reason(dataclasses.replace(r, num_gpus=1, tp=1, ep=1, dp=1)) is None]
+
+    def itl(r: MLEnergyRow, prof: Profile) -> float:
+        return estimate(r.model_id, Cluster(gpu.name, num_gpus=r.num_gpus), r.workload(), r.parallel(),
+                        profile=prof, check_memory=False).serving.median_itl_s
+
+    base = profile.with_params(moe_default_tile_efficiency=None, legacy_moe_tiles=True)
+    probe = base.with_params(moe_default_tile_efficiency=0.01)
+    used = [r for r in cand if itl(r, probe) > itl(r, base) * (1 + 1e-6)]
+    if not used:
+        return profile
+    meas = np.array([r.median_itl_ms / 1e3 for r in used])
+
+    def predict(log_eff: float) -> np.ndarray:
+        prof = base.with_params(moe_default_tile_efficiency=float(math.exp(log_eff)))
+        return np.array([itl(r, prof) for r in used])
+
+    def loss(log_eff: float) -> float:
+        return float(huber(np.log(predict(log_eff) / meas)).sum())
+
+    grid = np.log(np.geomspace(0.02, 1.0, 12))
+    i = int(np.argmin([loss(g) for g in grid]))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(14):  # golden section on [lo, hi]
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        lo, hi = (lo, b) if loss(a) <= loss(b) else (a, hi)
+    log_eff = (lo + hi) / 2
+    before, after = _mape(np.array([itl(r, base) for r in used]), meas), _mape(predict(log_eff), meas)
+    src = profile.provenance
+    return profile.model_copy(update={
+        "moe_default_tile_efficiency": float(f"{math.exp(log_eff):.4g}"),
+        "provenance": src.model_copy(update={
+            "fit": src.fit + "; moe_default_tile_efficiency fitted afterwards, alone, on the median ITL of the "
+                   f"{len(used)} multi-GPU rows whose decode steps run MoE expert GEMMs on vLLM 0.11.1's untuned "
+                   f"default tile (batch <= {CUDA_GRAPH_MAX_BATCH}; fit.fit_moe_default_tile): "
+                   + ", ".join(sorted({f"{r.model_id} x{r.num_gpus}" for r in used})),
+            "residuals": {**src.residuals, "mape_itl_s_pct_default_tile_rows_before": round(before, 2),
+                          "mape_itl_s_pct_default_tile_rows": round(after, 2)}})})
+
+
 def write_profile(profile: Profile, directory: str | Path = PROFILES_DIR) -> Path:
     path = profile_path(profile.gpu, Path(directory))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -503,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for gpu_name in sorted({g.name for r in rows if (g := _gpu_or_none(r.gpu_model))}):
         prof = fit_profile(gpu_name, rows, resolve_model,
                            data_label=f"{args.data} (ML.ENERGY Benchmark v3.0 dev rows; see data/public/mlenergy_dev.README.md)")
+        prof = fit_moe_default_tile(prof, rows)
         print(f"{gpu_name}: {write_profile(prof, args.out)}  {prof.provenance.residuals}")
         fitted.add(gpu_name)
     if args.defaults:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from energylens.costmodel.clock import MIN_CLOCK_FRACTION, VOLTAGE_SLOPE
-from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, op_time_s
+from energylens.costmodel.compute import OpWork, compute_time_s, memory_time_s, on_default_tile, op_time_s
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.profile import Profile
 from energylens.errors import EstimateError
@@ -115,13 +115,15 @@ _NEWTON_STEPS = 8
 
 def dynamic_energy_j(work: OpWork, profile: Profile) -> tuple[Any, Any]:
     """(flop_j, byte_j) of one execution of an op: tensor-core FLOPs as executed (attention's query
-    rows padded to ``ATTENTION_TILE_ROWS``), KV-cache bytes at ``kv_byte_pj``."""
+    rows padded to ``ATTENTION_TILE_ROWS``; a MoE GEMM on vLLM's default tile: its padded rows,
+    ``tile_flops``), KV-cache bytes at ``kv_byte_pj``."""
     kv = np.asarray(work.kv) > 0
     kv_pj = profile.byte_pj if getattr(profile, "kv_byte_pj", None) is None else profile.kv_byte_pj
     byte_pj = np.where(kv, kv_pj, profile.byte_pj)
     rows = np.maximum(np.asarray(work.rows, dtype=float), 1e-9)
     pad = np.where(kv & (rows >= 1), np.ceil(rows / ATTENTION_TILE_ROWS) * ATTENTION_TILE_ROWS / rows, 1.0)
-    return (work.tc_flops * pad + work.vec_flops) * profile.flop_pj * 1e-12, work.hbm_bytes * byte_pj * 1e-12
+    tc = np.where(on_default_tile(work, profile), work.tile_flops, work.tc_flops * pad)
+    return (tc + work.vec_flops) * profile.flop_pj * 1e-12, work.hbm_bytes * byte_pj * 1e-12
 
 
 def power_capped_op(work: OpWork, gpu: GPUSpec, profile: Profile, clock: Any = None,

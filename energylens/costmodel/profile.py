@@ -58,6 +58,15 @@ class Profile(BaseModel):
     #: tokens by expert, its small kernels and the GEMMs' tails): the median excess of the measured
     #: fused-MoE layers over their priced work (``fit.MOE_CALL_OVERHEAD_S``). None: 0 (not measured).
     moe_call_overhead_s: float | None = Field(default=None, ge=0)
+    #: achieved fraction of dense peak of the padded FLOPs of a MoE expert GEMM on vLLM 0.11's
+    #: untuned default tile (``costmodel.fused_moe``), in series with its weight stream; fitted on
+    #: multi-GPU MoE rows (``fit.fit_moe_default_tile``). Used only with ``legacy_moe_tiles``.
+    moe_default_tile_efficiency: float | None = Field(default=None, gt=0, le=1)
+    #: price the engine of the calibration rows, vLLM 0.11.1 (ML.ENERGY v3.0), whose fused MoE runs
+    #: untuned expert shapes on a fixed default tile (``costmodel.fused_moe``). False (default):
+    #: vLLM >= 0.19 (the exports target 0.33.0), whose default tile grows with the token count and
+    #: whose measured fused-MoE kernels the roofline matches (benchmarks/kernels.py --op moe).
+    legacy_moe_tiles: bool = False
     #: fixed time per sequence in each kernel walking the paged KV cache (decode attention, KV
     #: write): block-table reads, the partial last block, split-KV combine (``costmodel.compute``)
     kv_seq_overhead_s: float = Field(default=0.0, ge=0)
