@@ -258,11 +258,12 @@ class WorkAnalysis(Interpreter[OpWork]):
         if any(v.type.dtype == "fp8" for v in op.operands):
             dtype = "fp8"
         tile_flops = 0.0
-        if all("e" in v.type.dims for v in op.operands) and dtype in ("bf16", "f16"):
-            # vLLM's Triton fused MoE without a tuned config: each expert hit computes whole tiles
-            # the tile follows the step's tokens M (``tokens`` above carries the ep straggler's excess)
+        if all("e" in v.type.dims for v in op.operands) and dtype in ("bf16", "f16") and "m" in self.local:
+            # vLLM 0.11 fused MoE without a tuned config: each expert hit computes whole tiles.
+            # The tile follows the step's tokens M (``tokens`` above carries the ep straggler's excess);
+            # fp8 (block or per-channel) runs other default tiles: not modelled.
             step_tokens = self.local.get("B", 1.0) * self.local.get("S", 1.0)
-            tile = default_tile_rows(self.gpu.name, self.local["e"], self.local.get("m", 0.0), step_tokens)
+            tile = default_tile_rows(self.gpu.name, self.local["e"], self.local["m"], step_tokens)
             per_expert = tokens * top_k / num_e
             tile_flops = flops * padded_rows_per_expert(per_expert, tile) / np.maximum(per_expert, 1e-9)
         write = self._write_bytes(op)

@@ -33,7 +33,7 @@ import numpy as np
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.profile import Profile
 
-__all__ = ["OpWork", "WORK_FIELDS", "default_tile_time_s", "gemm_efficiency", "op_time_s"]
+__all__ = ["OpWork", "WORK_FIELDS", "default_tile_time_s", "gemm_efficiency", "on_default_tile", "op_time_s"]
 
 
 @dataclass(frozen=True)
