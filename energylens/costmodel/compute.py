@@ -88,7 +88,8 @@ def compute_time_s(work: OpWork, gpu: GPUSpec, profile: Profile) -> Any:
     """Tensor-core plus CUDA-core time at the profile's SM clock (``sm_clock_fraction`` of the
     maximum: FLOP rates scale with the clock). A GEMM on the default MoE tile has its own term
     (``default_tile_time_s``)."""
-    tc_flops = np.where(on_default_tile(work, profile), 0.0, work.tc_flops)
+    tile = on_default_tile(work, profile)
+    tc_flops = work.tc_flops if tile is False else np.where(tile, 0.0, work.tc_flops)
     tc = tc_flops / (work.peak_flops_per_s * gemm_efficiency(work.rows, profile))
     vec = work.vec_flops / (gpu.bf16_dense_tflops * 1e12 * profile.vector_flops_fraction)
     return (tc + vec) / getattr(profile, "sm_clock_fraction", 1.0)

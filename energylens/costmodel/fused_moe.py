@@ -54,10 +54,9 @@ def default_tile_rows(gpu_name: str, local_experts: float, n_per_gpu: float, tok
     GPU outside the table). Elementwise over an array of ``tokens``."""
     shapes = tuned_shapes(gpu_name)
     untuned = shapes is not None and (round(local_experts), round(n_per_gpu)) not in shapes
-    if not untuned:
-        return np.zeros_like(tokens) if isinstance(tokens, np.ndarray) else 0
-    over = np.asarray(tokens) > local_experts + 0.5  # token counts are integers; ours carry rounding error
-    return np.where(over, DEFAULT_TILE_ROWS, 0) if isinstance(tokens, np.ndarray) else (DEFAULT_TILE_ROWS if over else 0)
+    over = untuned & (np.asarray(tokens) > local_experts + 0.5)  # token counts are integers; ours carry rounding error
+    rows = np.where(over, DEFAULT_TILE_ROWS, 0)
+    return rows if isinstance(tokens, np.ndarray) else int(rows)
 
 
 def padded_rows_per_expert(mean_rows: Any, tile: Any) -> Any:
