@@ -46,8 +46,7 @@ import energylens as el  # noqa: E402
 from energylens.api import resolve_model  # noqa: E402
 from energylens.costmodel.fit import (  # noqa: E402
     TASK_PROMPT_LEN,
-    fit_moe_default_tile,
-    fit_profile,
+    fit_gpu_profile,
     mlenergy_profile,
     read_mlenergy,
     row_skip_reason,
@@ -84,8 +83,8 @@ def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console
     gpus = sorted({get_gpu(r.gpu_model).name for r in train})
     for gpu in gpus:
         try:
-            prof = fit_profile(gpu, train, resolve_model, data_label=f"{data} without {holdout} (held-out fit)")
-            prof = fit_moe_default_tile(prof, [r for r in rows if r.model_id != holdout])
+            prof = fit_gpu_profile(gpu, [r for r in rows if r.model_id != holdout], resolve_model,
+                                   data_label=f"{data} without {holdout} (held-out fit)")
         except EnergylensError as exc:
             console.print(f"[yellow]no held-out fit for {gpu}: {exc}; it uses its datasheet default[/]")
             continue

@@ -85,6 +85,7 @@ def estimate(
 ) -> None:
     """Predict prefill and decode latency, energy and power of MODEL on GPUS GPUs with a given plan."""
     import energylens as el
+    from energylens.costmodel.memory import memory_line
 
     for option, value, low in (("tp", tp, 1), ("ep", ep, 1), ("dp", dp, 1), ("gpus", gpus, 1), ("top", top, 0)):
         _check_min(option, value, low)
@@ -109,10 +110,7 @@ def estimate(
                     _si(d.hbm_bytes, "B"))
     console.print(summary)
     m = est.memory
-    gib = 2**30
-    console.print(f"memory per GPU: {m.total_bytes / gib:.1f} GiB of {m.capacity_bytes / gib:.1f} GiB "
-                  f"(weights {m.weights_bytes / gib:.1f} GiB, KV cache {m.kv_cache_bytes / gib:.2f} GiB, "
-                  f"activations {m.activation_bytes / gib:.2f} GiB)")
+    console.print(memory_line(m))
     ops = Table(title=f"top {top} ops by energy (all layers)")
     for col in ("phase", "op", "kind", "source", "x", "FLOPs", "bytes", "time", "energy"):
         ops.add_column(col, justify="right" if col in ("x", "FLOPs", "bytes", "time", "energy") else "left")

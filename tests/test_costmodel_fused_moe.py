@@ -73,3 +73,24 @@ def test_fit_recovers_the_jump_of_the_2gpu_rows():
     assert res["mape_itl_s_pct_default_tile_rows"] < res["mape_itl_s_pct_default_tile_rows_before"] / 2
     assert not prof.legacy_moe_tiles  # stored off: estimate's default engine is vLLM >= 0.19
     assert mlenergy_profile("H100-SXM").legacy_moe_tiles
+
+
+def test_the_twelve_coefficient_fit_prices_the_tile_as_the_benchmark_does():
+    # fit._predict (what fit_profile minimises) must price a row as benchmarks/accuracy.py does:
+    # el.estimate under the ML.ENERGY profile, untuned tile included (1-GPU E=128: steps with a
+    # chunked prefill pass M > 128)
+    from energylens.api import resolve_model
+    from energylens.costmodel import fit
+    from energylens.costmodel.hardware import get_gpu
+
+    row = next(r for r in read_mlenergy(DEV) if r.model_id == MOE and r.num_gpus == 1
+               and r.gpu_model.startswith("H100") and round(r.avg_batch_size) == 64)
+    gpu, prof = get_gpu("H100-SXM"), mlenergy_profile("H100-SXM")
+    params = {name: getattr(prof, name) for name, *_ in fit.FIT_PARAMS}
+    feat = fit._features([row], resolve_model, gpu)
+    pred = fit._predict(feat, gpu, params, prof.moe_default_tile_efficiency)
+    untiled = fit._predict(feat, gpu, params)
+    est = el.estimate(MOE, el.Cluster("H100-SXM"), row.workload(), profile=prof, check_memory=False).serving
+    assert pred["step_s"][0] == pytest.approx(est.mean_step_s, rel=1e-6)
+    assert pred["power_w"][0] == pytest.approx(est.avg_power_w, rel=1e-6)
+    assert pred["step_s"][0] > untiled["step_s"][0]

@@ -11,7 +11,9 @@ fixed; the fit only chooses the twelve per-GPU coefficients of a ``Profile``:
   host overheads of a step, when no kernel runs).
 
 Afterwards, alone, ``moe_default_tile_efficiency`` (vLLM 0.11's untuned fused-MoE tile) on the
-multi-GPU MoE rows that run it (``fit_moe_default_tile``).
+multi-GPU MoE rows that run it (``fit_moe_default_tile``); when it is fitted, the twelve are refitted
+with it priced (single-GPU steps with chunked prefill pass the tile switch too), then it once more
+(``fit_gpu_profile``).
 
 Each coefficient has a physical prior (``PRIORS``: what tuned serving kernels reach on any recent
 GPU) that the loss pays a small quadratic penalty to leave: serving rows of one task leave some
@@ -70,7 +72,8 @@ from energylens.errors import EnergylensError
 from energylens.typing import Parallel, Workload
 
 __all__ = [
-    "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "FIT_PARAMS",
+    "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "fit_gpu_profile",
+    "FIT_PARAMS",
     "write_profile", "fit_moe_default_tile", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
 ]
 
@@ -371,10 +374,13 @@ def _features(rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], gpu: GPU
                      batch=np.array([r.workload().batch for r in rows], float), n_rows=len(rows))
 
 
-def _predict(feat: _Features, gpu: GPUSpec, params: dict[str, float]) -> dict[str, np.ndarray]:
+def _predict(feat: _Features, gpu: GPUSpec, params: dict[str, float],
+             moe_default_tile_efficiency: float | None = None) -> dict[str, np.ndarray]:
+    # the rows ran vLLM 0.11.1: its untuned fused-MoE tile is priced whenever its rate is known
     prof = SimpleNamespace(vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P,
                            attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name),
-                           moe_call_overhead_s=MOE_CALL_OVERHEAD_S.get(gpu.name), **params)
+                           moe_call_overhead_s=MOE_CALL_OVERHEAD_S.get(gpu.name),
+                           legacy_moe_tiles=True, moe_default_tile_efficiency=moe_default_tile_efficiency, **params)
     t0 = op_time_s(feat.work, gpu, prof)  # type: ignore[arg-type]
     t, static_j, flop_j, byte_j = op_energy(feat.work, t0, gpu, prof)  # type: ignore[arg-type]
     n = len(feat.seg_row)
@@ -403,8 +409,11 @@ def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
 
 
 def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], *,
-                data_label: str = "", restarts: int = 4) -> Profile:
-    """Fit the twelve coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU)."""
+                data_label: str = "", restarts: int = 4, moe_default_tile_efficiency: float | None = None) -> Profile:
+    """Fit the twelve coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU).
+
+    ``moe_default_tile_efficiency`` (fixed, not fitted here; ``fit_gpu_profile`` alternates the two
+    fits) prices the steps whose MoE expert GEMMs run on vLLM 0.11's untuned default tile."""
     gpu = get_gpu(gpu_name)
     rows = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and row_skip_reason(r) is None]
     if len(rows) < 4:
@@ -422,7 +431,7 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
 
     def loss_of(x: np.ndarray, targets: tuple[str, ...]) -> float:
         params = _decode(x, gpu)
-        pred = _predict(feat, gpu, params)
+        pred = _predict(feat, gpu, params, moe_default_tile_efficiency)
         return float(sum(huber(np.log(pred[k] / meas[k]))[keep].sum() for k in targets)
                      + _prior_penalty(params, gpu, names))
 
@@ -452,7 +461,7 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     x = two_stage(_encode(_prior_params(gpu), gpu))
     # Robust refit: rows whose time is off by more than OUTLIER_LOG (a run that stalled on something
     # outside the GPU's physics) are dropped once, then the fit is repeated on the rest.
-    pred = _predict(feat, gpu, _decode(x, gpu))
+    pred = _predict(feat, gpu, _decode(x, gpu), moe_default_tile_efficiency)
     worst = np.maximum(np.abs(np.log(pred["itl_s"] / meas["itl_s"])), np.abs(np.log(pred["step_s"] / meas["step_s"])))
     keep = worst <= OUTLIER_LOG
     if keep.sum() >= 4 and not keep.all():
@@ -461,7 +470,7 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     dropped = [f"{r.model_id} {r.task} batch {r.avg_batch_size:g} (line {r.line})" for r, k in zip(rows, keep, strict=True)
                if not k]
     params = _decode(x, gpu)
-    pred = _predict(feat, gpu, params)
+    pred = _predict(feat, gpu, params, moe_default_tile_efficiency)
     models = sorted({r.model_id for r in rows})
     residuals = {f"mape_{k}_pct": round(_mape(pred[k][keep], meas[k][keep]), 2) for k in meas}
     residuals.update({f"mape_{k}_pct_all_rows": round(_mape(pred[k], meas[k]), 2) for k in meas})
@@ -469,7 +478,8 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     return Profile(
         gpu=gpu.name, vector_flops_fraction=1 / 15, host_overlap_p=HOST_OVERLAP_P,
         attn_kernel_overhead_s=ATTENTION_KERNEL_S.get(gpu.name),
-        moe_call_overhead_s=MOE_CALL_OVERHEAD_S.get(gpu.name), **params,
+        moe_call_overhead_s=MOE_CALL_OVERHEAD_S.get(gpu.name),
+        moe_default_tile_efficiency=moe_default_tile_efficiency, **params,
         provenance=Provenance(
             method="fit", data=data_label or "ML.ENERGY rows", rows=int(keep.sum()),
             fit=("two-stage Nelder-Mead on bounded transformed parameters: time coefficients on median ITL "
@@ -564,6 +574,19 @@ def fit_moe_default_tile(profile: Profile, rows: Sequence[MLEnergyRow]) -> Profi
                           "mape_itl_s_pct_default_tile_rows": round(after, 2)}})})
 
 
+def fit_gpu_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], *,
+                    data_label: str = "") -> Profile:
+    """The whole fit of ``gpu_name``'s profile on ``rows``: ``fit_profile`` on its single-GPU rows, then
+    ``fit_moe_default_tile`` on its multi-GPU MoE rows; when that finds a rate, both once more, the
+    twelve coefficients now pricing the tile at that rate (one round: the rate moves by < 1% after it)."""
+    prof = fit_moe_default_tile(fit_profile(gpu_name, rows, trace, data_label=data_label), rows)
+    if prof.moe_default_tile_efficiency is None:
+        return prof
+    prof = fit_profile(gpu_name, rows, trace, data_label=data_label,
+                       moe_default_tile_efficiency=prof.moe_default_tile_efficiency)
+    return fit_moe_default_tile(prof, rows)
+
+
 def write_profile(profile: Profile, directory: str | Path = PROFILES_DIR) -> Path:
     path = profile_path(profile.gpu, Path(directory))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -588,9 +611,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [r for r in read_mlenergy(args.data) if r.model_id not in args.exclude_model]
     fitted = set()
     for gpu_name in sorted({g.name for r in rows if (g := _gpu_or_none(r.gpu_model))}):
-        prof = fit_profile(gpu_name, rows, resolve_model,
-                           data_label=f"{args.data} (ML.ENERGY Benchmark v3.0 dev rows; see data/public/mlenergy_dev.README.md)")
-        prof = fit_moe_default_tile(prof, rows)
+        prof = fit_gpu_profile(gpu_name, rows, resolve_model, data_label=f"{args.data} (ML.ENERGY Benchmark "
+                               "v3.0 dev rows; see data/public/mlenergy_dev.README.md)")
         print(f"{gpu_name}: {write_profile(prof, args.out)}  {prof.provenance.residuals}")
         fitted.add(gpu_name)
     if args.defaults:

@@ -21,11 +21,17 @@ from energylens.errors import DoesNotFitError
 from energylens.ir.core import Graph
 from energylens.typing import MemoryEstimate, Workload
 
-__all__ = ["memory_estimate", "check_fits", "gib"]
+__all__ = ["memory_estimate", "check_fits", "gib", "memory_line"]
 
 
 def gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def memory_line(mem: MemoryEstimate) -> str:
+    """One line of the memory per GPU, in GiB like the memory error (what the CLI reports print)."""
+    return (f"memory per GPU: {gib(mem.total_bytes)} of {gib(mem.capacity_bytes)} (weights {gib(mem.weights_bytes)}, "
+            f"KV cache {gib(mem.kv_cache_bytes)}, activations {gib(mem.activation_bytes)})")
 
 
 def weights_bytes(graph: Graph) -> float:

@@ -26,6 +26,8 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     """Print the chosen plan, per-phase summary, top ops and the frontier to a rich ``console``."""
     from rich.table import Table
 
+    from energylens.costmodel.memory import memory_line
+
     est, wl, p = plan.estimate, plan.workload, plan.parallel
     slo = ", ".join(f"{k} <= {v:g}" for k, v in (("ITL ms", plan.slo.itl_ms), ("TTFT ms", plan.slo.ttft_ms))
                     if v is not None) or "none"
@@ -53,9 +55,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
                    si(dec.avg_power_w, "W"), f"{dec.tokens / dec.latency_s:,.0f}")
     console.print(phases)
     m = est.memory
-    console.print(f"memory per GPU: {si(m.total_bytes, 'B')} of {si(m.capacity_bytes, 'B')} (weights "
-                  f"{si(m.weights_bytes, 'B')}, KV cache {si(m.kv_cache_bytes, 'B')}, activations "
-                  f"{si(m.activation_bytes, 'B')}); pipeline {plan.graph.pipeline if plan.graph else '-'}")
+    console.print(f"{memory_line(m)}; pipeline {plan.graph.pipeline if plan.graph else '-'}")
     ops = Table(title=f"top {top} ops by energy (all layers; energy summed over the plan's GPUs)")
     for col in ("phase", "op", "kind", "source", "x", "time", "energy"):
         ops.add_column(col, justify="right" if col in ("x", "time", "energy") else "left")
