@@ -58,7 +58,7 @@ def tiny(phase):
             Reduce(result=V("p", ("B", "g", "r", "S", "K")), operands=(V("s", ("B", "g", "r", "S", "K")),),
                    fn="softmax", dims=("K",)),
             Einsum(result=V("o", ("B", "g", "r", "S", "d")), operands=(V("p", ("B", "g", "r", "S", "K")), Vv),
-                   spec="bgrsk,bgkd->bgrsd"),
+                   spec="bgrsk,bgkd->bgrsd", causal=phase == "prefill"),
             Einsum(result=V("a", ("B", "S", "h")), operands=(V("o", ("B", "g", "r", "S", "d")), wo),
                    spec="bgrsd,grdh->bsh"),
             Einsum(result=V("m", ("B", "S", "f")), operands=(V("a", ("B", "S", "h")), w1), spec="bsh,hf->bsf"),

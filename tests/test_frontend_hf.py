@@ -60,8 +60,10 @@ def test_tiny_graphs_verify_and_round_trip(cfg) -> None:
         regions = [b for b in g.body if isinstance(b, Repeat)]
         assert len(regions) == 1 and regions[0].count == 2
         assert {d.role for d in regions[0].decls} == {"param", "cache"}
-        scores = [op for op, _ in g.walk() if isinstance(op, Einsum) and "K" in op.result.type.dims]
-        assert scores and all(op.causal == (phase == "prefill") for op in scores if "d" not in op.result.type.dims)
+        # both attention einsums (scores Q K^T and P V, the two that span S x K) skip the masked half in prefill
+        attention = [op for op, _ in g.walk()
+                     if isinstance(op, Einsum) and any("K" in v.type.dims for v in (*op.operands, op.result))]
+        assert len(attention) == 2 and all(op.causal == (phase == "prefill") for op in attention)
         softmax = [op for op, _ in g.walk() if isinstance(op, Reduce) and op.fn == "softmax" and op.dims == ("K",)]
         assert len(softmax) == 1
         lm_head = [op for op, _ in g.walk() if op.source.module == "lm_head"]

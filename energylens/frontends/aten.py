@@ -577,7 +577,8 @@ def _matmul(lw: Lowerer, node: Any) -> Ref:
 
 @lowering("aten.scaled_dot_product_attention.default", "aten._scaled_dot_product_flash_attention_for_cpu.default")
 def _sdpa(lw: Lowerer, node: Any) -> Ref:
-    """Attention: scores ``Q K^T`` (causal in prefill), softmax over the KV length, then ``P V``.
+    """Attention: scores ``Q K^T``, softmax over the KV length, then ``P V`` (both causal in prefill:
+    FlashAttention skips the masked blocks of each).
 
     With GQA, K and V keep their KV-head dim ``g`` and Q's heads are ``(g, r)``, so K/V are
     never repeated. The mask input is folded (causality is the ``causal`` flag).
@@ -591,7 +592,7 @@ def _sdpa(lw: Lowerer, node: Any) -> Ref:
                            causal=lw.phase == "prefill")
     probs = lw.emit(Reduce, scores.axes, scores.dtype, (scores.value,), name=node.name + "_probs",  # type: ignore[arg-type]
                     fn="softmax", dims=k.axes[-2])
-    return lw.einsum([probs, v], batch + (q.axes[-2], v.axes[-1]), dt)
+    return lw.einsum([probs, v], batch + (q.axes[-2], v.axes[-1]), dt, causal=lw.phase == "prefill")
 
 
 # ---- gathers -------------------------------------------------------------------------------------

@@ -162,8 +162,8 @@ class Einsum(Op):
     """A tensor contraction ``spec`` (numpy einsum notation, one letter per dimension).
 
     The letters of operand i stand positionally for ``operands[i].type.dims``; a letter means the
-    same dimension name everywhere. ``causal`` marks attention scores masked to ``k <= s``: only
-    about half of the S x K products are needed (the cost model prices that).
+    same dimension name everywhere. ``causal`` marks an attention einsum (scores ``Q K^T`` or ``P V``)
+    masked to ``k <= s``: only about half of the S x K products are needed (the cost model prices that).
     """
 
     kind: ClassVar[str] = "einsum"
