@@ -48,7 +48,7 @@ Command line: `energylens compile MODEL --gpu H100-SXM --gpus 8 --batch 64 --pro
 
 | knob | values | how it is priced |
 |---|---|---|
-| `tp` x `dp` | `tp` dividing the heads (`valid_tp_values`), `tp x dp` = the cluster's GPUs | one rewritten graph per variant (`shard`) |
+| `tp` x `dp` | `tp` dividing the heads (`valid_tp_values`), `tp x dp` up to the cluster's GPUs (`dp` a power of two or all the rest; unused GPUs are not counted) | one rewritten graph per variant (`shard`) |
 | `ep` (MoE) | 1 or `tp x dp` (the expert-parallel sizes vLLM runs) | `shard`, expert straggler from `moe` |
 | fusion | on / off (`fuse` pass; off exports as vLLM `compilation_config={"mode": 0}`) | one graph per variant |
 | batch (`max_num_seqs = batch / dp`) | multiples of `dp` up to the workload's batch: every size to 16 per replica, then 8 per octave | numpy arrays over the graphs' `B`, `S`, `K` |
@@ -92,7 +92,7 @@ def main() -> None:
             report = plan.report()
         plan.plot(DOCS / png)
         p = plan.parallel
-        parts.append(f"\n## {short} on 8 x H100\n\n```text\n"
+        parts.append(f"\n## {short} on up to 8 x H100\n\n```text\n"
                      ">>> plan.parallel, plan.batch, plan.fused, plan.comm_sms, plan.clock_mhz\n"
                      f"{(p, plan.batch, plan.fused, plan.comm_sms, plan.clock_mhz)}\n"
                      f">>> plan.report()\n{report.rstrip()}\n"
@@ -110,7 +110,9 @@ def main() -> None:
 def _readme_summary(short: str, plan: el.Plan, png: str) -> str:
     """The chosen plan in a few lines, its vLLM command and its Pareto plot, for the README."""
     p, est = plan.parallel, plan.estimate
-    return (f"**{short} on 8 x H100-SXM** ({plan.plans_evaluated:,} plans searched): tp={p.tp}, ep={p.ep}, "
+    from energylens.search.report import gpus_used
+
+    return (f"**{short} on {gpus_used(plan)}** ({plan.plans_evaluated:,} plans searched): tp={p.tp}, ep={p.ep}, "
             f"dp={p.dp}, batch {plan.batch}, fusion {'on' if plan.fused else 'off'}, comm SMs "
             f"{plan.comm_sms or '-'}, GPU clock {plan.clock_mhz} MHz: predicted median ITL "
             f"{est.serving.median_itl_s * 1e3:.1f} ms, {est.serving.energy_per_output_token_j:.2f} J per output "

@@ -87,8 +87,11 @@ def model_name(model: Any, graph: Graph) -> str:
 
 
 def default_interconnect(gpu: GPUSpec) -> str:
-    """NVLink for GPUs that have it (SXM/OAM parts), PCIe otherwise."""
-    return "nvlink" if gpu.nvlink_bandwidth_bytes_per_s else "pcie"
+    """NVLink for the SXM parts whose collectives were measured; PCIe otherwise (the H100 PCIe's
+    NVLink bridge joins pairs only, and unmeasured fabrics would have nothing to be priced from)."""
+    from energylens.costmodel.comm import has_peer_tables
+
+    return "nvlink" if has_peer_tables(gpu) else "pcie"
 
 
 def cluster_interconnect(cluster: Cluster, gpu: GPUSpec) -> str:
@@ -147,7 +150,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     ``moe{routing}`` (``routing``: ``uniform``, ``zipf`` or a configured ``Moe`` pass) and, with
     ``comm_sms``, ``overlap{comm_sms}`` (the pass schedules the overlap; the pricer reads it), priced
     per GPU (``energylens.costmodel.plan``): local dim sizes per op, collectives from measured NCCL
-    (and vLLM all-reduce) tables on ``cluster.interconnect`` (default NVLink where the GPU has it),
+    (and vLLM all-reduce) tables on ``cluster.interconnect`` (default: ``default_interconnect``),
     the expert straggler under ep (waiting GPUs burn static power), fused kernels' HBM bytes; with
     ``comm_sms`` set, tensor-parallel collectives overlap compute on that many SMs (contended
     schedule, ``costmodel.overlap``).

@@ -149,3 +149,15 @@ def test_real_model_estimate():
     # decode of an 8B model at batch 8 streams ~16 GB of weights: a few ms on an H100
     assert 0.004 < est.serving.median_itl_s < 0.02
     assert 14e9 < est.memory.weights_bytes < 18e9
+
+
+def test_gpus_without_measured_nvlink_tables_default_to_pcie():
+    """H100-PCIe has an NVLink bridge (pairs only) but no collective tables: tp=2 is priced over PCIe."""
+    wl = el.Workload(batch=8, prompt_len=256, output_len=64)
+    est = el.estimate("meta-llama/Llama-3.2-1B-Instruct", el.Cluster("H100-PCIe", num_gpus=2), wl, el.Parallel(tp=2))
+    pcie = el.estimate("meta-llama/Llama-3.2-1B-Instruct", el.Cluster("H100-PCIe", num_gpus=2, interconnect="pcie"),
+                       wl, el.Parallel(tp=2))
+    assert est.decode.comm_j == pcie.decode.comm_j > 0
+    with pytest.raises(el.errors.EstimateError, match="--interconnect pcie"):
+        el.estimate("meta-llama/Llama-3.2-1B-Instruct", el.Cluster("H100-PCIe", num_gpus=2, interconnect="nvlink"),
+                    wl, el.Parallel(tp=2))

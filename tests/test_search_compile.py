@@ -55,7 +55,9 @@ def test_space_covers_all_knobs(plan):
     assert set(c["clock_mhz"]) == {1290, 1980} and set(c["comm_sms"]) == {0, 16}
     assert set(c["comm_sms"][c["tp"] == 1]) == {0}  # no SM count without tensor-parallel collectives
     assert set(c["batch"][c["dp"] == 2]) == {2, 4} and set(c["batch"][c["dp"] == 1]) == {1, 2, 3, 4}
-    assert plan.plans_evaluated == len(plan.space) == 4 * 2 * 2 * 2 + 2 * 2 * 2  # tp=2: batch x clock x sms x fused; dp=2
+    # tp=2: batch x clock x sms x fused; tp=1 on one GPU: batch x clock x fused; dp=2
+    assert plan.plans_evaluated == len(plan.space) == 4 * 2 * 2 * 2 + 4 * 2 * 2 + 2 * 2 * 2
+    assert set(zip(c["tp"], c["dp"], strict=True)) == {(1, 1), (1, 2), (2, 1)}  # fewer GPUs than the cluster too
 
 
 def test_vectorised_prices_equal_scalar_estimate(plan, brute):
@@ -117,6 +119,14 @@ def test_plan_records_report_and_plot(plan, tmp_path):
     assert "Pareto frontier" in text and "top 10 ops" in text
     png = plan.plot(tmp_path / "pareto.png")
     assert png.stat().st_size > 10_000
+
+
+def test_unused_gpus_are_not_counted_and_the_report_says_so():
+    """Batch 4 of a 1B model on 64 GPUs: every GPU past the first few would only add static power."""
+    plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=64), workload=WL, clocks_mhz=(1980,))
+    assert plan.num_gpus <= 2 and plan.cluster_gpus == 64
+    assert plan.parallel.tp * plan.parallel.dp == plan.num_gpus == plan.estimate.num_gpus
+    assert f"on {plan.num_gpus} of 64 x H100-SXM" in plan.report(file=io.StringIO())
 
 
 def test_clock_model():

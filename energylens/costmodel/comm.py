@@ -51,6 +51,7 @@ __all__ = [
     "wait_energy_j",
     "comm_profile",
     "normalize_interconnect",
+    "has_peer_tables",
 ]
 
 #: Collectives priced here (``Collective.fn`` names of the IR, plus point-to-point).
@@ -151,8 +152,13 @@ def _profile_key(spec: GPUSpec) -> str:
         raise EstimateError(
             f"no measured collective tables for {spec.name}'s peer links, so its multi-GPU plans cannot be "
             f"priced over them: GPUs with tables: {', '.join(have)}; run {spec.name} plans on one GPU (tp = dp = 1; `--gpus 1`), "
-            f"or price its collectives over PCIe (interconnect 'pcie', datasheet bandwidth)")
+            f"or price its collectives over PCIe (`--interconnect pcie`, interconnect='pcie' in Python; datasheet bandwidth)")
     return key
+
+
+def has_peer_tables(gpu: GPUSpec) -> bool:
+    """Whether ``gpu``'s NVLink (or peer fabric) collectives have measured tables to be priced from."""
+    return gpu.nvlink_bandwidth_bytes_per_s is not None and gpu.name in _PROFILE_OF
 
 
 @functools.cache
@@ -192,7 +198,7 @@ def collective_time_s(fn: str, bytes_: float, num_gpus: int, gpu: str,
     if interconnect != "nvlink" or fn == "send_recv":
         return _link_time_s(fn, bytes_, num_gpus, spec, interconnect), "alpha_beta_link"
     if spec.nvlink_bandwidth_bytes_per_s is None:
-        raise EstimateError(f"{spec.name} has no NVLink; use interconnect='pcie' (valid: {', '.join(INTERCONNECTS)})")
+        raise EstimateError(f"{spec.name} has no NVLink; use `--interconnect pcie` (interconnect='pcie' in Python; valid: {', '.join(INTERCONNECTS)})")
     profile = comm_profile(_profile_key(spec))
     tables = profile["tables"][fn]
     entry = tables.get(str(num_gpus))
@@ -226,7 +232,7 @@ def _link_time_s(fn: str, bytes_: float, n: int, spec: GPUSpec, interconnect: st
         bw, alpha = spec.pcie_bandwidth_bytes_per_s, 10e-6 * (n - 1)
     else:  # send_recv over NVLink: the 2-GPU all_gather's latency, datasheet bandwidth
         if spec.nvlink_bandwidth_bytes_per_s is None:
-            raise EstimateError(f"{spec.name} has no NVLink; use interconnect='pcie'")
+            raise EstimateError(f"{spec.name} has no NVLink; use `--interconnect pcie` (interconnect='pcie' in Python)")
         bw = spec.nvlink_bandwidth_bytes_per_s
         alpha = comm_profile(_profile_key(spec))["tables"]["all_gather"]["2"]["alpha_s"]
     return alpha + _bus_factor(fn, n) * bytes_ / bw

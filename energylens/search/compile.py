@@ -1,8 +1,10 @@
 """``compile``: search the plan space of a model on a cluster and pick the plan with least energy.
 
-The space is every structural variant ``(tp, ep, dp, fused)`` that can run the model on all the
-cluster's GPUs (``tp x dp = num_gpus``; ``ep`` 1 or ``tp x dp``, the expert-parallel sizes vLLM
-runs) times the knobs priced as arrays (``evaluate.py``): batch size (concurrent sequences, up to
+The space is every structural variant ``(tp, ep, dp, fused)`` that can run the model on up to
+the cluster's GPUs (``tp x dp <= num_gpus``, ``dp`` a power of two or the whole cluster's
+``num_gpus // tp``; ``ep`` 1 or ``tp x dp``, the expert-parallel sizes vLLM runs). A plan that
+leaves GPUs unused does not count them: they are free for other work, so the least-energy plan is
+often the fewest GPUs that meet the SLO times the knobs priced as arrays (``evaluate.py``): batch size (concurrent sequences, up to
 the workload's batch; vLLM's ``max_num_seqs`` per replica is ``batch / dp``), GPU clock, and the
 SMs given to overlapped communication (``None``: no overlap). Plans that do not fit in 90% of GPU
 memory are dropped. Every plan is priced as ``energylens.estimate`` would price it.
@@ -168,6 +170,8 @@ class Plan(Record):
     quantization: str | None = None
     sequence_parallel: bool = False
     space: SearchSpace | None = field(default=None, repr=False, compare=False)
+    #: GPUs of the cluster searched (``num_gpus`` is what the plan uses; None: the same).
+    cluster_gpus: int | None = None
 
     # -- what exporters read (energylens.export.PlanLike) ---------------------------------------
     @property
@@ -254,24 +258,30 @@ def _batch_grid(batch: int, dp: int) -> tuple[int, ...]:
     return tuple(sorted(x * dp for x in per | {cap}))
 
 
+def _dp_values(most: int) -> list[int]:
+    """Data-parallel sizes searched up to ``most`` replicas: powers of two and ``most`` itself.
+
+    >>> _dp_values(6), _dp_values(8)
+    ([1, 2, 4, 6], [1, 2, 4, 8])
+    """
+    return sorted({1 << k for k in range(most.bit_length()) if 1 << k <= most} | {most})
+
+
 def variants(traced: Any, num_gpus: int) -> list[Variant]:
-    """The structural variants of ``traced`` on ``num_gpus`` GPUs (see the module docstring)."""
+    """The structural variants of ``traced`` on up to ``num_gpus`` GPUs (see the module docstring)."""
     dec = traced.decode
     moe = "num_experts" in dec.attr
     out = []
     for tp in valid_tp_values(dec, up_to=num_gpus):
-        if num_gpus % tp:
-            continue
-        dp = num_gpus // tp
-        eps = sorted({1, tp * dp} & set(valid_ep_values(dec, tp * dp))) if moe else [1]
-        for ep in eps:
-            par = Parallel(tp=tp, ep=ep, dp=dp)
-            try:
-                check_parallel(dec, par, num_gpus=num_gpus)
-            except ShardingError:
-                continue
-            for fused in (False, True):
-                out.append(Variant(par, fused, traced.prefill, dec))
+        for dp in _dp_values(num_gpus // tp):
+            eps = sorted({1, tp * dp} & set(valid_ep_values(dec, tp * dp))) if moe else [1]
+            for ep in eps:
+                par = Parallel(tp=tp, ep=ep, dp=dp)
+                try:
+                    check_parallel(dec, par, num_gpus=num_gpus)
+                except ShardingError:
+                    continue
+                out.extend(Variant(par, fused, traced.prefill, dec) for fused in (False, True))
     return out
 
 
@@ -408,7 +418,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
                 estimate=est, graph=est.graphs, pareto=space.frontier("itl_s", "energy_per_token_j"),
                 prefill_pareto=space.frontier("ttft_s", "prefill_energy_per_token_j"),
                 plans_evaluated=space.plans_evaluated, search_s=space.search_s,
-                quantization=_quantization(model, traced), space=space)
+                quantization=_quantization(model, traced), space=space, cluster_gpus=cluster.num_gpus)
 
 
 def _named(est: Estimate, name: str) -> Estimate:

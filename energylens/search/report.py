@@ -10,7 +10,7 @@ import numpy as np
 
 from energylens.errors import EnergylensError
 
-__all__ = ["render", "plot", "plot_path", "si"]
+__all__ = ["render", "plot", "plot_path", "si", "gpus_used"]
 
 
 def si(x: float, unit: str) -> str:
@@ -22,6 +22,12 @@ def si(x: float, unit: str) -> str:
     return f"{x:.3g} {unit}"
 
 
+def gpus_used(plan: Any) -> str:
+    """'4 x H100-SXM', or '4 of 8 x H100-SXM' when the plan leaves some of the cluster's GPUs unused."""
+    of = f" of {plan.cluster_gpus}" if plan.cluster_gpus not in (None, plan.num_gpus) else ""
+    return f"{plan.num_gpus}{of} x {plan.gpu}"
+
+
 def render(plan: Any, console: Any, top: int = 10) -> None:
     """Print the chosen plan, per-phase summary, top ops and the frontier to a rich ``console``."""
     from rich.table import Table
@@ -31,7 +37,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     est, wl, p = plan.estimate, plan.workload, plan.parallel
     slo = ", ".join(f"{k} <= {v:g}" for k, v in (("ITL ms", plan.slo.itl_ms), ("TTFT ms", plan.slo.ttft_ms))
                     if v is not None) or "none"
-    head = Table(title=f"{plan.model} on {plan.num_gpus} x {plan.gpu}: batch {wl.batch}, prompt {wl.prompt_len}, "
+    head = Table(title=f"{plan.model} on {gpus_used(plan)}: batch {wl.batch}, prompt {wl.prompt_len}, "
                        f"output {wl.output_len}; objective {plan.objective}, SLO {slo}")
     for col in ("tp", "ep", "dp", "batch (max_num_seqs)", "fused", "comm SMs", "GPU clock", "plans searched"):
         head.add_column(col, justify="right")
@@ -55,23 +61,27 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
                    si(dec.avg_power_w, "W"), f"{dec.tokens / dec.latency_s:,.0f}")
     console.print(phases)
     m = est.memory
-    console.print(f"{memory_line(m)}; pipeline {plan.graph.pipeline if plan.graph else '-'}")
+    console.print(memory_line(m))
+    console.print(f"pipeline: {plan.graph.pipeline if plan.graph else '-'}")
     ops = Table(title=f"top {top} ops by energy (all layers; energy summed over the plan's GPUs)")
     for col in ("phase", "op", "kind", "source", "x", "time", "energy"):
         ops.add_column(col, justify="right" if col in ("x", "time", "energy") else "left")
     for o in sorted(est.ops, key=lambda o: o.energy_j, reverse=True)[:top]:
         ops.add_row(o.phase, o.name, o.kind, o.source, str(o.count), si(o.time_s, "s"), si(o.energy_j, "J"))
     console.print(ops)
-    fr = Table(title=f"Pareto frontier: energy per output token vs median ITL ({len(plan.pareto)} plans)")
+    rows = list(plan.pareto)
+    chosen = (p.tp, p.ep, p.dp, plan.fused, plan.batch, plan.comm_sms, plan.clock_mhz)
+    key = [(r.tp, r.ep, r.dp, r.fused, r.batch, r.comm_sms, r.clock_mhz) for r in rows]
+    if len(rows) > 12:  # a readable sample: evenly spaced along the frontier, and the chosen plan
+        keep = set(np.linspace(0, len(rows) - 1, 12).round().astype(int)) | {i for i, k in enumerate(key) if k == chosen}
+        rows, key = [rows[i] for i in sorted(keep)], [key[i] for i in sorted(keep)]
+    shown = f"{len(rows)} of {len(plan.pareto)} frontier plans" if len(rows) < len(plan.pareto) else f"{len(rows)} plans"
+    fr = Table(title=f"Pareto frontier: energy per output token vs median ITL ({shown}; * = chosen)")
     for col in ("tp", "ep", "dp", "fused", "batch", "comm SMs", "clock MHz", "ITL", "TTFT", "energy / token",
                 "power"):
         fr.add_column(col, justify="right")
-    rows = list(plan.pareto)
-    if len(rows) > 12:  # a readable sample: evenly spaced along the frontier
-        rows = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, 12).round())]
-    for r in rows:
-        mark = " *" if (r.tp, r.ep, r.dp, r.fused, r.batch, r.comm_sms, r.clock_mhz) == (
-            p.tp, p.ep, p.dp, plan.fused, plan.batch, plan.comm_sms, plan.clock_mhz) else ""
+    for r, k in zip(rows, key, strict=True):
+        mark = " *" if k == chosen else ""
         fr.add_row(str(r.tp), str(r.ep), str(r.dp), "yes" if r.fused else "no", str(r.batch), str(r.comm_sms or "-"),
                    _clock(plan, r.clock_mhz), si(r.itl_s, "s") + mark, si(r.ttft_s, "s"), si(r.energy_per_token_j, "J"),
                    si(r.power_w, "W"))
@@ -141,7 +151,7 @@ def plot(plan: Any, path: Path) -> Path:
                 handle.set_sizes([20])
                 handle.set_alpha(1.0)
     p = plan.parallel
-    fig.suptitle(f"{plan.model} on {plan.num_gpus} x {plan.gpu}: chosen tp={p.tp} ep={p.ep} dp={p.dp}, "
+    fig.suptitle(f"{plan.model} on {gpus_used(plan)}: chosen tp={p.tp} ep={p.ep} dp={p.dp}, "
                  f"batch {plan.batch}, clock {_clock(plan, plan.clock_mhz)}, comm SMs {plan.comm_sms or '-'} "
                  f"({plan.plans_evaluated:,} plans)", fontsize=9)
     fig.tight_layout()
