@@ -96,6 +96,7 @@ def plan(tp: int = 1, ep: int = 1, dp: int = 1, **kw) -> PlanSpec:
         parallel=Parallel(tp=tp, ep=ep, dp=dp),
         max_num_seqs=64,
         max_model_len=1280,
+        moe=True,
     )
     base.update(kw)
     return PlanSpec(**base)
@@ -149,7 +150,7 @@ def test_transformer_config_accepts_export(p: PlanSpec) -> None:
     cfg = to_megatron(p)
     if needs_te(cfg) and not te_available():
         pytest.skip("fused RoPE / FP8 / MoE permute fusion are validated through Transformer Engine (absent)")
-    experts = {"num_moe_experts": 16} if p.parallel.ep > 1 else {}
+    experts = {"num_moe_experts": 16} if p.moe else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         built = MC[1](
@@ -179,6 +180,17 @@ def test_expert_layout() -> None:
     assert to_megatron(plan(tp=4, dp=2, ep=8))["expert_tensor_parallel_size"] == 1
     cfg = to_megatron(plan(tp=4, dp=2, ep=1))
     assert cfg["expert_tensor_parallel_size"] == 8 and cfg["moe_token_dispatcher_type"] == "allgather"
+
+
+def test_dense_model_gets_no_expert_fields() -> None:
+    dense = plan(tp=8, model="meta-llama/Llama-3.1-70B-Instruct", moe=False)
+    cfg = to_megatron(dense)
+    assert not [k for k in cfg if "expert" in k or k.startswith("moe_")], cfg
+    assert megatron_extras(dense).initialize_model_parallel["expert_tensor_parallel_size"] == 8
+
+
+def test_moe_dispatch_is_the_priced_allgather() -> None:
+    assert to_megatron(plan(tp=4, dp=2, ep=8))["moe_token_dispatcher_type"] == "allgather"
 
 
 def test_tp_comm_overlap_with_sms() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import energylens as el
 from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.export import PlanSpec, to_vllm, vllm_env, vllm_notes
 from energylens.export.vllm import VLLM_VERSION, load_vllm_args
@@ -240,3 +241,12 @@ class EngineArgs:
         ("flag", "store_true", ["--flag"]),
         ("tensor_parallel_size", "value", ["--tensor-parallel-size", "-tp"]),
     ]
+
+
+def test_bare_config_file_gets_a_note_on_what_vllm_serves(tmp_path):
+    cfg = tmp_path / "my-model.json"
+    cfg.write_text((Path(el.__file__).parent / "models" / "meta-llama--Llama-3.2-1B-Instruct.json").read_text())
+    plan = el.compile(str(cfg), el.Cluster("H100-SXM", num_gpus=1), workload=el.Workload(batch=2, prompt_len=128,
+                      output_len=32), clocks_mhz=(1980,), comm_sms=(None,))
+    assert plan.model == str(cfg)
+    assert "bare config file" in plan.to_vllm(cli=True) and "serve that directory" in vllm_notes(plan.to_spec())[0]

@@ -18,7 +18,10 @@ Mapping (plan, in vLLM's meaning -> Megatron-Core):
   over all GPUs (vLLM without it). Megatron also runs the sizes in between, but a plan's ``ep`` has
   vLLM's meaning, so those are a ``ShardingError`` here as in the shard pass (which is what the
   cost model prices; see ``energylens.passes.shard``).
-- ``ep > 1`` -> ``moe_token_dispatcher_type="alltoall"`` (``"allgather"`` otherwise, the default).
+- MoE models only (``plan.moe`` or ``ep > 1``; a dense model gets no expert fields):
+  ``moe_token_dispatcher_type="allgather"``, the dispatch the cost model prices (vLLM's default
+  all-gather of the tokens and reduce-scatter of the expert outputs; Megatron's ``alltoall``
+  dispatcher moves fewer bytes and is not what was priced).
 - ``sequence_parallel`` -> ``sequence_parallel`` (Megatron refuses it without tensor parallelism).
 - ``comm_sms`` (SMs for communication overlapping compute):
   tensor parallel: ``tp_comm_overlap=True`` plus Transformer Engine userbuffers settings
@@ -82,7 +85,7 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
 
     >>> from energylens.export.plan import PlanSpec
     >>> from energylens.typing import Parallel
-    >>> plan = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=8, dp=2), 64, 1280)
+    >>> plan = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=8, dp=2), 64, 1280, moe=True)
     >>> cfg = to_megatron(plan)
     >>> cfg["tensor_model_parallel_size"], cfg["expert_model_parallel_size"], cfg["expert_tensor_parallel_size"]
     (4, 8, 1)
@@ -98,11 +101,13 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
         "tensor_model_parallel_size": p.tp,
         "pipeline_model_parallel_size": 1,
         "sequence_parallel": plan.sequence_parallel,
-        "expert_model_parallel_size": p.ep,
-        "expert_tensor_parallel_size": p.tp * p.dp // p.ep,
-        "moe_token_dispatcher_type": "alltoall" if p.ep > 1 else "allgather",
         "tp_comm_overlap": _tp_overlap(plan),
     }
+    moe = plan.moe or p.ep > 1
+    if moe:
+        cfg["expert_model_parallel_size"] = p.ep
+        cfg["expert_tensor_parallel_size"] = p.tp * p.dp // p.ep
+        cfg["moe_token_dispatcher_type"] = "allgather"
     if _ep_overlap(plan):
         if plan.comm_sms % 2:
             raise InvalidWorkloadError(
@@ -117,7 +122,7 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     cfg["masked_softmax_fusion"] = fused
     cfg["bias_dropout_fusion"] = fused
     cfg["apply_rope_fusion"] = fused
-    if p.ep > 1:
+    if moe:
         cfg["moe_permute_fusion"] = fused
     if plan.quantization == "fp8":
         cfg["fp8"] = "e4m3"
@@ -163,7 +168,8 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
     cfg = to_megatron(plan)
     p = plan.parallel
     tp, pp = cfg["tensor_model_parallel_size"], cfg["pipeline_model_parallel_size"]
-    etp, ep = cfg["expert_tensor_parallel_size"], cfg["expert_model_parallel_size"]
+    # a dense model: Megatron's defaults (experts, had there been any, would follow tp)
+    etp, ep = cfg.get("expert_tensor_parallel_size", tp), cfg.get("expert_model_parallel_size", 1)
     inference: dict[str, Any] = {
         "inference_max_requests": plan.max_num_seqs,
         "inference_max_seq_length": plan.max_model_len,

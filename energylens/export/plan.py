@@ -30,6 +30,7 @@ class PlanLike(Protocol):
     gpu_clock_mhz: int | None
     quantization: str | None
     sequence_parallel: bool
+    moe: bool
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class PlanSpec(Record):
     ``max_num_seqs`` is the batch (sequences in flight), ``max_model_len`` prompt + output tokens.
     ``comm_sms`` is the number of SMs given to communication kernels when communication overlaps
     compute (None: no overlap); ``gpu_clock_mhz`` the locked graphics clock (None: default).
+    ``moe``: the model has routed experts (exporters emit expert settings only then; ``ep > 1``
+    implies it).
     """
 
     model: str
@@ -54,6 +57,7 @@ class PlanSpec(Record):
     gpu_clock_mhz: int | None = None
     quantization: str | None = None
     sequence_parallel: bool = False
+    moe: bool = False
 
 
 def _positive(name: str, value: object) -> None:

@@ -131,6 +131,11 @@ def vllm_notes(plan: PlanLike) -> list[str]:
         notes.append(
             f"sequence_parallel not applied: vLLM {VLLM_VERSION} has no dense sequence-parallel option"
         )
+    if plan.model.endswith(".json"):
+        notes.append(
+            f"{plan.model} is a bare config file; vLLM serves a hub id or a checkpoint directory: save it as "
+            "config.json in the checkpoint's directory and serve that directory"
+        )
     return notes
 
 

@@ -380,8 +380,8 @@ def _from_file(path: Path, name: str | None = None) -> ModelSpec:
     quant_file = path.with_name(path.stem + _QUANT_SUFFIX) if path.name != "config.json" \
         else path.with_name("hf_quant_config.json")
     extra = _read_json(quant_file) if quant_file.is_file() else None
-    if name is None:  # a model folder is named by its path, which `vllm serve` takes
-        name = d.get("_name_or_path") or (str(path.parent) if path.name == "config.json" else path.stem)
+    if name is None:  # a model folder is named by its path, which `vllm serve` takes; a bare file by its own
+        name = d.get("_name_or_path") or str(path.parent if path.name == "config.json" else path)
     return _spec(str(name), d, str(path), extra)
 
 

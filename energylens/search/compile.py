@@ -202,7 +202,8 @@ class Plan(Record):
         return PlanSpec(model=self.model, gpu=self.gpu, num_gpus=self.num_gpus, parallel=self.parallel,
                         max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len, fused=self.fused,
                         comm_sms=self.comm_sms, gpu_clock_mhz=self.gpu_clock_mhz,
-                        quantization=self.quantization, sequence_parallel=self.sequence_parallel)
+                        quantization=self.quantization, sequence_parallel=self.sequence_parallel,
+                        moe=self.graph is not None and "num_experts" in self.graph.decode.attr)
 
     def to_vllm(self, cli: bool = False) -> Any:
         """vLLM engine arguments (``cli=True``: the ``vllm serve ...`` command line)."""
