@@ -208,7 +208,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
     if check_memory:
-        check_fits(mem, name, gpu)
+        check_fits(mem, name, gpu, fp8=decode_g.attr.get("quantization") == "fp8")
     price = PlanPricer(interconnect=interconnect, comm_sms=comm_sms)
     b, s = workload.batch, workload.prompt_len
     pre_ops = price(prefill_g, {"B": b, "S": s, "K": s}, gpu, prof)

@@ -39,10 +39,24 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except EnergylensError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_cli_names(str(e))}", file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+#: Python names in error messages -> the CLI options a user typed.
+_OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
+              "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms must": "--comm-sms must",
+              " (or None: no target)": "", " (or None: no overlap)": "", " (interconnect='pcie' in Python)": "",
+              " (interconnect='pcie' in Python; ": " ("}
+
+
+def _cli_names(message: str) -> str:
+    """``message`` with the Python names of options replaced by their CLI spelling."""
+    for py, cli in _OPTION_OF.items():
+        message = message.replace(py, cli)
+    return message
 
 
 def _check_min(option: str, value: int | None, low: int) -> None:
@@ -97,7 +111,8 @@ def estimate(
         print(json.dumps(est.to_dict(), indent=2))
         return
     wl = est.workload
-    title = (f"{est.model} on {est.num_gpus} x {est.gpu}: batch {wl.batch}, prompt {wl.prompt_len}, "
+    of = f" of {gpus}" if gpus not in (None, est.num_gpus) else ""  # --gpus 8 --tp 2 runs on 2 of them
+    title = (f"{est.model} on {est.num_gpus}{of} x {est.gpu} (tp={tp}, ep={ep}, dp={dp}): batch {wl.batch}, prompt {wl.prompt_len}, "
              f"output {wl.output_len}")
     summary = Table(title=title)
     for col in ("phase", "latency", "energy", "avg power", "energy / token", "FLOPs", "HBM bytes"):
@@ -274,7 +289,7 @@ def calibrate_cmd(
 @app.command("compile")
 @_user_errors
 def compile_cmd(
-    model: Annotated[str, typer.Argument(help="HF model id (see `energylens models`)")],
+    model: Annotated[str, typer.Argument(help="HF model id (see `energylens models`), a config.json or a model directory")],
     gpu: Annotated[str, typer.Option(help="GPU name (see `energylens gpus`)")] = "H100-SXM",
     gpus: Annotated[int, typer.Option(help="number of GPUs of the cluster")] = 8,
     interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: nvlink on A100-SXM, H100-SXM, H200 and B200, whose NVLink collectives were measured; pcie on the others)")] = None,

@@ -143,7 +143,7 @@ def test_slo_must_be_positive_finite(value: object) -> None:
 def test_cli_slo_nan_is_one_line_and_exit_2() -> None:
     r = CliRunner().invoke(app, ["compile", MODEL, "--gpus", "1", "--batch", "4", "--slo-itl-ms", "nan"])
     assert r.exit_code == 2
-    assert "SLO.itl_ms must be a positive finite number" in r.output and "Traceback" not in r.output
+    assert "--slo-itl-ms must be a positive finite number" in r.output and "Traceback" not in r.output
 
 
 # ---- 6. contexts beyond the model's maximum ---------------------------------------------------------------------

@@ -52,9 +52,9 @@ def test_70b_does_not_fit_on_one_h100():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("--batch", "0"), "Workload.batch must be a positive integer, got 0"),
-    (("--prompt-len", "-3"), "Workload.prompt_len must be a positive integer, got -3"),
-    (("--output-len", "0"), "Workload.output_len must be a positive integer, got 0"),
+    (("--batch", "0"), "--batch must be a positive integer, got 0"),
+    (("--prompt-len", "-3"), "--prompt-len must be a positive integer, got -3"),
+    (("--output-len", "0"), "--output-len must be a positive integer, got 0"),
     (("--gpu", "H1000"), "unknown GPU 'H1000'. Did you mean 'H200'?"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message):

@@ -73,13 +73,15 @@ def memory_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUS
     )
 
 
-def check_fits(mem: MemoryEstimate, model: str, gpu: GPUSpec) -> None:
-    """Raise ``DoesNotFitError`` saying by how much ``mem`` exceeds the GPU's capacity."""
+def check_fits(mem: MemoryEstimate, model: str, gpu: GPUSpec, fp8: bool = False) -> None:
+    """Raise ``DoesNotFitError`` saying by how much ``mem`` exceeds the GPU's capacity (``fp8``: the
+    weights are fp8 already, so the hint does not suggest them)."""
     if mem.total_bytes <= mem.capacity_bytes:
         return
     over = mem.total_bytes - mem.capacity_bytes
+    hint = "more GPUs (tp) or a smaller batch" if fp8 else "more GPUs (tp), fp8 weights, or a smaller batch"
     raise DoesNotFitError(
         f"{model} needs {gib(mem.total_bytes)} per GPU (weights {gib(mem.weights_bytes)}, KV cache "
         f"{gib(mem.kv_cache_bytes)}, activations {gib(mem.activation_bytes)}) but {gpu.name} has "
-        f"{gib(mem.capacity_bytes)}: {gib(over)} over. Try more GPUs (tp), fp8 weights, or a smaller batch",
+        f"{gib(mem.capacity_bytes)}: {gib(over)} over. Try {hint}",
         required_bytes=mem.total_bytes, capacity_bytes=mem.capacity_bytes)
