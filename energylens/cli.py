@@ -45,17 +45,22 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-#: Python names in error messages -> the CLI options a user typed.
+#: Python names in error messages -> the CLI options a user typed (whole names only: ``_cli_names``).
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
-              "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms must": "--comm-sms must",
+              "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
+              "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
               " (or None: no target)": "", " (or None: no overlap)": "", " (interconnect='pcie' in Python)": "",
-              " (interconnect='pcie' in Python; ": " ("}
+              " (interconnect='pcie' in Python; ": " (", ", interconnect='pcie' in Python;": ";"}
 
 
 def _cli_names(message: str) -> str:
     """``message`` with the Python names of options replaced by their CLI spelling."""
-    for py, cli in _OPTION_OF.items():
-        message = message.replace(py, cli)
+    import re
+
+    for py, cli in _OPTION_OF.items():  # not inside a longer name (Workload.output_len_cv)
+        before = r"(?<![\w.-])" if py[0].isalnum() else ""
+        after = r"(?!\w)" if py[-1].isalnum() else ""
+        message = re.sub(before + re.escape(py) + after, cli.replace("\\", r"\\"), message)
     return message
 
 
@@ -93,7 +98,7 @@ def estimate(
     fuse: Annotated[bool, typer.Option(help="fuse pointwise ops and attention into neighbouring kernels")] = True,
     comm_sms: Annotated[int | None, typer.Option(help="overlap TP collectives with compute on this many SMs")] = None,
     routing: Annotated[str, typer.Option(help="MoE routing: uniform or zipf")] = "uniform",
-    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: nvlink on A100-SXM, H100-SXM, H200 and B200, whose NVLink collectives were measured; pcie on the others)")] = None,
+    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A100-SXM4-40GB, H100-SXM, H200 and B200, whose NVLink collectives were measured; pcie on the others)")] = None,
     top: Annotated[int, typer.Option(help="how many ops to list, by energy")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ) -> None:
@@ -292,7 +297,7 @@ def compile_cmd(
     model: Annotated[str, typer.Argument(help="HF model id (see `energylens models`), a config.json or a model directory")],
     gpu: Annotated[str, typer.Option(help="GPU name (see `energylens gpus`)")] = "H100-SXM",
     gpus: Annotated[int, typer.Option(help="number of GPUs of the cluster")] = 8,
-    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: nvlink on A100-SXM, H100-SXM, H200 and B200, whose NVLink collectives were measured; pcie on the others)")] = None,
+    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A100-SXM4-40GB, H100-SXM, H200 and B200, whose NVLink collectives were measured; pcie on the others)")] = None,
     batch: Annotated[int, typer.Option(help="concurrent sequences (the search tries up to this many)")] = 64,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
@@ -325,4 +330,11 @@ def compile_cmd(
     if export == "vllm":
         print(plan.to_vllm(cli=True), end="")
     elif export == "megatron":
+        from energylens.export import megatron_extras
+
         print(json.dumps(plan.to_megatron(), indent=2))
+        ex = megatron_extras(plan.to_spec())  # dp is not a field: Megatron derives it from the ranks launched
+        print(f"# launch {ex.world_size} rank{'s' if ex.world_size > 1 else ''} (torchrun --nproc-per-node {ex.world_size}): Megatron-Core derives "
+              f"data_parallel_size = {ex.data_parallel_size}", file=sys.stderr)
+        for note in ex.notes:
+            print(f"# note: {note}", file=sys.stderr)

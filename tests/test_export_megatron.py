@@ -19,6 +19,7 @@ import pytest
 from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.export import PlanSpec, megatron_extras, to_megatron
 from energylens.export.megatron import UB_FPROP_LAYERS
+from energylens.export.plan import has_experts
 from energylens.typing import Parallel
 
 if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.core") is None:
@@ -96,7 +97,6 @@ def plan(tp: int = 1, ep: int = 1, dp: int = 1, **kw) -> PlanSpec:
         parallel=Parallel(tp=tp, ep=ep, dp=dp),
         max_num_seqs=64,
         max_model_len=1280,
-        moe=True,
     )
     base.update(kw)
     return PlanSpec(**base)
@@ -150,7 +150,7 @@ def test_transformer_config_accepts_export(p: PlanSpec) -> None:
     cfg = to_megatron(p)
     if needs_te(cfg) and not te_available():
         pytest.skip("fused RoPE / FP8 / MoE permute fusion are validated through Transformer Engine (absent)")
-    experts = {"num_moe_experts": 16} if p.moe else {}
+    experts = {"num_moe_experts": 16} if has_experts(p) else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         built = MC[1](
@@ -183,9 +183,12 @@ def test_expert_layout() -> None:
 
 
 def test_dense_model_gets_no_expert_fields() -> None:
-    dense = plan(tp=8, model="meta-llama/Llama-3.1-70B-Instruct", moe=False)
+    dense = plan(tp=8, model="meta-llama/Llama-3.1-70B-Instruct")  # moe=None: read from the config
     cfg = to_megatron(dense)
     assert not [k for k in cfg if "expert" in k or k.startswith("moe_")], cfg
+    assert "moe_token_dispatcher_type" in to_megatron(plan(tp=4, dp=2))  # Qwen3-30B-A3B's config: experts
+    assert "expert_model_parallel_size" not in to_megatron(plan(tp=2, model="my/unknown-model"))
+    assert "expert_model_parallel_size" in to_megatron(plan(tp=2, model="my/unknown-model", moe=True))
     assert megatron_extras(dense).initialize_model_parallel["expert_tensor_parallel_size"] == 8
 
 
@@ -224,7 +227,7 @@ def test_fusion_fp8_limits_and_clock() -> None:
         "inference_max_seq_length": 1280,
         "fp8": "e4m3",
     }
-    assert ex.gpu_clock_command == "nvidia-smi -lgc 1200,1200"
+    assert ex.gpu_clock_command == "nvidia-smi -i 0 -lgc 1200,1200"
     # AMD: performance-determinism mode caps the graphics clock
     assert megatron_extras(plan(gpu="MI300X", gpu_clock_mhz=1500)).gpu_clock_command == "rocm-smi --setperfdeterminism 1500"
     assert ex.to_dict()["world_size"] == 1

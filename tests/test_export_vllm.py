@@ -196,7 +196,7 @@ def test_gpu_clock_is_a_comment_not_an_argument() -> None:
     p = plan(tp=8, gpu_clock_mhz=1410)
     assert not any("clock" in k for k in to_vllm(p))
     _, argv, comments = split_cli(to_vllm(p, cli=True))
-    assert "# nvidia-smi -lgc 1410,1410" in comments
+    assert "# nvidia-smi -i 0,1,2,3,4,5,6,7 -lgc 1410,1410" in comments
     assert not any("clock" in w or "lgc" in w for w in argv)
 
 

@@ -105,7 +105,7 @@ def test_exports_accepted(plan):
     cli = plan.to_vllm(cli=True)
     assert "vllm serve meta-llama/Llama-3.2-1B-Instruct" in cli
     if plan.gpu_clock_mhz is not None:
-        assert f"nvidia-smi -lgc {plan.clock_mhz}" in cli
+        assert f"-lgc {plan.clock_mhz},{plan.clock_mhz}" in cli
     assert plan.to_megatron()["tensor_model_parallel_size"] == plan.parallel.tp
 
 
@@ -161,3 +161,23 @@ def test_gpu_without_published_max_clock_searches_only_its_default_clock():
     assert "default" in b200.report(file=io.StringIO())
     with pytest.raises(el.EnergylensError, match="B200 has no published maximum clock"):
         el.compile(MODEL, el.Cluster("B200", num_gpus=1), workload=WL, clocks_mhz=(990,))
+
+
+def test_cli_compile_export_megatron_says_how_many_ranks_to_launch():
+    r = CliRunner().invoke(app, ["compile", MODEL, "--gpus", "8", "--batch", "4", "--prompt-len", "512",
+                                 "--output-len", "128", "--export", "megatron"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.stdout)
+    assert "tensor_model_parallel_size" in cfg and not any("expert" in k for k in cfg)  # dense: no expert fields
+    assert "# launch " in r.stderr and "data_parallel_size = " in r.stderr
+
+
+def test_chosen_plan_off_the_itl_frontier_is_still_shown():
+    """A TTFT target can rule out every plan of the energy/ITL frontier that would be cheaper."""
+    plan = el.compile("meta-llama/Llama-3.1-8B-Instruct", el.Cluster("H100-SXM", num_gpus=6),
+                      workload=el.Workload(batch=64, prompt_len=1024, output_len=256), slo=el.SLO(ttft_ms=500))
+    text = plan.report(file=io.StringIO())
+    assert " * " in text.replace("│", " ")
+    chosen = (plan.parallel.tp, plan.parallel.dp, plan.batch, plan.clock_mhz)
+    if chosen not in {(r.tp, r.dp, r.batch, r.clock_mhz) for r in plan.pareto}:
+        assert "off this frontier" in text

@@ -18,10 +18,11 @@ Mapping (plan, in vLLM's meaning -> Megatron-Core):
   over all GPUs (vLLM without it). Megatron also runs the sizes in between, but a plan's ``ep`` has
   vLLM's meaning, so those are a ``ShardingError`` here as in the shard pass (which is what the
   cost model prices; see ``energylens.passes.shard``).
-- MoE models only (``plan.moe`` or ``ep > 1``; a dense model gets no expert fields):
-  ``moe_token_dispatcher_type="allgather"``, the dispatch the cost model prices (vLLM's default
-  all-gather of the tokens and reduce-scatter of the expert outputs; Megatron's ``alltoall``
-  dispatcher moves fewer bytes and is not what was priced).
+- MoE models only (``export.plan.has_experts``; a dense model gets no expert fields):
+  ``moe_token_dispatcher_type="allgather"``, the dispatch the cost model prices without overlap
+  (vLLM's default all-gather of the tokens and reduce-scatter of the expert outputs; Megatron's
+  ``alltoall`` dispatcher moves fewer bytes and is not what was priced); with ``comm_sms`` and
+  ``ep > 1``, the DeepEP ``flex`` dispatcher below.
 - ``sequence_parallel`` -> ``sequence_parallel`` (Megatron refuses it without tensor parallelism).
 - ``comm_sms`` (SMs for communication overlapping compute):
   tensor parallel: ``tp_comm_overlap=True`` plus Transformer Engine userbuffers settings
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from energylens.errors import InvalidWorkloadError, ShardingError
-from energylens.export.plan import PlanLike, check_plan, clock_commands
+from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts
 from energylens.typing import Record
 
 __all__ = ["MEGATRON_CORE_VERSION", "UB_FPROP_LAYERS", "MegatronExtras", "to_megatron", "megatron_extras"]
@@ -85,7 +86,7 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
 
     >>> from energylens.export.plan import PlanSpec
     >>> from energylens.typing import Parallel
-    >>> plan = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=8, dp=2), 64, 1280, moe=True)
+    >>> plan = PlanSpec("Qwen/Qwen3-30B-A3B", "H100-SXM", 8, Parallel(tp=4, ep=8, dp=2), 64, 1280)
     >>> cfg = to_megatron(plan)
     >>> cfg["tensor_model_parallel_size"], cfg["expert_model_parallel_size"], cfg["expert_tensor_parallel_size"]
     (4, 8, 1)
@@ -103,7 +104,7 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
         "sequence_parallel": plan.sequence_parallel,
         "tp_comm_overlap": _tp_overlap(plan),
     }
-    moe = plan.moe or p.ep > 1
+    moe = has_experts(plan)
     if moe:
         cfg["expert_model_parallel_size"] = p.ep
         cfg["expert_tensor_parallel_size"] = p.tp * p.dp // p.ep

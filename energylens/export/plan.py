@@ -9,7 +9,7 @@ from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.passes.shard import ep_size_error, expert_parallel_sizes
 from energylens.typing import Parallel, Record
 
-__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan"]
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts"]
 
 QUANTIZATIONS: tuple[str, ...] = ("fp8",)
 """Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
@@ -30,7 +30,6 @@ class PlanLike(Protocol):
     gpu_clock_mhz: int | None
     quantization: str | None
     sequence_parallel: bool
-    moe: bool
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class PlanSpec(Record):
     ``comm_sms`` is the number of SMs given to communication kernels when communication overlaps
     compute (None: no overlap); ``gpu_clock_mhz`` the locked graphics clock (None: default).
     ``moe``: the model has routed experts (exporters emit expert settings only then; ``ep > 1``
-    implies it).
+    implies it); None: read from the model's config when ``model`` is a known id or config file.
     """
 
     model: str
@@ -57,7 +56,7 @@ class PlanSpec(Record):
     gpu_clock_mhz: int | None = None
     quantization: str | None = None
     sequence_parallel: bool = False
-    moe: bool = False
+    moe: bool | None = None
 
 
 def _positive(name: str, value: object) -> None:
@@ -68,7 +67,8 @@ def _positive(name: str, value: object) -> None:
 def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
     """The commands (root) that set the plan's GPU clock and undo it, or None at the default clock.
 
-    NVIDIA: ``nvidia-smi -lgc F,F`` (undo ``nvidia-smi -rgc``). AMD: ``rocm-smi
+    NVIDIA: ``nvidia-smi -i 0,..,n-1 -lgc F,F`` on the plan's ``n`` GPUs, the first ``n`` that vLLM
+    and ``torchrun`` take (undo ``nvidia-smi -i ... -rgc``); the node's other GPUs keep their clocks. AMD: ``rocm-smi
     --setperfdeterminism F``, performance-determinism mode with F the highest graphics clock, which
     any other performance level ends (undo ``rocm-smi --setperflevel auto``).
     """
@@ -79,7 +79,25 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
 
     if get_gpu(plan.gpu).vendor == "amd":
         return f"rocm-smi --setperfdeterminism {f}", "rocm-smi --setperflevel auto"
-    return f"nvidia-smi -lgc {f},{f}", "nvidia-smi -rgc"
+    ids = ",".join(str(i) for i in range(plan.num_gpus))
+    return f"nvidia-smi -i {ids} -lgc {f},{f}", f"nvidia-smi -i {ids} -rgc"
+
+
+def has_experts(plan: PlanLike) -> bool:
+    """Whether ``plan``'s model has routed experts: its ``moe`` if set (a ``PlanLike`` need not have
+    one), else ``ep > 1`` or the model's config; a model whose config cannot be read counts as dense."""
+    moe = getattr(plan, "moe", None)
+    if moe is not None:
+        return bool(moe)
+    if plan.parallel.ep > 1:
+        return True
+    from energylens.errors import EnergylensError
+    from energylens.models import load_config
+
+    try:
+        return load_config(plan.model).is_moe
+    except EnergylensError:
+        return False
 
 
 def check_plan(plan: PlanLike) -> None:

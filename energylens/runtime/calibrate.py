@@ -289,7 +289,7 @@ def microbench_graph(kind: str, params: dict[str, Any]) -> tuple[Graph, dict[str
         probs = Reduce(result=Value("probs", tt(("B", "g", "r", "S", "K"))), operands=(scores.result,),
                        fn="softmax", dims=("K",))
         out = Einsum(result=Value("attn", tt(("B", "g", "r", "S", "d"))), operands=(probs.result, vc),
-                     spec="bgrsk,bgkd->bgrsd")
+                     spec="bgrsk,bgkd->bgrsd", causal=True)  # FlashAttention skips masked blocks in both
         g = graph(dims, [Decl(q, "input"), Decl(kc, "cache"), Decl(vc, "cache")], [scores, probs, out])
         b = float(params["batch"])
         if kind == "attention_prefill":

@@ -1,13 +1,14 @@
 """``compile``: search the plan space of a model on a cluster and pick the plan with least energy.
 
 The space is every structural variant ``(tp, ep, dp, fused)`` that can run the model on up to
-the cluster's GPUs (``tp x dp <= num_gpus``, ``dp`` a power of two or the whole cluster's
-``num_gpus // tp``; ``ep`` 1 or ``tp x dp``, the expert-parallel sizes vLLM runs). A plan that
-leaves GPUs unused does not count them: they are free for other work, so the least-energy plan is
-often the fewest GPUs that meet the SLO times the knobs priced as arrays (``evaluate.py``): batch size (concurrent sequences, up to
-the workload's batch; vLLM's ``max_num_seqs`` per replica is ``batch / dp``), GPU clock, and the
-SMs given to overlapped communication (``None``: no overlap). Plans that do not fit in 90% of GPU
-memory are dropped. Every plan is priced as ``energylens.estimate`` would price it.
+the cluster's GPUs (``tp x dp <= num_gpus``; ``dp`` any size up to 8, then powers of two and
+``num_gpus // tp``; ``ep`` 1 or ``tp x dp``, the expert-parallel sizes vLLM runs), times the knobs
+priced as arrays (``evaluate.py``): batch size (concurrent sequences, up to the workload's batch;
+vLLM's ``max_num_seqs`` per replica is ``batch / dp``), GPU clock, and the SMs given to overlapped
+communication (``None``: no overlap). Plans that do not fit in 90% of GPU memory are dropped. Every
+plan is priced as ``energylens.estimate`` would price it. A plan that leaves GPUs unused does not
+count them: they are free for other work, so the least-energy plan is often the fewest GPUs that
+meet the SLO.
 
 Among the plans that meet the SLO (median ITL of steady-state serving, and TTFT = prefill of the
 whole batch), ``objective="energy"`` picks the least energy per output token (prefill included),
@@ -260,12 +261,13 @@ def _batch_grid(batch: int, dp: int) -> tuple[int, ...]:
 
 
 def _dp_values(most: int) -> list[int]:
-    """Data-parallel sizes searched up to ``most`` replicas: powers of two and ``most`` itself.
+    """Data-parallel sizes searched up to ``most`` replicas: every size up to 8 (so a larger
+    cluster's space holds a smaller one's), then powers of two and ``most`` itself.
 
-    >>> _dp_values(6), _dp_values(8)
-    ([1, 2, 4, 6], [1, 2, 4, 8])
+    >>> _dp_values(6), _dp_values(24)
+    ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 16, 24])
     """
-    return sorted({1 << k for k in range(most.bit_length()) if 1 << k <= most} | {most})
+    return sorted({*range(1, min(most, 8) + 1), *(1 << k for k in range(most.bit_length())), most})
 
 
 def variants(traced: Any, num_gpus: int) -> list[Variant]:
@@ -352,6 +354,7 @@ def _choose(space: SearchSpace, slo: SLO, objective: str) -> int:
     if slo.ttft_ms is not None:
         ok &= c["ttft_s"] * 1e3 <= slo.ttft_ms
     if not ok.any():
+        targets = (("itl_ms", slo.itl_ms), ("ttft_ms", slo.ttft_ms))
         best_itl = float(c["itl_s"].min()) * 1e3
         best_ttft = float(c["ttft_s"].min()) * 1e3
         both = ""
@@ -360,7 +363,7 @@ def _choose(space: SearchSpace, slo: SLO, objective: str) -> int:
             if itl_ok.any():
                 both = f"; among plans meeting the ITL target the best TTFT is {c['ttft_s'][itl_ok].min() * 1e3:.1f} ms"
         raise InfeasibleSLOError(
-            f"no plan meets the SLO (itl_ms={slo.itl_ms}, ttft_ms={slo.ttft_ms}): the best achievable ITL is "
+            f"no plan meets the SLO ({', '.join(f'{k}={v:g}' for k, v in targets if v is not None)}): the best achievable ITL is "
             f"{best_itl:.2f} ms and the best TTFT {best_ttft:.1f} ms over {space.plans_evaluated} plans{both}. "
             "Relax the SLO, use more or faster GPUs, or a smaller batch / prompt")
     idx = np.flatnonzero(ok)
@@ -405,7 +408,8 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
         raise DoesNotFitError(
             f"no plan of {name} fits on {cluster.num_gpus} x {gpu.name} ({GPU_MEMORY_UTILIZATION:.0%} of "
             f"{gpu.hbm_capacity_bytes / 2**30:.0f} GiB each) at any batch size up to {workload.batch}; "
-            "use more GPUs, fp8 weights or a shorter context", required_bytes=float("nan"),
+            f"use more GPUs{'' if _quantization(model, traced) == 'fp8' else ', fp8 weights'} or a shorter context",
+            required_bytes=float("nan"),
             capacity_bytes=float(gpu.hbm_capacity_bytes))
     best = space.point(_choose(space, slo, objective))
     par = Parallel(tp=best.tp, ep=best.ep, dp=best.dp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,15 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     for col in ("tp", "ep", "dp", "fused", "batch", "comm SMs", "clock MHz", "ITL", "TTFT", "energy / token",
                 "power"):
         fr.add_column(col, justify="right")
+    off = chosen not in key  # a TTFT target can pick a plan off the energy/ITL frontier
+    if off:
+        s = plan.estimate.serving
+        rows.append(SimpleNamespace(tp=p.tp, ep=p.ep, dp=p.dp, fused=plan.fused, batch=plan.batch,
+                                    comm_sms=plan.comm_sms, clock_mhz=plan.clock_mhz, itl_s=s.median_itl_s,
+                                    ttft_s=plan.estimate.prefill.latency_s, energy_per_token_j=s.energy_per_output_token_j,
+                                    power_w=s.avg_power_w))
+        key.append(chosen)
+        fr.caption = "* = chosen: off this frontier (the TTFT target ruled the frontier's plans out)"
     for r, k in zip(rows, key, strict=True):
         mark = " *" if k == chosen else ""
         fr.add_row(str(r.tp), str(r.ep), str(r.dp), "yes" if r.fused else "no", str(r.batch), str(r.comm_sms or "-"),
