@@ -288,6 +288,19 @@ def variants(traced: Any, num_gpus: int) -> list[Variant]:
     return out
 
 
+def _weight_split(decode: Any) -> tuple[float, float]:
+    """Bytes of the model's non-expert and expert weights. Per GPU a plan holds at least
+    ``dense / tp + experts / (tp x dp)`` (experts spread over all its GPUs, ep being 1 or tp x dp),
+    so the search skips variants whose weights alone overflow without rewriting their graphs."""
+    sizes = decode.bind(B=1, S=1, K=1)
+    split = [0.0, 0.0]
+    for d, n in decode.all_decls():
+        if d.role == "param":
+            t = d.value.type
+            split["e" in t.dims] += float(np.prod([sizes[x] for x in t.dims])) * t.itemsize * n
+    return split[0], split[1]
+
+
 def _quantization(model: Any, traced: Any) -> str | None:
     try:
         from energylens.models import load_config
@@ -315,9 +328,12 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLS}
     n_plans = 0
     vs = variants(traced, num_gpus)
+    dense_w, expert_w = _weight_split(traced.decode)
+    room = gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION
     for v in vs:
         batches = _batch_grid(workload.batch, v.parallel.dp)
-        if not batches:
+        p = v.parallel
+        if not batches or dense_w / p.tp + expert_w / (p.tp * p.dp) > room:  # its weights alone do not fit
             continue
         r: VariantPrices = price_variant(v, Knobs(batches, clocks, sms if v.has_tp_comm else (None,)),
                                          workload, gpu, profile, interconnect)
