@@ -129,6 +129,10 @@ def test_data_parallel_replicas_each_serve_their_share() -> None:
     assert dp2.decode.itl_s == pytest.approx(half.decode.itl_s, rel=1e-9)
     assert dp2.decode.energy_j == pytest.approx(2 * half.decode.energy_j, rel=1e-9)
     assert dp2.memory.kv_cache_bytes == pytest.approx(half.memory.kv_cache_bytes)
+    # serving: each replica schedules its own steps (arrivals, token budget, host time per sequence)
+    assert dp2.serving.median_itl_s == pytest.approx(half.serving.median_itl_s, rel=1e-9)
+    assert dp2.serving.energy_per_output_token_j == pytest.approx(half.serving.energy_per_output_token_j, rel=1e-9)
+    assert dp2.serving.avg_power_w == pytest.approx(2 * half.serving.avg_power_w, rel=1e-9)
 
 
 # -- experts ------------------------------------------------------------------------------------------

@@ -181,3 +181,16 @@ def test_chosen_plan_off_the_itl_frontier_is_still_shown():
     chosen = (plan.parallel.tp, plan.parallel.dp, plan.batch, plan.clock_mhz)
     if chosen not in {(r.tp, r.dp, r.batch, r.clock_mhz) for r in plan.pareto}:
         assert "off this frontier" in text
+
+
+def test_ties_in_energy_go_to_the_larger_batch():
+    """dp replicas price alike: 2 replicas of batch 104 cost what one does, and serve twice the sequences."""
+    from energylens.search.compile import SearchSpace, _choose
+
+    cols = {k: np.zeros(3) for k in ("tp", "ep", "comm_sms", "clock_mhz", "ttft_s", "prefill_energy_per_token_j",
+                                     "power_w", "memory_bytes", "fused")}
+    cols.update(dp=np.array([1, 2, 1]), batch=np.array([104, 208, 96]), itl_s=np.array([0.024, 0.024, 0.023]),
+                energy_per_token_j=np.array([1.0, 1.0 + 1e-12, 1.01]))
+    space = SearchSpace(cols, 3, 2, 0.0)
+    assert _choose(space, el.SLO(itl_ms=25), "energy") == 1
+    assert _choose(space, el.SLO(itl_ms=25), "latency") == 2

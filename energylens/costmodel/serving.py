@@ -16,6 +16,9 @@ count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill 
 * prefill attention of the new prompts (causal, ``prompt_len`` each);
 * plus a fixed step overhead (sync, launch of the step's graphs: the GPU waits) and a per-sequence
   host time (scheduling, sampling bookkeeping, output processing: ``seq_overhead_s x batch``).
+
+Data-parallel replicas are separate engines: each steps on its own ``batch / dp`` sequences with
+its own arrivals, token budget and host, so a plan's steps are one replica's.
   With asynchronous scheduling (vLLM 0.11 ``--async-scheduling``, as ML.ENERGY ran) the host
   prepares step n+1 while the GPU runs step n, so the two overlap: a step takes
   ``(gpu^p + host^p)^(1/p)`` (``step_time_s``; ``p = profile.host_overlap_p``, 1 = in series,
@@ -99,10 +102,13 @@ MAX_MIXTURE_ENTRIES = 16
 
 
 def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
-                    coverage: float = 0.999) -> list[tuple[float, float]]:
+                    coverage: float = 0.999, replicas: int = 1) -> list[tuple[float, float]]:
     """(probability, prefill tokens) of the steps of steady-state serving: ``n`` new prompts per
     step, ``n`` Poisson with mean ``lam = batch / output_len``, their tokens capped by the step's
-    token budget. Every count whose prompts fill the budget is one entry; the tail beyond
+    token budget. With ``replicas`` data-parallel replicas each serves ``batch / replicas``
+    sequences and schedules its own steps (its own arrivals and token budget): the mixture is one
+    replica's, and the tokens are given over all replicas (``replicas`` x one replica's), as the
+    planned graphs take them. Every count whose prompts fill the budget is one entry; the tail beyond
     ``coverage`` is dropped. The Poisson terms are taken in log space from ``lam - 8 sqrt(lam)``
     (the mass below is < 1e-14), so a large ``lam`` (many short requests) neither underflows nor
     needs a term per count from 0.
@@ -110,18 +116,19 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     >>> [(round(w, 3), t) for w, t in prefill_mixture(Workload(batch=2, prompt_len=4000, output_len=1))]
     [(0.135, 0.0), (0.271, 4000.0), (0.271, 8000.0), (0.323, 8190.0)]
     """
-    lam = workload.batch / workload.output_len
-    budget = max(0, max_num_batched_tokens - workload.batch)
+    batch = workload.batch / replicas
+    lam = batch / workload.output_len
+    budget = max(0.0, max_num_batched_tokens - batch)
     n_full = math.ceil(budget / workload.prompt_len)  # from n_full prompts on, a step is full
     out, cdf = [], 0.0
     n = max(0, math.floor(lam - 8 * math.sqrt(lam)))
     while n < n_full and cdf < coverage:
         p = math.exp(n * math.log(lam) - lam - math.lgamma(n + 1))
-        out.append((p, float(n * workload.prompt_len)))
+        out.append((p, float(n * workload.prompt_len) * replicas))
         cdf += p
         n += 1
     if n >= n_full:  # every larger count fills the budget
-        out.append((max(0.0, 1.0 - cdf), float(budget)))
+        out.append((max(0.0, 1.0 - cdf), float(budget) * replicas))
         cdf = sum(w for w, _ in out)
     out = [(w / cdf, t) for w, t in out if w > 0]
     if len(out) <= MAX_MIXTURE_ENTRIES:
@@ -141,10 +148,12 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
 
 
 def prefill_tokens_per_step(workload: Workload, median: bool = False,
-                            max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS) -> float:
-    lam = workload.batch / workload.output_len
+                            max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS, replicas: int = 1) -> float:
+    """Prefill tokens of a mean (or the median) step, over all ``replicas`` (see ``prefill_mixture``)."""
+    batch = workload.batch / replicas
+    lam = batch / workload.output_len
     n = max(0.0, lam - math.log(2)) if median else lam  # continuous lower bound of the Poisson median
-    return float(min(n * workload.prompt_len, max(0, max_num_batched_tokens - workload.batch)))
+    return float(min(n * workload.prompt_len, max(0.0, max_num_batched_tokens - batch))) * replicas
 
 
 def step_ops(prefill: Graph, decode: Graph, batch: float, context_len: float, prompt_len: float,
@@ -213,26 +222,29 @@ def step_cost(ops: Sequence[PricedOp], batch: float, profile: Profile) -> StepCo
 
 
 def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec, profile: Profile,
-                     num_gpus: int = 1, price: Callable[..., list[PricedOp]] = price_graph) -> ServingEstimate:
+                     num_gpus: int = 1, price: Callable[..., list[PricedOp]] = price_graph,
+                     replicas: int = 1) -> ServingEstimate:
     """Median ITL, power and energy per output token of steady-state continuous batching.
 
     ``num_gpus``: GPUs of the plan; with a multi-GPU plan, ``price`` is its ``PlanPricer`` (costs
     per GPU, so totals are per-GPU sums x ``num_gpus``) and the graphs are the planned ones.
+    ``replicas``: the plan's data-parallel replicas, each scheduling its own steps (``prefill_mixture``).
     """
     ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu, num_gpus))
 
     def cost(p: float) -> StepCost:
         ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile, price)
-        return step_cost(ops, workload.batch, profile)
+        return step_cost(ops, workload.batch / replicas, profile)  # each replica's host serves its share
 
-    mix = [(w, cost(p)) for w, p in prefill_mixture(workload)]
+    mixture = prefill_mixture(workload, replicas=replicas)
+    mix = [(w, cost(p)) for w, p in mixture]
     mean_t = sum(w * c.time_s for w, c in mix)
     mean_e = sum(w * c.energy_j for w, c in mix)
     mean_static = sum(w * c.static_j for w, c in mix)
-    p_med = prefill_tokens_per_step(workload, median=True)
+    p_med = prefill_tokens_per_step(workload, median=True, replicas=replicas)
     return ServingEstimate(
         batch=workload.batch, prompt_len=workload.prompt_len, output_len=workload.output_len,
-        prefill_tokens_per_step=sum(w * p for w, p in prefill_mixture(workload)),
+        prefill_tokens_per_step=sum(w * p for w, p in mixture),
         median_prefill_tokens_per_step=p_med,
         median_itl_s=cost(p_med).time_s, mean_step_s=mean_t,
         avg_power_w=mean_e / mean_t * num_gpus,

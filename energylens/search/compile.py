@@ -12,7 +12,7 @@ meet the SLO.
 
 Among the plans that meet the SLO (median ITL of steady-state serving, and TTFT = prefill of the
 whole batch), ``objective="energy"`` picks the least energy per output token (prefill included),
-``"latency"`` the least ITL. The Pareto frontiers (energy per token vs ITL; prefill energy per
+``"latency"`` the least ITL; ties (to 1 ppm) go to the other metric, then to the larger batch. The Pareto frontiers (energy per token vs ITL; prefill energy per
 token vs TTFT) are over all fitting plans.
 
 >>> import energylens as el
@@ -385,7 +385,10 @@ def _choose(space: SearchSpace, slo: SLO, objective: str) -> int:
     idx = np.flatnonzero(ok)
     primary, secondary = (("energy_per_token_j", "itl_s") if objective == "energy"
                           else ("itl_s", "energy_per_token_j"))
-    order = np.lexsort((c[secondary][idx], c[primary][idx]))
+    # ties to 1 ppm (dp replicas price alike up to rounding) go to the larger batch: more of the
+    # workload served at the same cost
+    first = np.round(c[primary][idx] / c[primary][idx].min() * 1e6)
+    order = np.lexsort((-c["batch"][idx], c[secondary][idx], first))
     return int(idx[order[0]])
 
 

@@ -180,14 +180,16 @@ class VariantPrices:
         return self.fits[:, None, None] & self.sms_ok[None, None, :] & np.isfinite(self.itl_s)
 
 
-def _serving_points(batches: Sequence[int], workload: Workload, ctx_of: Callable[[int], float]) -> dict[str, np.ndarray]:
+def _serving_points(batches: Sequence[int], workload: Workload, ctx_of: Callable[[int], float],
+                    replicas: int) -> dict[str, np.ndarray]:
     b, p, ctx, w, idx, med = [], [], [], [], [], []
     for i, bb in enumerate(batches):
         wl = _workload(workload, bb)
         c = ctx_of(bb)
         med.append(len(b))
-        b.append(bb), p.append(prefill_tokens_per_step(wl, median=True)), ctx.append(c), w.append(0.0), idx.append(i)
-        for wt, pt in prefill_mixture(wl):
+        b.append(bb), p.append(prefill_tokens_per_step(wl, median=True, replicas=replicas))
+        ctx.append(c), w.append(0.0), idx.append(i)
+        for wt, pt in prefill_mixture(wl, replicas=replicas):
             b.append(bb), p.append(pt), ctx.append(c), w.append(wt), idx.append(i)
     return {"b": np.asarray(b, float), "p": np.asarray(p, float), "ctx": np.asarray(ctx, float),
             "w": np.asarray(w, float), "idx": np.asarray(idx), "med": np.asarray(med)}
@@ -212,7 +214,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     def ctx_of(b: int) -> float:
         return serving_context_len(_workload(workload, b), kv_cap)
 
-    pts = _serving_points(knobs.batches, workload, ctx_of)
+    pts = _serving_points(knobs.batches, workload, ctx_of, par.dp)
     batches = np.asarray(knobs.batches, dtype=float)
     s_len = float(workload.prompt_len)
     b, p = pts["b"], pts["p"]
@@ -228,7 +230,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
                               "K": np.full_like(p, s_len)}, c, is_attention_op)
     has_p = (p > 0)[:, None, None]
     t_gpu = t1 + t2[pts["idx"]] + np.where(has_p, t3, 0.0)
-    t_srv = step_time_s(t_gpu, b[:, None, None], profile)  # kernels combined with host overheads
+    t_srv = step_time_s(t_gpu, b[:, None, None] / par.dp, profile)  # kernels with one replica's host overheads
     idle_w = getattr(profile, "overhead_power_w", profile.static_power_w)  # host overheads: no kernel runs
     e_srv = e1 + e2[pts["idx"]] + np.where(has_p, e3, 0.0) + idle_w * (t_srv - t_gpu)
     t_pre, e_pre = _component(pre, {"B": batches, "S": np.full_like(batches, s_len),
