@@ -10,13 +10,20 @@ import pytest
 from scipy.stats import poisson
 
 import energylens as el
-from energylens.costmodel.fit import fit_moe_default_tile, mlenergy_profile, read_mlenergy
+from energylens.costmodel.fit import (
+    MOE_DEFAULT_TILE_EFFICIENCY,
+    kernel_default_tile_efficiency,
+    mlenergy_profile,
+    read_mlenergy,
+    with_default_tile,
+)
 from energylens.costmodel.fused_moe import default_tile_rows, padded_rows_per_expert, tuned_shapes
 from energylens.costmodel.profile import load_profile
 
 MOE = "Qwen/Qwen3-30B-A3B-Instruct-2507"
 CHAT = dict(prompt_len=634, output_len=918)
 DEV = Path(__file__).resolve().parents[1] / "data" / "public" / "mlenergy_dev.csv"
+KERNELS = Path(__file__).resolve().parents[1] / "data" / "public" / "aiconfigurator_kernels"
 
 
 def test_tuned_shapes_are_vllm_0_11_1s_config_files():
@@ -63,12 +70,19 @@ def test_legacy_tiles_need_an_untuned_bf16_shape_and_a_fitted_rate():
     assert _itl(96, model=fp8, legacy_moe_tiles=True) == pytest.approx(_itl(96, model=fp8))
 
 
-def test_fit_recovers_the_jump_of_the_2gpu_rows():
+def test_the_tile_rate_is_the_kernel_tables_and_prices_the_jump_of_the_2gpu_rows():
+    import csv
+
+    from energylens.costmodel.hardware import get_gpu
+
+    with open(KERNELS / "moe_default_tile_h100_sxm.csv", newline="") as fh:
+        measured = kernel_default_tile_efficiency(list(csv.DictReader(fh)), get_gpu("H100-SXM"))
+    assert MOE_DEFAULT_TILE_EFFICIENCY["H100-SXM"] == pytest.approx(measured, abs=5e-4)
     rows = [r for r in read_mlenergy(DEV)
             if r.num_gpus == 2 and round(r.avg_batch_size) in (64, 96, 192)]
     base = load_profile("H100-SXM").with_params(moe_default_tile_efficiency=None)
-    prof = fit_moe_default_tile(base, rows)
-    assert 0.05 < prof.moe_default_tile_efficiency < 1.0
+    prof = with_default_tile(base, rows, MOE_DEFAULT_TILE_EFFICIENCY["H100-SXM"])
+    assert prof.moe_default_tile_efficiency == MOE_DEFAULT_TILE_EFFICIENCY["H100-SXM"]
     res = prof.provenance.residuals
     assert res["mape_itl_s_pct_default_tile_rows"] < res["mape_itl_s_pct_default_tile_rows_before"] / 2
     assert not prof.legacy_moe_tiles  # stored off: estimate's default engine is vLLM >= 0.19

@@ -99,7 +99,7 @@ def default_tile_time_s(work: OpWork, profile: Profile) -> Any:
     """Time of the padded FLOPs of a MoE expert GEMM on vLLM's untuned default tile (0 elsewhere).
 
     In series with the weight stream: the measured steps grow by this time on top of the
-    bandwidth-bound roofline (``fit.fit_moe_default_tile``). Priced like a kernel overhead, at the
+    bandwidth-bound roofline (``fit.kernel_default_tile_efficiency``). Priced like a kernel overhead, at the
     calibrated clock whatever the profile's ``sm_clock_fraction``: what limits the untuned tile
     (compute or load latency) is not known, so a locked clock does not stretch it."""
     if not np.any(on_default_tile(work, profile)):

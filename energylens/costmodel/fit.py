@@ -10,10 +10,9 @@ fixed; the fit only chooses the twelve per-GPU coefficients of a ``Profile``:
 * power: ``static_power_w`` (busy), ``flop_pj``, ``byte_pj``, ``idle_power_w`` (drawn during the
   host overheads of a step, when no kernel runs).
 
-Afterwards, alone, ``moe_default_tile_efficiency`` (vLLM 0.11's untuned fused-MoE tile) on the
-multi-GPU MoE rows that run it (``fit_moe_default_tile``); when it is fitted, the twelve are refitted
-with it priced (single-GPU steps with chunked prefill pass the tile switch too), then it once more
-(``fit_gpu_profile``).
+``moe_default_tile_efficiency`` (vLLM 0.11's untuned fused-MoE tile) is not fitted on these rows:
+it is measured on the kernel (``MOE_DEFAULT_TILE_EFFICIENCY``), and the twelve are fitted with the
+tile priced at it (single-GPU steps with chunked prefill pass the tile switch too; ``fit_gpu_profile``).
 
 Each coefficient has a physical prior (``PRIORS``: what tuned serving kernels reach on any recent
 GPU) that the loss pays a small quadratic penalty to leave: serving rows of one task leave some
@@ -74,7 +73,7 @@ from energylens.typing import Parallel, Workload
 __all__ = [
     "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "fit_gpu_profile",
     "FIT_PARAMS",
-    "write_profile", "fit_moe_default_tile", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
+    "write_profile", "with_default_tile", "kernel_default_tile_efficiency", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
 ]
 
 #: Mean prompt tokens per ML.ENERGY v3.0 task (ML.ENERGY v3.0 blog, Qwen3 tokenizer; data/public/README.md).
@@ -216,6 +215,37 @@ ATTENTION_KERNEL_S: dict[str, float] = {"H100-SXM": 11.6e-6, "B200": 8.6e-6}
 #: (data/public/aiconfigurator_kernels/moe_h100_sxm.csv; the H200 table gives 29 us). The B200 has
 #: no MoE table: none.
 MOE_CALL_OVERHEAD_S: dict[str, float] = {"H100-SXM": 28e-6}
+#: ``Profile.moe_default_tile_efficiency`` of the fitted GPUs, not fitted on serving rows: measured on
+#: the untuned fused-MoE kernel itself, ``kernel_default_tile_efficiency`` of AIConfigurator's
+#: SGLang 0.5.10 H100 table (data/public/aiconfigurator_kernels/moe_default_tile_h100_sxm.csv; the
+#: same Triton kernel and default tile as vLLM 0.11.1, Qwen3-30B-A3B's experts at ep 2-8). The B200
+#: has no such table (and its ML.ENERGY rows show no slowdown past the switch): none.
+MOE_DEFAULT_TILE_EFFICIENCY: dict[str, float] = {"H100-SXM": 0.245}
+#: Tokens from which a default-tile kernel row enters ``kernel_default_tile_efficiency``: M >> E, so
+#: every local expert's rows fill whole 64-row tiles and the padded FLOPs are the real ones.
+KERNEL_TILE_MIN_TOKENS = 1024
+
+
+def kernel_default_tile_efficiency(rows: Sequence[Mapping[str, str]], gpu: GPUSpec) -> float:
+    """The share of dense bf16 peak at which the untuned fused-MoE kernel runs its FLOPs: the median
+    over ``rows`` (of ``moe_default_tile_<gpu>.csv``) with at least ``KERNEL_TILE_MIN_TOKENS`` tokens of
+    FLOPs / (peak x (latency - weight stream)), the weight stream (its local experts' weights) at the
+    prior HBM efficiency. The tile term of ``costmodel.compute`` is priced so: in series with the
+    weight stream. In that table the time does not shrink with ep (ep 2, 4 and 8 agree within 1% at
+    large M), so each GPU is taken to run every token's top-k slots on its local experts."""
+    eff = []
+    for r in rows:
+        m = int(r["num_tokens"])
+        if m < KERNEL_TILE_MIN_TOKENS:
+            continue
+        h, n, k = int(r["hidden_size"]), int(r["inter_size"]), int(r["topk"])
+        flops = 2.0 * m * k * 3 * h * n  # gate, up and down projections
+        weights = int(r["num_experts"]) / int(r["moe_ep_size"]) * 3 * h * n * 2.0
+        stream = weights / (gpu.hbm_bandwidth_bytes_per_s * PRIORS["mem_efficiency"][0])
+        eff.append(flops / (gpu.peak_flops_per_s("bf16") * (float(r["latency_us"]) * 1e-6 - stream)))
+    if not eff:
+        raise EnergylensError(f"no default-tile kernel rows with >= {KERNEL_TILE_MIN_TOKENS} tokens")
+    return float(np.median(eff))
 
 #: Parameters stored as a fraction of TDP in the optimiser's space.
 _TDP_FRACTION = ("static_power_w", "idle_power_w")
@@ -507,7 +537,7 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
 
 
 #: vLLM 0.11.1 captures CUDA graphs of decode steps up to 512 tokens; larger batches run eagerly,
-#: with host time the model does not price, so they do not enter ``fit_moe_default_tile``.
+#: with host time the model does not price, so they do not enter ``with_default_tile``'s residuals.
 CUDA_GRAPH_MAX_BATCH = 512
 
 
@@ -517,19 +547,17 @@ def mlenergy_profile(gpu: str | GPUSpec, directory: str | Path | None = None) ->
     return load_profile(gpu, directory).with_params(legacy_moe_tiles=True)
 
 
-def fit_moe_default_tile(profile: Profile, rows: Sequence[MLEnergyRow]) -> Profile:
-    """``profile`` with ``moe_default_tile_efficiency`` fitted on the rows of its GPU whose decode steps
-    run MoE expert GEMMs on vLLM 0.11's untuned default tile (``costmodel.fused_moe``; the rows priced
-    with ``legacy_moe_tiles``): multi-GPU runs (the single-GPU fit does not price plans) with batch <=
-    ``CUDA_GRAPH_MAX_BATCH``. Unchanged when no row has such steps.
-
-    One coefficient, all others fixed at ``profile``'s: the median ITL of each row through
-    ``energylens.estimate`` (the plan the row ran, ``MLEnergyRow.parallel``); loss = sum of Huber(0.05)
-    of log(pred/meas); a log grid of efficiencies 0.02-1, then golden-section refinement.
-    """
+def with_default_tile(profile: Profile, rows: Sequence[MLEnergyRow], efficiency: float | None) -> Profile:
+    """``profile`` pricing vLLM 0.11's untuned fused-MoE tile at ``efficiency`` (None: not priced),
+    with the median-ITL MAPE of the rows it concerns, before and after, in its residuals: the
+    multi-GPU rows of its GPU whose decode steps run MoE expert GEMMs on the default tile (the
+    single-GPU fit does not price plans), batch <= ``CUDA_GRAPH_MAX_BATCH``."""
     from energylens.api import estimate
     from energylens.typing import Cluster
 
+    profile = profile.with_params(moe_default_tile_efficiency=efficiency)
+    if efficiency is None:
+        return profile
     gpu = get_gpu(profile.gpu)
     cand = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and r.num_gpus > 1
             and r.avg_batch_size <= CUDA_GRAPH_MAX_BATCH
@@ -540,51 +568,31 @@ def fit_moe_default_tile(profile: Profile, rows: Sequence[MLEnergyRow]) -> Profi
                         profile=prof, check_memory=False).serving.median_itl_s
 
     base = profile.with_params(moe_default_tile_efficiency=None, legacy_moe_tiles=True)
-    probe = base.with_params(moe_default_tile_efficiency=0.01)
-    used = [r for r in cand if itl(r, probe) > itl(r, base) * (1 + 1e-6)]
-    if not used:
-        return profile
-    meas = np.array([r.median_itl_ms / 1e3 for r in used])
-
-    def predict(log_eff: float) -> np.ndarray:
-        prof = base.with_params(moe_default_tile_efficiency=float(math.exp(log_eff)))
-        return np.array([itl(r, prof) for r in used])
-
-    def loss(log_eff: float) -> float:
-        return float(huber(np.log(predict(log_eff) / meas)).sum())
-
-    grid = np.log(np.geomspace(0.02, 1.0, 12))
-    i = int(np.argmin([loss(g) for g in grid]))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    g = (math.sqrt(5) - 1) / 2
-    for _ in range(14):  # golden section on [lo, hi]
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        lo, hi = (lo, b) if loss(a) <= loss(b) else (a, hi)
-    log_eff = (lo + hi) / 2
-    before, after = _mape(np.array([itl(r, base) for r in used]), meas), _mape(predict(log_eff), meas)
+    tiled = base.with_params(moe_default_tile_efficiency=efficiency)
+    used = [r for r in cand if itl(r, tiled) > itl(r, base) * (1 + 1e-6)]
     src = profile.provenance
-    return profile.model_copy(update={
-        "moe_default_tile_efficiency": float(f"{math.exp(log_eff):.4g}"),
-        "provenance": src.model_copy(update={
-            "fit": src.fit + "; moe_default_tile_efficiency fitted afterwards, alone, on the median ITL of the "
-                   f"{len(used)} multi-GPU rows whose decode steps run MoE expert GEMMs on vLLM 0.11.1's untuned "
-                   f"default tile (batch <= {CUDA_GRAPH_MAX_BATCH}; fit.fit_moe_default_tile): "
-                   + ", ".join(sorted({f"{r.model_id} x{r.num_gpus}" for r in used})),
-            "residuals": {**src.residuals, "mape_itl_s_pct_default_tile_rows_before": round(before, 2),
-                          "mape_itl_s_pct_default_tile_rows": round(after, 2)}})})
+    note = (f"; moe_default_tile_efficiency = {efficiency:g}, not fitted on these rows: measured on the kernel "
+            "(fit.MOE_DEFAULT_TILE_EFFICIENCY, fit.kernel_default_tile_efficiency)")
+    if not used:
+        return profile.model_copy(update={"provenance": src.model_copy(update={"fit": src.fit + note})})
+    meas = np.array([r.median_itl_ms / 1e3 for r in used])
+    before = _mape(np.array([itl(r, base) for r in used]), meas)
+    after = _mape(np.array([itl(r, tiled) for r in used]), meas)
+    return profile.model_copy(update={"provenance": src.model_copy(update={
+        "fit": src.fit + note + f"; it prices the {len(used)} multi-GPU rows whose decode steps run that tile "
+               f"(batch <= {CUDA_GRAPH_MAX_BATCH}): " + ", ".join(sorted({f"{r.model_id} x{r.num_gpus}" for r in used})),
+        "residuals": {**src.residuals, "mape_itl_s_pct_default_tile_rows_before": round(before, 2),
+                      "mape_itl_s_pct_default_tile_rows": round(after, 2)}})})
 
 
 def fit_gpu_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], *,
                     data_label: str = "") -> Profile:
-    """The whole fit of ``gpu_name``'s profile on ``rows``: ``fit_profile`` on its single-GPU rows, then
-    ``fit_moe_default_tile`` on its multi-GPU MoE rows; when that finds a rate, both once more, the
-    twelve coefficients now pricing the tile at that rate (one round: the rate moves by < 1% after it)."""
-    prof = fit_moe_default_tile(fit_profile(gpu_name, rows, trace, data_label=data_label), rows)
-    if prof.moe_default_tile_efficiency is None:
-        return prof
-    prof = fit_profile(gpu_name, rows, trace, data_label=data_label,
-                       moe_default_tile_efficiency=prof.moe_default_tile_efficiency)
-    return fit_moe_default_tile(prof, rows)
+    """The whole fit of ``gpu_name``'s profile on ``rows``: ``fit_profile`` on its single-GPU rows with
+    vLLM 0.11's untuned MoE tile priced at the kernel-measured ``MOE_DEFAULT_TILE_EFFICIENCY``
+    (``with_default_tile``)."""
+    eff = MOE_DEFAULT_TILE_EFFICIENCY.get(gpu_name)
+    prof = fit_profile(gpu_name, rows, trace, data_label=data_label, moe_default_tile_efficiency=eff)
+    return with_default_tile(prof, rows, eff)
 
 
 def write_profile(profile: Profile, directory: str | Path = PROFILES_DIR) -> Path:

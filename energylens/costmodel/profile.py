@@ -59,8 +59,8 @@ class Profile(BaseModel):
     #: fused-MoE layers over their priced work (``fit.MOE_CALL_OVERHEAD_S``). None: 0 (not measured).
     moe_call_overhead_s: float | None = Field(default=None, ge=0)
     #: achieved fraction of dense peak of the padded FLOPs of a MoE expert GEMM on vLLM 0.11's
-    #: untuned default tile (``costmodel.fused_moe``), in series with its weight stream; fitted on
-    #: multi-GPU MoE rows (``fit.fit_moe_default_tile``). Used only with ``legacy_moe_tiles``.
+    #: untuned default tile (``costmodel.fused_moe``), in series with its weight stream; measured on
+    #: the kernel (``fit.MOE_DEFAULT_TILE_EFFICIENCY``). Used only with ``legacy_moe_tiles``.
     moe_default_tile_efficiency: float | None = Field(default=None, gt=0, le=1)
     #: price the engine of the calibration rows, vLLM 0.11.1 (ML.ENERGY v3.0), whose fused MoE runs
     #: untuned expert shapes on a fixed default tile (``costmodel.fused_moe``). False (default):

@@ -27,8 +27,16 @@ ATTENTION_KERNEL = {"h100_sxm": "vllm_flash_attn_fa3", "h200_sxm": "vllm_flash_a
                     "b200_sxm": "vllm_flashinfer_trtllmdecode"}
 
 
-def _table(root: str, gpu: str, op: str, name: str) -> pd.DataFrame:
-    return pd.read_parquet(Path(root) / f"aiconfigurator_core/systems/data/{gpu}/{op}/vllm/{VLLM}/{name}.parquet")
+#: SGLang's bf16 fused-MoE Triton kernel on an untuned shape: the tile vLLM 0.11.1 also runs by
+#: default (both ``get_default_config``s: 16-row tiles while M <= E, 64-row tiles above). Qwen3-30B-A3B's
+#: experts (hidden 2048, intermediate 768) at ep 2, 4 and 8 (local E = 64, 32, 16: SGLang 0.5.10 ships a
+#: tuned H100 config for E=128,N=768 only); ``moe_default_tile_<gpu>.csv``, read by
+#: ``energylens.costmodel.fit.kernel_default_tile_efficiency``.
+SGLANG = "0.5.10"
+
+
+def _table(root: str, gpu: str, op: str, name: str, framework: str = "vllm", version: str = VLLM) -> pd.DataFrame:
+    return pd.read_parquet(Path(root) / f"aiconfigurator_core/systems/data/{gpu}/{op}/{framework}/{version}/{name}.parquet")
 
 
 def main(root: str) -> None:
@@ -41,6 +49,12 @@ def main(root: str) -> None:
                 & (df.distribution == "balanced") & (df.moe_tp_size == 1) & (df.moe_ep_size <= 8))
         _write(df[keep], "moe", gpu, ["device", "hidden_size", "inter_size", "num_experts", "topk", "moe_ep_size",
                                       "num_tokens"])
+    df = _table(root, "h100_sxm", "moe", "moe_perf", "sglang", SGLANG)
+    keep = ((df.kernel_source == "sglang_fused_moe_triton") & (df.moe_dtype == "bfloat16") & (df.hidden_size == 2048)
+            & (df.inter_size == 768) & (df.num_experts == 128) & (df.topk == 8) & (df.moe_tp_size == 1)
+            & df.moe_ep_size.isin((2, 4, 8)) & (df.distribution == "balanced"))
+    _write(df[keep], "moe_default_tile", "h100_sxm",
+           ["device", "kernel_source", "hidden_size", "inter_size", "num_experts", "topk", "moe_ep_size", "num_tokens"])
     for gpu in GPUS["gemm"]:
         df = _table(root, gpu, "gemm", "gemm_perf")
         keep = ((df.gemm_dtype == "bfloat16") & df.n.isin(GEMM_DIMS) & df.k.isin(GEMM_DIMS) & df.m.isin(GEMM_M))
