@@ -130,3 +130,20 @@ def test_moe_call_overhead_once_per_fused_moe_call():
     none = prof.with_params(moe_call_overhead_s=None)
     assert itl(moe, prof) - itl(moe, none) == pytest.approx(48 * 28e-6, rel=1e-6)  # 48 MoE layers
     assert itl(dense, prof) == itl(dense, none)
+
+
+@pytest.mark.parametrize("batch", [16, 256, 2048])
+def test_lockstep_replicas_step_at_the_busiest_ones_load(batch):
+    """MoE replicas step together: the step's prefill load is the largest of the replicas' counts."""
+    from energylens.costmodel.serving import lockstep_weights
+
+    wl = Workload(batch=batch, prompt_len=634, output_len=400)
+    mix = prefill_mixture(wl, replicas=4)
+    busiest = lockstep_weights(mix, 4)
+    assert sum(busiest) == pytest.approx(1.0)
+    own_mean = sum(w * t for w, t in mix)
+    assert sum(w * t for w, (_, t) in zip(busiest, mix, strict=True)) >= own_mean
+    for median in (False, True):
+        alone = prefill_tokens_per_step(wl, median=median, replicas=4)
+        assert prefill_tokens_per_step(wl, median=median, replicas=4, lockstep=True) >= alone
+    assert prefill_tokens_per_step(wl, median=True, replicas=1, lockstep=True) == prefill_tokens_per_step(wl, median=True)

@@ -18,7 +18,9 @@ count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill 
   host time (scheduling, sampling bookkeeping, output processing: ``seq_overhead_s x batch``).
 
 Data-parallel replicas are separate engines: each steps on its own ``batch / dp`` sequences with
-its own arrivals, token budget and host, so a plan's steps are one replica's.
+its own arrivals, token budget and host, so a plan's steps are one replica's. A MoE model's
+replicas step together (its expert layers span them): a step lasts as long as the busiest
+replica's (``lockstep_weights``) and the others wait for it.
   With asynchronous scheduling (vLLM 0.11 ``--async-scheduling``, as ML.ENERGY ran) the host
   prepares step n+1 while the GPU runs step n, so the two overlap: a step takes
   ``(gpu^p + host^p)^(1/p)`` (``step_time_s``; ``p = profile.host_overlap_p``, 1 = in series,
@@ -39,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -50,7 +53,7 @@ from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
 
-__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "lockstep_weights", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
 
 #: Token budget per step with chunked prefill: the ML.ENERGY runs' (vLLM's API-server default on
 #: H100/H200; 0.33 defaults to 16384 on B200 and 2048 on smaller GPUs, so the vLLM export sets it).
@@ -148,12 +151,33 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
 
 
 def prefill_tokens_per_step(workload: Workload, median: bool = False,
-                            max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS, replicas: int = 1) -> float:
-    """Prefill tokens of a mean (or the median) step, over all ``replicas`` (see ``prefill_mixture``)."""
+                            max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS, replicas: int = 1,
+                            lockstep: bool = False) -> float:
+    """Prefill tokens of a mean (or the median) step, over all ``replicas`` (see ``prefill_mixture``).
+
+    ``lockstep`` (replicas of a MoE model, which vLLM steps together): the median step is the one of
+    the busiest replica, ``lam - ln 2 + z sqrt(lam)`` new prompts with ``z`` the normal quantile of
+    ``0.5 ** (1 / replicas)`` (the median of the largest of ``replicas`` Poisson counts; 0 for one)."""
     batch = workload.batch / replicas
     lam = batch / workload.output_len
-    n = max(0.0, lam - math.log(2)) if median else lam  # continuous lower bound of the Poisson median
+    z = NormalDist().inv_cdf(0.5 ** (1 / replicas)) if lockstep and replicas > 1 else 0.0
+    n = max(0.0, lam - math.log(2) + z * math.sqrt(lam)) if median else lam  # continuous median bound
     return float(min(n * workload.prompt_len, max(0.0, max_num_batched_tokens - batch))) * replicas
+
+
+def lockstep_weights(mixture: Sequence[tuple[float, float]], replicas: int) -> list[float]:
+    """Weights of ``mixture``'s entries (one replica's, ascending in tokens) as the busiest of
+    ``replicas`` replicas stepping together: ``C_j ** replicas - C_(j-1) ** replicas``.
+
+    >>> [round(w, 3) for w in lockstep_weights([(0.5, 0.0), (0.5, 100.0)], 2)]
+    [0.25, 0.75]
+    """
+    out, prev, cum = [], 0.0, 0.0
+    for w, _ in mixture:
+        cum += w
+        out.append(min(cum, 1.0) ** replicas - prev)
+        prev = min(cum, 1.0) ** replicas
+    return out
 
 
 def step_ops(prefill: Graph, decode: Graph, batch: float, context_len: float, prompt_len: float,
@@ -223,12 +247,15 @@ def step_cost(ops: Sequence[PricedOp], batch: float, profile: Profile) -> StepCo
 
 def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec, profile: Profile,
                      num_gpus: int = 1, price: Callable[..., list[PricedOp]] = price_graph,
-                     replicas: int = 1) -> ServingEstimate:
+                     replicas: int = 1, lockstep: bool = False) -> ServingEstimate:
     """Median ITL, power and energy per output token of steady-state continuous batching.
 
     ``num_gpus``: GPUs of the plan; with a multi-GPU plan, ``price`` is its ``PlanPricer`` (costs
     per GPU, so totals are per-GPU sums x ``num_gpus``) and the graphs are the planned ones.
     ``replicas``: the plan's data-parallel replicas, each scheduling its own steps (``prefill_mixture``).
+    ``lockstep``: the replicas step together (a MoE model's, whose expert layers span them): a step
+    lasts as long as the busiest replica's (``lockstep_weights``), and the others wait at the power
+    drawn during host overheads.
     """
     ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu, num_gpus))
 
@@ -238,10 +265,13 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
 
     mixture = prefill_mixture(workload, replicas=replicas)
     mix = [(w, cost(p)) for w, p in mixture]
-    mean_t = sum(w * c.time_s for w, c in mix)
-    mean_e = sum(w * c.energy_j for w, c in mix)
-    mean_static = sum(w * c.static_j for w, c in mix)
-    p_med = prefill_tokens_per_step(workload, median=True, replicas=replicas)
+    mean_t, wait_j = sum(w * c.time_s for w, c in mix), 0.0
+    if lockstep and replicas > 1:  # a step lasts the busiest replica's; the others wait for it
+        busiest_t = sum(w * c.time_s for w, (_, c) in zip(lockstep_weights(mixture, replicas), mix, strict=True))
+        mean_t, wait_j = busiest_t, profile.overhead_power_w * (busiest_t - mean_t)
+    mean_e = sum(w * c.energy_j for w, c in mix) + wait_j
+    mean_static = sum(w * c.static_j for w, c in mix) + wait_j
+    p_med = prefill_tokens_per_step(workload, median=True, replicas=replicas, lockstep=lockstep)
     return ServingEstimate(
         batch=workload.batch, prompt_len=workload.prompt_len, output_len=workload.output_len,
         prefill_tokens_per_step=sum(w * p for w, p in mixture),

@@ -56,6 +56,7 @@ from energylens.costmodel.plan import (
 from energylens.costmodel.profile import Profile
 from energylens.costmodel.serving import (
     kv_capacity_tokens,
+    lockstep_weights,
     prefill_mixture,
     prefill_tokens_per_step,
     serving_context_len,
@@ -93,6 +94,11 @@ class Variant:
     @property
     def has_tp_comm(self) -> bool:
         return self.parallel.tp > 1
+
+    @property
+    def lockstep(self) -> bool:
+        """Its replicas step together: a MoE model's expert layers span all of them."""
+        return self.parallel.dp > 1 and "num_experts" in self.decode.attr
 
 
 @dataclass(frozen=True)
@@ -181,18 +187,22 @@ class VariantPrices:
 
 
 def _serving_points(batches: Sequence[int], workload: Workload, ctx_of: Callable[[int], float],
-                    replicas: int) -> dict[str, np.ndarray]:
-    b, p, ctx, w, idx, med = [], [], [], [], [], []
+                    replicas: int, lockstep: bool) -> dict[str, np.ndarray]:
+    """The priced points of each batch: its median step, then its mixture's steps, with their
+    weights for energy (``w``: each replica's own load) and for time (``wt``: ``lockstep_weights``)."""
+    b, p, ctx, w, wt, idx, med = [], [], [], [], [], [], []
     for i, bb in enumerate(batches):
         wl = _workload(workload, bb)
         c = ctx_of(bb)
         med.append(len(b))
-        b.append(bb), p.append(prefill_tokens_per_step(wl, median=True, replicas=replicas))
-        ctx.append(c), w.append(0.0), idx.append(i)
-        for wt, pt in prefill_mixture(wl, replicas=replicas):
-            b.append(bb), p.append(pt), ctx.append(c), w.append(wt), idx.append(i)
+        b.append(bb), p.append(prefill_tokens_per_step(wl, median=True, replicas=replicas, lockstep=lockstep))
+        ctx.append(c), w.append(0.0), wt.append(0.0), idx.append(i)
+        mixture = prefill_mixture(wl, replicas=replicas)
+        time_w = lockstep_weights(mixture, replicas) if lockstep and replicas > 1 else [x for x, _ in mixture]
+        for (we, pt), wtime in zip(mixture, time_w, strict=True):
+            b.append(bb), p.append(pt), ctx.append(c), w.append(we), wt.append(wtime), idx.append(i)
     return {"b": np.asarray(b, float), "p": np.asarray(p, float), "ctx": np.asarray(ctx, float),
-            "w": np.asarray(w, float), "idx": np.asarray(idx), "med": np.asarray(med)}
+            "w": np.asarray(w, float), "wt": np.asarray(wt, float), "idx": np.asarray(idx), "med": np.asarray(med)}
 
 
 def _workload(workload: Workload, batch: int) -> Workload:
@@ -214,7 +224,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     def ctx_of(b: int) -> float:
         return serving_context_len(_workload(workload, b), kv_cap)
 
-    pts = _serving_points(knobs.batches, workload, ctx_of, par.dp)
+    pts = _serving_points(knobs.batches, workload, ctx_of, par.dp, lockstep=variant.lockstep)
     batches = np.asarray(knobs.batches, dtype=float)
     s_len = float(workload.prompt_len)
     b, p = pts["b"], pts["p"]
@@ -236,10 +246,12 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     t_pre, e_pre = _component(pre, {"B": batches, "S": np.full_like(batches, s_len),
                                     "K": np.full_like(batches, s_len)}, c)
     nb = len(batches)
-    wmat = np.zeros((nb, len(b)))
+    wmat, tmat = np.zeros((nb, len(b))), np.zeros((nb, len(b)))
     wmat[pts["idx"], np.arange(len(b))] = pts["w"]
-    mean_t = np.einsum("bp,pfk->bfk", wmat, t_srv)
-    mean_e = np.einsum("bp,pfk->bfk", wmat, e_srv)
+    tmat[pts["idx"], np.arange(len(b))] = pts["wt"]
+    own_t = np.einsum("bp,pfk->bfk", wmat, t_srv)
+    mean_t = np.einsum("bp,pfk->bfk", tmat, t_srv)  # lockstep: the busiest replica's step
+    mean_e = np.einsum("bp,pfk->bfk", wmat, e_srv) + idle_w * (mean_t - own_t)
     b3 = batches[:, None, None]
     mem = memory_per_gpu(variant, knobs.batches, workload)
     return VariantPrices(
