@@ -147,3 +147,17 @@ def test_lockstep_replicas_step_at_the_busiest_ones_load(batch):
         alone = prefill_tokens_per_step(wl, median=median, replicas=4)
         assert prefill_tokens_per_step(wl, median=median, replicas=4, lockstep=True) >= alone
     assert prefill_tokens_per_step(wl, median=True, replicas=1, lockstep=True) == prefill_tokens_per_step(wl, median=True)
+
+
+def test_rare_arrivals_keep_their_prefill_in_the_mixture():
+    """A replica with ~1e-3 arrivals per step: the tail beyond the coverage is one entry at its mean."""
+    wl = Workload(batch=16, prompt_len=2000, output_len=2000)
+    mix = prefill_mixture(wl, replicas=8)
+    assert sum(w * t for w, t in mix) == pytest.approx(prefill_tokens_per_step(wl, replicas=8), rel=1e-9)
+
+
+def test_lockstep_median_is_the_busiest_replicas():
+    """8 replicas with 0.1 arrivals each: P(all idle) = exp(-0.8) < 1/2, so the median step has a prompt."""
+    wl = Workload(batch=8 * 40, prompt_len=634, output_len=400)  # 40 sequences a replica: lam = 0.1
+    assert prefill_tokens_per_step(wl, median=True, replicas=8) == 0
+    assert prefill_tokens_per_step(wl, median=True, replicas=8, lockstep=True) == 634 * 8

@@ -242,7 +242,9 @@ def kernel_default_tile_efficiency(rows: Sequence[Mapping[str, str]], gpu: GPUSp
         flops = 2.0 * m * k * 3 * h * n  # gate, up and down projections
         weights = int(r["num_experts"]) / int(r["moe_ep_size"]) * 3 * h * n * 2.0
         stream = weights / (gpu.hbm_bandwidth_bytes_per_s * PRIORS["mem_efficiency"][0])
-        eff.append(flops / (gpu.peak_flops_per_s("bf16") * (float(r["latency_us"]) * 1e-6 - stream)))
+        compute_s = float(r["latency_us"]) * 1e-6 - stream
+        if compute_s > 0:  # a row faster than its weight stream has no tile time to read
+            eff.append(flops / (gpu.peak_flops_per_s("bf16") * compute_s))
     if not eff:
         raise EnergylensError(f"no default-tile kernel rows with >= {KERNEL_TILE_MIN_TOKENS} tokens")
     return float(np.median(eff))
@@ -442,8 +444,8 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
                 data_label: str = "", restarts: int = 4, moe_default_tile_efficiency: float | None = None) -> Profile:
     """Fit the twelve coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU).
 
-    ``moe_default_tile_efficiency`` (fixed, not fitted here; ``fit_gpu_profile`` alternates the two
-    fits) prices the steps whose MoE expert GEMMs run on vLLM 0.11's untuned default tile."""
+    ``moe_default_tile_efficiency`` (fixed, not fitted: ``MOE_DEFAULT_TILE_EFFICIENCY``, measured on
+    the kernel) prices the steps whose MoE expert GEMMs run on vLLM 0.11's untuned default tile."""
     gpu = get_gpu(gpu_name)
     rows = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and row_skip_reason(r) is None]
     if len(rows) < 4:
@@ -590,7 +592,7 @@ def fit_gpu_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[
     """The whole fit of ``gpu_name``'s profile on ``rows``: ``fit_profile`` on its single-GPU rows with
     vLLM 0.11's untuned MoE tile priced at the kernel-measured ``MOE_DEFAULT_TILE_EFFICIENCY``
     (``with_default_tile``)."""
-    eff = MOE_DEFAULT_TILE_EFFICIENCY.get(gpu_name)
+    eff = MOE_DEFAULT_TILE_EFFICIENCY.get(get_gpu(gpu_name).name)
     prof = fit_profile(gpu_name, rows, trace, data_label=data_label, moe_default_tile_efficiency=eff)
     return with_default_tile(prof, rows, eff)
 

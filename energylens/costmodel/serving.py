@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -112,7 +111,8 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     sequences and schedules its own steps (its own arrivals and token budget): the mixture is one
     replica's, and the tokens are given over all replicas (``replicas`` x one replica's), as the
     planned graphs take them. Every count whose prompts fill the budget is one entry; the tail beyond
-    ``coverage`` is dropped. The Poisson terms are taken in log space from ``lam - 8 sqrt(lam)``
+    ``coverage`` is one entry at its mean count (so the mixture's mean is exact), and neither is
+    merged with others. The Poisson terms are taken in log space from ``lam - 8 sqrt(lam)``
     (the mass below is < 1e-14), so a large ``lam`` (many short requests) neither underflows nor
     needs a term per count from 0.
 
@@ -123,31 +123,36 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     lam = batch / workload.output_len
     budget = max(0.0, max_num_batched_tokens - batch)
     n_full = math.ceil(budget / workload.prompt_len)  # from n_full prompts on, a step is full
-    out, cdf = [], 0.0
+    out, cdf, mean = [], 0.0, 0.0
     n = max(0, math.floor(lam - 8 * math.sqrt(lam)))
     while n < n_full and cdf < coverage:
         p = math.exp(n * math.log(lam) - lam - math.lgamma(n + 1))
         out.append((p, float(n * workload.prompt_len) * replicas))
-        cdf += p
+        cdf, mean = cdf + p, mean + p * n
         n += 1
+    tail = max(0.0, 1.0 - cdf)
     if n >= n_full:  # every larger count fills the budget
-        out.append((max(0.0, 1.0 - cdf), float(budget) * replicas))
-        cdf = sum(w for w, _ in out)
-    out = [(w / cdf, t) for w, t in out if w > 0]
-    if len(out) <= MAX_MIXTURE_ENTRIES:
-        return out
+        last = [(tail, float(budget) * replicas)]
+    else:  # the counts beyond ``coverage``: one step at their mean count (E[N | N >= n])
+        count = max(float(n), (lam - mean) / tail) if tail > 0 else float(n)
+        last = [(tail, min(count * workload.prompt_len, budget) * replicas)]
+    out = [(w, t) for w, t in out if w > 0]
+    last = [(w, t) for w, t in last if w > 0]
+    if len(out) + len(last) <= MAX_MIXTURE_ENTRIES:
+        return out + last
     # many new prompts per step (short outputs): merge neighbouring counts into groups of about equal
     # probability, each at its mean token count (the mean is kept; each entry costs one pricing)
     groups: list[tuple[float, float]] = []
     cum = w_acc = wt_acc = 0.0
+    n_groups, mass = MAX_MIXTURE_ENTRIES - len(last), sum(w for w, _ in out)
     for w, t in out:
         cum, w_acc, wt_acc = cum + w, w_acc + w, wt_acc + w * t
-        if cum >= (len(groups) + 1) / MAX_MIXTURE_ENTRIES:
+        if cum >= (len(groups) + 1) / n_groups * mass * (1 - 1e-12):
             groups.append((w_acc, wt_acc / w_acc))
             w_acc = wt_acc = 0.0
     if w_acc > 0:
         groups.append((w_acc, wt_acc / w_acc))
-    return groups
+    return groups + last
 
 
 def prefill_tokens_per_step(workload: Workload, median: bool = False,
@@ -155,14 +160,36 @@ def prefill_tokens_per_step(workload: Workload, median: bool = False,
                             lockstep: bool = False) -> float:
     """Prefill tokens of a mean (or the median) step, over all ``replicas`` (see ``prefill_mixture``).
 
-    ``lockstep`` (replicas of a MoE model, which vLLM steps together): the median step is the one of
-    the busiest replica, ``lam - ln 2 + z sqrt(lam)`` new prompts with ``z`` the normal quantile of
-    ``0.5 ** (1 / replicas)`` (the median of the largest of ``replicas`` Poisson counts; 0 for one)."""
+    The median step of one replica carries ``max(0, lam - ln 2)`` new prompts, the continuous lower
+    bound of the Poisson median. ``lockstep`` (replicas of a MoE model, which vLLM steps together):
+    the median step is the busiest replica's, the median of the largest of ``replicas`` Poisson
+    counts, the smallest ``n`` with ``P(N <= n) ** replicas >= 1/2``."""
     batch = workload.batch / replicas
     lam = batch / workload.output_len
-    z = NormalDist().inv_cdf(0.5 ** (1 / replicas)) if lockstep and replicas > 1 else 0.0
-    n = max(0.0, lam - math.log(2) + z * math.sqrt(lam)) if median else lam  # continuous median bound
+    if not median:
+        n = lam
+    elif lockstep and replicas > 1:
+        n = _poisson_quantile(lam, 0.5 ** (1 / replicas))
+    else:
+        n = max(0.0, lam - math.log(2))
     return float(min(n * workload.prompt_len, max(0.0, max_num_batched_tokens - batch))) * replicas
+
+
+def _poisson_quantile(lam: float, q: float) -> float:
+    """The smallest ``n`` with ``P(N <= n) >= q`` for ``N`` Poisson with mean ``lam``.
+
+    >>> _poisson_quantile(0.1, 0.5 ** (1 / 8)), _poisson_quantile(0.0, 0.9)
+    (1.0, 0.0)
+    """
+    if lam <= 0:
+        return 0.0
+    n = max(0, math.floor(lam - 8 * math.sqrt(lam)))  # the mass below is < 1e-14
+    cdf = 0.0
+    while True:
+        cdf += math.exp(n * math.log(lam) - lam - math.lgamma(n + 1))
+        if cdf >= q:
+            return float(n)
+        n += 1
 
 
 def lockstep_weights(mixture: Sequence[tuple[float, float]], replicas: int) -> list[float]:

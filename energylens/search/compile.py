@@ -385,11 +385,13 @@ def _choose(space: SearchSpace, slo: SLO, objective: str) -> int:
     idx = np.flatnonzero(ok)
     primary, secondary = (("energy_per_token_j", "itl_s") if objective == "energy"
                           else ("itl_s", "energy_per_token_j"))
-    # ties to 1 ppm (dp replicas price alike up to rounding) go to the larger batch: more of the
-    # workload served at the same cost
-    first = np.round(c[primary][idx] / c[primary][idx].min() * 1e6)
-    order = np.lexsort((-c["batch"][idx], c[secondary][idx], first))
-    return int(idx[order[0]])
+    # plans within 1 ppm of the best (dp replicas price alike up to rounding) are tied: the other
+    # metric decides (again to 1 ppm), then the larger batch (more of the workload at the same cost)
+    x = c[primary][idx]
+    idx = idx[x <= x.min() * (1 + 1e-6)]
+    y = c[secondary][idx]
+    idx = idx[y <= y.min() * (1 + 1e-6)]
+    return int(idx[np.argmax(c["batch"][idx])])
 
 
 def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, objective: Objective = "energy",
