@@ -45,6 +45,9 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+_INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A100-SXM4-40GB, H100-SXM, H200 and B200, "
+                      "whose NVLink collectives were measured; pcie on the others)")
+
 #: Python names in error messages -> the CLI options a user typed (whole names only: ``_cli_names``).
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
@@ -98,7 +101,7 @@ def estimate(
     fuse: Annotated[bool, typer.Option(help="fuse pointwise ops and attention into neighbouring kernels")] = True,
     comm_sms: Annotated[int | None, typer.Option(help="overlap TP collectives with compute on this many SMs")] = None,
     routing: Annotated[str, typer.Option(help="MoE routing: uniform or zipf")] = "uniform",
-    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A100-SXM4-40GB, H100-SXM, H200 and B200, whose NVLink collectives were measured; pcie on the others)")] = None,
+    interconnect: Annotated[str | None, typer.Option(help=_INTERCONNECT_HELP)] = None,
     top: Annotated[int, typer.Option(help="how many ops to list, by energy")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ) -> None:
@@ -297,7 +300,7 @@ def compile_cmd(
     model: Annotated[str, typer.Argument(help="HF model id (see `energylens models`), a config.json or a model directory")],
     gpu: Annotated[str, typer.Option(help="GPU name (see `energylens gpus`)")] = "H100-SXM",
     gpus: Annotated[int, typer.Option(help="number of GPUs of the cluster")] = 8,
-    interconnect: Annotated[str | None, typer.Option(help="nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A100-SXM4-40GB, H100-SXM, H200 and B200, whose NVLink collectives were measured; pcie on the others)")] = None,
+    interconnect: Annotated[str | None, typer.Option(help=_INTERCONNECT_HELP)] = None,
     batch: Annotated[int, typer.Option(help="concurrent sequences (the search tries up to this many)")] = 64,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,

@@ -21,7 +21,7 @@ from energylens.errors import DoesNotFitError
 from energylens.ir.core import Graph
 from energylens.typing import MemoryEstimate, Workload
 
-__all__ = ["memory_estimate", "check_fits", "gib", "memory_line"]
+__all__ = ["memory_estimate", "check_fits", "gib", "memory_line", "weight_split"]
 
 
 def gib(n_bytes: float) -> str:
@@ -35,9 +35,17 @@ def memory_line(mem: MemoryEstimate) -> str:
 
 
 def weights_bytes(graph: Graph) -> float:
+    return sum(weight_split(graph))
+
+
+def weight_split(graph: Graph) -> tuple[float, float]:
+    """Bytes of the graph's non-expert weights and of its expert weights (params with dim ``e``)."""
     sizes = graph.bind(B=1, S=1, K=1)
-    return sum(_numel(d.value.type, sizes) * d.value.type.itemsize * n
-               for d, n in graph.all_decls() if d.role == "param")
+    split = [0.0, 0.0]
+    for d, n in graph.all_decls():
+        if d.role == "param":
+            split["e" in d.value.type.dims] += _numel(d.value.type, sizes) * d.value.type.itemsize * n
+    return split[0], split[1]
 
 
 def kv_cache_bytes(decode: Graph, batch: float, context_len: float) -> float:

@@ -16,16 +16,16 @@ count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill 
 * prefill attention of the new prompts (causal, ``prompt_len`` each);
 * plus a fixed step overhead (sync, launch of the step's graphs: the GPU waits) and a per-sequence
   host time (scheduling, sampling bookkeeping, output processing: ``seq_overhead_s x batch``).
-
-Data-parallel replicas are separate engines: each steps on its own ``batch / dp`` sequences with
-its own arrivals, token budget and host, so a plan's steps are one replica's. A MoE model's
-replicas step together (its expert layers span them): a step lasts as long as the busiest
-replica's (``lockstep_weights``) and the others wait for it.
   With asynchronous scheduling (vLLM 0.11 ``--async-scheduling``, as ML.ENERGY ran) the host
   prepares step n+1 while the GPU runs step n, so the two overlap: a step takes
   ``(gpu^p + host^p)^(1/p)`` (``step_time_s``; ``p = profile.host_overlap_p``, 1 = in series,
   large = the longer of the two). While the GPU waits on the host it draws ``overhead_power_w``;
   a host-bound step (large batch on a fast GPU) is thus slower *and* draws less power.
+
+Data-parallel replicas are separate engines: each steps on its own ``batch / dp`` sequences with
+its own arrivals, token budget and host, so a plan's steps are one replica's. A MoE model's
+replicas step together (its expert layers span them): a step lasts as long as the busiest
+replica's (``lockstep_weights``) and the others wait for it.
 
 Mean time and energy per step are the Poisson-weighted mixture over ``n`` (a step is not linear
 in its prefill tokens: a MoE step's distinct experts saturate), giving throughput, power and
@@ -52,7 +52,7 @@ from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
 
-__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_median", "prefill_mixture", "lockstep_weights", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_quantile", "poisson_median", "prefill_mixture", "lockstep_weights", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
 
 #: Token budget per step with chunked prefill: the ML.ENERGY runs' (vLLM's API-server default on
 #: H100/H200; 0.33 defaults to 16384 on B200 and 2048 on smaller GPUs, so the vLLM export sets it).
@@ -85,17 +85,27 @@ def serving_context_len(workload: Workload, kv_capacity: float = math.inf) -> fl
     return float(min(workload.serving_context_len, kv_capacity / workload.batch))
 
 
-def poisson_median(lam: float) -> int:
-    """Median of a Poisson count with mean ``lam`` (0 for lam < ln 2)."""
+def poisson_quantile(lam: float, q: float) -> int:
+    """The smallest ``n`` with ``P(N <= n) >= q`` for ``N`` Poisson with mean ``lam``. Terms in log
+    space from ``lam - 8 sqrt(lam)`` (the mass below is < 1e-14), as ``prefill_mixture`` takes them.
+
+    >>> poisson_quantile(0.1, 0.5 ** (1 / 8)), poisson_quantile(0.0, 0.9)
+    (1, 0)
+    """
     if lam <= 0:
         return 0
-    cdf, k, p = 0.0, 0, math.exp(-lam)
+    n = max(0, math.floor(lam - 8 * math.sqrt(lam)))
+    cdf = 0.0
     while True:
-        cdf += p
-        if cdf >= 0.5:
-            return k
-        k += 1
-        p *= lam / k
+        cdf += math.exp(n * math.log(lam) - lam - math.lgamma(n + 1))
+        if cdf >= q:
+            return n
+        n += 1
+
+
+def poisson_median(lam: float) -> int:
+    """Median of a Poisson count with mean ``lam`` (0 for lam < ln 2)."""
+    return poisson_quantile(lam, 0.5)
 
 
 #: Most entries of ``prefill_mixture``: each is priced once, so many new prompts per step (short
@@ -169,27 +179,10 @@ def prefill_tokens_per_step(workload: Workload, median: bool = False,
     if not median:
         n = lam
     elif lockstep and replicas > 1:
-        n = _poisson_quantile(lam, 0.5 ** (1 / replicas))
+        n = float(poisson_quantile(lam, 0.5 ** (1 / replicas)))
     else:
         n = max(0.0, lam - math.log(2))
     return float(min(n * workload.prompt_len, max(0.0, max_num_batched_tokens - batch))) * replicas
-
-
-def _poisson_quantile(lam: float, q: float) -> float:
-    """The smallest ``n`` with ``P(N <= n) >= q`` for ``N`` Poisson with mean ``lam``.
-
-    >>> _poisson_quantile(0.1, 0.5 ** (1 / 8)), _poisson_quantile(0.0, 0.9)
-    (1.0, 0.0)
-    """
-    if lam <= 0:
-        return 0.0
-    n = max(0, math.floor(lam - 8 * math.sqrt(lam)))  # the mass below is < 1e-14
-    cdf = 0.0
-    while True:
-        cdf += math.exp(n * math.log(lam) - lam - math.lgamma(n + 1))
-        if cdf >= q:
-            return float(n)
-        n += 1
 
 
 def lockstep_weights(mixture: Sequence[tuple[float, float]], replicas: int) -> list[float]:

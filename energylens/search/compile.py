@@ -35,6 +35,7 @@ import numpy as np
 
 from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec, get_gpu
+from energylens.costmodel.memory import weight_split
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.errors import DoesNotFitError, EnergylensError, InvalidWorkloadError, ShardingError
 from energylens.export.plan import QUANTIZATIONS
@@ -288,19 +289,6 @@ def variants(traced: Any, num_gpus: int) -> list[Variant]:
     return out
 
 
-def _weight_split(decode: Any) -> tuple[float, float]:
-    """Bytes of the model's non-expert and expert weights. Per GPU a plan holds at least
-    ``dense / tp + experts / (tp x dp)`` (experts spread over all its GPUs, ep being 1 or tp x dp),
-    so the search skips variants whose weights alone overflow without rewriting their graphs."""
-    sizes = decode.bind(B=1, S=1, K=1)
-    split = [0.0, 0.0]
-    for d, n in decode.all_decls():
-        if d.role == "param":
-            t = d.value.type
-            split["e" in t.dims] += float(np.prod([sizes[x] for x in t.dims])) * t.itemsize * n
-    return split[0], split[1]
-
-
 def _quantization(model: Any, traced: Any) -> str | None:
     try:
         from energylens.models import load_config
@@ -328,7 +316,9 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLS}
     n_plans = 0
     vs = variants(traced, num_gpus)
-    dense_w, expert_w = _weight_split(traced.decode)
+    # per GPU a plan holds at least dense / tp + experts / (tp x dp) (experts spread over all its GPUs,
+    # ep being 1 or tp x dp): variants whose weights alone overflow are skipped before any rewriting
+    dense_w, expert_w = weight_split(traced.decode)
     room = gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION
     for v in vs:
         batches = _batch_grid(workload.batch, v.parallel.dp)
@@ -429,7 +419,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
         raise DoesNotFitError(
             f"no plan of {name} fits on {cluster.num_gpus} x {gpu.name} ({GPU_MEMORY_UTILIZATION:.0%} of "
             f"{gpu.hbm_capacity_bytes / 2**30:.0f} GiB each) at any batch size up to {workload.batch}; "
-            f"use more GPUs{'' if _quantization(model, traced) == 'fp8' else ', fp8 weights'} or a shorter context",
+            f"use more GPUs{'' if traced.decode.attr.get('quantization') == 'fp8' else ', fp8 weights'} or a shorter context",
             required_bytes=float("nan"),
             capacity_bytes=float(gpu.hbm_capacity_bytes))
     best = space.point(_choose(space, slo, objective))
