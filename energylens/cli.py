@@ -212,8 +212,43 @@ def gpus() -> None:
     console.print(table)
 
 
-def main() -> None:
-    app()
+#: click's exception bases, reached through typer's public BadParameter (typer >= 0.25 vendors its own click).
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _given_value(error: Exception, argv: list[str]) -> str | None:
+    """What the user typed for the option a BadParameter ``error`` is about (``--batch abc``, ``--batch=abc``)."""
+    for opt in getattr(getattr(error, "param", None), "opts", []):
+        for i, arg in enumerate(argv):
+            if arg == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. A malformed command line (``--batch abc``, an unknown option) is one ``error:``
+    line and exit code 2, as every other user error is, not click's boxed usage panel."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = app(args=argv, prog_name="energylens", standalone_mode=False)
+    except _USAGE_ERROR as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `energylens`: the help
+            e.show()
+            sys.exit(2)
+        value = _given_value(e, argv) if isinstance(e, typer.BadParameter) else None
+        got = f" (got {value!r})" if value is not None else ""
+        print(f"error: {_cli_names(e.format_message())}{got}", file=sys.stderr)
+        code = 2
+    except _CLICK_EXCEPTION as e:
+        e.show()
+        code = e.exit_code
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # ---- runtime: measure, validate, calibrate (energylens.runtime) -------------------------------------

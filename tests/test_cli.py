@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from energylens.cli import app
+from energylens.cli import app, main
 
 runner = CliRunner()
 
@@ -62,6 +62,24 @@ def test_bad_input_is_one_line_exit_2(args, message):
     assert r.exit_code == 2
     assert r.output.strip() == f"error: {r.output.strip()[len('error: '):]}"
     assert message in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["estimate", "Qwen/Qwen3-0.6B", "--batch", "abc"], "Invalid value for '--batch'"),
+    (["estimate", "Qwen/Qwen3-0.6B", "--batch=1.5"], "Invalid value for '--batch'"),
+    (["estimate", "Qwen/Qwen3-0.6B", "--gpux", "H100-SXM"], "No such option: --gpux"),
+    (["estimate"], "Missing argument"),
+    (["bogus"], "No such command 'bogus'"),
+])
+def test_malformed_command_line_is_one_line_exit_2(argv, message, capsys):
+    """click's usage errors (through ``main``, the installed entry point) read like the others."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    if "--batch" in message:
+        assert "(got 'abc')" in err or "(got '1.5')" in err
 
 
 def test_unknown_model_suggests_closest():
