@@ -50,6 +50,7 @@ _INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A10
 
 #: Python names in error messages -> the CLI options a user typed (whole names only: ``_cli_names``).
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
+              "Workload.prefix_cache_hit": "--prefix-cache-hit",
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
               "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
               " (or None: no target)": "", " (or None: no overlap)": "", " (interconnect='pcie' in Python)": "",
@@ -95,6 +96,9 @@ def estimate(
     batch: Annotated[int, typer.Option(help="sequences in the batch")] = 32,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
+    prefix_cache_hit: Annotated[float, typer.Option(
+        help="share of each prompt found in the prefix cache in steady-state serving, in [0, 1) (multi-turn chat: "
+             "the earlier turns)")] = 0.0,
     tp: Annotated[int, typer.Option(help="tensor-parallel size")] = 1,
     ep: Annotated[int, typer.Option(help="expert-parallel size (MoE): 1, or tp x dp as vLLM --enable-expert-parallel")] = 1,
     dp: Annotated[int, typer.Option(help="data-parallel replicas")] = 1,
@@ -113,7 +117,8 @@ def estimate(
         _check_min(option, value, low)
     # --gpus 0 is an error above, not the default; --interconnect "" reaches Cluster, which rejects it
     est = el.estimate(model, el.Cluster(gpu, num_gpus=tp * dp if gpus is None else gpus, interconnect=interconnect),
-                      el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len),
+                      el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
+                                  prefix_cache_hit=prefix_cache_hit),
                       el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms, routing=routing)
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
@@ -131,6 +136,11 @@ def estimate(
     summary.add_row(f"decode step (context {wl.decode_context_len})", _si(d.itl_s, "s"), _si(d.energy_j, "J"),
                     _si(d.avg_power_w, "W"), _si(d.energy_per_token_j, "J"), _si(d.flops, "FLOP"),
                     _si(d.hbm_bytes, "B"))
+    sv = est.serving  # steady state: decode steps carrying chunked prefill of arriving requests
+    hit = f", {wl.prefix_cache_hit:.0%} prefix hits" if wl.prefix_cache_hit else ""
+    summary.add_row(f"serving step (median ITL; energy incl. prefill{hit})", _si(sv.median_itl_s, "s"),
+                    _si(sv.energy_per_output_token_j * sv.batch, "J"), _si(sv.avg_power_w, "W"),
+                    _si(sv.energy_per_output_token_j, "J"), "", "")
     console.print(summary)
     m = est.memory
     console.print(memory_line(m))
@@ -339,6 +349,9 @@ def compile_cmd(
     batch: Annotated[int, typer.Option(help="concurrent sequences (the search tries up to this many)")] = 64,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
+    prefix_cache_hit: Annotated[float, typer.Option(
+        help="share of each prompt found in the prefix cache in steady-state serving, in [0, 1) (multi-turn chat: "
+             "the earlier turns)")] = 0.0,
     slo_itl_ms: Annotated[float | None, typer.Option(help="inter-token latency target (median), ms")] = None,
     slo_ttft_ms: Annotated[float | None, typer.Option(help="time-to-first-token target (prefill of the batch), ms")] = None,
     objective: Annotated[str, typer.Option(help="energy or latency")] = "energy",
@@ -357,7 +370,8 @@ def compile_cmd(
         plot_path(plot)  # a bad extension (or "") fails before the search
     _check_min("gpus", gpus, 1)
     plan = el.compile(model, el.Cluster(gpu, num_gpus=gpus, interconnect=interconnect),
-                      workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len),
+                      workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
+                                           prefix_cache_hit=prefix_cache_hit),
                       objective=objective, slo=el.SLO(itl_ms=slo_itl_ms, ttft_ms=slo_ttft_ms))  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))

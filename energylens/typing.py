@@ -100,6 +100,13 @@ class Workload(Record):
     #: (``serving_context_len``). 1.0 (exponential-like spread, as chat and reasoning traces
     #: have) by default; 0 for fixed-length benchmarks.
     output_len_cv: float = 1.0
+    #: Share of each prompt's tokens whose KV the engine finds in its prefix cache in steady-state
+    #: serving (vLLM's automatic prefix caching; a multi-turn chat's request carries the earlier
+    #: turns). Those tokens are not prefilled again: a new prompt computes ``prefill_len`` tokens,
+    #: which attend to the whole prompt. 0 by default. The KV cache is still counted as private
+    #: per sequence (the memory check stays conservative), and ``estimate``'s ``prefill`` phase is
+    #: a cold batch (no hits).
+    prefix_cache_hit: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "output_len"):
@@ -107,6 +114,17 @@ class Workload(Record):
         if isinstance(self.output_len_cv, bool) or not isinstance(self.output_len_cv, (int, float)) \
                 or not 0 <= self.output_len_cv <= 10:
             raise InvalidWorkloadError(f"Workload.output_len_cv must be a number in [0, 10], got {self.output_len_cv!r}")
+        if isinstance(self.prefix_cache_hit, bool) or not isinstance(self.prefix_cache_hit, (int, float)) \
+                or not 0 <= self.prefix_cache_hit < 1:
+            raise InvalidWorkloadError(
+                f"Workload.prefix_cache_hit must be a number in [0, 1), got {self.prefix_cache_hit!r}")
+
+    @property
+    def prefill_len(self) -> float:
+        """Prompt tokens a new request computes in steady-state serving: those not found in the
+        prefix cache, ``prompt_len * (1 - prefix_cache_hit)`` (at least one: the last token's
+        logits are always computed)."""
+        return max(1.0, self.prompt_len * (1.0 - self.prefix_cache_hit))
 
     @property
     def decode_context_len(self) -> int:

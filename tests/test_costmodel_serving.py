@@ -51,6 +51,36 @@ def test_output_len_cv_is_validated():
         Workload(batch=8, prompt_len=600, output_len=400, output_len_cv=-1.0)
 
 
+@pytest.mark.parametrize("hit", [-0.1, 1.0, True, "0.5"])
+def test_prefix_cache_hit_is_validated(hit):
+    from energylens.errors import InvalidWorkloadError
+
+    with pytest.raises(InvalidWorkloadError, match=r"prefix_cache_hit must be a number in \[0, 1\)"):
+        Workload(batch=8, prompt_len=600, output_len=400, prefix_cache_hit=hit)
+
+
+def test_prefix_cache_hits_are_not_prefilled_again():
+    """A request whose earlier turns are cached computes only the rest of its prompt: fewer prefill
+    tokens per step, less energy per token; the attention of those tokens still spans the whole
+    prompt, and the pure-decode median step and the cold batch prefill are unchanged."""
+    import energylens as el
+
+    base = Workload(batch=256, prompt_len=1000, output_len=250)
+    hit = Workload(batch=256, prompt_len=1000, output_len=250, prefix_cache_hit=0.6)
+    assert hit.prefill_len == pytest.approx(400)
+    assert prefill_tokens_per_step(hit) == pytest.approx(0.4 * prefill_tokens_per_step(base))
+    assert sum(w * t for w, t in prefill_mixture(hit)) == pytest.approx(256 * 400 / 250, rel=1e-6)
+    a, b = (el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM"), wl) for wl in (base, hit))
+    assert b.serving.energy_per_output_token_j < a.serving.energy_per_output_token_j
+    assert b.serving.mean_step_s < a.serving.mean_step_s
+    assert b.serving.median_itl_s <= a.serving.median_itl_s
+    assert b.prefill == a.prefill and b.decode == a.decode
+    # not a 400-token prompt: the running sequences hold all 1000 prompt tokens of KV, and the
+    # computed tokens attend to the whole prompt
+    short = el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM"), Workload(batch=256, prompt_len=400, output_len=250))
+    assert b.serving.mean_step_s > short.serving.mean_step_s
+
+
 def test_kv_capacity_leaves_room_for_weights():
     from energylens.costmodel.hardware import get_gpu
     from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION, kv_capacity_tokens

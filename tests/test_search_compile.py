@@ -3,6 +3,7 @@ feasible one of a brute-force scalar search; infeasible SLOs; exports; CLI; repo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -21,7 +22,7 @@ from energylens.search.evaluate import clock_profile
 
 MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 CLUSTER = el.Cluster("H100-SXM", num_gpus=2, interconnect="nvlink4")
-WL = el.Workload(batch=4, prompt_len=512, output_len=128)
+WL = el.Workload(batch=4, prompt_len=512, output_len=128, prefix_cache_hit=0.25)
 SPACE = {"clocks_mhz": (1290, 1980), "comm_sms": (None, 16)}
 
 
@@ -40,7 +41,7 @@ def brute(plan):
     for i in range(len(plan.space)):
         p = plan.space.point(i)
         est = el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2, interconnect="nvlink"),
-                          el.Workload(batch=p.batch, prompt_len=WL.prompt_len, output_len=WL.output_len),
+                          dataclasses.replace(WL, batch=p.batch),
                           el.Parallel(tp=p.tp, ep=p.ep, dp=p.dp), fused=p.fused, comm_sms=p.comm_sms,
                           profile=clock_profile(prof, gpu, p.clock_mhz))
         rows.append((est.serving.median_itl_s, est.serving.energy_per_output_token_j, est.prefill.latency_s,

@@ -396,7 +396,8 @@ def _features(rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], gpu: GPU
             seg = len(seg_row)
             seg_row.append(i)
             seg_weight.append(w)
-            for po in step_ops(prefill_g, decode_g, wl.batch, ctx, wl.prompt_len, p, gpu, prof):
+            for po in step_ops(prefill_g, decode_g, wl.batch, ctx, wl.prompt_len, p, gpu, prof,
+                               prefill_len=wl.prefill_len):
                 works.append(po.work)
                 counts.append(po.count)
                 segs.append(seg)

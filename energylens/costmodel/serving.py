@@ -13,7 +13,9 @@ count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill 
   ``prompt_len + output_len * (1 + cv^2) / 2`` (``Workload.output_len_cv``), not
   ``prompt_len + output_len / 2``; and the batch never holds more KV than the cache has room for
   (``kv_capacity_tokens``: when it would, vLLM preempts, so the batch runs at the capacity);
-* prefill attention of the new prompts (causal, ``prompt_len`` each);
+* prefill attention of the new prompts (causal, ``prompt_len`` each; with prefix-cache hits,
+  ``Workload.prefix_cache_hit``, only a prompt's last ``prefill_len`` tokens are computed, and
+  the prefill tokens per step are ``batch * prefill_len / output_len``);
 * plus a fixed step overhead (sync, launch of the step's graphs: the GPU waits) and a per-sequence
   host time (scheduling, sampling bookkeeping, output processing: ``seq_overhead_s x batch``).
   With asynchronous scheduling (vLLM 0.11 ``--async-scheduling``, as ML.ENERGY ran) the host
@@ -132,12 +134,13 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     batch = workload.batch / replicas
     lam = batch / workload.output_len
     budget = max(0.0, max_num_batched_tokens - batch)
-    n_full = math.ceil(budget / workload.prompt_len)  # from n_full prompts on, a step is full
+    new = workload.prefill_len  # tokens each new prompt computes (the rest hit the prefix cache)
+    n_full = math.ceil(budget / new)  # from n_full prompts on, a step is full
     out, cdf, mean = [], 0.0, 0.0
     n = max(0, math.floor(lam - 8 * math.sqrt(lam)))
     while n < n_full and cdf < coverage:
         p = math.exp(n * math.log(lam) - lam - math.lgamma(n + 1))
-        out.append((p, float(n * workload.prompt_len) * replicas))
+        out.append((p, float(n * new) * replicas))
         cdf, mean = cdf + p, mean + p * n
         n += 1
     tail = max(0.0, 1.0 - cdf)
@@ -145,7 +148,7 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
         last = [(tail, float(budget) * replicas)]
     else:  # the counts beyond ``coverage``: one step at their mean count (E[N | N >= n])
         count = max(float(n), (lam - mean) / tail) if tail > 0 else float(n)
-        last = [(tail, min(count * workload.prompt_len, budget) * replicas)]
+        last = [(tail, min(count * new, budget) * replicas)]
     out = [(w, t) for w, t in out if w > 0]
     last = [(w, t) for w, t in last if w > 0]
     if len(out) + len(last) <= MAX_MIXTURE_ENTRIES:
@@ -182,7 +185,7 @@ def prefill_tokens_per_step(workload: Workload, median: bool = False,
         n = float(poisson_quantile(lam, 0.5 ** (1 / replicas)))
     else:
         n = max(0.0, lam - math.log(2))
-    return float(min(n * workload.prompt_len, max(0.0, max_num_batched_tokens - batch))) * replicas
+    return float(min(n * workload.prefill_len, max(0.0, max_num_batched_tokens - batch))) * replicas
 
 
 def lockstep_weights(mixture: Sequence[tuple[float, float]], replicas: int) -> list[float]:
@@ -202,8 +205,11 @@ def lockstep_weights(mixture: Sequence[tuple[float, float]], replicas: int) -> l
 
 def step_ops(prefill: Graph, decode: Graph, batch: float, context_len: float, prompt_len: float,
              prefill_tokens: float, gpu: GPUSpec, profile: Profile,
-             price: Callable[..., list[PricedOp]] = price_graph) -> list[PricedOp]:
+             price: Callable[..., list[PricedOp]] = price_graph, prefill_len: float | None = None) -> list[PricedOp]:
     """The ops of one mixed step (see the module docstring), each priced once per execution.
+
+    ``prefill_len``: tokens each new prompt computes (``Workload.prefill_len``; None: all
+    ``prompt_len``); they are its last ones, attending causally to the whole prompt.
 
     ``price``: how a graph is priced (``price_graph``, or a multi-GPU plan's
     ``energylens.costmodel.plan.PlanPricer``, whose costs are per GPU).
@@ -213,8 +219,9 @@ def step_ops(prefill: Graph, decode: Graph, batch: float, context_len: float, pr
                       select=lambda op: not is_attention_op(op))
     ops += price(decode, {"B": batch, "S": 1, "K": context_len}, gpu, profile, select=is_attention_op)
     if prefill_tokens > 0:
-        ops += price(prefill, {"B": prefill_tokens / prompt_len, "S": prompt_len, "K": prompt_len},
-                           gpu, profile, select=is_attention_op)
+        new = prompt_len if prefill_len is None else prefill_len
+        ops += price(prefill, {"B": prefill_tokens / new, "S": new, "K": prompt_len},
+                     gpu, profile, select=is_attention_op)
     return ops
 
 
@@ -280,7 +287,8 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu, num_gpus))
 
     def cost(p: float) -> StepCost:
-        ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile, price)
+        ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile, price,
+                       prefill_len=workload.prefill_len)
         return step_cost(ops, workload.batch / replicas, profile)  # each replica's host serves its share
 
     mixture = prefill_mixture(workload, replicas=replicas)

@@ -24,6 +24,7 @@ token vs TTFT) are over all fitting plans.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Iterator, Sequence
@@ -424,8 +425,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
             capacity_bytes=float(gpu.hbm_capacity_bytes))
     best = space.point(_choose(space, slo, objective))
     par = Parallel(tp=best.tp, ep=best.ep, dp=best.dp)
-    wl = Workload(batch=best.batch, prompt_len=workload.prompt_len, output_len=workload.output_len,
-                  **({"output_len_cv": workload.output_len_cv} if hasattr(workload, "output_len_cv") else {}))
+    wl = dataclasses.replace(workload, batch=best.batch)
     est = estimate(traced, Cluster(gpu.name, num_gpus=cluster.num_gpus, interconnect=interconnect), wl,
                    par, fused=best.fused, comm_sms=best.comm_sms, profile=clock_profile(prof, gpu, best.clock_mhz))
     est = _named(est, name)

@@ -33,6 +33,7 @@ window op), each iteration doing numpy over ``points x clocks [x sms]``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,8 +207,7 @@ def _serving_points(batches: Sequence[int], workload: Workload, ctx_of: Callable
 
 
 def _workload(workload: Workload, batch: int) -> Workload:
-    return Workload(batch=batch, prompt_len=workload.prompt_len, output_len=workload.output_len,
-                    **({"output_len_cv": workload.output_len_cv} if hasattr(workload, "output_len_cv") else {}))
+    return dataclasses.replace(workload, batch=batch)
 
 
 def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSpec, profile: Profile,
@@ -236,7 +236,8 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     pre = plan_graph(variant.prefill, par, variant.fused, overlap=ov)
     t1, e1 = _component(dec, {"B": b, "S": (b + p) / b, "K": pts["ctx"]}, c, lambda op: not is_attention_op(op))
     t2, e2 = _component(dec, {"B": batches, "S": np.ones_like(batches), "K": ctx_b}, c, is_attention_op)
-    t3, e3 = _component(pre, {"B": np.maximum(p, 1e-9) / s_len, "S": np.full_like(p, s_len),
+    new_len = workload.prefill_len  # prompt tokens computed (the rest hit the prefix cache)
+    t3, e3 = _component(pre, {"B": np.maximum(p, 1e-9) / new_len, "S": np.full_like(p, new_len),
                               "K": np.full_like(p, s_len)}, c, is_attention_op)
     has_p = (p > 0)[:, None, None]
     t_gpu = t1 + t2[pts["idx"]] + np.where(has_p, t3, 0.0)
