@@ -342,3 +342,8 @@ class Graph:
     @property
     def attr(self) -> dict[str, str]:
         return dict(self.attrs)
+
+    @property
+    def has_experts(self) -> bool:
+        """Whether the model routes tokens to experts (the frontend sets ``num_experts`` for MoE)."""
+        return "num_experts" in self.attr

@@ -143,7 +143,7 @@ def _heads(graph: Graph) -> tuple[int | None, int | None]:
 
 
 def _num_experts(graph: Graph) -> int | None:
-    if "num_experts" in graph.attr:
+    if graph.has_experts:
         return int(graph.attr["num_experts"])
     return _int_size(graph, "e")
 

@@ -206,7 +206,7 @@ class Plan(Record):
                         max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len, fused=self.fused,
                         comm_sms=self.comm_sms, gpu_clock_mhz=self.gpu_clock_mhz,
                         quantization=self.quantization, sequence_parallel=self.sequence_parallel,
-                        moe=self.graph is not None and "num_experts" in self.graph.decode.attr)
+                        moe=self.graph is not None and self.graph.decode.has_experts)
 
     def to_vllm(self, cli: bool = False) -> Any:
         """vLLM engine arguments (``cli=True``: the ``vllm serve ...`` command line)."""
@@ -275,7 +275,7 @@ def _dp_values(most: int) -> list[int]:
 def variants(traced: Any, num_gpus: int) -> list[Variant]:
     """The structural variants of ``traced`` on up to ``num_gpus`` GPUs (see the module docstring)."""
     dec = traced.decode
-    moe = "num_experts" in dec.attr
+    moe = dec.has_experts
     out = []
     for tp in valid_tp_values(dec, up_to=num_gpus):
         for dp in _dp_values(num_gpus // tp):

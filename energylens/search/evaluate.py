@@ -99,7 +99,7 @@ class Variant:
     @property
     def lockstep(self) -> bool:
         """Its replicas step together: a MoE model's expert layers span all of them."""
-        return self.parallel.dp > 1 and "num_experts" in self.decode.attr
+        return self.parallel.dp > 1 and self.decode.has_experts
 
 
 @dataclass(frozen=True)
