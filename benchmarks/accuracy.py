@@ -25,6 +25,7 @@ Held-out protocol (fit the GPU profiles on the other models' rows, report on thi
 
 The schema has no prompt length: tasks with a known mean (``fit.TASK_PROMPT_LEN``: lm-arena-chat,
 gpqa) are predicted; rows of other tasks are skipped unless ``--task-prompt-len TASK=TOKENS`` gives it.
+No prompt is priced as found in vLLM's prefix cache unless ``--task-prefix-hit TASK=SHARE`` says so.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from energylens.costmodel.fit import (  # noqa: E402
     TASK_PROMPT_LEN,
     fit_gpu_profile,
     mlenergy_profile,
+    parse_task_shares,
     read_mlenergy,
     row_skip_reason,
     write_profile,
@@ -111,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--task-prompt-len", action="append", default=[], metavar="TASK=TOKENS",
                     help="mean prompt tokens of a task (repeatable); needed for tasks other than "
                          f"{', '.join(TASK_PROMPT_LEN)}, whose means are built in")
+    ap.add_argument("--task-prefix-hit", action="append", default=[], metavar="TASK=SHARE",
+                    help="price TASK's prompts as this share found in vLLM's prefix cache (repeatable; "
+                         "default: none), in the fit of --holdout-model too")
     args = ap.parse_args(argv)
     console = Console(width=200, highlight=False)
 
@@ -121,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--task-prompt-len {item!r}: expected TASK=TOKENS with a positive integer, "
                      "e.g. lm-arena-chat=634")
         prompt_lens[task] = int(tokens)
-    rows = read_mlenergy(args.data, prompt_lens)
+    try:
+        prefix_hits = parse_task_shares(args.task_prefix_hit)
+    except ValueError as e:
+        ap.error(str(e))
+    rows = read_mlenergy(args.data, prompt_lens, prefix_hits)
     profiles = args.profiles
     tmp = None
     if args.holdout_model:

@@ -138,7 +138,7 @@ def estimate(
                     _si(d.hbm_bytes, "B"))
     sv = est.serving  # steady state: decode steps carrying chunked prefill of arriving requests
     hit = f", {wl.prefix_cache_hit:.0%} prefix hits" if wl.prefix_cache_hit else ""
-    summary.add_row(f"serving step (median ITL; energy incl. prefill{hit})", _si(sv.median_itl_s, "s"),
+    summary.add_row(f"serving (median ITL; mean step, incl. prefill{hit})", _si(sv.median_itl_s, "s"),
                     _si(sv.energy_per_output_token_j * sv.batch, "J"), _si(sv.avg_power_w, "W"),
                     _si(sv.energy_per_output_token_j, "J"), "", "")
     console.print(summary)
@@ -228,13 +228,15 @@ _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "
 
 
 def _given_value(error: Exception, argv: list[str]) -> str | None:
-    """What the user typed for the option a BadParameter ``error`` is about (``--batch abc``, ``--batch=abc``)."""
-    for opt in getattr(getattr(error, "param", None), "opts", []):
-        for i, arg in enumerate(argv):
-            if arg == opt and i + 1 < len(argv):
+    """What the user typed for the option a BadParameter ``error`` is about (``--batch abc``,
+    ``--batch=abc``; the last one given, which is the one click reads)."""
+    opts = getattr(getattr(error, "param", None), "opts", [])
+    for i in range(len(argv) - 1, -1, -1):
+        for opt in opts:
+            if argv[i] == opt and i + 1 < len(argv):
                 return argv[i + 1]
-            if arg.startswith(opt + "="):
-                return arg[len(opt) + 1:]
+            if argv[i].startswith(opt + "="):
+                return argv[i][len(opt) + 1:]
     return None
 
 
@@ -245,12 +247,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="energylens", standalone_mode=False)
     except _USAGE_ERROR as e:
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `energylens`: the help
-            e.show()
+        message = e.format_message()
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `energylens`: the help (typer's rich help
+            if message.strip():                      # has printed itself and left the message empty)
+                print(message, file=sys.stderr)
             sys.exit(2)
         value = _given_value(e, argv) if isinstance(e, typer.BadParameter) else None
-        got = f" (got {value!r})" if value is not None else ""
-        print(f"error: {_cli_names(e.format_message())}{got}", file=sys.stderr)
+        got = f" (got {value!r})" if value is not None and repr(value) not in message else ""
+        print(f"error: {_cli_names(message)}{got}", file=sys.stderr)
         code = 2
     except _CLICK_EXCEPTION as e:
         e.show()

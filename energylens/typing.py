@@ -276,7 +276,7 @@ class ServingEstimate(Record):
     """Steady-state continuous batching with chunked prefill (as vLLM serves), per plan.
 
     Each decode step of ``batch`` sequences also carries on average ``prefill_tokens_per_step``
-    prefill tokens (``batch * prompt_len / output_len``; with dp replicas, over all of them, each
+    prefill tokens (``batch * prefill_len / output_len``: ``Workload.prefill_len``; with dp replicas, over all of them, each
     replica stepping on its own ``batch / dp`` sequences). ``median_itl_s`` is the time of the step
     with the median prefill load; ``mean_step_s`` the mean step time; ``avg_power_w`` the total
     over all GPUs; ``energy_per_output_token_j`` counts prefill energy too.

@@ -62,3 +62,27 @@ def test_task_prompt_len_predicts_other_tasks(tmp_path, capsys):
 
     row = next(r for r in read_mlenergy(csv_path, {"mystery-task": 500}) if r.task == "mystery-task")
     assert row.workload().prompt_len == 500
+
+
+def test_task_prefix_hit_lowers_prefill_and_is_checked(tmp_path, capsys):
+    """``--task-prefix-hit`` prices a task's prompts as partly cached (fewer prefill tokens, less
+    energy per token); a share outside [0, 1) is a usage error naming it."""
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    from energylens.costmodel.fit import parse_task_shares, read_mlenergy
+
+    csv_path = sample(tmp_path)
+    cold, hit = (next(r for r in read_mlenergy(csv_path, prefix_hits=h) if r.task == "lm-arena-chat").workload()
+                 for h in (None, {"lm-arena-chat": 0.5}))
+    assert cold.prefix_cache_hit == 0.0 and hit.prefix_cache_hit == 0.5
+    assert cold.prefill_len == 2 * hit.prefill_len
+    assert parse_task_shares(["gpqa=0", "lm-arena-chat=0.25"]) == {"gpqa": 0.0, "lm-arena-chat": 0.25}
+    for bad in ("lm-arena-chat=1", "lm-arena-chat", "=0.5", "lm-arena-chat=x"):
+        with pytest.raises(ValueError, match="expected TASK=SHARE"):
+            parse_task_shares([bad])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "mlenergy", "--data", str(csv_path), "--task-prefix-hit", "lm-arena-chat=1.5"])
+    assert exit_info.value.code == 2 and "'lm-arena-chat=1.5'" in capsys.readouterr().err

@@ -22,7 +22,7 @@ def test_readme_main_command_compiles_a_plan_for_the_cluster():
             "--prompt-len", "1024", "--output-len", "256", "--slo-itl-ms", "40")
     assert r.exit_code == 0, r.output
     for text in ("meta-llama/Llama-3.1-70B-Instruct on 4 of 8 x H100-SXM", "SLO ITL ms <= 40", "plans searched",
-                 "serving step (median ITL", "memory per GPU", "top 10 ops by energy", "Pareto frontier"):
+                 "serving (median ITL", "memory per GPU", "top 10 ops by energy", "Pareto frontier"):
         assert text in r.output, text
     assert "Traceback" not in r.output
 
@@ -67,6 +67,7 @@ def test_bad_input_is_one_line_exit_2(args, message):
 @pytest.mark.parametrize(("argv", "message"), [
     (["estimate", "Qwen/Qwen3-0.6B", "--batch", "abc"], "Invalid value for '--batch'"),
     (["estimate", "Qwen/Qwen3-0.6B", "--batch=1.5"], "Invalid value for '--batch'"),
+    (["estimate", "Qwen/Qwen3-0.6B", "--batch", "1", "--batch", "abc"], "Invalid value for '--batch'"),  # click reads the last
     (["estimate", "Qwen/Qwen3-0.6B", "--gpux", "H100-SXM"], "No such option: --gpux"),
     (["estimate"], "Missing argument"),
     (["bogus"], "No such command 'bogus'"),

@@ -73,12 +73,34 @@ def test_prefix_cache_hits_are_not_prefilled_again():
     a, b = (el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM"), wl) for wl in (base, hit))
     assert b.serving.energy_per_output_token_j < a.serving.energy_per_output_token_j
     assert b.serving.mean_step_s < a.serving.mean_step_s
-    assert b.serving.median_itl_s <= a.serving.median_itl_s
+    assert b.serving.median_itl_s < a.serving.median_itl_s  # lam > ln 2: the median step carries prefill
     assert b.prefill == a.prefill and b.decode == a.decode
     # not a 400-token prompt: the running sequences hold all 1000 prompt tokens of KV, and the
     # computed tokens attend to the whole prompt
     short = el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM"), Workload(batch=256, prompt_len=400, output_len=250))
     assert b.serving.mean_step_s > short.serving.mean_step_s
+
+
+def test_cached_prefix_tokens_are_attended_not_computed():
+    """The prefill attention of a prompt with a cached prefix: its ``prefill_len`` last tokens
+    attend causally to the whole prompt, S*K - S*(S-1)/2 query-key pairs per head."""
+    from energylens.api import resolve_model
+    from energylens.costmodel.hardware import get_gpu
+    from energylens.costmodel.plan import plan_graph
+    from energylens.costmodel.profile import load_profile
+    from energylens.costmodel.serving import step_ops
+
+    traced, gpu = resolve_model("Qwen/Qwen3-0.6B"), get_gpu("H100-SXM")
+    pre, dec = plan_graph(traced.prefill), plan_graph(traced.decode)
+
+    def prefill_attention_flops(prompt_len, prefill_len, prompts=2.0):
+        ops = step_ops(pre, dec, 8, 1500, prompt_len, prompts * prefill_len, gpu, load_profile(gpu),
+                       prefill_len=prefill_len)
+        return sum(p.count * p.work.flops for p in ops if getattr(p.op, "causal", False))  # QK^T and PV
+
+    s, k = 400.0, 1000.0
+    full = prefill_attention_flops(k, k)  # a fresh 1000-token prompt: k*(k+1)/2 pairs
+    assert prefill_attention_flops(k, s) == pytest.approx(full * (s * k - s * (s - 1) / 2) / (k * (k + 1) / 2))
 
 
 def test_kv_capacity_leaves_room_for_weights():

@@ -195,3 +195,23 @@ def test_ties_in_energy_go_to_the_larger_batch():
     space = SearchSpace(cols, 3, 2, 0.0)
     assert _choose(space, el.SLO(itl_ms=25), "energy") == 1
     assert _choose(space, el.SLO(itl_ms=25), "latency") == 2
+
+
+def test_vectorised_prices_equal_scalar_estimate_when_the_median_step_prefills():
+    """Short outputs (two arrivals per step) with prefix-cache hits: the median step carries prefill,
+    and the search prices it, and the mixture, exactly as el.estimate does."""
+    wl = el.Workload(batch=8, prompt_len=256, output_len=4, prefix_cache_hit=0.5)
+    cluster = el.Cluster("H100-SXM", num_gpus=1)
+    plan = el.compile(MODEL, cluster, workload=wl, clocks_mhz=(1980,), comm_sms=(None,))
+    c = plan.space.cols
+    gpu = get_gpu("H100-SXM")
+    prof = load_profile(gpu)
+    prefilling_medians = 0
+    for i in range(len(plan.space)):
+        p = plan.space.point(i)
+        s = el.estimate(MODEL, cluster, dataclasses.replace(wl, batch=p.batch), el.Parallel(tp=p.tp, dp=p.dp),
+                        fused=p.fused, profile=clock_profile(prof, gpu, p.clock_mhz)).serving
+        prefilling_medians += s.median_prefill_tokens_per_step > 0
+        np.testing.assert_allclose([c["itl_s"][i], c["energy_per_token_j"][i], c["power_w"][i]],
+                                   [s.median_itl_s, s.energy_per_output_token_j, s.avg_power_w], rtol=1e-9)
+    assert prefilling_medians >= len(plan.space) // 2

@@ -73,7 +73,7 @@ from energylens.typing import Parallel, Workload
 __all__ = [
     "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "fit_gpu_profile",
     "FIT_PARAMS",
-    "write_profile", "with_default_tile", "kernel_default_tile_efficiency", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
+    "write_profile", "parse_task_shares", "with_default_tile", "kernel_default_tile_efficiency", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
 ]
 
 #: Mean prompt tokens per ML.ENERGY v3.0 task (ML.ENERGY v3.0 blog, Qwen3 tokenizer; data/public/README.md).
@@ -112,6 +112,9 @@ class MLEnergyRow:
     #: mean prompt tokens of this row's task when given by the reader (``read_mlenergy``'s
     #: ``prompt_lens``); None: ``TASK_PROMPT_LEN`` of the task
     prompt_len: int | None = None
+    #: share of each prompt found in vLLM's prefix cache (``Workload.prefix_cache_hit``), when the
+    #: reader is given one for the task (``read_mlenergy``'s ``prefix_hits``); 0 otherwise
+    prefix_cache_hit: float = 0.0
 
     @property
     def mean_step_s(self) -> float:
@@ -130,14 +133,17 @@ class MLEnergyRow:
         return Workload(batch=max(1, round(self.avg_batch_size)),
                         prompt_len=self.prompt_len or TASK_PROMPT_LEN[self.task],
                         output_len=max(1, round(self.avg_output_len)),
-                        output_len_cv=TASK_OUTPUT_CV.get(self.task, 1.0))
+                        output_len_cv=TASK_OUTPUT_CV.get(self.task, 1.0),
+                        prefix_cache_hit=self.prefix_cache_hit)
 
 
-def read_mlenergy(path: str | Path, prompt_lens: Mapping[str, int] | None = None) -> list[MLEnergyRow]:
+def read_mlenergy(path: str | Path, prompt_lens: Mapping[str, int] | None = None,
+                  prefix_hits: Mapping[str, float] | None = None) -> list[MLEnergyRow]:
     """Rows of a CSV with the schema of ML.ENERGY's ``mlenergy_dev.csv`` (extra columns ignored).
 
     ``prompt_lens`` (task -> mean prompt tokens) gives the prompt length of tasks the file's schema
-    does not carry, or overrides ``TASK_PROMPT_LEN`` for a task.
+    does not carry, or overrides ``TASK_PROMPT_LEN`` for a task. ``prefix_hits`` (task -> share of
+    each prompt found in the prefix cache; default none) prices those tasks' prompts as partly cached.
     """
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -150,8 +156,26 @@ def read_mlenergy(path: str | Path, prompt_lens: Mapping[str, int] | None = None
             floats = {k: float(r[k]) for k in ("avg_batch_size", "avg_output_len", "avg_power_watts_total",
                                                "energy_per_token_j", "output_tok_per_s", "median_itl_ms")}
             rows.append(MLEnergyRow(line=i, model_id=r["model_id"], task=r["task"], gpu_model=r["gpu_model"],
-                                    **ints, **floats, prompt_len=(prompt_lens or {}).get(r["task"])))
+                                    **ints, **floats, prompt_len=(prompt_lens or {}).get(r["task"]),
+                                    prefix_cache_hit=(prefix_hits or {}).get(r["task"], 0.0)))
     return rows
+
+
+def parse_task_shares(items: Sequence[str]) -> dict[str, float]:
+    """``["lm-arena-chat=0.5", ...]`` -> ``{"lm-arena-chat": 0.5}`` (shares in [0, 1)); ValueError
+    naming the bad item otherwise."""
+    out = {}
+    for item in items:
+        task, _, share = item.partition("=")
+        try:
+            value = float(share)
+        except ValueError:
+            value = -1.0
+        if not task or not 0 <= value < 1:
+            raise ValueError(f"--task-prefix-hit {item!r}: expected TASK=SHARE with a share in [0, 1), "
+                             "e.g. lm-arena-chat=0.5")
+        out[task] = value
+    return out
 
 
 def row_skip_reason(row: MLEnergyRow) -> str | None:
@@ -614,12 +638,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--data", default="data/public/mlenergy_dev.csv")
     ap.add_argument("--out", default=str(PROFILES_DIR))
     ap.add_argument("--exclude-model", action="append", default=[], help="leave this model's rows out")
+    ap.add_argument("--task-prefix-hit", action="append", default=[], metavar="TASK=SHARE",
+                    help="price TASK's prompts as this share found in the prefix cache (repeatable)")
     ap.add_argument("--defaults", action="store_true", help="also write datasheet-default profiles "
                     "for GPUs without rows (except those that take a same-die GPU's profile: GPUSpec.profile_from)")
     args = ap.parse_args(argv)
     from energylens.api import resolve_model
 
-    rows = [r for r in read_mlenergy(args.data) if r.model_id not in args.exclude_model]
+    try:
+        hits = parse_task_shares(args.task_prefix_hit)
+    except ValueError as e:
+        ap.error(str(e))
+    rows = [r for r in read_mlenergy(args.data, prefix_hits=hits) if r.model_id not in args.exclude_model]
     fitted = set()
     for gpu_name in sorted({g.name for r in rows if (g := _gpu_or_none(r.gpu_model))}):
         prof = fit_gpu_profile(gpu_name, rows, resolve_model, data_label=f"{args.data} (ML.ENERGY Benchmark "

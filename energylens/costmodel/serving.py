@@ -2,9 +2,10 @@
 
 ``batch`` sequences decode together; each finishes after ``output_len`` tokens on average, so
 ``lam = batch / output_len`` new requests join per step: the number joining one step is a Poisson
-count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill tokens next to its
+count ``n`` with mean ``lam``, and that step carries ``n * prefill_len`` prefill tokens next to its
 ``batch`` decode tokens (capped by the token budget ``max_num_batched_tokens``), on average
-``batch * prompt_len / output_len``. One such *mixed step* runs:
+``batch * prefill_len / output_len`` (``Workload.prefill_len``: ``prompt_len`` without prefix-cache
+hits). One such *mixed step* runs:
 
 * every token-wise op (projections, MLP / experts, norms, ``lm_head``) once over
   ``batch + prefill`` tokens: the weights are read once for both;
@@ -14,8 +15,8 @@ count ``n`` with mean ``lam``, and that step carries ``n * prompt_len`` prefill 
   ``prompt_len + output_len / 2``; and the batch never holds more KV than the cache has room for
   (``kv_capacity_tokens``: when it would, vLLM preempts, so the batch runs at the capacity);
 * prefill attention of the new prompts (causal, ``prompt_len`` each; with prefix-cache hits,
-  ``Workload.prefix_cache_hit``, only a prompt's last ``prefill_len`` tokens are computed, and
-  the prefill tokens per step are ``batch * prefill_len / output_len``);
+  ``Workload.prefix_cache_hit``, only a prompt's last ``prefill_len`` tokens are computed, each
+  attending to the whole prompt);
 * plus a fixed step overhead (sync, launch of the step's graphs: the GPU waits) and a per-sequence
   host time (scheduling, sampling bookkeeping, output processing: ``seq_overhead_s x batch``).
   With asynchronous scheduling (vLLM 0.11 ``--async-scheduling``, as ML.ENERGY ran) the host
@@ -32,7 +33,7 @@ replica's (``lockstep_weights``) and the others wait for it.
 Mean time and energy per step are the Poisson-weighted mixture over ``n`` (a step is not linear
 in its prefill tokens: a MoE step's distinct experts saturate), giving throughput, power and
 energy per output token with prefill included. The median inter-token latency is the step carrying
-``max(0, lam - ln 2) * prompt_len`` prefill tokens: ``lam - ln 2`` is the lower bound of the
+``max(0, lam - ln 2) * prefill_len`` prefill tokens: ``lam - ln 2`` is the lower bound of the
 Poisson median (Choi 1994) used as its continuous version, so pure decode steps set the median
 while new requests are rare (``lam < ln 2``) and the prefill share grows smoothly after that
 (prefix-cache hits and bursty admission keep real medians at the low side of the integer median).
