@@ -50,7 +50,7 @@ _INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A10
 
 #: Python names in error messages -> the CLI options a user typed (whole names only: ``_cli_names``).
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
-              "Workload.prefix_cache_hit": "--prefix-cache-hit",
+              "Workload.prefix_cache_hit": "--prefix-cache-hit", "Workload.output_len_cv": "--output-len-cv",
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
               "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
               " (or None: no target)": "", " (or None: no overlap)": "", " (interconnect='pcie' in Python)": "",
@@ -96,6 +96,8 @@ def estimate(
     batch: Annotated[int, typer.Option(help="sequences in the batch")] = 32,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
+    output_len_cv: Annotated[float, typer.Option(
+        help="spread of the output lengths (std / mean): 1 for chat-like, 0 for fixed-length benchmarks")] = 1.0,
     prefix_cache_hit: Annotated[float, typer.Option(
         help="share of each prompt found in the prefix cache in steady-state serving, in [0, 1) (multi-turn chat: "
              "the earlier turns)")] = 0.0,
@@ -118,7 +120,7 @@ def estimate(
     # --gpus 0 is an error above, not the default; --interconnect "" reaches Cluster, which rejects it
     est = el.estimate(model, el.Cluster(gpu, num_gpus=tp * dp if gpus is None else gpus, interconnect=interconnect),
                       el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
-                                  prefix_cache_hit=prefix_cache_hit),
+                                  output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),
                       el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms, routing=routing)
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
@@ -353,6 +355,8 @@ def compile_cmd(
     batch: Annotated[int, typer.Option(help="concurrent sequences (the search tries up to this many)")] = 64,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
+    output_len_cv: Annotated[float, typer.Option(
+        help="spread of the output lengths (std / mean): 1 for chat-like, 0 for fixed-length benchmarks")] = 1.0,
     prefix_cache_hit: Annotated[float, typer.Option(
         help="share of each prompt found in the prefix cache in steady-state serving, in [0, 1) (multi-turn chat: "
              "the earlier turns)")] = 0.0,
@@ -375,7 +379,7 @@ def compile_cmd(
     _check_min("gpus", gpus, 1)
     plan = el.compile(model, el.Cluster(gpu, num_gpus=gpus, interconnect=interconnect),
                       workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
-                                           prefix_cache_hit=prefix_cache_hit),
+                                           output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),
                       objective=objective, slo=el.SLO(itl_ms=slo_itl_ms, ttft_ms=slo_ttft_ms))  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))

@@ -85,6 +85,8 @@ def test_compile_reports_the_plot_file_written(tmp_path):
     (("--gpus", "-8"), "--gpus must be an integer >= 1, got -8"),
     (("--top", "-1"), "--top must be an integer >= 0, got -1"),
     (("--interconnect", ""), "unknown interconnect ''"),
+    (("--prefix-cache-hit", "1"), "--prefix-cache-hit must be a number in [0, 1), got 1.0"),
+    (("--output-len-cv", "-1"), "--output-len-cv must be a number in [0, 10], got -1.0"),
 ])
 def test_estimate_rejects_bad_counts_naming_the_option(args, message):
     one_error_line(run("estimate", "Qwen/Qwen3-0.6B", *args), message)
@@ -92,6 +94,14 @@ def test_estimate_rejects_bad_counts_naming_the_option(args, message):
 
 def test_compile_rejects_zero_gpus():
     one_error_line(run("compile", "Qwen/Qwen3-0.6B", "--gpus", "0"), "--gpus must be an integer >= 1, got 0")
+
+
+def test_workload_options_reach_the_plan():
+    r = run("compile", "Qwen/Qwen3-0.6B", "--gpus", "1", "--batch", "8", "--prefix-cache-hit", "0.3",
+            "--output-len-cv", "0", "--json")
+    assert r.exit_code == 0, r.output
+    wl = json.loads(r.output)["workload"]
+    assert wl["prefix_cache_hit"] == 0.3 and wl["output_len_cv"] == 0.0
 
 
 # ---- 3. measure -------------------------------------------------------------------------------------
