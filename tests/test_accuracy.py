@@ -86,3 +86,27 @@ def test_task_prefix_hit_lowers_prefill_and_is_checked(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--dataset", "mlenergy", "--data", str(csv_path), "--task-prefix-hit", "lm-arena-chat=1.5"])
     assert exit_info.value.code == 2 and "'lm-arena-chat=1.5'" in capsys.readouterr().err
+
+
+def test_unreadable_values_skip_the_row_naming_them(tmp_path, capsys):
+    """A row whose measured values are empty, zero, nan or not numbers is skipped with the column and
+    the value, not a traceback; an empty tp/ep/dp reads as 1 (and max_num_seqs is only shown)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    with open(DEV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    good = next(r for r in rows if r["num_gpus"] == "1" and r["gpu_model"] == "H100")
+    bad = [dict(good, median_itl_ms=""), dict(good, output_tok_per_s="0"), dict(good, num_gpus="two"),
+           dict(good, avg_power_watts_total="nan")]
+    blank = dict(good, ep="", dp="", max_num_seqs="")
+    out = tmp_path / "bad.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([*bad, blank])
+    assert main(["--dataset", "mlenergy", "--data", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.strip().endswith("rows=1 skipped=4")
+    for what in ("median_itl_ms=''", "output_tok_per_s='0'", "num_gpus='two'", "avg_power_watts_total='nan'"):
+        assert f"not a positive number: {what}" in text

@@ -115,6 +115,8 @@ class MLEnergyRow:
     #: share of each prompt found in vLLM's prefix cache (``Workload.prefix_cache_hit``), when the
     #: reader is given one for the task (``read_mlenergy``'s ``prefix_hits``); 0 otherwise
     prefix_cache_hit: float = 0.0
+    #: why a value of the row could not be read (a row is skipped with it), else None
+    problem: str | None = None
 
     @property
     def mean_step_s(self) -> float:
@@ -152,13 +154,36 @@ def read_mlenergy(path: str | Path, prompt_lens: Mapping[str, int] | None = None
             raise EnergylensError(f"{path}: not an ML.ENERGY CSV, missing columns {', '.join(missing)}")
         rows = []
         for i, r in enumerate(reader, start=2):
-            ints = {k: int(float(r[k])) for k in ("num_gpus", "tp", "ep", "dp", "max_num_seqs")}
-            floats = {k: float(r[k]) for k in ("avg_batch_size", "avg_output_len", "avg_power_watts_total",
-                                               "energy_per_token_j", "output_tok_per_s", "median_itl_ms")}
-            rows.append(MLEnergyRow(line=i, model_id=r["model_id"], task=r["task"], gpu_model=r["gpu_model"],
-                                    **ints, **floats, prompt_len=(prompt_lens or {}).get(r["task"]),
-                                    prefix_cache_hit=(prefix_hits or {}).get(r["task"], 0.0)))
+            values, problems = {}, []
+            for k in _INT_COLUMNS + _MEASURED_COLUMNS:
+                text = (r.get(k) or "").strip()
+                if not text and k in _DEFAULT_ONE:
+                    text = "1"  # no parallelism of that kind
+                v = _positive_number(text)
+                if v is None and k != "max_num_seqs":  # max_num_seqs is only shown
+                    problems.append(f"{k}={r.get(k)!r}")
+                values[k] = (int(v) if k in _INT_COLUMNS else v) if v is not None else 0
+            problem = f"not a positive number: {', '.join(problems)}" if problems else None
+            rows.append(MLEnergyRow(line=i, model_id=r["model_id"] or "", task=r["task"] or "",
+                                    gpu_model=r["gpu_model"] or "", **values,
+                                    prompt_len=(prompt_lens or {}).get(r["task"]),
+                                    prefix_cache_hit=(prefix_hits or {}).get(r["task"], 0.0), problem=problem))
     return rows
+
+
+_INT_COLUMNS = ("num_gpus", "tp", "ep", "dp", "max_num_seqs")
+_DEFAULT_ONE = ("tp", "ep", "dp")  # an empty cell: 1
+_MEASURED_COLUMNS = ("avg_batch_size", "avg_output_len", "avg_power_watts_total", "energy_per_token_j",
+                     "output_tok_per_s", "median_itl_ms")
+
+
+def _positive_number(text: str | None) -> float | None:
+    """``text`` as a finite number > 0, else None (empty, not a number, nan, inf, <= 0)."""
+    try:
+        v = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
 
 
 def parse_task_shares(items: Sequence[str]) -> dict[str, float]:
@@ -180,6 +205,8 @@ def parse_task_shares(items: Sequence[str]) -> dict[str, float]:
 
 def row_skip_reason(row: MLEnergyRow) -> str | None:
     """Why a row cannot be predicted yet (None: it can). Unknown models are found when tracing."""
+    if row.problem:
+        return row.problem
     if row.num_gpus > 1 or row.tp > 1 or row.ep > 1 or row.dp > 1:
         return f"multi-GPU plans come with issue 4 ({row.num_gpus} GPUs, tp={row.tp} ep={row.ep} dp={row.dp})"
     if row.prompt_len is None and row.task not in TASK_PROMPT_LEN:
