@@ -141,17 +141,41 @@ class Row:
 
 
 def read_rows(path: str | Path) -> list[Row]:
+    """The rows of an overlap-sweep CSV, time and energy the means of its repeats. A row with a value
+    that cannot be read (empty, text, nan, a time or energy <= 0) is left out and said on stderr."""
     rows: list[Row] = []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
+        for line, r in enumerate(csv.DictReader(f), start=2):
             reps = sorted({c.split(":")[0] for c in r if c.endswith(":time (s)")})
             if not reps:
                 raise SystemExit(f"{path}: no 'k:time (s)' columns")
+            ints = ("overlap_start", "overlap_end", "comm_sm_number", "comm_block_size")
+            measured = [f"{k}:{what}" for k in reps for what in ("time (s)", "total energy (J)")]
+            bad = [c for c in ints if not _is_int(r.get(c))] + [c for c in measured if not _is_positive(r.get(c))]
+            if bad:
+                print(f"{path}: line {line} left out: unreadable {', '.join(f'{c}={r.get(c)!r}' for c in bad)}",
+                      file=sys.stderr)
+                continue
             t = float(np.mean([float(r[f"{k}:time (s)"]) for k in reps]))
             e = float(np.mean([float(r[f"{k}:total energy (J)"]) for k in reps]))
-            rows.append(Row(int(r["overlap_start"]), int(r["overlap_end"]), int(r["comm_sm_number"]),
-                            int(r["comm_block_size"]), t, e))
+            rows.append(Row(*(int(float(r[c])) for c in ints), t, e))  # type: ignore[arg-type]
     return rows
+
+
+def _is_int(text: str | None) -> bool:
+    try:
+        v = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and v == int(v)
+
+
+def _is_positive(text: str | None) -> bool:
+    try:
+        v = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and v > 0
 
 
 def _window_of(graph: Graph) -> tuple[list[int], list[int]] | None:
