@@ -62,3 +62,21 @@ def test_profile_from_needs_a_source():
 def test_fp8_on_ampere_fails_loudly():
     with pytest.raises(EstimateError, match="fp8"):
         get_gpu("A100").peak_flops_per_s("fp8")
+
+
+@pytest.mark.parametrize(("name", "gpu"), [
+    ("NVIDIA H100 80GB HBM3", "H100-SXM"),  # nvidia-smi's names
+    ("NVIDIA H200 141GB HBM3e", "H200"),
+    ("NVIDIA B200", "B200"),
+    ("NVIDIA A100-SXM4-40GB", "A100-SXM4-40GB"),
+    ("H100 PCIe", "H100-PCIe"),
+    ("h100_sxm", "H100-SXM"),
+    ("AMD Instinct MI300X", "MI300X"),
+])
+def test_gpu_names_as_tools_print_them(name, gpu):
+    assert get_gpu(name).name == gpu
+
+
+def test_a_gpu_outside_the_db_is_not_taken_for_a_neighbour():
+    with pytest.raises(UnknownNameError):
+        get_gpu("NVIDIA A100 80GB PCIe")  # no A100 PCIe spec: not the SXM one

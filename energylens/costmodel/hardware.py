@@ -12,6 +12,7 @@ a missing source is a validation error. Rates are *dense* (non-sparse) tensor-co
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from typing import Literal
 
@@ -116,11 +117,23 @@ def _registry() -> dict[str, GPUSpec]:
 
 
 @functools.cache
+def _key(name: str) -> str:
+    """A GPU name as looked up: any case, spaces and underscores as hyphens, without the vendor
+    prefix nvidia-smi prints ("NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3")."""
+    k = re.sub(r"[\s_]+", "-", str(name).strip().lower())
+    return k.removeprefix("nvidia-").removeprefix("amd-").removeprefix("instinct-")
+
+
+def _without_memory(key: str) -> str:
+    """``_key`` without the memory words nvidia-smi adds ("h200-141gb-hbm3e" -> "h200")."""
+    return "-".join(t for t in key.split("-") if not re.fullmatch(r"\d*gb|hbm\d*e?", t))
+
+
 def _lookup() -> dict[str, str]:
     table: dict[str, str] = {}
     for spec in _registry().values():
         for key in (spec.name, *spec.aliases):
-            k = key.lower()
+            k = _key(key)
             if k in table and table[k] != spec.name:
                 raise ValueError(f"alias {key!r} names both {table[k]} and {spec.name}")
             table[k] = spec.name
@@ -137,11 +150,13 @@ def list_gpus() -> list[str]:
 
 
 def get_gpu(name: str) -> GPUSpec:
-    """The spec of GPU ``name`` (case-insensitive; aliases such as ``"H100"`` -> H100-SXM).
+    """The spec of GPU ``name`` (case-insensitive; aliases such as ``"H100"`` -> H100-SXM; nvidia-smi's
+    names, spaces or underscores for hyphens: ``"NVIDIA H100 80GB HBM3"``, ``"H100 PCIe"``).
 
     Raises ``UnknownNameError`` listing the valid names (and the closest one).
     """
-    key = _lookup().get(str(name).strip().lower())
+    table = _lookup()
+    key = table.get(_key(name)) or table.get(_without_memory(_key(name)))
     if key is None:
         raise UnknownNameError("GPU", str(name), list_gpus())
     return _registry()[key]

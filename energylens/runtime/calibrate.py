@@ -212,7 +212,6 @@ def _not_a_measurement_file(f: Path, text: str, torn: int) -> None:
 
 
 # ---- which GPU a record was taken on ----------------------------------------------------------------
-_MEMORY_TOKENS = ("GB", "HBM", "HBM2", "HBM2E", "HBM3", "HBM3E")
 
 
 def gpu_of_record(rec: dict[str, Any]) -> tuple[GPUSpec | None, str | None]:
@@ -225,15 +224,10 @@ def gpu_of_record(rec: dict[str, Any]) -> tuple[GPUSpec | None, str | None]:
     name = str(env.get("gpu_name") or "")
     if not name:
         return None, "no env.gpu_name in the record: cannot tell which GPU it ran on"
-    tokens = name.replace("_", " ").split()
-    if tokens and tokens[0].upper() in ("NVIDIA", "AMD"):
-        tokens = tokens[1:]
-    short = [t for t in tokens if not any(t.upper().endswith(m) for m in _MEMORY_TOKENS)]
-    for cand in dict.fromkeys(("-".join(tokens), "-".join(short))):
-        try:
-            return get_gpu(cand), None
-        except UnknownNameError:
-            continue
+    try:
+        return get_gpu(name), None  # nvidia-smi's names ("NVIDIA H100 80GB HBM3") are looked up as they are
+    except UnknownNameError:
+        pass
     return None, (f"GPU {name!r} is not in the hardware DB (known: {', '.join(list_gpus())}); add a spec or an "
                   "alias under energylens/costmodel/hardware/")
 
