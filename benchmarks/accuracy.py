@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"skipped {len(skipped)} rows:")
         for r, reason in skipped:
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
-                          f"max_num_seqs={r.max_num_seqs}: {reason}", soft_wrap=True)
+                          f"max_num_seqs={r.max_num_seqs or '?'}: {reason}", soft_wrap=True)
     if over_memory:
         console.print(f"predicted despite memory {len(over_memory)} rows (measured runs that held the batch; "
                       "priced with check_memory=False, mean KV length capped at the cache capacity):")

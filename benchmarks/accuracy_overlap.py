@@ -140,9 +140,15 @@ class Row:
     energy_j: float
 
 
+#: Compute ops of the attention block (an overlap window runs from one of them to another, inclusive).
+BLOCK_OPS = 7
+
+
 def read_rows(path: str | Path) -> list[Row]:
     """The rows of an overlap-sweep CSV, time and energy the means of its repeats. A row with a value
-    that cannot be read (empty, text, nan, a time or energy <= 0) is left out and said on stderr."""
+    that cannot be read (empty, text, nan, a time or energy <= 0) or out of range (a window outside
+    the block's ops 0-6 or -1:-1, SMs outside 1 to the GPU's, a block size <= 0) is left out and
+    said on stderr."""
     rows: list[Row] = []
     with open(path, newline="") as f:
         for line, r in enumerate(csv.DictReader(f), start=2):
@@ -152,8 +158,15 @@ def read_rows(path: str | Path) -> list[Row]:
             ints = ("overlap_start", "overlap_end", "comm_sm_number", "comm_block_size")
             measured = [f"{k}:{what}" for k in reps for what in ("time (s)", "total energy (J)")]
             bad = [c for c in ints if not _is_int(r.get(c))] + [c for c in measured if not _is_positive(r.get(c))]
+            if not bad:
+                start, end, sms, block = (int(float(r[c])) for c in ints)
+                window_ok = (start, end) == (-1, -1) or 0 <= start <= end < BLOCK_OPS
+                bad = ([] if window_ok else ["overlap_start", "overlap_end"]) + \
+                      ([] if 1 <= sms < get_gpu(GPU).compute_units else ["comm_sm_number"]) + \
+                      ([] if block > 0 else ["comm_block_size"])
             if bad:
-                print(f"{path}: line {line} left out: unreadable {', '.join(f'{c}={r.get(c)!r}' for c in bad)}",
+                print(f"{path}: line {line} left out: unreadable or out of range "
+                      f"{', '.join(f'{c}={r.get(c)!r}' for c in bad)}",
                       file=sys.stderr)
                 continue
             t = float(np.mean([float(r[f"{k}:time (s)"]) for k in reps]))

@@ -98,8 +98,8 @@ def test_unreadable_values_skip_the_row_naming_them(tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     good = next(r for r in rows if r["num_gpus"] == "1" and r["gpu_model"] == "H100")
     bad = [dict(good, median_itl_ms=""), dict(good, output_tok_per_s="0"), dict(good, num_gpus="two"),
-           dict(good, avg_power_watts_total="nan")]
-    blank = dict(good, ep="", dp="", max_num_seqs="")
+           dict(good, avg_power_watts_total="nan"), dict(good, tp="1.5"), dict(good, tp="-1")]
+    blank = dict(good, tp="", ep="", dp="", max_num_seqs="")
     out = tmp_path / "bad.csv"
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -107,6 +107,7 @@ def test_unreadable_values_skip_the_row_naming_them(tmp_path, capsys):
         w.writerows([*bad, blank])
     assert main(["--dataset", "mlenergy", "--data", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.strip().endswith("rows=1 skipped=4")
-    for what in ("median_itl_ms=''", "output_tok_per_s='0'", "num_gpus='two'", "avg_power_watts_total='nan'"):
-        assert f"not a positive number: {what}" in text
+    assert text.strip().endswith("rows=1 skipped=6")
+    for what in ("median_itl_ms=''", "output_tok_per_s='0'", "num_gpus='two'", "avg_power_watts_total='nan'",
+                 "tp='1.5'", "tp='-1'"):
+        assert f"not a positive number (a whole one for counts): {what}" in text

@@ -77,6 +77,13 @@ def test_gpu_names_as_tools_print_them(name, gpu):
     assert get_gpu(name).name == gpu
 
 
-def test_a_gpu_outside_the_db_is_not_taken_for_a_neighbour():
+@pytest.mark.parametrize("name", [
+    "NVIDIA A100 80GB PCIe",  # no A100 PCIe spec: not the SXM one
+    "A100 40GB HBM2",  # the memory the name gives is not the 80 GB A100's
+    "NVIDIA H100 SXM5 64GB",
+    "H100 94GB",
+    "H100 96GB HBM3",
+])
+def test_a_gpu_outside_the_db_is_not_taken_for_a_neighbour(name):
     with pytest.raises(UnknownNameError):
-        get_gpu("NVIDIA A100 80GB PCIe")  # no A100 PCIe spec: not the SXM one
+        get_gpu(name)

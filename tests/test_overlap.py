@@ -103,15 +103,17 @@ def test_unreadable_overlap_rows_are_left_out_and_said(tmp_path: Path) -> None:
     rows = list(csv.reader(open(ROOT / "data/public/overlap_sweep_dev.csv")))
     keep = [rows[0]] + [r for r in rows[1:] if int(r[2]) in (2, 8, 16)]
     keep[1][4], keep[2][5] = "", "abc"  # 0:time (s) and 0:total energy (J) of two rows
+    keep[3][2], keep[4][0] = "0", "9"  # no SMs; a window starting past the end
     sample = tmp_path / "sample.csv"
     with open(sample, "w", newline="") as f:
         csv.writer(f).writerows(keep)
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--dataset", "overlap",
                           "--data", str(sample), "--fit-windows", "none"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "line 2 left out: unreadable 0:time (s)=''" in res.stderr
-    assert "line 3 left out: unreadable 0:total energy (J)='abc'" in res.stderr
-    assert res.stdout.strip().splitlines()[-1].endswith("rows=46")
+    for line, what in ((2, "0:time (s)=''"), (3, "0:total energy (J)='abc'"), (4, "comm_sm_number='0'"),
+                       (5, "overlap_start='9', overlap_end=")):
+        assert f"line {line} left out: unreadable or out of range {what}" in res.stderr, res.stderr
+    assert res.stdout.strip().splitlines()[-1].endswith("rows=44")
 
 
 def test_serial_per_block_cost_and_contended_time() -> None:

@@ -160,10 +160,12 @@ def read_mlenergy(path: str | Path, prompt_lens: Mapping[str, int] | None = None
                 if not text and k in _DEFAULT_ONE:
                     text = "1"  # no parallelism of that kind
                 v = _positive_number(text)
+                if v is not None and k in _INT_COLUMNS and v != int(v):
+                    v = None  # 1.5 GPUs
                 if v is None and k != "max_num_seqs":  # max_num_seqs is only shown
                     problems.append(f"{k}={r.get(k)!r}")
                 values[k] = (int(v) if k in _INT_COLUMNS else v) if v is not None else 0
-            problem = f"not a positive number: {', '.join(problems)}" if problems else None
+            problem = f"not a positive number (a whole one for counts): {', '.join(problems)}" if problems else None
             rows.append(MLEnergyRow(line=i, model_id=r["model_id"] or "", task=r["task"] or "",
                                     gpu_model=r["gpu_model"] or "", **values,
                                     prompt_len=(prompt_lens or {}).get(r["task"]),

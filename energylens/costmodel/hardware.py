@@ -116,7 +116,6 @@ def _registry() -> dict[str, GPUSpec]:
     return specs
 
 
-@functools.cache
 def _key(name: str) -> str:
     """A GPU name as looked up: any case, spaces and underscores as hyphens, without the vendor
     prefix nvidia-smi prints ("NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3")."""
@@ -124,11 +123,20 @@ def _key(name: str) -> str:
     return k.removeprefix("nvidia-").removeprefix("amd-").removeprefix("instinct-")
 
 
-def _without_memory(key: str) -> str:
-    """``_key`` without the memory words nvidia-smi adds ("h200-141gb-hbm3e" -> "h200")."""
-    return "-".join(t for t in key.split("-") if not re.fullmatch(r"\d*gb|hbm\d*e?", t))
+def _by_memory_words(key: str, table: dict[str, str]) -> str | None:
+    """The GPU a ``_key`` names once the memory words nvidia-smi adds are dropped ("h200-141gb-hbm3e"
+    -> H200), if its HBM capacity is the one the name gives (within 10%): "a100-40gb" is not the
+    80 GB A100, "h100-94gb" not the 80 GB H100-SXM."""
+    words = key.split("-")
+    name = table.get("-".join(w for w in words if not re.fullmatch(r"\d*gb|hbm\d*e?", w)))
+    if name is None:
+        return None
+    gib = _registry()[name].hbm_capacity_bytes / 2**30
+    sizes = [float(w[:-2]) for w in words if re.fullmatch(r"\d+gb", w)]
+    return name if all(abs(s / gib - 1) <= 0.1 for s in sizes) else None
 
 
+@functools.cache
 def _lookup() -> dict[str, str]:
     table: dict[str, str] = {}
     for spec in _registry().values():
@@ -156,7 +164,7 @@ def get_gpu(name: str) -> GPUSpec:
     Raises ``UnknownNameError`` listing the valid names (and the closest one).
     """
     table = _lookup()
-    key = table.get(_key(name)) or table.get(_without_memory(_key(name)))
+    key = table.get(_key(name)) or _by_memory_words(_key(name), table)
     if key is None:
         raise UnknownNameError("GPU", str(name), list_gpus())
     return _registry()[key]
