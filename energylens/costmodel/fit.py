@@ -1,7 +1,8 @@
 """Calibrating a GPU profile on serving measurements (ML.ENERGY-style CSV rows).
 
 The physics (roofline per op, MoE distinct experts, mixed chunked-prefill steps, TDP cap) is
-fixed; the fit only chooses the twelve per-GPU coefficients of a ``Profile``:
+fixed; the fit only chooses the twelve per-GPU coefficients of a ``Profile`` (ten where two are
+measured on kernels, below):
 
 * time: ``mem_efficiency``, ``attn_mem_efficiency``, ``compute_efficiency``, ``gemm_half_rows``,
   ``kernel_overhead_s``, ``step_overhead_s``, ``seq_overhead_s``, ``kv_seq_overhead_s`` (GPU time
@@ -10,8 +11,12 @@ fixed; the fit only chooses the twelve per-GPU coefficients of a ``Profile``:
 * power: ``static_power_w`` (busy), ``flop_pj``, ``byte_pj``, ``idle_power_w`` (drawn during the
   host overheads of a step, when no kernel runs).
 
+``mem_efficiency`` and ``kernel_overhead_s`` are not fitted either where vLLM's decode GEMMs were
+measured on the GPU (``KERNEL_GEMV``: H100-SXM, B200): a weight stream's share of peak bandwidth
+and the fixed time per kernel come from those kernels, and the fit chooses the other ten.
+
 ``moe_default_tile_efficiency`` (vLLM 0.11's untuned fused-MoE tile) is not fitted on these rows:
-it is measured on the kernel (``MOE_DEFAULT_TILE_EFFICIENCY``), and the twelve are fitted with the
+it is measured on the kernel (``MOE_DEFAULT_TILE_EFFICIENCY``), and the others are fitted with the
 tile priced at it (single-GPU steps with chunked prefill pass the tile switch too; ``fit_gpu_profile``).
 
 Each coefficient has a physical prior (``PRIORS``: what tuned serving kernels reach on any recent
@@ -274,6 +279,16 @@ MOE_CALL_OVERHEAD_S: dict[str, float] = {"H100-SXM": 28e-6}
 #: same Triton kernel and default tile as vLLM 0.11.1, Qwen3-30B-A3B's experts at ep 2-8). The B200
 #: has no such table (and its ML.ENERGY rows show no slowdown past the switch): none.
 MOE_DEFAULT_TILE_EFFICIENCY: dict[str, float] = {"H100-SXM": 0.245}
+#: ``Profile.mem_efficiency`` and ``Profile.kernel_overhead_s`` of the fitted GPUs, not fitted on
+#: serving rows: measured on vLLM's own decode GEMMs (``kernel_gemv_coefficients`` of the m <= 8 rows
+#: of data/public/aiconfigurator_kernels/gemm_<gpu>.csv: a weight stream at that share of peak HBM
+#: bandwidth plus a fixed time per kernel). H200 (4.0 us, 0.87) takes H100's profile (same die).
+KERNEL_GEMV: dict[str, dict[str, float]] = {
+    "H100-SXM": {"mem_efficiency": 0.900, "kernel_overhead_s": 3.77e-6},
+    "B200": {"mem_efficiency": 0.894, "kernel_overhead_s": 4.57e-6},
+}
+#: Rows of the GEMM table that are weight streams (decode): m, the token rows, at most this.
+KERNEL_GEMV_MAX_ROWS = 8
 #: Tokens from which a default-tile kernel row enters ``kernel_default_tile_efficiency``: M >> E, so
 #: every local expert's rows fill whole 64-row tiles and the padded FLOPs are the real ones.
 KERNEL_TILE_MIN_TOKENS = 1024
@@ -301,6 +316,25 @@ def kernel_default_tile_efficiency(rows: Sequence[Mapping[str, str]], gpu: GPUSp
     if not eff:
         raise EnergylensError(f"no default-tile kernel rows with >= {KERNEL_TILE_MIN_TOKENS} tokens")
     return float(np.median(eff))
+
+def kernel_gemv_coefficients(rows: Sequence[Mapping[str, str]], gpu: GPUSpec) -> dict[str, float]:
+    """``mem_efficiency`` and ``kernel_overhead_s`` of the decode GEMMs in ``rows`` (of
+    ``gemm_<gpu>.csv``, m <= ``KERNEL_GEMV_MAX_ROWS``): the least-squares fit, in relative error, of
+    ``latency = bytes / (efficiency x peak HBM bandwidth) + overhead``, bytes = the operands and the
+    result in bf16. ``costmodel.compute`` prices a GEMV so."""
+    t, b = [], []
+    for r in rows:
+        m, n, k = (int(r[c]) for c in ("m", "n", "k"))
+        if m <= KERNEL_GEMV_MAX_ROWS:
+            t.append(float(r["latency_us"]) * 1e-6)
+            b.append(2.0 * (m * k + k * n + m * n))
+    if len(t) < 2:
+        raise EnergylensError(f"need at least 2 GEMM rows with m <= {KERNEL_GEMV_MAX_ROWS}, got {len(t)}")
+    tt, bb = np.array(t), np.array(b)
+    design = np.stack([bb / gpu.hbm_bandwidth_bytes_per_s, np.ones_like(bb)], axis=1) / tt[:, None]
+    (inv_eff, overhead), *_ = np.linalg.lstsq(design, np.ones_like(tt), rcond=None)
+    return {"mem_efficiency": float(1.0 / inv_eff), "kernel_overhead_s": float(overhead)}
+
 
 #: Parameters stored as a fraction of TDP in the optimiser's space.
 _TDP_FRACTION = ("static_power_w", "idle_power_w")
@@ -368,20 +402,25 @@ def fit_bounds(gpu: GPUSpec) -> dict[str, tuple[float, float]]:
             for n, lo, hi, _log in _bounds(gpu)}
 
 
-def _decode(x: np.ndarray, gpu: GPUSpec) -> dict[str, float]:
+def _free(gpu: GPUSpec, fixed: Mapping[str, float]) -> list[tuple[str, float, float, bool]]:
+    """``_bounds`` of the coefficients the fit chooses (not those ``fixed`` from kernel tables)."""
+    return [b for b in _bounds(gpu) if b[0] not in fixed]
+
+
+def _decode(x: np.ndarray, gpu: GPUSpec, fixed: Mapping[str, float]) -> dict[str, float]:
     tdp_w = gpu.tdp_w
-    out = {}
-    for xi, (name, lo, hi, log) in zip(x, _bounds(gpu), strict=True):
+    out = dict(fixed)
+    for xi, (name, lo, hi, log) in zip(x, _free(gpu, fixed), strict=True):
         s = 1.0 / (1.0 + math.exp(-float(np.clip(xi, -30, 30))))
         v = math.exp(math.log(lo) + s * (math.log(hi) - math.log(lo))) if log else lo + s * (hi - lo)
         out[name] = v * tdp_w if name in _TDP_FRACTION else v
     return out
 
 
-def _encode(params: dict[str, float], gpu: GPUSpec) -> np.ndarray:
+def _encode(params: dict[str, float], gpu: GPUSpec, fixed: Mapping[str, float]) -> np.ndarray:
     tdp_w = gpu.tdp_w
     x = []
-    for name, lo, hi, log in _bounds(gpu):
+    for name, lo, hi, log in _free(gpu, fixed):
         v = params[name] / tdp_w if name in _TDP_FRACTION else params[name]
         s = ((math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))) if log else (v - lo) / (hi - lo)
         s = min(max(s, 1e-4), 1 - 1e-4)
@@ -495,8 +534,10 @@ def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
 
 
 def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], *,
-                data_label: str = "", restarts: int = 4, moe_default_tile_efficiency: float | None = None) -> Profile:
-    """Fit the twelve coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU).
+                data_label: str = "", restarts: int = 4, moe_default_tile_efficiency: float | None = None,
+                fixed: Mapping[str, float] | None = None) -> Profile:
+    """Fit the twelve coefficients of ``gpu_name``'s profile on ``rows`` (all of that GPU, single-GPU),
+    except those ``fixed`` (name -> value, e.g. ``KERNEL_GEMV``'s, measured on kernels).
 
     ``moe_default_tile_efficiency`` (fixed, not fitted: ``MOE_DEFAULT_TILE_EFFICIENCY``, measured on
     the kernel) prices the steps whose MoE expert GEMMs run on vLLM 0.11's untuned default tile."""
@@ -511,12 +552,15 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
             "energy_per_token_j": np.array([r.energy_per_token_j for r in rows])}
 
     keep = np.ones(len(rows), bool)
-    n_time = N_TIME_PARAMS
-
-    names = [n for n, *_ in FIT_PARAMS]
+    fixed = dict(fixed or {})
+    unknown = sorted(set(fixed) - {n for n, *_ in FIT_PARAMS})
+    if unknown:
+        raise EnergylensError(f"fixed coefficients {unknown} are not fitted ones: {[n for n, *_ in FIT_PARAMS]}")
+    n_time = sum(1 for n, *_ in FIT_PARAMS[:N_TIME_PARAMS] if n not in fixed)
+    names = [n for n, *_ in _free(gpu, fixed)]  # the prior holds only what the fit chooses
 
     def loss_of(x: np.ndarray, targets: tuple[str, ...]) -> float:
-        params = _decode(x, gpu)
+        params = _decode(x, gpu, fixed)
         pred = _predict(feat, gpu, params, moe_default_tile_efficiency)
         return float(sum(huber(np.log(pred[k] / meas[k]))[keep].sum() for k in targets)
                      + _prior_penalty(params, gpu, names))
@@ -544,10 +588,10 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
             x, _ = solve(x, slice(n_time, None), ("power_w", "energy_per_token_j"))
         return x
 
-    x = two_stage(_encode(_prior_params(gpu), gpu))
+    x = two_stage(_encode(_prior_params(gpu), gpu, fixed))
     # Robust refit: rows whose time is off by more than OUTLIER_LOG (a run that stalled on something
     # outside the GPU's physics) are dropped once, then the fit is repeated on the rest.
-    pred = _predict(feat, gpu, _decode(x, gpu), moe_default_tile_efficiency)
+    pred = _predict(feat, gpu, _decode(x, gpu, fixed), moe_default_tile_efficiency)
     worst = np.maximum(np.abs(np.log(pred["itl_s"] / meas["itl_s"])), np.abs(np.log(pred["step_s"] / meas["step_s"])))
     keep = worst <= OUTLIER_LOG
     if keep.sum() >= 4 and not keep.all():
@@ -555,7 +599,7 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     best = loss_of(x, ("itl_s", "step_s", "power_w", "energy_per_token_j"))
     dropped = [f"{r.model_id} {r.task} batch {r.avg_batch_size:g} (line {r.line})" for r, k in zip(rows, keep, strict=True)
                if not k]
-    params = _decode(x, gpu)
+    params = _decode(x, gpu, fixed)
     pred = _predict(feat, gpu, params, moe_default_tile_efficiency)
     models = sorted({r.model_id for r in rows})
     residuals = {f"mape_{k}_pct": round(_mape(pred[k][keep], meas[k][keep]), 2) for k in meas}
@@ -578,7 +622,9 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
                  f"(host_overlap_p={HOST_OVERLAP_P:g}; kv_byte_pj not fitted, = byte_pj: see fit.HOST_OVERLAP_P); "
                  "attn_kernel_overhead_s and moe_call_overhead_s not fitted: taken from the measured kernel tables "
                  "(fit.ATTENTION_KERNEL_S, fit.MOE_CALL_OVERHEAD_S)"
-                 "; serving context: length-biased running batch "
+                 + (f"; {', '.join(f'{k}={v:g}' for k, v in sorted(fixed.items()))} not fitted: measured on "
+                    "vLLM's decode GEMMs (fit.KERNEL_GEMV, fit.kernel_gemv_coefficients)" if fixed else "")
+                 + "; serving context: length-biased running batch "
                  "(prompt + output x (1+cv^2)/2, cv per task in TASK_OUTPUT_CV) capped by the KV-cache "
                  "capacity; models: " + ", ".join(models)),
             residuals=residuals,
@@ -644,10 +690,12 @@ def with_default_tile(profile: Profile, rows: Sequence[MLEnergyRow], efficiency:
 def fit_gpu_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], *,
                     data_label: str = "") -> Profile:
     """The whole fit of ``gpu_name``'s profile on ``rows``: ``fit_profile`` on its single-GPU rows with
-    vLLM 0.11's untuned MoE tile priced at the kernel-measured ``MOE_DEFAULT_TILE_EFFICIENCY``
-    (``with_default_tile``)."""
-    eff = MOE_DEFAULT_TILE_EFFICIENCY.get(get_gpu(gpu_name).name)
-    prof = fit_profile(gpu_name, rows, trace, data_label=data_label, moe_default_tile_efficiency=eff)
+    the GEMV coefficients of ``KERNEL_GEMV`` and vLLM 0.11's untuned MoE tile priced at
+    ``MOE_DEFAULT_TILE_EFFICIENCY`` (``with_default_tile``), both measured on kernels."""
+    name = get_gpu(gpu_name).name
+    eff = MOE_DEFAULT_TILE_EFFICIENCY.get(name)
+    prof = fit_profile(gpu_name, rows, trace, data_label=data_label, moe_default_tile_efficiency=eff,
+                       fixed=KERNEL_GEMV.get(name))
     return with_default_tile(prof, rows, eff)
 
 
