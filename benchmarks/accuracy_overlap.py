@@ -150,6 +150,7 @@ def read_rows(path: str | Path) -> list[Row]:
     the block's ops 0-6 or -1:-1, SMs outside 1 to the GPU's, a block size <= 0) is left out and
     said on stderr."""
     rows: list[Row] = []
+    num_sms = get_gpu(GPU).compute_units
     with open(path, newline="") as f:
         for line, r in enumerate(csv.DictReader(f), start=2):
             reps = sorted({c.split(":")[0] for c in r if c.endswith(":time (s)")})
@@ -157,38 +158,33 @@ def read_rows(path: str | Path) -> list[Row]:
                 raise SystemExit(f"{path}: no 'k:time (s)' columns")
             ints = ("overlap_start", "overlap_end", "comm_sm_number", "comm_block_size")
             measured = [f"{k}:{what}" for k in reps for what in ("time (s)", "total energy (J)")]
-            bad = [c for c in ints if not _is_int(r.get(c))] + [c for c in measured if not _is_positive(r.get(c))]
+            v = {c: _number(r.get(c)) for c in (*ints, *measured)}
+            bad = [c for c in ints if v[c] is None or v[c] != int(v[c])] + \
+                  [c for c in measured if v[c] is None or v[c] <= 0]
             if not bad:
-                start, end, sms, block = (int(float(r[c])) for c in ints)
+                start, end, sms, block = (int(v[c]) for c in ints)
                 window_ok = (start, end) == (-1, -1) or 0 <= start <= end < BLOCK_OPS
                 bad = ([] if window_ok else ["overlap_start", "overlap_end"]) + \
-                      ([] if 1 <= sms < get_gpu(GPU).compute_units else ["comm_sm_number"]) + \
+                      ([] if 1 <= sms < num_sms else ["comm_sm_number"]) + \
                       ([] if block > 0 else ["comm_block_size"])
             if bad:
                 print(f"{path}: line {line} left out: unreadable or out of range "
                       f"{', '.join(f'{c}={r.get(c)!r}' for c in bad)}",
                       file=sys.stderr)
                 continue
-            t = float(np.mean([float(r[f"{k}:time (s)"]) for k in reps]))
-            e = float(np.mean([float(r[f"{k}:total energy (J)"]) for k in reps]))
-            rows.append(Row(*(int(float(r[c])) for c in ints), t, e))  # type: ignore[arg-type]
+            t = float(np.mean([v[f"{k}:time (s)"] for k in reps]))
+            e = float(np.mean([v[f"{k}:total energy (J)"] for k in reps]))
+            rows.append(Row(*(int(v[c]) for c in ints), t, e))  # type: ignore[arg-type]
     return rows
 
 
-def _is_int(text: str | None) -> bool:
+def _number(text: str | None) -> float | None:
+    """``text`` as a finite number, else None (empty, text, nan, inf)."""
     try:
         v = float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return False
-    return math.isfinite(v) and v == int(v)
-
-
-def _is_positive(text: str | None) -> bool:
-    try:
-        v = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(v) and v > 0
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _window_of(graph: Graph) -> tuple[list[int], list[int]] | None:

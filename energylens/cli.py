@@ -45,6 +45,13 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: Workload options of both `estimate` and `compile`.
+_OutputLenCV = Annotated[float, typer.Option(
+    help="spread of the output lengths (std / mean): 1 for chat-like, 0 for fixed-length benchmarks")]
+_PrefixCacheHit = Annotated[float, typer.Option(
+    help="share of each prompt found in the prefix cache in steady-state serving, in [0, 1) (multi-turn chat: "
+         "the earlier turns)")]
+
 _INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A100-SXM4-40GB, H100-SXM, H200 and B200, "
                       "whose NVLink collectives were measured; pcie on the others)")
 
@@ -96,11 +103,8 @@ def estimate(
     batch: Annotated[int, typer.Option(help="sequences in the batch")] = 32,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
-    output_len_cv: Annotated[float, typer.Option(
-        help="spread of the output lengths (std / mean): 1 for chat-like, 0 for fixed-length benchmarks")] = 1.0,
-    prefix_cache_hit: Annotated[float, typer.Option(
-        help="share of each prompt found in the prefix cache in steady-state serving, in [0, 1) (multi-turn chat: "
-             "the earlier turns)")] = 0.0,
+    output_len_cv: _OutputLenCV = 1.0,
+    prefix_cache_hit: _PrefixCacheHit = 0.0,
     tp: Annotated[int, typer.Option(help="tensor-parallel size")] = 1,
     ep: Annotated[int, typer.Option(help="expert-parallel size (MoE): 1, or tp x dp as vLLM --enable-expert-parallel")] = 1,
     dp: Annotated[int, typer.Option(help="data-parallel replicas")] = 1,
@@ -138,9 +142,10 @@ def estimate(
     summary.add_row(f"decode step (context {wl.decode_context_len})", _si(d.itl_s, "s"), _si(d.energy_j, "J"),
                     _si(d.avg_power_w, "W"), _si(d.energy_per_token_j, "J"), _si(d.flops, "FLOP"),
                     _si(d.hbm_bytes, "B"))
+    from energylens.search.report import serving_label
+
     sv = est.serving  # steady state: decode steps carrying chunked prefill of arriving requests
-    hit = f", {wl.prefix_cache_hit:.0%} prefix hits" if wl.prefix_cache_hit else ""
-    summary.add_row(f"serving (median ITL; mean step, incl. prefill{hit})", _si(sv.median_itl_s, "s"),
+    summary.add_row(serving_label(wl), _si(sv.median_itl_s, "s"),
                     _si(sv.energy_per_output_token_j * sv.batch, "J"), _si(sv.avg_power_w, "W"),
                     _si(sv.energy_per_output_token_j, "J"), "", "")
     console.print(summary)
@@ -355,11 +360,8 @@ def compile_cmd(
     batch: Annotated[int, typer.Option(help="concurrent sequences (the search tries up to this many)")] = 64,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
-    output_len_cv: Annotated[float, typer.Option(
-        help="spread of the output lengths (std / mean): 1 for chat-like, 0 for fixed-length benchmarks")] = 1.0,
-    prefix_cache_hit: Annotated[float, typer.Option(
-        help="share of each prompt found in the prefix cache in steady-state serving, in [0, 1) (multi-turn chat: "
-             "the earlier turns)")] = 0.0,
+    output_len_cv: _OutputLenCV = 1.0,
+    prefix_cache_hit: _PrefixCacheHit = 0.0,
     slo_itl_ms: Annotated[float | None, typer.Option(help="inter-token latency target (median), ms")] = None,
     slo_ttft_ms: Annotated[float | None, typer.Option(help="time-to-first-token target (prefill of the batch), ms")] = None,
     objective: Annotated[str, typer.Option(help="energy or latency")] = "energy",

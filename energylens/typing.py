@@ -111,13 +111,11 @@ class Workload(Record):
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "output_len"):
             _positive_int("Workload", name, getattr(self, name))
-        if isinstance(self.output_len_cv, bool) or not isinstance(self.output_len_cv, (int, float)) \
-                or not 0 <= self.output_len_cv <= 10:
-            raise InvalidWorkloadError(f"Workload.output_len_cv must be a number in [0, 10], got {self.output_len_cv!r}")
-        if isinstance(self.prefix_cache_hit, bool) or not isinstance(self.prefix_cache_hit, (int, float)) \
-                or not 0 <= self.prefix_cache_hit < 1:
-            raise InvalidWorkloadError(
-                f"Workload.prefix_cache_hit must be a number in [0, 1), got {self.prefix_cache_hit!r}")
+        for name, high, closed in (("output_len_cv", 10, True), ("prefix_cache_hit", 1, False)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= high if closed else 0 <= v < high):
+                raise InvalidWorkloadError(
+                    f"Workload.{name} must be a number in [0, {high}{']' if closed else ')'}, got {v!r}")
 
     @property
     def prefill_len(self) -> float:

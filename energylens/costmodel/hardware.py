@@ -163,8 +163,8 @@ def get_gpu(name: str) -> GPUSpec:
 
     Raises ``UnknownNameError`` listing the valid names (and the closest one).
     """
-    table = _lookup()
-    key = table.get(_key(name)) or _by_memory_words(_key(name), table)
+    table, k = _lookup(), _key(name)
+    key = table.get(k) or _by_memory_words(k, table)
     if key is None:
         raise UnknownNameError("GPU", str(name), list_gpus())
     return _registry()[key]

@@ -11,7 +11,7 @@ import numpy as np
 
 from energylens.errors import EnergylensError
 
-__all__ = ["render", "plot", "plot_path", "si", "gpus_used"]
+__all__ = ["render", "plot", "plot_path", "si", "gpus_used", "serving_label"]
 
 
 def si(x: float, unit: str) -> str:
@@ -27,6 +27,13 @@ def gpus_used(plan: Any) -> str:
     """'4 x H100-SXM', or '4 of 8 x H100-SXM' when the plan leaves some of the cluster's GPUs unused."""
     of = f" of {plan.cluster_gpus}" if plan.cluster_gpus not in (None, plan.num_gpus) else ""
     return f"{plan.num_gpus}{of} x {plan.gpu}"
+
+
+def serving_label(workload: Any) -> str:
+    """The name of the steady-state serving row of a phase table (its latency is the median ITL; its
+    energy and power are the mean step's)."""
+    hit = f", {workload.prefix_cache_hit:.0%} prefix hits" if workload.prefix_cache_hit else ""
+    return f"serving (median ITL; mean step, incl. prefill{hit})"
 
 
 def render(plan: Any, console: Any, top: int = 10) -> None:
@@ -52,8 +59,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     for col in ("phase", "latency", "energy", "energy / token", "avg power", "tokens/s"):
         phases.add_column(col, justify="left" if col == "phase" else "right")
     if s is not None:
-        hit = f", {wl.prefix_cache_hit:.0%} prefix hits" if wl.prefix_cache_hit else ""
-        phases.add_row(f"serving (median ITL; mean step, incl. prefill{hit})", si(s.median_itl_s, "s"),
+        phases.add_row(serving_label(wl), si(s.median_itl_s, "s"),
                        si(s.energy_per_output_token_j * s.batch, "J"), si(s.energy_per_output_token_j, "J"),
                        si(s.avg_power_w, "W"), f"{s.output_tokens_per_s:,.0f}")
     pre, dec = est.prefill, est.decode
