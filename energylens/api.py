@@ -20,7 +20,7 @@ from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, pla
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.costmodel.serving import serving_estimate
 from energylens.errors import ConfigError, InvalidTypeError, InvalidWorkloadError, ShardingError
-from energylens.ir.core import Graph
+from energylens.ir.core import Collective, Graph
 from energylens.passes.moe import Moe
 from energylens.passes.overlap import Overlap
 from energylens.passes.shard import check_parallel
@@ -125,16 +125,34 @@ def check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
                           f"(or None: no overlap), got {comm_sms!r}")
 
 
-def check_context(traced: Any, workload: Workload, name: str) -> None:
-    """Raise ``InvalidWorkloadError`` when ``prompt_len + output_len`` exceeds the model's maximum
-    context (the config's ``max_position_embeddings``): it would be priced, and exported to vLLM as
-    a ``--max-model-len`` that vLLM refuses."""
+def _check_batch_and_routing(workload: Workload, parallel: Parallel, routing: Any, decode: Graph) -> None:
+    """Each data-parallel replica runs a whole ``batch / dp >= 1`` sequences (as ``compile`` searches
+    them); a routing other than uniform needs experts to route to."""
+    b, dp = workload.batch, parallel.dp
+    if b < dp:
+        raise ShardingError(f"batch={b} is smaller than dp={dp}: each data-parallel replica "
+                            f"needs at least one sequence; use batch >= {dp} or dp <= {b}")
+    if b % dp:  # vLLM's replicas each run max_num_seqs = batch / dp sequences
+        lo = b - b % dp
+        raise ShardingError(f"batch={b} is not a multiple of dp={dp}: each data-parallel "
+                            f"replica runs batch / dp sequences; use batch={lo} or {lo + dp}")
+    if routing != "uniform" and not decode.has_experts:
+        raise ConfigError(f"routing={routing!r} applies to MoE models, and {decode.attr.get('model', 'this model')} "
+                          "has no experts; leave routing at 'uniform'")
+
+
+def check_context(traced: Any, workload: Workload, name: str) -> int | None:
+    """The model's maximum context in tokens (None: its config does not say); raise
+    ``InvalidWorkloadError`` when ``prompt_len + output_len`` exceeds it (the config's
+    ``max_position_embeddings``): it would be priced, and exported to vLLM as a ``--max-model-len``
+    that vLLM refuses."""
     got = _max_context(getattr(traced, "spec", None))
     total = workload.prompt_len + workload.output_len
     if got is not None and total > got[0]:
         raise InvalidWorkloadError(
             f"prompt_len + output_len = {workload.prompt_len} + {workload.output_len} = {total} tokens exceeds "
             f"{name}'s maximum context of {got[0]} tokens ({got[1]} in its config); use a shorter prompt or output")
+    return None if got is None else got[0]
 
 
 def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, parallel: Parallel | None = None, *,
@@ -185,14 +203,12 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     expect_type("cluster", cluster, Cluster)
     expect_type("workload", workload, Workload, optional=True)
     expect_type("parallel", parallel, Parallel, optional=True)
+    expect_type("profile", profile, Profile, optional=True)
     for flag, value in (("fused", fused), ("check_memory", check_memory)):
         if not isinstance(value, bool):  # "no" would be truthy
             raise InvalidTypeError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
     workload = workload or Workload()
     parallel = parallel or Parallel()
-    if workload.batch < parallel.dp:  # as compile: each replica serves batch / dp >= 1 sequences
-        raise ShardingError(f"batch={workload.batch} is smaller than dp={parallel.dp}: each data-parallel replica "
-                            f"needs at least one sequence; use batch >= {parallel.dp} or dp <= {workload.batch}")
     gpu: GPUSpec = get_gpu(cluster.gpu)
     interconnect = cluster_interconnect(cluster, gpu)
     check_comm_sms(comm_sms, gpu)
@@ -201,10 +217,14 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     traced = resolve_model(model)
     check_context(traced, workload, model_name(model, traced.decode))
     check_parallel(traced.decode, parallel, num_gpus=cluster.num_gpus)
+    _check_batch_and_routing(workload, parallel, routing, traced.decode)
     overlap = None if comm_sms is None else Overlap(comm_sms=comm_sms, total_sms=gpu.compute_units)
     prefill_g = plan_graph(traced.prefill, parallel, fused, routing, overlap)
     decode_g = plan_graph(traced.decode, parallel, fused, routing, overlap)
     name = model_name(model, decode_g)
+    if comm_sms is not None and not any(isinstance(op, Collective) for op, _ in decode_g.walk()):
+        raise ConfigError(f"comm_sms={comm_sms} but the plan {parallel} has no collective to overlap "
+                          "(one GPU per replica); use tp > 1 or leave comm_sms unset")
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
     if check_memory:

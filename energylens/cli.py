@@ -69,10 +69,28 @@ def _cli_names(message: str) -> str:
     import re
 
     for py, cli in _OPTION_OF.items():  # not inside a longer name (Workload.output_len_cv)
-        before = r"(?<![\w.-])" if py[0].isalnum() else ""
+        before = r"(?<![\w.{,-])" if py[0].isalnum() else ""  # not an option of a pass: overlap{comm_sms=8}
         after = r"(?!\w)" if py[-1].isalnum() else ""
         message = re.sub(before + re.escape(py) + after, cli.replace("\\", r"\\"), message)
     return message
+
+
+def _routing(routing: str, histogram: str | None) -> Any:
+    """``--routing`` as ``el.estimate`` takes it: a name, or the ``Moe`` pass of a measured histogram."""
+    from energylens.errors import ConfigError
+    from energylens.passes.moe import Moe
+
+    if routing != "histogram":
+        if histogram is not None:
+            raise ConfigError(f"--routing-histogram is used with --routing histogram, not --routing {routing}")
+        return routing
+    if histogram is None:
+        raise ConfigError("--routing histogram needs --routing-histogram C1,C2,... (tokens or shares per expert)")
+    try:
+        counts = tuple(float(c) for c in histogram.split(","))
+    except ValueError:
+        raise ConfigError(f"--routing-histogram must be numbers separated by commas, got {histogram!r}") from None
+    return Moe("histogram", histogram=counts)
 
 
 def _check_min(option: str, value: int | None, low: int) -> None:
@@ -99,7 +117,8 @@ def _si(x: float, unit: str) -> str:
 def estimate(
     model: Annotated[str, typer.Argument(help="HF model id (see `energylens models`), a config.json or a model directory")],
     gpu: Annotated[str, typer.Option(help="GPU name (see `energylens gpus`)")] = "H100-SXM",
-    gpus: Annotated[int | None, typer.Option(help="GPUs of the cluster (default: tp x dp)")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs of the cluster (default: 8, or tp x dp if more); "
+                                             "the plan runs on tp x dp of them")] = None,
     batch: Annotated[int, typer.Option(help="sequences in the batch")] = 32,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per sequence")] = 1024,
     output_len: Annotated[int, typer.Option(help="output tokens per sequence")] = 256,
@@ -110,7 +129,9 @@ def estimate(
     dp: Annotated[int, typer.Option(help="data-parallel replicas")] = 1,
     fuse: Annotated[bool, typer.Option(help="fuse pointwise ops and attention into neighbouring kernels")] = True,
     comm_sms: Annotated[int | None, typer.Option(help="overlap TP collectives with compute on this many SMs")] = None,
-    routing: Annotated[str, typer.Option(help="MoE routing: uniform or zipf")] = "uniform",
+    routing: Annotated[str, typer.Option(help="MoE routing: uniform, zipf, or histogram (with --routing-histogram)")] = "uniform",
+    routing_histogram: Annotated[str | None, typer.Option(
+        help="measured tokens (or shares) per expert, comma-separated, one per expert: with --routing histogram")] = None,
     interconnect: Annotated[str | None, typer.Option(help=_INTERCONNECT_HELP)] = None,
     top: Annotated[int, typer.Option(help="how many ops to list, by energy")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
@@ -121,11 +142,14 @@ def estimate(
 
     for option, value, low in (("tp", tp, 1), ("ep", ep, 1), ("dp", dp, 1), ("gpus", gpus, 1), ("top", top, 0)):
         _check_min(option, value, low)
-    # --gpus 0 is an error above, not the default; --interconnect "" reaches Cluster, which rejects it
-    est = el.estimate(model, el.Cluster(gpu, num_gpus=tp * dp if gpus is None else gpus, interconnect=interconnect),
+    # --gpus 0 is an error above, not the default; --interconnect "" reaches Cluster, which rejects it.
+    # Without --gpus the cluster is a node of 8, so an impossible tp lists the valid ones of a node.
+    cluster_gpus = max(8, tp * dp) if gpus is None else gpus
+    est = el.estimate(model, el.Cluster(gpu, num_gpus=cluster_gpus, interconnect=interconnect),
                       el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
                                   output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),
-                      el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms, routing=routing)
+                      el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms,
+                      routing=_routing(routing, routing_histogram))
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
         return
@@ -371,11 +395,14 @@ def compile_cmd(
 ) -> None:
     """Search tp x ep x dp x fusion x overlap SMs x batch x GPU clock for the least-energy plan meeting the SLO."""
     import energylens as el
-    from energylens.errors import UnknownNameError
+    from energylens.errors import InvalidWorkloadError, UnknownNameError
     from energylens.search.report import plot_path
 
     if export is not None and export not in ("vllm", "megatron"):
         raise UnknownNameError("export target", export, ["vllm", "megatron"])
+    if as_json and export is not None:  # two documents on stdout would be neither JSON nor a command
+        raise InvalidWorkloadError(f"--json and --export {export} both print the plan; give one "
+                                   "(the JSON has every field of the plan)")
     if plot is not None:
         plot_path(plot)  # a bad extension (or "") fails before the search
     _check_min("gpus", gpus, 1)
@@ -387,8 +414,6 @@ def compile_cmd(
         print(json.dumps(plan.to_dict(), indent=2))
     elif export is None:
         plan.report()
-    if plot:  # plot() returns the file written (.png added to a path without an extension)
-        print(f"Pareto plot: {plan.plot(plot)}", file=sys.stderr if as_json or export else sys.stdout)
     if export == "vllm":
         print(plan.to_vllm(cli=True), end="")
     elif export == "megatron":
@@ -400,3 +425,5 @@ def compile_cmd(
               f"data_parallel_size = {ex.data_parallel_size}", file=sys.stderr)
         for note in ex.notes:
             print(f"# note: {note}", file=sys.stderr)
+    if plot:  # after the plan is printed, so a failed write does not lose it; .png added to a bare name
+        print(f"Pareto plot: {plan.plot(plot)}", file=sys.stderr if as_json or export else sys.stdout)

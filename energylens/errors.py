@@ -7,6 +7,7 @@ valid choices, and what to try. The CLI prints the message on one line and exits
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 __all__ = [
@@ -31,12 +32,26 @@ class EnergylensError(Exception):
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:
-    """The choice closest to ``name`` (case-insensitive), or None when none is close."""
+    """The choice closest to ``name`` (case-insensitive), or None when none is close: the longest
+    choice that ``name`` starts with (``Qwen/Qwen3-8B-Instruct`` -> ``Qwen/Qwen3-8B``), else the
+    closest spelling among the choices of the same first word (``H100 94GB`` -> an H100), if any.
+
+    >>> closest("Qwen/Qwen3-8B-Instruct", ["Qwen/Qwen3-8B", "Qwen/Qwen3-4B-Instruct-2507"])
+    'Qwen/Qwen3-8B'
+    >>> closest("H100 94GB", ["A100-SXM4-40GB", "H100-SXM", "H100-PCIe"])
+    'H100-SXM'
+    """
     choices = list(choices)
     lowered = {c.lower(): c for c in choices}
-    if name.lower() in lowered:
-        return lowered[name.lower()]
-    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.4)
+    key = name.lower()
+    if key in lowered:
+        return lowered[key]
+    stems = [c for c in lowered if key.startswith(c)]
+    if stems:
+        return lowered[max(stems, key=len)]
+    first = re.split(r"[-_ /.]", key, maxsplit=1)[0]
+    family = [c for c in lowered if re.split(r"[-_ /.]", c, maxsplit=1)[0] == first] or list(lowered)
+    match = difflib.get_close_matches(key, family, n=1, cutoff=0.4)
     return lowered[match[0]] if match else None
 
 

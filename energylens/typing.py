@@ -31,9 +31,13 @@ __all__ = [
 ]
 
 
-def _positive_int(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidWorkloadError(f"{owner}.{name} must be a positive integer, got {value!r}")
+def _positive_int(record: Any, name: str) -> None:
+    """Check that field ``name`` of a frozen ``record`` is a positive integer; store it as an ``int``
+    (a numpy integer is accepted: counts often come out of arrays)."""
+    value = getattr(record, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise InvalidWorkloadError(f"{type(record).__name__}.{name} must be a positive integer, got {value!r}")
+    object.__setattr__(record, name, int(value))
 
 
 def expect_type(name: str, value: Any, cls: type, *, optional: bool = False) -> None:
@@ -47,7 +51,10 @@ def expect_type(name: str, value: Any, cls: type, *, optional: bool = False) -> 
     """
     if isinstance(value, cls) or (optional and value is None):
         return
-    want = f"el.{cls.__name__}" + (" (or None for the default)" if optional else "")
+    import energylens
+
+    where = "el" if cls.__name__ in energylens.__all__ else cls.__module__
+    want = f"{where}.{cls.__name__}" + (" (or None for the default)" if optional else "")
     hint = ""
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         hint = f"; use el.{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in value.items())})"
@@ -110,7 +117,7 @@ class Workload(Record):
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "output_len"):
-            _positive_int("Workload", name, getattr(self, name))
+            _positive_int(self, name)
         for name, high, closed in (("output_len_cv", 10, True), ("prefix_cache_hit", 1, False)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= high if closed else 0 <= v < high):
@@ -146,7 +153,7 @@ class Parallel(Record):
 
     def __post_init__(self) -> None:
         for name in ("tp", "ep", "dp"):
-            _positive_int("Parallel", name, getattr(self, name))
+            _positive_int(self, name)
 
     @property
     def num_gpus(self) -> int:
@@ -162,7 +169,7 @@ class Cluster(Record):
     interconnect: str | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("Cluster", "num_gpus", self.num_gpus)
+        _positive_int(self, "num_gpus")
         from energylens.costmodel.hardware import get_gpu  # validates the name, lists the choices
 
         object.__setattr__(self, "gpu", get_gpu(self.gpu).name)
@@ -255,7 +262,8 @@ class PhaseEstimate(Record):
 
 @dataclass(frozen=True)
 class MemoryEstimate(Record):
-    """Memory per GPU, in bytes."""
+    """Memory per GPU, in bytes; ``capacity_bytes`` is what vLLM may fill (0.9 of the GPU's HBM,
+    ``costmodel.serving.GPU_MEMORY_UTILIZATION``)."""
 
     _derived: ClassVar[tuple[str, ...]] = ("total_bytes",)
 

@@ -3,6 +3,7 @@ from deep inside or a silently wrong number."""
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 
 import pytest
@@ -201,3 +202,75 @@ def test_context_limit_reads_transformers5_rope_parameters() -> None:
                                                               "original_max_position_embeddings": 32768}}
     est = el.estimate(yarn, el.Cluster("H100-SXM"), el.Workload(batch=1, prompt_len=60000, output_len=10))
     assert est.decode.itl_s > 0
+
+
+# ---- 8. review fixes: whole replicas, argument types, clocks, routing, overlap without a collective ---------
+
+def test_estimate_rejects_batch_not_a_multiple_of_dp() -> None:
+    with pytest.raises(ShardingError, match=r"batch=5 is not a multiple of dp=2: .* use batch=4 or 6$"):
+        el.estimate(LLAMA, el.Cluster("H100-SXM", num_gpus=2), el.Workload(batch=5, prompt_len=128, output_len=16),
+                    el.Parallel(dp=2))
+
+
+def test_profile_must_be_a_profile() -> None:
+    match = r"profile must be an energylens.costmodel.profile.Profile .*got str 'h100'"
+    with pytest.raises(InvalidTypeError, match=match):
+        el.estimate(MODEL, H100, WL, profile="h100")  # type: ignore[arg-type]
+    with pytest.raises(InvalidTypeError, match=match):
+        el.compile(MODEL, H100, WL, profile="h100", **SPACE)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_clocks": 2.5}, r"num_clocks must be a whole number >= 1 .*got 2.5$"),
+    ({"num_clocks": 0}, r"num_clocks must be a whole number >= 1"),
+    ({"clocks_mhz": 1500}, r"clocks_mhz must be a non-empty list of H100-SXM clocks in 990..1980 MHz .*got 1500$"),
+    ({"clocks_mhz": "1500"}, r"got '1500'$"),
+    ({"clocks_mhz": [10]}, r"990..1980 MHz .*got \[10\]$"),  # the clock model does not hold that low
+    ({"clocks_mhz": [2500]}, r"got \[2500\]$"),
+])
+def test_compile_bad_clocks(kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidWorkloadError, match=match):
+        el.compile(MODEL, H100, WL, comm_sms=(None,), **kwargs)
+
+
+def test_counts_from_numpy_are_ints() -> None:
+    import numpy as np
+
+    wl = el.Workload(batch=np.int64(8), prompt_len=np.int32(128), output_len=16)
+    assert type(wl.batch) is int and type(wl.prompt_len) is int and wl.batch == 8
+    assert type(el.Parallel(tp=np.int64(2)).tp) is int and type(el.Cluster("H100-SXM", np.int64(4)).num_gpus) is int
+    with pytest.raises(InvalidWorkloadError, match=r"Workload.batch must be a positive integer, got 8.0"):
+        el.Workload(batch=8.0)  # type: ignore[arg-type]
+
+
+def test_routing_needs_experts_and_comm_sms_a_collective() -> None:
+    with pytest.raises(el.EnergylensError, match=r"routing='zipf' applies to MoE models, .* has no experts"):
+        el.estimate(LLAMA, H100, WL, routing="zipf")
+    with pytest.raises(el.EnergylensError, match=r"comm_sms=16 but the plan .*tp=1.* has no collective to overlap"):
+        el.estimate(LLAMA, H100, WL, comm_sms=16)
+    assert el.estimate(LLAMA, el.Cluster("H100-SXM", 2), WL, el.Parallel(tp=2), comm_sms=16).decode.itl_s > 0
+
+
+def test_report_top_must_be_a_count() -> None:
+    plan = el.compile(MODEL, H100, WL, **SPACE)
+    with pytest.raises(InvalidWorkloadError, match=r"top must be a whole number of ops >= 0, got '5'"):
+        plan.report(file=io.StringIO(), top="5")  # type: ignore[arg-type]
+
+
+def test_itl_target_needs_two_output_tokens() -> None:
+    with pytest.raises(InvalidWorkloadError, match=r"needs output_len >= 2"):
+        el.compile(MODEL, H100, el.Workload(batch=4, prompt_len=128, output_len=1), slo=el.SLO(itl_ms=50), **SPACE)
+
+
+def test_estimate_checks_memory_against_what_vllm_may_use() -> None:
+    # the limit compile searches under and the vLLM export sets (--gpu-memory-utilization 0.9)
+    assert el.estimate(MODEL, H100, WL).memory.capacity_bytes == 0.9 * 80 * 2**30
+
+
+def test_suggestions_prefer_the_stem_and_the_family() -> None:
+    from energylens.errors import closest
+
+    assert closest("Qwen/Qwen3-8B-Instruct", ["Qwen/Qwen3-8B", "Qwen/Qwen3-4B-Instruct-2507"]) == "Qwen/Qwen3-8B"
+    assert closest("H100 94GB", ["A100-SXM4-40GB", "H100-SXM", "H100-PCIe"]) == "H100-SXM"
+    assert closest("llama-3.1-9b", ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B"]) == \
+        "meta-llama/Llama-3.1-8B-Instruct"

@@ -47,7 +47,7 @@ def test_estimate_json_is_plain_data():
 def test_70b_does_not_fit_on_one_h100():
     r = run("estimate", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "H100-SXM", "--batch", "8")
     assert r.exit_code == 2
-    assert "H100-SXM has 80.0 GiB" in r.output and "over" in r.output
+    assert "H100-SXM has 72.0 GiB for it (90% of 80.0 GiB" in r.output and "over" in r.output
     assert "Traceback" not in r.output
 
 

@@ -52,8 +52,12 @@ def good(n: int = 6) -> list[dict]:
 
 
 # ---- 1. plot paths ----------------------------------------------------------------------------------
-def test_plot_path_checks_the_format_and_adds_png():
-    assert plot_path("out/pareto") == Path("out/pareto.png") and plot_path("p.SVG") == Path("p.SVG")
+def test_plot_path_checks_the_format_and_adds_png(tmp_path):
+    assert plot_path(tmp_path / "pareto") == tmp_path / "pareto.png" and plot_path("p.SVG") == Path("p.SVG")
+    with pytest.raises(EnergylensError, match="it is a folder"):
+        plot_path(tmp_path)  # not written next to the folder as tmp_path.png
+    with pytest.raises(EnergylensError, match="does not exist"):
+        plot_path(tmp_path / "nowhere" / "p.png")  # not created behind the user's back
     with pytest.raises(EnergylensError, match=r"unknown image format 'txt'.*png"):
         plot_path("p.txt")
     with pytest.raises(EnergylensError, match="'txt'"):
@@ -173,3 +177,53 @@ def test_overlap_total_sms_checked_first():
         parse_pipeline("shard{tp=2},overlap{comm_sms=0,total_sms=0}")
     one_error_line(run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},overlap{comm_sms=0,total_sms=0}"),
                    "total_sms must be the GPU's SM count (>= 2), got 0")
+
+
+# ---- review fixes (CLI as a new user meets it) -------------------------------------------------------------
+
+LLAMA = "meta-llama/Llama-3.2-1B-Instruct"
+MOE = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+
+
+def test_json_and_export_together_is_an_error():
+    one_error_line(run("compile", LLAMA, "--json", "--export", "vllm"), "--json and --export vllm", "give one")
+
+
+@pytest.mark.parametrize("args, texts", [
+    # without --gpus the cluster is a node of 8: the valid tp are those of a node, not of tp x dp = 3
+    (("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--tp", "3"), ("tp=3", "valid tp on 8 GPUs: 1, 2, 4, 8")),
+    (("estimate", MOE, "--ep", "2"), ("ep=2 on tp x dp = 1 GPU", "needs tp x dp = 2", "valid ep on 1 GPU: 1")),
+    (("estimate", MOE, "--ep", "2", "--tp", "4"), ("ep=2 with tp x dp = 4 x 1 = 4 GPUs", "valid ep: 1, 4")),
+    (("estimate", LLAMA, "--comm-sms", "16"), ("--comm-sms=16", "no collective to overlap")),
+    (("estimate", LLAMA, "--routing", "zipf"), ("routing='zipf' applies to MoE models",)),
+    (("estimate", MOE, "--routing", "histogram"), ("--routing histogram needs --routing-histogram",)),
+    (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,x"), ("'1,x'",)),
+    (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,2"), ("2 entries", "128 experts")),
+    (("estimate", LLAMA, "--gpu", "L40S", "--tp", "2", "--interconnect", "nvlink"), ("valid for it: pcie, ib",)),
+    (("estimate", "Qwen/Qwen3-8B-Instruct"), ("Did you mean 'Qwen/Qwen3-8B'?",)),
+    (("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},overlap{comm_sms=120}"),
+     ("overlap{comm_sms=120}", "total_sms=108", "total_sms=132")),
+    (("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},shard{tp=2}"), ("passes in order: shard, shard",)),
+])
+def test_review_errors_are_one_clear_line(args, texts):
+    one_error_line(run(*args), *texts)
+
+
+def test_routing_histogram_from_the_cli():
+    counts = ",".join(str(i + 1) for i in range(128))
+    r = run("estimate", MOE, "--tp", "2", "--ep", "2", "--routing", "histogram", "--routing-histogram", counts,
+            "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["decode"]["latency_s"] > 0
+
+
+def test_model_paths_that_do_not_exist_or_are_not_configs(tmp_path):
+    one_error_line(run("estimate", str(tmp_path / "nothere") + "/"), "does not exist")
+    one_error_line(run("estimate", "./nothere"), "does not exist")
+    (tmp_path / "notes.txt").write_text("hello")
+    one_error_line(run("estimate", tmp_path / "notes.txt"), "is not a model config")
+
+
+def test_plot_failure_does_not_lose_the_printed_plan(tmp_path):
+    r = run("compile", LLAMA, "--gpus", "1", "--export", "vllm", "--plot", tmp_path)  # a folder: refused up front
+    one_error_line(r, "it is a folder")

@@ -115,8 +115,11 @@ def test_local_dir_and_file(tmp_path) -> None:
     assert load_config(str(tmp_path)).get("hidden_size") == 64
     assert load_config(tmp_path / "config.json").family == "llama"
     assert load_config(str(tmp_path)).name == str(tmp_path)  # what `vllm serve` takes for a local model
-    (tmp_path / "config.json").write_text(json.dumps(tiny_llama_config() | {"_name_or_path": "org/model"}))
-    assert load_config(str(tmp_path)).name == "org/model"
+    # a saved config's _name_or_path is where its author saved it from: the folder is what vLLM can serve
+    (tmp_path / "config.json").write_text(json.dumps(tiny_llama_config() | {"_name_or_path": "/opt/ckpt/m"}))
+    assert load_config(str(tmp_path)).name == str(tmp_path)
+    (tmp_path / "m.json").write_text(json.dumps(tiny_llama_config() | {"_name_or_path": "org/model"}))
+    assert load_config(tmp_path / "m.json").name == "org/model"  # a bare file: its own name
 
 
 def test_malformed_json_names_file(tmp_path) -> None:

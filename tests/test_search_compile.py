@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +103,12 @@ def test_infeasible_slo_names_best_itl(brute):
 def test_exports_accepted(plan):
     args = plan.to_vllm()
     assert set(args) <= set(load_vllm_args()) and args["tensor_parallel_size"] == plan.parallel.tp
-    assert args["max_num_seqs"] == plan.batch // plan.parallel.dp and args["max_model_len"] == 640
+    assert args["max_num_seqs"] == plan.batch // plan.parallel.dp
+    # outputs vary (cv 1): vLLM accepts what the model takes (Llama-3.2's 131072 tokens, which the KV
+    # cache holds); with a fixed output length, exactly prompt + output
+    assert args["max_model_len"] == 131072 == plan.max_context
+    fixed = dataclasses.replace(plan, workload=dataclasses.replace(plan.workload, output_len_cv=0.0))
+    assert fixed.max_model_len == plan.workload.prompt_len + plan.workload.output_len
     cli = plan.to_vllm(cli=True)
     assert "vllm serve meta-llama/Llama-3.2-1B-Instruct" in cli
     if plan.gpu_clock_mhz is not None:
@@ -215,3 +221,46 @@ def test_vectorised_prices_equal_scalar_estimate_when_the_median_step_prefills()
         np.testing.assert_allclose([c["itl_s"][i], c["energy_per_token_j"][i], c["power_w"][i]],
                                    [s.median_itl_s, s.energy_per_output_token_j, s.avg_power_w], rtol=1e-9)
     assert prefilling_medians >= len(plan.space) // 2
+
+
+def test_max_model_len_is_capped_by_what_the_kv_cache_holds():
+    # 70B fp8 on one H100: 3.7 GiB of KV room, 160 KiB per token (fp8 KV) -> about 24k tokens, below
+    # the model's 131072, which vLLM would refuse to start with
+    p = el.compile("nvidia/Llama-3.1-70B-Instruct-FP8", el.Cluster("H100-SXM", 1),
+                   el.Workload(batch=4, prompt_len=1024, output_len=256), clocks_mhz=(1980,), comm_sms=(None,))
+    m = p.estimate.memory
+    per_token = m.kv_cache_bytes / (p.max_num_seqs * p.workload.decode_context_len)
+    assert p.max_model_len == int((m.capacity_bytes - m.weights_bytes - m.activation_bytes) / per_token)
+    assert 1280 < p.max_model_len < p.max_context == 131072
+    assert p.to_vllm()["max_model_len"] == p.max_model_len
+
+
+def test_no_fit_error_says_what_the_smallest_plan_needs():
+    with pytest.raises(el.EnergylensError, match=r"no plan of .*405B.* fits on 2 x H100-SXM \(90% of 80 GiB each\).*"
+                                                 r"the smallest needs 378.0 GiB per GPU") as e:
+        el.compile("meta-llama/Llama-3.1-405B-Instruct", el.Cluster("H100-SXM", 2), el.Workload(batch=8), **SPACE)
+    assert e.value.required_bytes > e.value.capacity_bytes == 0.9 * 80 * 2**30
+
+
+def test_a_model_given_as_a_config_keeps_its_fp8_and_gets_a_note():
+    from energylens.export.vllm import vllm_notes
+
+    cfg = json.loads((Path(el.__file__).parent / "models" / "Qwen--Qwen3-32B-FP8.json").read_text())
+    p = el.compile(cfg, el.Cluster("H100-SXM", 1), el.Workload(batch=4, prompt_len=1024, output_len=256),
+                   clocks_mhz=(1980,), comm_sms=(None,))
+    assert p.quantization == "fp8" and p.to_megatron()["fp8"] == "e4m3"
+    assert any("not a hub id or a checkpoint directory" in n for n in vllm_notes(p.to_spec()))
+
+
+def test_each_data_parallel_replica_prefills_its_own_chunk():
+    one = el.estimate(MODEL, el.Cluster("H100-SXM", 2), el.Workload(batch=32), el.Parallel(dp=1))
+    two = el.estimate(MODEL, el.Cluster("H100-SXM", 2), el.Workload(batch=64), el.Parallel(dp=2))
+    assert two.memory.activation_bytes == one.memory.activation_bytes > 0
+
+
+def test_megatron_static_cache_holds_every_request_at_its_length(plan):
+    from energylens.export import megatron_extras
+
+    length = megatron_extras(plan.to_spec()).inference_wrapper["inference_max_seq_length"]
+    assert length == min(plan.max_model_len, plan.kv_cache_tokens // plan.max_num_seqs)
+    assert length * plan.max_num_seqs <= plan.kv_cache_tokens

@@ -198,7 +198,8 @@ def collective_time_s(fn: str, bytes_: float, num_gpus: int, gpu: str,
     if interconnect != "nvlink" or fn == "send_recv":
         return _link_time_s(fn, bytes_, num_gpus, spec, interconnect), "alpha_beta_link"
     if spec.nvlink_bandwidth_bytes_per_s is None:
-        raise EstimateError(f"{spec.name} has no NVLink; use `--interconnect pcie` (interconnect='pcie' in Python; valid: {', '.join(INTERCONNECTS)})")
+        raise EstimateError(f"{spec.name} has no NVLink; use `--interconnect pcie` (interconnect='pcie' in Python; "
+                            f"valid for it: {', '.join(i for i in INTERCONNECTS if i != 'nvlink')})")
     profile = comm_profile(_profile_key(spec))
     tables = profile["tables"][fn]
     entry = tables.get(str(num_gpus))

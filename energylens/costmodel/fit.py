@@ -137,7 +137,8 @@ class MLEnergyRow:
         return Parallel(tp=self.tp, ep=self.ep, dp=self.dp)
 
     def workload(self) -> Workload:
-        return Workload(batch=max(1, round(self.avg_batch_size)),
+        dp = self.parallel().dp  # each replica runs a whole number of sequences (el.estimate's rule)
+        return Workload(batch=dp * max(1, round(self.avg_batch_size / dp)),
                         prompt_len=self.prompt_len or TASK_PROMPT_LEN[self.task],
                         output_len=max(1, round(self.avg_output_len)),
                         output_len_cv=TASK_OUTPUT_CV.get(self.task, 1.0),

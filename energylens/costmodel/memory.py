@@ -1,4 +1,4 @@
-"""Memory per GPU: weights + KV cache + activations, checked against the GPU's capacity.
+"""Memory per GPU: weights + KV cache + activations, checked against the memory vLLM may use.
 
 * weights: every ``param`` declaration (repeated regions counted ``count`` times);
 * KV cache: every ``cache`` declaration of the decode graph at ``batch`` sequences and the mean
@@ -8,6 +8,9 @@
   attention scores stay on chip) over one chunk of prefill: ``min(batch * prompt_len, 8192)``
   tokens, vLLM's default chunked-prefill token budget.
 
+The capacity is ``GPU_MEMORY_UTILIZATION`` (0.9, vLLM's default, which the vLLM export sets) of each
+GPU's HBM: the same limit the plan search applies and the KV-cache size of the serving model.
+
 >>> gib(80 * 2**30)
 '80.0 GiB'
 """
@@ -16,12 +19,17 @@ from __future__ import annotations
 
 from energylens.costmodel.analysis import _numel, _on_chip
 from energylens.costmodel.hardware import GPUSpec
-from energylens.costmodel.serving import MAX_NUM_BATCHED_TOKENS
+from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION, MAX_NUM_BATCHED_TOKENS
 from energylens.errors import DoesNotFitError
 from energylens.ir.core import Graph
 from energylens.typing import MemoryEstimate, Workload
 
-__all__ = ["memory_estimate", "check_fits", "gib", "memory_line", "weight_split"]
+__all__ = ["memory_estimate", "check_fits", "gib", "memory_line", "weight_split", "usable_bytes"]
+
+
+def usable_bytes(gpu: GPUSpec) -> float:
+    """Bytes of one GPU's HBM that vLLM may fill (``GPU_MEMORY_UTILIZATION`` of it)."""
+    return gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION
 
 
 def gib(n_bytes: float) -> str:
@@ -64,10 +72,12 @@ def activation_bytes(prefill: Graph, batch: float, prompt_len: float) -> float:
     return peak
 
 
-def _chunk(workload: Workload) -> tuple[float, float]:
-    """(sequences, tokens each) of one chunked-prefill step of the workload."""
-    tokens = min(workload.batch * workload.prompt_len, MAX_NUM_BATCHED_TOKENS)
-    return tokens / workload.prompt_len, float(workload.prompt_len)
+def _chunk(workload: Workload, dp: int = 1) -> tuple[float, float]:
+    """(sequences, tokens each) of one chunked-prefill step of the workload, over ``dp`` replicas:
+    each replica prefills its own chunk of up to ``MAX_NUM_BATCHED_TOKENS`` tokens of its
+    ``batch / dp`` sequences (the sequences are those of all replicas, which a dp-sharded graph splits)."""
+    tokens = min(workload.batch / dp * workload.prompt_len, MAX_NUM_BATCHED_TOKENS)
+    return dp * tokens / workload.prompt_len, float(workload.prompt_len)
 
 
 def memory_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec,
@@ -77,7 +87,7 @@ def memory_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUS
         weights_bytes=weights_bytes(decode) / num_gpus,
         kv_cache_bytes=kv_cache_bytes(decode, workload.batch, workload.decode_context_len) / num_gpus,
         activation_bytes=activation_bytes(prefill, *_chunk(workload)) / num_gpus,
-        capacity_bytes=float(gpu.hbm_capacity_bytes),
+        capacity_bytes=usable_bytes(gpu),
     )
 
 
@@ -91,5 +101,6 @@ def check_fits(mem: MemoryEstimate, model: str, gpu: GPUSpec, fp8: bool = False)
     raise DoesNotFitError(
         f"{model} needs {gib(mem.total_bytes)} per GPU (weights {gib(mem.weights_bytes)}, KV cache "
         f"{gib(mem.kv_cache_bytes)}, activations {gib(mem.activation_bytes)}) but {gpu.name} has "
-        f"{gib(mem.capacity_bytes)}: {gib(over)} over. Try {hint}",
+        f"{gib(mem.capacity_bytes)} for it ({GPU_MEMORY_UTILIZATION:.0%} of {gib(gpu.hbm_capacity_bytes)}, vLLM's "
+        f"gpu_memory_utilization): {gib(over)} over. Try {hint}",
         required_bytes=mem.total_bytes, capacity_bytes=mem.capacity_bytes)

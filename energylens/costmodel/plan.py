@@ -604,7 +604,7 @@ def plan_memory(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec)
     chunked-prefill step), with each tensor at the local sizes of the ops that use it. On an
     unsharded graph this equals ``memory_estimate(..., num_gpus=1)``.
     """
-    from energylens.costmodel.memory import _chunk
+    from energylens.costmodel.memory import _chunk, usable_bytes
 
     sizes = decode.bind(B=workload.batch, S=1, K=workload.decode_context_len)
     local = _local_value_sizes(decode, sizes)
@@ -616,9 +616,9 @@ def plan_memory(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec)
                 weights += b
             else:
                 kv += b
-    seqs, plen = _chunk(workload)
-    psizes = prefill.bind(B=seqs, S=plen, K=plen)
     mesh = mesh_of(prefill)
+    seqs, plen = _chunk(workload, mesh["dp"])
+    psizes = prefill.bind(B=seqs, S=plen, K=plen)
     params = {d.value.name for d, _ in prefill.all_decls() if d.role in ("param", "cache")}
     peak = 0.0
     for op, _ in prefill.walk():
@@ -626,5 +626,5 @@ def plan_memory(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec)
         live = [v for v in (*op.operands, op.result) if v.name not in params and not _on_chip(v)]
         peak = max(peak, sum(_nbytes(v, loc) for v in live))
     return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, activation_bytes=peak,
-                          capacity_bytes=float(gpu.hbm_capacity_bytes))
+                          capacity_bytes=usable_bytes(gpu))
 

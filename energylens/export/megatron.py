@@ -37,7 +37,9 @@ Mapping (plan, in vLLM's meaning -> Megatron-Core):
   ``moe_permute_fusion``.
 - ``quantization="fp8"`` -> ``fp8="e4m3"`` (FP8 through Transformer Engine).
 - ``max_num_seqs`` / ``max_model_len`` -> ``InferenceWrapperConfig.inference_max_requests`` /
-  ``inference_max_seq_length`` (in :attr:`MegatronExtras.inference_wrapper`).
+  ``inference_max_seq_length`` (in :attr:`MegatronExtras.inference_wrapper`); the static inference
+  cache holds requests x that length, so with ``kv_cache_tokens`` known the length is at most
+  ``kv_cache_tokens // max_num_seqs``.
 - ``gpu_clock_mhz`` is not a Megatron setting: :attr:`MegatronExtras.gpu_clock_command`.
 """
 
@@ -157,6 +159,11 @@ class MegatronExtras(Record):
     notes: tuple[str, ...] = field(default=())
 
 
+def _static_seq_length(plan: PlanLike) -> int:
+    held = getattr(plan, "kv_cache_tokens", None)
+    return plan.max_model_len if held is None else max(1, min(plan.max_model_len, held // plan.max_num_seqs))
+
+
 def megatron_extras(plan: PlanLike) -> MegatronExtras:
     """Launch size, parallel-state arguments, inference limits and overlap settings for ``plan``.
 
@@ -173,7 +180,7 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
     etp, ep = cfg.get("expert_tensor_parallel_size", tp), cfg.get("expert_model_parallel_size", 1)
     inference: dict[str, Any] = {
         "inference_max_requests": plan.max_num_seqs,
-        "inference_max_seq_length": plan.max_model_len,
+        "inference_max_seq_length": _static_seq_length(plan),
     }
     if "fp8" in cfg:
         inference["fp8"] = cfg["fp8"]

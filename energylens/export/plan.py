@@ -43,6 +43,8 @@ class PlanSpec(Record):
     compute (None: no overlap); ``gpu_clock_mhz`` the locked graphics clock (None: default).
     ``moe``: the model has routed experts (exporters emit expert settings only then; ``ep > 1``
     implies it); None: read from the model's config when ``model`` is a known id or config file.
+    ``kv_cache_tokens``: tokens one replica's KV cache holds (None: unknown); Megatron's static
+    inference cache must hold every request at its maximum length within it.
     """
 
     model: str
@@ -57,6 +59,7 @@ class PlanSpec(Record):
     quantization: str | None = None
     sequence_parallel: bool = False
     moe: bool | None = None
+    kv_cache_tokens: int | None = None
 
 
 def _positive(name: str, value: object) -> None:

@@ -48,6 +48,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import InvalidWorkloadError
 from energylens.export.plan import PlanLike, check_plan, clock_commands
 
@@ -64,8 +65,9 @@ __all__ = [
 VLLM_VERSION = "0.33.0"
 """The vLLM release whose argument names and meanings this exporter follows."""
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
-"""Fraction of each GPU's memory vLLM may use (vLLM 0.33's own default is 0.92)."""
+DEFAULT_GPU_MEMORY_UTILIZATION = GPU_MEMORY_UTILIZATION
+"""Fraction of each GPU's memory vLLM may use: the limit energylens checks plans against (vLLM 0.33's
+own default is 0.92)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ def vllm_notes(plan: PlanLike) -> list[str]:
         notes.append(
             f"{plan.model} is a bare config file; vLLM serves a hub id or a checkpoint directory: save it as "
             "config.json in the checkpoint's directory and serve that directory"
+        )
+    elif "/" not in plan.model and not Path(plan.model).is_dir():
+        notes.append(  # a model given as a config object or module has only its model_type or class name
+            f"{plan.model!r} is not a hub id or a checkpoint directory (the model was given as a config "
+            "or a module): put the checkpoint to serve in its place"
         )
     return notes
 

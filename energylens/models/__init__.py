@@ -380,9 +380,17 @@ def _from_file(path: Path, name: str | None = None) -> ModelSpec:
     quant_file = path.with_name(path.stem + _QUANT_SUFFIX) if path.name != "config.json" \
         else path.with_name("hf_quant_config.json")
     extra = _read_json(quant_file) if quant_file.is_file() else None
-    if name is None:  # a model folder is named by its path, which `vllm serve` takes; a bare file by its own
-        name = d.get("_name_or_path") or str(path.parent if path.name == "config.json" else path)
+    if name is None:  # a model folder is named by its path, which `vllm serve` takes (its config's
+        # _name_or_path is where it was saved from, often another machine's); a bare file by its own
+        name = str(path.parent) if path.name == "config.json" else d.get("_name_or_path") or str(path)
     return _spec(str(name), d, str(path), extra)
+
+
+def _looks_like_path(model: str) -> bool:
+    """A local path rather than an HF id (``org/name``): a .json file, an existing path, or a name no
+    hub id has (starting with ``/``, ``.`` or ``~``, ending with ``/``, or of more than two parts)."""
+    return (model.endswith(".json") or Path(model).expanduser().exists() or model.startswith(("/", ".", "~"))
+            or model.endswith("/") or model.count("/") > 1)
 
 
 def load_config(model: Any) -> ModelSpec:
@@ -401,12 +409,15 @@ def load_config(model: Any) -> ModelSpec:
         return model
     if isinstance(model, dict):
         return _spec(str(model.get("_name_or_path") or model.get("name") or "custom"), model, "<dict>")
-    if isinstance(model, Path) or (isinstance(model, str) and (model.endswith(".json") or Path(model).is_dir())):
-        path = Path(model)
+    if isinstance(model, Path) or (isinstance(model, str) and _looks_like_path(model)):
+        path = Path(model).expanduser()
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
             raise ConfigError(f"model config {path} does not exist")
+        if path.suffix != ".json":
+            raise ConfigError(f"{path} is not a model config: give a config.json (or a .json file) or the "
+                              "model directory that holds its config.json")
         return _from_file(path)
     if isinstance(model, str):
         alias = _aliases().get(model.lower())

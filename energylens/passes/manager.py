@@ -400,7 +400,8 @@ class PassManager:
         names = [getattr(p, "name", type(p).__name__) for p in self.passes]
         for once in _ONCE:
             if names.count(once) > 1:
-                raise ConfigError(f"pipeline {','.join(names)!r} runs pass {once!r} {names.count(once)} times; "
+                raise ConfigError(f"the pipeline runs pass {once!r} {names.count(once)} times (its passes in order: "
+                                  f"{', '.join(names)}); "
                                   f"it may run once (give all its options to one {once}{{...}})")
 
     @classmethod

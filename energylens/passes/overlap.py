@@ -136,7 +136,10 @@ class Overlap:
         if self.total_sms < 2:  # the range below would read "1..-1"
             raise InvalidWorkloadError(f"overlap: total_sms must be the GPU's SM count (>= 2), got {self.total_sms}")
         if not 0 < self.comm_sms < self.total_sms:
-            raise InvalidWorkloadError(f"comm_sms must be in 1..{self.total_sms - 1}, got {self.comm_sms}")
+            raise InvalidWorkloadError(
+                f"overlap{{comm_sms={self.comm_sms}}}: the collective's SMs must be in 1..{self.total_sms - 1} of the "
+                f"GPU's total_sms={self.total_sms}{' (the default: an A100)' if self.total_sms == 108 else ''}; "
+                f"for another GPU give its count, e.g. overlap{{comm_sms=16,total_sms=132}} on an H100")
         if self.comm_block_size <= 0:
             raise InvalidWorkloadError(f"comm_block_size must be > 0 threads, got {self.comm_block_size}")
 

@@ -216,9 +216,12 @@ def valid_ep_values(graph: Graph, num_gpus: int) -> list[int]:
 
 def ep_size_error(ep: int, tp: int, dp: int, valid: Sequence[int]) -> ShardingError:
     """The error of an ``ep`` that is neither 1 nor ``tp x dp`` (``valid``: the sizes to offer)."""
-    return ShardingError(f"ep={ep} with tp x dp = {tp} x {dp} = {tp * dp} GPUs: vLLM spreads experts over all "
-                         f"tp x dp GPUs (--enable-expert-parallel, ep = {tp * dp}) or tensor-shards them "
-                         f"(ep = 1); valid ep: {', '.join(map(str, valid))}")
+    rule = "vLLM spreads experts over all tp x dp GPUs (--enable-expert-parallel) or tensor-shards them (ep = 1)"
+    if tp * dp == 1:
+        return ShardingError(f"ep={ep} on tp x dp = 1 GPU: {rule}, so ep={ep} needs tp x dp = {ep} "
+                             f"(e.g. tp={ep}); valid ep on 1 GPU: 1")
+    return ShardingError(f"ep={ep} with tp x dp = {tp} x {dp} = {tp * dp} GPUs: {rule}, so ep is 1 or {tp * dp}; "
+                         f"valid ep: {', '.join(map(str, valid))}")
 
 
 def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +37,13 @@ import numpy as np
 
 from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec, get_gpu
-from energylens.costmodel.memory import weight_split
+from energylens.costmodel.memory import usable_bytes, weight_split
 from energylens.costmodel.profile import Profile, load_profile
+from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import DoesNotFitError, EnergylensError, InvalidWorkloadError, ShardingError
 from energylens.export.plan import QUANTIZATIONS
 from energylens.passes.shard import check_parallel, valid_ep_values, valid_tp_values
 from energylens.search.evaluate import (
-    GPU_MEMORY_UTILIZATION,
     Knobs,
     Variant,
     VariantPrices,
@@ -121,6 +122,8 @@ class SearchSpace:
     plans_evaluated: int
     variants: int
     search_s: float
+    #: the least memory per GPU of any plan tried (fitting or not): what the smallest plan needs
+    least_memory_bytes: float = float("inf")
 
     def __len__(self) -> int:
         return len(self.cols["itl_s"])
@@ -151,7 +154,7 @@ class Plan(Record):
     vs ITL frontier and ``prefill_pareto`` the prefill energy per token vs TTFT one.
     """
 
-    _derived: ClassVar[tuple[str, ...]] = ("max_num_seqs", "max_model_len", "gpu_clock_mhz")
+    _derived: ClassVar[tuple[str, ...]] = ("max_num_seqs", "max_model_len", "kv_cache_tokens", "gpu_clock_mhz")
 
     model: str
     gpu: str
@@ -175,6 +178,8 @@ class Plan(Record):
     space: SearchSpace | None = field(default=None, repr=False, compare=False)
     #: GPUs of the cluster searched (``num_gpus`` is what the plan uses; None: the same).
     cluster_gpus: int | None = None
+    #: the model's maximum context in tokens (None: its config does not say)
+    max_context: int | None = None
 
     # -- what exporters read (energylens.export.PlanLike) ---------------------------------------
     @property
@@ -187,7 +192,26 @@ class Plan(Record):
 
     @property
     def max_model_len(self) -> int:
-        return self.workload.prompt_len + self.workload.output_len
+        """The longest request (prompt + output tokens) vLLM is told to accept. With a fixed output
+        length (``output_len_cv=0``) that is ``prompt_len + output_len``. When outputs vary, a request
+        may run far past the mean, and a limit at the mean would cut it short (or make vLLM refuse
+        it): the limit is then what vLLM itself takes by default, the model's maximum context, capped
+        by what one replica's KV cache holds (vLLM refuses to start otherwise)."""
+        wl = self.workload
+        need = wl.prompt_len + wl.output_len
+        if wl.output_len_cv == 0:
+            return need
+        held = self.kv_cache_tokens
+        return max(need, min(self.max_context or held, held))
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """Tokens one replica's KV cache holds: the memory left per GPU by weights and activations
+        over the KV bytes per token per GPU (each GPU holds its share of every token)."""
+        wl, mem = self.workload, self.estimate.memory
+        per_token = mem.kv_cache_bytes / (self.max_num_seqs * wl.decode_context_len)
+        room = mem.capacity_bytes - mem.weights_bytes - mem.activation_bytes
+        return int(room / per_token) if per_token > 0 else 2**31 - 1
 
     @property
     def gpu_clock_mhz(self) -> int | None:
@@ -206,7 +230,8 @@ class Plan(Record):
                         max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len, fused=self.fused,
                         comm_sms=self.comm_sms, gpu_clock_mhz=self.gpu_clock_mhz,
                         quantization=self.quantization, sequence_parallel=self.sequence_parallel,
-                        moe=self.graph is not None and self.graph.decode.has_experts)
+                        moe=self.graph is not None and self.graph.decode.has_experts,
+                        kv_cache_tokens=self.kv_cache_tokens)
 
     def to_vllm(self, cli: bool = False) -> Any:
         """vLLM engine arguments (``cli=True``: the ``vllm serve ...`` command line)."""
@@ -227,6 +252,8 @@ class Plan(Record):
 
         from energylens.search.report import render
 
+        if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 0:
+            raise InvalidWorkloadError(f"top must be a whole number of ops >= 0, got {top!r}")
         buf = io.StringIO()
         con = Console(file=buf, width=140, record=False, force_terminal=False)
         render(self, con, top=top)
@@ -290,13 +317,9 @@ def variants(traced: Any, num_gpus: int) -> list[Variant]:
     return out
 
 
-def _quantization(model: Any, traced: Any) -> str | None:
-    try:
-        from energylens.models import load_config
-
-        q = load_config(model).quantization if isinstance(model, str) else None
-    except EnergylensError:
-        q = None
+def _quantization(traced: Any) -> str | None:
+    """The checkpoint's weight format as the trace recorded it, whatever form the model was given in."""
+    q = traced.decode.attr.get("quantization")
     return q if q in QUANTIZATIONS else None
 
 
@@ -306,6 +329,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
     """Price the whole plan space; return every plan that fits in memory, as columns."""
     t0 = time.perf_counter()
     _check_comm_sms(comm_sms, gpu)
+    _check_clocks(num_clocks, clocks_mhz, gpu)
     if gpu.boost_clock_mhz is None:  # no maximum clock to lock against: only the default clock
         if clocks_mhz:
             raise InvalidWorkloadError(
@@ -320,14 +344,18 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
     # per GPU a plan holds at least dense / tp + experts / (tp x dp) (experts spread over all its GPUs,
     # ep being 1 or tp x dp): variants whose weights alone overflow are skipped before any rewriting
     dense_w, expert_w = weight_split(traced.decode)
-    room = gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION
+    room = usable_bytes(gpu)
+    least = float("inf")
     for v in vs:
         batches = _batch_grid(workload.batch, v.parallel.dp)
         p = v.parallel
-        if not batches or dense_w / p.tp + expert_w / (p.tp * p.dp) > room:  # its weights alone do not fit
+        weights = dense_w / p.tp + expert_w / (p.tp * p.dp)
+        if not batches or weights > room:  # its weights alone do not fit
+            least = min(least, weights)
             continue
         r: VariantPrices = price_variant(v, Knobs(batches, clocks, sms if v.has_tp_comm else (None,)),
                                          workload, gpu, profile, interconnect)
+        least = min(least, float(np.min(r.memory_bytes)))
         ok = r.valid
         n_plans += int(ok.sum())
         bi, fi, ki = np.nonzero(ok)
@@ -346,7 +374,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
             cols[name].append(arr[bi, fi, ki])
         cols["memory_bytes"].append(r.memory_bytes[bi])
     flat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
-    return SearchSpace(flat, n_plans, len(vs), time.perf_counter() - t0)
+    return SearchSpace(flat, n_plans, len(vs), time.perf_counter() - t0, least)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,8 +432,12 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     expect_type("cluster", cluster, Cluster)
     expect_type("workload", workload, Workload, optional=True)
     expect_type("slo", slo, SLO, optional=True)
+    expect_type("profile", profile, Profile, optional=True)
     workload = workload or Workload()
     slo = slo or SLO()
+    if slo.itl_ms is not None and workload.output_len < 2:
+        raise InvalidWorkloadError(f"an ITL target (itl_ms={slo.itl_ms:g}) needs output_len >= 2: with output_len="
+                                   f"{workload.output_len} there is no inter-token gap; use a TTFT target")
     if objective not in ("energy", "latency"):
         raise InvalidWorkloadError(f"unknown objective {objective!r}; valid: 'energy', 'latency'")
     gpu = get_gpu(cluster.gpu)
@@ -413,16 +445,16 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     interconnect = cluster_interconnect(cluster, gpu)  # the same names as estimate
     traced = resolve_model(model)
     name = model_name(model, traced.decode)
-    check_context(traced, workload, name)  # before the search: its plans would export a --max-model-len vLLM refuses
+    max_context = check_context(traced, workload, name)  # before the search: its plans would export a --max-model-len vLLM refuses
     space = search(traced, gpu, cluster.num_gpus, workload, prof, interconnect, comm_sms=comm_sms,
                    num_clocks=num_clocks, clocks_mhz=clocks_mhz)
     if len(space) == 0:
         raise DoesNotFitError(
             f"no plan of {name} fits on {cluster.num_gpus} x {gpu.name} ({GPU_MEMORY_UTILIZATION:.0%} of "
-            f"{gpu.hbm_capacity_bytes / 2**30:.0f} GiB each) at any batch size up to {workload.batch}; "
-            f"use more GPUs{'' if traced.decode.attr.get('quantization') == 'fp8' else ', fp8 weights'} or a shorter context",
-            required_bytes=float("nan"),
-            capacity_bytes=float(gpu.hbm_capacity_bytes))
+            f"{gpu.hbm_capacity_bytes / 2**30:.0f} GiB each) at any batch size up to {workload.batch}: the smallest "
+            f"needs {space.least_memory_bytes / 2**30:.1f} GiB per GPU; "
+            f"use more GPUs{'' if _quantization(traced) == 'fp8' else ', fp8 weights'} or a shorter context",
+            required_bytes=space.least_memory_bytes, capacity_bytes=usable_bytes(gpu))
     best = space.point(_choose(space, slo, objective))
     par = Parallel(tp=best.tp, ep=best.ep, dp=best.dp)
     wl = dataclasses.replace(workload, batch=best.batch)
@@ -434,13 +466,32 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
                 estimate=est, graph=est.graphs, pareto=space.frontier("itl_s", "energy_per_token_j"),
                 prefill_pareto=space.frontier("ttft_s", "prefill_energy_per_token_j"),
                 plans_evaluated=space.plans_evaluated, search_s=space.search_s,
-                quantization=_quantization(model, traced), space=space, cluster_gpus=cluster.num_gpus)
+                quantization=_quantization(traced), space=space, cluster_gpus=cluster.num_gpus,
+                max_context=max_context)
 
 
 def _named(est: Estimate, name: str) -> Estimate:
     import dataclasses
 
     return est if est.model == name else dataclasses.replace(est, model=name)
+
+
+def _check_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec) -> None:
+    """``num_clocks``: None (every 15 MHz step) or a count >= 1; ``clocks_mhz``: None or a non-empty
+    sequence of clocks in the range the clock model holds (the search's own lowest clock, about
+    ``MIN_CLOCK_FRACTION`` of the maximum, up to the maximum)."""
+    if num_clocks is not None and (isinstance(num_clocks, bool) or not isinstance(num_clocks, numbers.Integral)
+                                   or num_clocks < 1):
+        raise InvalidWorkloadError(f"num_clocks must be a whole number >= 1 (or None: every 15 MHz step), "
+                                   f"got {num_clocks!r}")
+    if clocks_mhz is None or gpu.boost_clock_mhz is None:  # no maximum clock: search() says so
+        return
+    f_max, lo = gpu.boost_clock_mhz, ClockModel.of(gpu).grid()[0]
+    if (not isinstance(clocks_mhz, Sequence) or isinstance(clocks_mhz, str) or not clocks_mhz
+            or not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and lo <= f <= f_max
+                       for f in clocks_mhz)):
+        raise InvalidWorkloadError(f"clocks_mhz must be a non-empty list of {gpu.name} clocks in {lo:.0f}..{f_max:.0f} "
+                                   f"MHz (half the maximum up to it, where the clock model holds), got {clocks_mhz!r}")
 
 
 def _check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 from energylens.costmodel.analysis import is_attention_op
 from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec
-from energylens.costmodel.memory import _chunk
+from energylens.costmodel.memory import _chunk, usable_bytes
 from energylens.costmodel.overlap import OverlapParams
 from energylens.costmodel.plan import (
     OverlapWindows,
@@ -68,11 +68,9 @@ from energylens.passes.overlap import Overlap
 from energylens.passes.shard import local_dim_sizes, mesh_of
 from energylens.typing import Parallel, Workload
 
-__all__ = ["GPU_MEMORY_UTILIZATION", "Variant", "Knobs", "VariantPrices", "price_variant", "clock_profile",
+__all__ = ["Variant", "Knobs", "VariantPrices", "price_variant", "clock_profile",
            "memory_per_gpu"]
 
-#: Fraction of HBM a plan may fill (vLLM's ``gpu_memory_utilization``, as the exports set it).
-GPU_MEMORY_UTILIZATION = 0.9
 
 
 @dataclass(frozen=True)
@@ -259,7 +257,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
         variant=variant, knobs=knobs, itl_s=t_srv[pts["med"]], step_s=mean_t,
         energy_per_token_j=mean_e * gpus / b3, power_w=mean_e / mean_t * gpus,
         ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (b3 * s_len),
-        memory_bytes=mem, fits=mem <= gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION,
+        memory_bytes=mem, fits=mem <= usable_bytes(gpu),
         sms_ok=np.array([k is None or variant.has_tp_comm for k in knobs.comm_sms]),
         extras={"points": len(b) + nb, "context_len": ctx_b})
 
@@ -290,13 +288,13 @@ def memory_per_gpu(variant: Variant, batches: Sequence[int], workload: Workload)
             for x in d.value.type.dims:
                 nb = nb * s[x]
             total = total + nb * d.value.type.itemsize * n
-    chunks = [_chunk(_workload(workload, int(x))) for x in batches]
+    pmesh = mesh_of(pre)
+    chunks = [_chunk(_workload(workload, int(x)), pmesh["dp"]) for x in batches]
     seqs = np.array([s for s, _ in chunks])
     plen = float(workload.prompt_len)
     psizes = pre.bind(B=seqs, S=np.full_like(b, plen), K=np.full_like(b, plen))
     fixed = {d.value.name for d, _ in pre.all_decls() if d.role in ("param", "cache")}
     peak = np.zeros(len(b))
-    pmesh = mesh_of(pre)
     for op, _ in pre.walk():
         live = [v for v in (*op.operands, op.result)
                 if v.name not in fixed and not ("S" in v.type.dims and "K" in v.type.dims)]

@@ -107,7 +107,8 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
 
 def plot_path(path: str | Path) -> Path:
     """The file a plot to ``path`` is written to: ``path`` if its extension is a format matplotlib
-    writes, ``path`` + ``.png`` if it has none (as matplotlib does); else ``EnergylensError``.
+    writes, ``path`` + ``.png`` if it has none (as matplotlib does); else ``EnergylensError``, as for
+    a folder (the path must name a file) or a file in a folder that does not exist.
 
     >>> str(plot_path("pareto")), str(plot_path("pareto.svg"))
     ('pareto.png', 'pareto.svg')
@@ -118,14 +119,18 @@ def plot_path(path: str | Path) -> Path:
         raise EnergylensError("plotting needs matplotlib: pip install matplotlib") from None
     if not str(path).strip():
         raise EnergylensError("empty plot path: give a file such as pareto.png (formats: png, pdf, svg, ...)")
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
+        raise EnergylensError(f"cannot write a plot to {str(path)!r}: it is a folder; give a file such as "
+                              f"{os.path.join(str(path), 'pareto.png')!r}")
     ext = os.path.splitext(str(path))[1][1:].lower()
-    if not ext:
-        return Path(str(path).rstrip(".") + ".png")
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
-    if ext not in formats:
+    if ext and ext not in formats:
         raise EnergylensError(f"cannot write a plot to {str(path)!r}: unknown image format {ext!r}. "
                               f"Valid extensions: {', '.join(formats)}")
-    return Path(path)
+    out = Path(path) if ext else Path(str(path).rstrip(".") + ".png")
+    if not out.parent.is_dir():
+        raise EnergylensError(f"cannot write a plot to {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    return out
 
 
 def plot(plan: Any, path: Path) -> Path:
@@ -180,7 +185,6 @@ def save_figure(fig: Any, path: Path, dpi: int) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi)
     except OSError as exc:
         raise EnergylensError(f"cannot write the plot to {str(path)!r}: {exc.strerror or exc}") from None
