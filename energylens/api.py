@@ -103,7 +103,12 @@ def _max_context(spec: Any) -> tuple[int, str] | None:
     """Longest sequence (prompt + output tokens) the model's config allows, and where it comes from,
     as vLLM derives its ``--max-model-len`` limit: ``max_position_embeddings``, times the factor of
     a ``yarn``, ``linear`` or ``dynamic`` rope scaling (``llama3`` scaling is already in it). None: not given."""
-    limit = spec.get("max_position_embeddings") if spec is not None else None
+    if spec is None:
+        return None
+    limit, source = spec.get("max_position_embeddings"), "max_position_embeddings"
+    if limit is None:  # transformers (and so vLLM) fill in the config class's default
+        limit = _default_max_positions(spec.get("model_type"))
+        source = f"max_position_embeddings, not in the config: transformers' default for {spec.get('model_type')}"
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         return None
     rope = spec.get("rope_scaling") or spec.get("rope_parameters")  # transformers 5 writes the latter
@@ -114,7 +119,17 @@ def _max_context(spec: Any) -> tuple[int, str] | None:
             return int(base * factor), f"original_max_position_embeddings {base} x yarn factor {factor}"
         if kind in ("linear", "dynamic"):
             return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor}"
-    return limit, "max_position_embeddings"
+    return limit, source
+
+
+def _default_max_positions(model_type: Any) -> int | None:
+    """``max_position_embeddings`` of ``model_type``'s transformers config class by default (None: unknown)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(str(model_type)).max_position_embeddings
+    except Exception:  # an unknown model_type is reported elsewhere; here it only means no limit known
+        return None
 
 
 def check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:

@@ -169,6 +169,9 @@ def test_max_context_follows_rope_scaling() -> None:
         return SimpleNamespace(get=cfg.get)
 
     assert _max_context(spec()) is None
+    # not in the config: transformers' (and so vLLM's) default for the model type
+    assert _max_context(spec(model_type="llama")) == (
+        2048, "max_position_embeddings, not in the config: transformers' default for llama")
     assert _max_context(spec(max_position_embeddings=40960))[0] == 40960  # type: ignore[index]
     llama3 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}
     assert _max_context(spec(max_position_embeddings=131072, rope_scaling=llama3))[0] == 131072  # type: ignore[index]

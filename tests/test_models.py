@@ -311,3 +311,12 @@ def test_qwen_sliding_window_only_from_max_window_layers() -> None:
     load_config({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": n})
     with pytest.raises(ConfigError, match="sliding-window attention is not modelled"):
         load_config({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 0})
+
+
+def test_unsupported_quantization_names_the_file_it_is_in(tmp_path) -> None:
+    from energylens.testing import tiny_llama_config
+
+    (tmp_path / "config.json").write_text(json.dumps(tiny_llama_config()))
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "NVFP4"}}))
+    with pytest.raises(ConfigError, match=r"hf_quant_config.json: quantization 'NVFP4' is not supported"):
+        load_config(str(tmp_path))

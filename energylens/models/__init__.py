@@ -368,9 +368,11 @@ def _compressed_tensors_scheme(qc: dict[str, Any], where: str) -> str:
     return _QUANT_SUPPORTED
 
 
-def _spec(name: str, config: Any, where: str, quant_extra: dict[str, Any] | None = None) -> ModelSpec:
+def _spec(name: str, config: Any, where: str, quant_extra: dict[str, Any] | None = None,
+          quant_where: str | None = None) -> ModelSpec:
+    """``quant_extra``: the quantization section of a file beside the config (``quant_where``)."""
     family = _check(config, where)
-    quantization, qc = _quant(config_dict(config), quant_extra, where)
+    quantization, qc = _quant(config_dict(config), quant_extra, quant_where or where)
     return ModelSpec(name=name, config=config, family=family, quantization=quantization,
                      quant_config=qc, source=where)
 
@@ -383,7 +385,7 @@ def _from_file(path: Path, name: str | None = None) -> ModelSpec:
     if name is None:  # a model folder is named by its path, which `vllm serve` takes (its config's
         # _name_or_path is where it was saved from, often another machine's); a bare file by its own
         name = str(path.parent) if path.name == "config.json" else d.get("_name_or_path") or str(path)
-    return _spec(str(name), d, str(path), extra)
+    return _spec(str(name), d, str(path), extra, str(quant_file) if extra is not None else None)
 
 
 def _looks_like_path(model: str) -> bool:
