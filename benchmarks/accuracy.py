@@ -48,6 +48,7 @@ from energylens.api import resolve_model  # noqa: E402
 from energylens.costmodel.fit import (  # noqa: E402
     TASK_PROMPT_LEN,
     fit_gpu_profile,
+    gpu_or_none,
     mlenergy_profile,
     parse_task_shares,
     read_mlenergy,
@@ -69,10 +70,14 @@ class Result:
 
 
 def _skip_reason(row) -> str | None:
-    """``row_skip_reason`` of the fit, except that multi-GPU rows are predicted (as ``MLEnergyRow.parallel``)."""
+    """``row_skip_reason`` of the fit, except that multi-GPU rows are predicted (as ``MLEnergyRow.parallel``),
+    unless the run had GPUs its plan does not use: their power is in the measurement, not in the plan."""
     reason = row_skip_reason(dataclasses.replace(row, num_gpus=1, tp=1, ep=1, dp=1))
     if reason and reason.startswith("unknown prompt length"):
         reason += f"; give it with --task-prompt-len {row.task}=TOKENS"
+    if reason is None and row.num_gpus > (par := row.parallel()).num_gpus:
+        reason = (f"num_gpus={row.num_gpus} but tp x dp = {par.tp} x {par.dp} = {par.num_gpus}: the measured power "
+                  "covers GPUs the plan does not use")
     return reason
 
 
@@ -83,6 +88,9 @@ def _pct(pred: float, meas: float) -> float:
 def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console: Console) -> None:
     train = [r for r in rows if r.model_id != holdout and row_skip_reason(r) is None]
     gpus = sorted({get_gpu(r.gpu_model).name for r in train})
+    for gpu in sorted({g.name for r in rows if r.model_id == holdout and (g := gpu_or_none(r.gpu_model))} - set(gpus)):
+        console.print(f"[yellow]{gpu}: no single-GPU rows of the other models to fit on; the held-out rows on it "
+                      "use its datasheet-default profile[/]")
     for gpu in gpus:
         try:
             prof = fit_gpu_profile(gpu, [r for r in rows if r.model_id != holdout], resolve_model,
@@ -130,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prefix_hits = parse_task_shares(args.task_prefix_hit)
     except ValueError as e:
         ap.error(str(e))
-    rows = read_mlenergy(args.data, prompt_lens, prefix_hits)
+    try:
+        rows = read_mlenergy(args.data, prompt_lens, prefix_hits)
+    except EnergylensError as e:
+        ap.error(str(e))
     profiles = args.profiles
     tmp = None
     if args.holdout_model:
@@ -147,15 +158,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         reason = _skip_reason(r)
         if reason is None:
-            args_ = (r.model_id, el.Cluster(r.gpu_model, num_gpus=r.num_gpus), r.workload(), r.parallel())
             try:
+                args_ = (r.priced_model(), el.Cluster(r.gpu_model, num_gpus=r.num_gpus), r.workload(), r.parallel())
                 prof = mlenergy_profile(r.gpu_model, profiles)  # ML.ENERGY v3.0's engine, vLLM 0.11.1
                 try:
                     est = el.estimate(*args_, profile=prof)
                 except DoesNotFitError as exc:
                     # the run held this batch (its measured avg_batch_size): vLLM's prefix cache shares
-                    # the KV blocks of multi-turn prompts, which the memory estimate does not see
+                    # the KV blocks of multi-turn prompts, which the memory estimate does not see. Weights
+                    # that alone overflow the GPU are another matter: a misread precision or plan
                     est = el.estimate(*args_, profile=prof, check_memory=False)
+                    hbm = get_gpu(r.gpu_model).hbm_capacity_bytes
+                    if est.memory.weights_bytes + est.memory.activation_bytes > hbm:
+                        raise DoesNotFitError(
+                            f"weights alone need {est.memory.weights_bytes / 2**30:.1f} GiB per GPU, more than the "
+                            f"{hbm / 2**30:.0f} GiB of a {get_gpu(r.gpu_model).name} (precision or parallelism "
+                            "misread?)", required_bytes=est.memory.weights_bytes, capacity_bytes=hbm) from None
                     over_memory.append((r, str(exc)))
             except UnknownNameError as exc:
                 reason = f"unknown {exc.kind} {exc.name!r}"
@@ -204,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pred = {"itl": lambda x: x.itl_s, "power": lambda x: x.power_w, "ept": lambda x: x.energy_per_token_j}[key]
         return sum(abs(pred(x) / meas(x.row) - 1) for x in results) / len(results) * 100
 
-    for gpu in sorted({x.row.gpu_model for x in results}):
-        sub = [x for x in results if x.row.gpu_model == gpu]
+    for gpu in sorted({get_gpu(x.row.gpu_model).name for x in results}):  # "H100", "NVIDIA H100 80GB HBM3": one
+        sub = [x for x in results if get_gpu(x.row.gpu_model).name == gpu]
         errs = [(abs(x.itl_s * 1e3 / x.row.median_itl_ms - 1), abs(x.power_w / x.row.avg_power_watts_total - 1),
                  abs(x.energy_per_token_j / x.row.energy_per_token_j - 1)) for x in sub]
         console.print(f"  {gpu}: itl {sum(e[0] for e in errs) / len(errs):.1%}  power "

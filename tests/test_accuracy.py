@@ -111,3 +111,67 @@ def test_unreadable_values_skip_the_row_naming_them(tmp_path, capsys):
     for what in ("median_itl_ms=''", "output_tok_per_s='0'", "num_gpus='two'", "avg_power_watts_total='nan'",
                  "tp='1.5'", "tp='-1'"):
         assert f"not a positive number (a whole one for counts): {what}" in text
+
+
+def _write(path: Path, rows: list[dict], fieldnames: list[str], encoding: str = "utf-8") -> Path:
+    with open(path, "w", newline="", encoding=encoding) as fh:
+        w = csv.DictWriter(fh, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_file_level_problems_are_one_error(tmp_path, capsys):
+    """A missing file, a file of another schema or another encoding: one error line (exit 2); a BOM,
+    upper-case or padded header names and padded text cells are read as the plain ones."""
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    with open(DEV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    good = next(r for r in rows if r["num_gpus"] == "1" and r["gpu_model"] == "H100")
+    names = list(rows[0])
+    for path, message in ((tmp_path / "nothere.csv", "cannot read"),
+                          (_write(tmp_path / "other.csv", [{"a": 1}], ["a"]), "missing columns model_id"),
+                          (_write(tmp_path / "latin1.csv", [dict(good, task="caf\xe9")], names, "latin-1"),
+                           "is not UTF-8 text")):
+        with pytest.raises(SystemExit) as e:
+            main(["--dataset", "mlenergy", "--data", str(path)])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    padded = dict(good, model_id=f" {good['model_id']} ", task=" LM-Arena-Chat", gpu_model="H100 ")
+    odd = _write(tmp_path / "odd.csv", [padded], names, "utf-8-sig")  # with a BOM
+    body = odd.read_text(encoding="utf-8-sig").split("\n", 1)[1]
+    odd.write_text("\ufeff" + ",".join(f" {n.upper()} " for n in names) + "\n" + body, encoding="utf-8")
+    assert main(["--dataset", "mlenergy", "--data", str(odd)]) == 0
+    assert capsys.readouterr().out.strip().endswith("rows=1 skipped=0")
+
+
+def test_rows_read_as_the_run_was_made(tmp_path, capsys):
+    """weight_precision fp8 prices the -FP8 twin (or skips a model without one); an MoE row with dp > 1
+    spans its GPUs with tp x dp; GPUs the plan does not use, or weights that cannot fit, skip the row."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    from energylens.costmodel.fit import read_mlenergy
+
+    with open(DEV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    qwen = next(r for r in rows if r["num_gpus"] == "1" and r["model_id"] == "Qwen/Qwen3-8B" and r["gpu_model"] == "H100")
+    moe = next(r for r in rows if r["num_gpus"] == "2" and "30B" in r["model_id"])
+    llama = next(r for r in rows if r["num_gpus"] == "1" and "Llama" in r["model_id"] and r["gpu_model"] == "H100")
+    picked = [dict(qwen, weight_precision="fp8"), dict(llama, weight_precision="fp8"),
+              dict(moe, num_gpus="8", tp="1", ep="8", dp="4", max_num_seqs="64", avg_batch_size="64"),
+              dict(llama, num_gpus="4", tp="2", dp="1"),
+              dict(llama, model_id="meta-llama/Llama-3.1-70B-Instruct")]
+    path = _write(tmp_path / "runs.csv", picked, list(rows[0]))
+    read = read_mlenergy(path)
+    assert read[0].priced_model() == "Qwen/Qwen3-8B-FP8"
+    assert read[2].parallel() == __import__("energylens").Parallel(tp=2, ep=8, dp=4)
+    assert main(["--dataset", "mlenergy", "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "no fp8 twin (meta-llama/Llama-3.1-8B-Instruct-FP8) is known" in out
+    assert "num_gpus=4 but tp x dp = 2 x 1 = 2" in out
+    assert "weights alone need 131.4 GiB per GPU, more than the 80 GiB" in out
+    assert out.strip().endswith("rows=2 skipped=3")

@@ -74,7 +74,7 @@ def test_qwen_fp8_twins(asked: str, name: str, base: str) -> None:
     assert spec.name == name and spec.quantization == "fp8" and bf16.quantization is None
     assert spec.quant_config == load_config("Qwen/Qwen3-32B-FP8").quant_config
     assert {k: v for k, v in spec.config.items() if k != "quantization_config"} == bf16.config
-    for unknown in ("meta-llama/Llama-3.1-8B-Instruct-FP8", "Qwen/Qwen3-9B-FP8"):  # only bundled Qwen ids
+    for unknown in ("meta-llama/Llama-3.1-8B-Instruct-FP8", "Qwen/Qwen3-9B-FP8", "llama-3.1-8b-instruct-fp8"):
         with pytest.raises(UnknownNameError):
             load_config(unknown)
 
@@ -320,3 +320,17 @@ def test_unsupported_quantization_names_the_file_it_is_in(tmp_path) -> None:
     (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "NVFP4"}}))
     with pytest.raises(ConfigError, match=r"hf_quant_config.json: quantization 'NVFP4' is not supported"):
         load_config(str(tmp_path))
+
+
+@pytest.mark.parametrize("asked,base", [
+    ("RedHatAI/Meta-Llama-3.1-70B-Instruct-FP8", "meta-llama/Llama-3.1-70B-Instruct"),
+    ("neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8", "meta-llama/Llama-3.1-8B-Instruct"),
+    ("nvidia/Llama-3.3-70B-Instruct-FP8", "meta-llama/Llama-3.3-70B-Instruct"),
+    ("RedHatAI/Qwen3-8B-FP8-dynamic", "Qwen/Qwen3-8B"),
+])
+def test_other_publishers_fp8_checkpoints(asked: str, base: str) -> None:
+    """Another publisher's FP8 checkpoint of a bundled model: its config, fp8 weights with per-tensor or
+    per-channel scales (no weight blocks), and its own id for the exports."""
+    spec, bf16 = load_config(asked), load_config(base)
+    assert spec.name == asked and spec.quantization == "fp8" and spec.fp8_block is None
+    assert {k: v for k, v in spec.config.items() if k != "quantization_config"} == bf16.config

@@ -72,11 +72,11 @@ from energylens.costmodel.serving import (
     step_ops,
     step_time_s,
 )
-from energylens.errors import EnergylensError
+from energylens.errors import ConfigError, EnergylensError
 from energylens.typing import Parallel, Workload
 
 __all__ = [
-    "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "fit_profile", "fit_gpu_profile",
+    "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "gpu_or_none", "weight_format", "fit_profile", "fit_gpu_profile",
     "FIT_PARAMS",
     "write_profile", "parse_task_shares", "with_default_tile", "kernel_default_tile_efficiency", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
 ]
@@ -122,6 +122,8 @@ class MLEnergyRow:
     prefix_cache_hit: float = 0.0
     #: why a value of the row could not be read (a row is skipped with it), else None
     problem: str | None = None
+    #: the run's ``weight_precision`` cell ("bfloat16", "fp8", ...; empty when the file has none)
+    weight_precision: str = ""
 
     @property
     def mean_step_s(self) -> float:
@@ -132,9 +134,29 @@ class MLEnergyRow:
         """The plan the run used: its tp/ep/dp, except that ML.ENERGY's MoE rows showing ``tp=1, ep=N``
         ran attention with tensor parallelism N plus expert parallelism N over the same N GPUs
         (``--tensor-parallel-size N --enable-expert-parallel``; data/public/mlenergy_dev.README.md)."""
-        if self.ep > 1 and self.tp == 1:
-            return Parallel(tp=self.ep, ep=self.ep, dp=self.dp)
+        if self.ep > 1 and self.tp == 1:  # tp x dp spans the run's GPUs (with dp = 1: tp = ep = N)
+            return Parallel(tp=max(1, self.num_gpus // self.dp), ep=self.ep, dp=self.dp)
         return Parallel(tp=self.tp, ep=self.ep, dp=self.dp)
+
+    def priced_model(self) -> str:
+        """The checkpoint to price: the row's id, or its ``-FP8`` twin when ``weight_precision`` says
+        fp8 and the id names a bf16 checkpoint; ``ConfigError`` when there is no such twin or the
+        precision is one energylens does not price."""
+        from energylens.models import load_config
+
+        precision = weight_format(self.weight_precision)
+        if precision is None:
+            raise ConfigError(f"weight_precision {self.weight_precision!r} is not priced (bf16/fp16 or fp8 weights)")
+        if precision == "bf16" or load_config(self.model_id).quantization == "fp8":
+            return self.model_id
+        twin = f"{self.model_id}-FP8"
+        try:
+            if load_config(twin).quantization == "fp8":
+                return twin
+        except EnergylensError:
+            pass
+        raise ConfigError(f"weight_precision {self.weight_precision!r}, but {self.model_id} is a bf16 checkpoint "
+                          f"and no fp8 twin ({twin}) is known")
 
     def workload(self) -> Workload:
         dp = self.parallel().dp  # each replica runs a whole number of sequences (el.estimate's rule)
@@ -153,30 +175,62 @@ def read_mlenergy(path: str | Path, prompt_lens: Mapping[str, int] | None = None
     does not carry, or overrides ``TASK_PROMPT_LEN`` for a task. ``prefix_hits`` (task -> share of
     each prompt found in the prefix cache; default none) prices those tasks' prompts as partly cached.
     """
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in MLENERGY_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise EnergylensError(f"{path}: not an ML.ENERGY CSV, missing columns {', '.join(missing)}")
-        rows = []
-        for i, r in enumerate(reader, start=2):
-            values, problems = {}, []
-            for k in _INT_COLUMNS + _MEASURED_COLUMNS:
-                text = (r.get(k) or "").strip()
-                if not text and k in _DEFAULT_ONE:
-                    text = "1"  # no parallelism of that kind
-                v = _positive_number(text)
-                if v is not None and k in _INT_COLUMNS and v != int(v):
-                    v = None  # 1.5 GPUs
-                if v is None and k != "max_num_seqs":  # max_num_seqs is only shown
-                    problems.append(f"{k}={r.get(k)!r}")
-                values[k] = (int(v) if k in _INT_COLUMNS else v) if v is not None else 0
-            problem = f"not a positive number (a whole one for counts): {', '.join(problems)}" if problems else None
-            rows.append(MLEnergyRow(line=i, model_id=r["model_id"] or "", task=r["task"] or "",
-                                    gpu_model=r["gpu_model"] or "", **values,
-                                    prompt_len=(prompt_lens or {}).get(r["task"]),
-                                    prefix_cache_hit=(prefix_hits or {}).get(r["task"], 0.0), problem=problem))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM is not part of a name
+            return _read_mlenergy(fh, path, {k.strip().lower(): v for k, v in (prompt_lens or {}).items()},
+                                  {k.strip().lower(): v for k, v in (prefix_hits or {}).items()})
+    except OSError as exc:
+        raise EnergylensError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise EnergylensError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 CSV") from None
+
+
+def _read_mlenergy(fh: Any, path: str | Path, prompt_lens: Mapping[str, int] | None,
+                   prefix_hits: Mapping[str, float] | None) -> list[MLEnergyRow]:
+    reader = csv.DictReader(fh)
+    reader.fieldnames = [(name or "").strip().lower() for name in (reader.fieldnames or [])]
+    missing = [c for c in MLENERGY_COLUMNS if c not in reader.fieldnames]
+    if missing:
+        raise EnergylensError(f"{path}: not an ML.ENERGY CSV, missing columns {', '.join(missing)}"
+                              + ("" if reader.fieldnames else " (the file is empty)"))
+    rows = []
+    for r in reader:
+        i = reader.line_num  # the record's (last) line in the file
+        values, problems = {}, []
+        for k in _INT_COLUMNS + _MEASURED_COLUMNS:
+            text = (r.get(k) or "").strip()
+            if not text and k in _DEFAULT_ONE:
+                text = "1"  # no parallelism of that kind
+            v = _positive_number(text)
+            if v is not None and k in _INT_COLUMNS and v != int(v):
+                v = None  # 1.5 GPUs
+            if v is None and k != "max_num_seqs":  # max_num_seqs is only shown
+                problems.append(f"{k}={r.get(k)!r}")
+            values[k] = (int(v) if k in _INT_COLUMNS else v) if v is not None else 0
+        problem = f"not a positive number (a whole one for counts): {', '.join(problems)}" if problems else None
+        model_id, gpu_model = (r["model_id"] or "").strip(), (r["gpu_model"] or "").strip()
+        task = (r["task"] or "").strip().lower()  # ML.ENERGY's task names are lower case
+        if not model_id or not task or not gpu_model:
+            empty = [k for k, v in (("model_id", model_id), ("task", task), ("gpu_model", gpu_model)) if not v]
+            problem = "; ".join(filter(None, [problem, f"empty {', '.join(empty)}"]))
+        rows.append(MLEnergyRow(line=i, model_id=model_id, task=task, gpu_model=gpu_model, **values,
+                                prompt_len=(prompt_lens or {}).get(task),
+                                prefix_cache_hit=(prefix_hits or {}).get(task, 0.0), problem=problem,
+                                weight_precision=(r.get("weight_precision") or "").strip()))
     return rows
+
+
+def weight_format(precision: str) -> str | None:
+    """"bf16" or "fp8" for a ``weight_precision`` cell as ML.ENERGY may write it (empty: bf16, the
+    checkpoint's own), None for a format energylens does not price (int4, nvfp4, ...).
+
+    >>> weight_format("bfloat16"), weight_format("FP8"), weight_format("float8_e4m3fn"), weight_format("int4")
+    ('bf16', 'fp8', 'fp8', None)
+    """
+    p = precision.strip().lower()
+    if p in ("", "bfloat16", "bf16", "float16", "fp16", "half", "auto"):
+        return "bf16"
+    return "fp8" if any(s in p for s in ("fp8", "float8", "e4m3")) else None
 
 
 _INT_COLUMNS = ("num_gpus", "tp", "ep", "dp", "max_num_seqs")
@@ -215,16 +269,19 @@ def row_skip_reason(row: MLEnergyRow) -> str | None:
     """Why a row cannot be predicted yet (None: it can). Unknown models are found when tracing."""
     if row.problem:
         return row.problem
+    if weight_format(row.weight_precision) is None:
+        return f"weight_precision {row.weight_precision!r} is not priced (bf16/fp16 or fp8 weights)"
     if row.num_gpus > 1 or row.tp > 1 or row.ep > 1 or row.dp > 1:
         return f"multi-GPU plans come with issue 4 ({row.num_gpus} GPUs, tp={row.tp} ep={row.ep} dp={row.dp})"
     if row.prompt_len is None and row.task not in TASK_PROMPT_LEN:
         return f"unknown prompt length for task {row.task!r} (known: {', '.join(TASK_PROMPT_LEN)})"
-    if row.gpu_model.lower() not in {g.lower() for g in list_gpus()} and _gpu_or_none(row.gpu_model) is None:
+    if row.gpu_model.lower() not in {g.lower() for g in list_gpus()} and gpu_or_none(row.gpu_model) is None:
         return f"unknown GPU {row.gpu_model!r}"
     return None
 
 
-def _gpu_or_none(name: str) -> GPUSpec | None:
+def gpu_or_none(name: str) -> GPUSpec | None:
+    """The GPU named ``name``, or None for a name the hardware database does not know."""
     try:
         return get_gpu(name)
     except EnergylensError:
@@ -480,7 +537,7 @@ def _features(rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], gpu: GPU
     prof = default_profile(gpu)
     for i, row in enumerate(rows):
         wl = row.workload()
-        traced = trace(row.model_id)
+        traced = trace(row.priced_model())
         # the graphs ``energylens.estimate`` prices: the single-GPU plan (fused kernels)
         prefill_g, decode_g = plan_graph(traced.prefill), plan_graph(traced.decode)
         ctx = serving_context_len(wl, kv_capacity_tokens(decode_g, gpu))
@@ -543,7 +600,7 @@ def fit_profile(gpu_name: str, rows: Sequence[MLEnergyRow], trace: Callable[[str
     ``moe_default_tile_efficiency`` (fixed, not fitted: ``MOE_DEFAULT_TILE_EFFICIENCY``, measured on
     the kernel) prices the steps whose MoE expert GEMMs run on vLLM 0.11's untuned default tile."""
     gpu = get_gpu(gpu_name)
-    rows = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and row_skip_reason(r) is None]
+    rows = [r for r in rows if gpu_or_none(r.gpu_model) == gpu and row_skip_reason(r) is None]
     if len(rows) < 4:
         raise EnergylensError(f"need at least 4 single-GPU rows of {gpu.name} to fit a profile, got {len(rows)}")
     feat = _features(rows, trace, gpu)
@@ -662,12 +719,12 @@ def with_default_tile(profile: Profile, rows: Sequence[MLEnergyRow], efficiency:
     if efficiency is None:
         return profile
     gpu = get_gpu(profile.gpu)
-    cand = [r for r in rows if _gpu_or_none(r.gpu_model) == gpu and r.num_gpus > 1
+    cand = [r for r in rows if gpu_or_none(r.gpu_model) == gpu and r.num_gpus > 1
             and r.avg_batch_size <= CUDA_GRAPH_MAX_BATCH
             and row_skip_reason(dataclasses.replace(r, num_gpus=1, tp=1, ep=1, dp=1)) is None]
 
     def itl(r: MLEnergyRow, prof: Profile) -> float:
-        return estimate(r.model_id, Cluster(gpu.name, num_gpus=r.num_gpus), r.workload(), r.parallel(),
+        return estimate(r.priced_model(), Cluster(gpu.name, num_gpus=r.num_gpus), r.workload(), r.parallel(),
                         profile=prof, check_memory=False).serving.median_itl_s
 
     base = profile.with_params(moe_default_tile_efficiency=None, legacy_moe_tiles=True)
@@ -729,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ap.error(str(e))
     rows = [r for r in read_mlenergy(args.data, prefix_hits=hits) if r.model_id not in args.exclude_model]
     fitted = set()
-    for gpu_name in sorted({g.name for r in rows if (g := _gpu_or_none(r.gpu_model))}):
+    for gpu_name in sorted({g.name for r in rows if (g := gpu_or_none(r.gpu_model))}):
         prof = fit_gpu_profile(gpu_name, rows, resolve_model, data_label=f"{args.data} (ML.ENERGY Benchmark "
                                "v3.0 dev rows; see data/public/mlenergy_dev.README.md)")
         print(f"{gpu_name}: {write_profile(prof, args.out)}  {prof.provenance.residuals}")

@@ -13,7 +13,7 @@ Qwen3-235B-A22B-FP8, the original checkpoints (40,960 positions).
 Other ids resolve to a bundled config (``_aliases``): case variants and bare names
 (``qwen3-8b``); checkpoints with a bundled architecture and other weights (``-Thinking-2507``,
 Llama base models, ``_TWINS``), which keep their own id as the name exports serve; and
-``<bundled Qwen3 id>-FP8`` (``_qwen_fp8``).
+``<bundled id>-FP8`` of Qwen and of other publishers (``_fp8_twin``).
 
 Importing this module imports neither torch nor transformers.
 
@@ -184,23 +184,41 @@ def _aliases() -> dict[str, tuple[str, str]]:
 _QWEN_FP8_SOURCE = "Qwen/Qwen3-32B-FP8"
 
 
-def _qwen_fp8(asked: str) -> ModelSpec | None:
-    """``<Qwen id>-FP8`` for a bundled bf16 Qwen3 checkpoint: Qwen publishes an FP8 twin of each
-    (``Qwen/Qwen3-8B-FP8``, ``Qwen/Qwen3-30B-A3B-Instruct-2507-FP8``, ...) with the same
-    ``config.json`` plus the ``quantization_config`` of ``_QWEN_FP8_SOURCE``. None if ``asked``
-    is not of that form."""
-    if not asked.lower().endswith("-fp8"):
+#: ``quantization_config`` of an FP8 checkpoint that other publishers (RedHatAI/neuralmagic
+#: compressed-tensors, NVIDIA ModelOpt) make of a bundled model: fp8 weights with one scale per
+#: tensor or per channel, no weight blocks (so no plan is refused for splitting a block).
+_CHANNEL_FP8 = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+_FP8_SUFFIXES = ("-fp8-dynamic", "-fp8")
+
+
+def _fp8_twin(asked: str) -> ModelSpec | None:
+    """An FP8 checkpoint of a bundled bf16 model, named ``<id>-FP8`` (or ``-FP8-dynamic``): the
+    bundled ``config.json`` plus a ``quantization_config``. Qwen publishes an FP8 twin of each of its
+    models (``Qwen/Qwen3-8B-FP8``, ``Qwen/Qwen3-30B-A3B-Instruct-2507-FP8``...) with the block-wise
+    section of ``_QWEN_FP8_SOURCE``; another publisher's (``RedHatAI/Meta-Llama-3.1-70B-Instruct-FP8``,
+    ``nvidia/Llama-3.1-8B-Instruct-FP8``) is priced with ``_CHANNEL_FP8`` and keeps its own id. None if
+    ``asked`` is not of that form, or names no published checkpoint: Meta's own ``-FP8`` ids are
+    bundled (405B), and a bare Llama name does not say whose FP8 checkpoint it is."""
+    suffix = next((s for s in _FP8_SUFFIXES if asked.lower().endswith(s)), None)
+    if suffix is None:
         return None
-    base, checkpoint = _aliases().get(asked[:-4].lower(), ("", ""))
-    if not base.startswith("Qwen/"):
+    stem = asked[: -len(suffix)]
+    base, checkpoint = _aliases().get(stem.lower()) or _aliases().get(stem.split("/", 1)[-1].lower()) or ("", "")
+    if not base:
         return None
     path = _bundled()[base]
     d = _read_json(path)
-    if d.get("quantization_config"):
+    if d.get("quantization_config"):  # the stem is an fp8 checkpoint already
         return None
-    qc = _read_json(_bundled()[_QWEN_FP8_SOURCE])["quantization_config"]
-    return _spec(checkpoint + "-FP8", {**d, "quantization_config": qc},
-                 f"{path} with the quantization_config of {_QWEN_FP8_SOURCE}")
+    org = asked.split("/", 1)[0].lower() if "/" in asked else None
+    if base.startswith("Qwen/") and org in (None, "qwen"):
+        qc = _read_json(_bundled()[_QWEN_FP8_SOURCE])["quantization_config"]
+        return _spec(checkpoint + "-FP8", {**d, "quantization_config": qc},
+                     f"{path} with the quantization_config of {_QWEN_FP8_SOURCE}")
+    if org in (None, "meta-llama", "qwen"):
+        return None
+    return _spec(asked, {**d, "quantization_config": _CHANNEL_FP8},
+                 f"{path} with a per-channel fp8 quantization_config (another publisher's FP8 checkpoint)")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -399,7 +417,7 @@ def load_config(model: Any) -> ModelSpec:
     """The ``ModelSpec`` of a model given as an HF id, a local path, a ``PretrainedConfig`` or a dict.
 
     HF ids match case-insensitively and without their org (``"qwen3-8b"``); ids of other checkpoints
-    with a bundled architecture resolve to it and keep their own name (``_aliases``, ``_qwen_fp8``). A path
+    with a bundled architecture resolve to it and keep their own name (``_aliases``, ``_fp8_twin``). A path
     may name a model directory holding ``config.json`` or the JSON file itself. An unknown id
     raises ``UnknownNameError`` (with the closest bundled id); a malformed file or a missing
     field raises ``ConfigError`` naming the file and the field.
@@ -425,7 +443,7 @@ def load_config(model: Any) -> ModelSpec:
         alias = _aliases().get(model.lower())
         if alias is not None:
             return _from_file(_bundled()[alias[0]], alias[1])
-        spec = _qwen_fp8(model)
+        spec = _fp8_twin(model)
         if spec is None:
             raise UnknownNameError("model", model, list_models())
         return spec
