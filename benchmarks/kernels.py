@@ -34,6 +34,7 @@ import energylens as el  # noqa: E402
 from energylens.api import resolve_model  # noqa: E402
 from energylens.costmodel.analysis import is_attention_op, price_graph  # noqa: E402
 from energylens.costmodel.compute import OpWork, op_time_s  # noqa: E402
+from energylens.costmodel.fit import ATTENTION_MODELS, kernel_attention_coefficients  # noqa: E402
 from energylens.costmodel.hardware import get_gpu  # noqa: E402
 from energylens.costmodel.profile import load_profile  # noqa: E402
 from energylens.ir.core import Gather  # noqa: E402
@@ -42,10 +43,6 @@ from energylens.models import load_config  # noqa: E402
 DATA = ROOT / "data" / "public" / "aiconfigurator_kernels"
 GPU_FILES = {"H100-SXM": "h100_sxm", "H200": "h200_sxm", "B200": "b200_sxm"}
 MOE_MODELS = {(2048, 768): "Qwen/Qwen3-30B-A3B-Instruct-2507", (4096, 1536): "Qwen/Qwen3-235B-A22B-Instruct-2507"}
-#: a model with each (query, KV) head count of the attention table (head_dim 128)
-ATTENTION_MODELS = {(32, 8): "meta-llama/Llama-3.1-8B-Instruct", (40, 8): "Qwen/Qwen3-14B",
-                    (64, 8): "meta-llama/Llama-3.1-70B-Instruct", (32, 4): "Qwen/Qwen3-30B-A3B-Instruct-2507",
-                    (64, 4): "Qwen/Qwen3-235B-A22B-Instruct-2507"}
 MOE_TOKENS = (8, 32, 96, 256, 1024, 4096)  # decode batches up to a chunked-prefill step
 ATTENTION_BATCH, ATTENTION_STEPS = (1, 8, 32, 128, 512), (127, 1023, 4095, 16383)
 
@@ -118,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = "  ".join(f"{g}: {sum(e) / len(e):.1f}% ({len(e)})" for g, e in errs.items())
     all_errs = [x for e in errs.values() for x in e]
     print(f"MAPE by group: {summary}")
+    if args.op == "attention":  # the two attention coefficients the kernels themselves imply
+        with open(DATA / f"attention_{GPU_FILES[args.gpu]}.csv", newline="") as fh:
+            got = kernel_attention_coefficients(list(csv.DictReader(fh)), get_gpu(args.gpu), resolve_model)
+        prof = load_profile(get_gpu(args.gpu))
+        print(f"# the kernels imply attn_mem_efficiency={got['attn_mem_efficiency']:.3f} kv_seq_overhead_s="
+              f"{got['kv_seq_overhead_s']:.3g} (profile: {prof.attn_mem_efficiency:.3f}, {prof.kv_seq_overhead_s:.3g})")
     print(f"MAPE {args.op} {args.gpu}: {sum(all_errs) / len(all_errs):.1f}% rows={len(all_errs)}")
     return 0
 

@@ -50,3 +50,29 @@ def test_gemv_coefficients_need_decode_rows():
 
     with pytest.raises(EnergylensError, match="m <= 8"):
         kernel_gemv_coefficients([{"m": "4096", "n": "4096", "k": "4096", "latency_us": "200"}], get_gpu("H100"))
+
+
+def test_kernel_attention_coefficients_recover_the_ones_that_made_the_times():
+    """Rows timed by the model itself at known coefficients give those coefficients back."""
+    from energylens.api import resolve_model
+    from energylens.costmodel.analysis import WorkAnalysis, is_attention_op
+    from energylens.costmodel.compute import op_time_s
+    from energylens.costmodel.fit import ATTENTION_MODELS, KERNEL_GEMV, kernel_attention_coefficients
+    from energylens.costmodel.hardware import get_gpu
+    from energylens.costmodel.profile import default_profile
+    from energylens.ir.core import Gather
+
+    gpu = get_gpu("B200")
+    truth = default_profile(gpu).with_params(**KERNEL_GEMV["B200"], attn_kernel_overhead_s=8.6e-6,
+                                             attn_mem_efficiency=0.8, kv_seq_overhead_s=3e-8)
+    rows = []
+    for heads in ((32, 8), (64, 4)):
+        for batch, step in ((1, 1023), (8, 4095), (32, 16383), (128, 1023), (512, 127)):
+            ws = WorkAnalysis(resolve_model(ATTENTION_MODELS[heads]).decode, {"B": batch, "S": 1, "K": step}, gpu).run(
+                lambda op: is_attention_op(op) and not (isinstance(op, Gather) and op.fn == "scatter"))
+            t = sum(float(op_time_s(w, gpu, truth)) for _, _, w in ws)
+            rows.append({"num_heads": heads[0], "num_key_value_heads": heads[1], "batch_size": batch, "step": step,
+                         "latency_us": t * 1e6})
+    got = kernel_attention_coefficients(rows, gpu, resolve_model)
+    assert got["attn_mem_efficiency"] == pytest.approx(0.8, rel=0.01)
+    assert got["kv_seq_overhead_s"] == pytest.approx(3e-8, rel=0.05)
