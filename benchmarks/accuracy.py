@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # that alone overflow the GPU are another matter: a misread precision or plan
                     est = el.estimate(*args_, profile=prof, check_memory=False)
                     hbm = get_gpu(r.gpu_model).hbm_capacity_bytes
-                    if est.memory.weights_bytes + est.memory.activation_bytes > hbm:
+                    if est.memory.weights_bytes > hbm:
                         raise DoesNotFitError(
                             f"weights alone need {est.memory.weights_bytes / 2**30:.1f} GiB per GPU, more than the "
                             f"{hbm / 2**30:.0f} GiB of a {get_gpu(r.gpu_model).name} (precision or parallelism "

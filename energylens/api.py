@@ -20,7 +20,7 @@ from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, pla
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.costmodel.serving import serving_estimate
 from energylens.errors import ConfigError, InvalidTypeError, InvalidWorkloadError, ShardingError
-from energylens.ir.core import Collective, Graph
+from energylens.ir.core import Graph
 from energylens.passes.moe import Moe
 from energylens.passes.overlap import Overlap
 from energylens.passes.shard import check_parallel
@@ -105,10 +105,10 @@ def _max_context(spec: Any) -> tuple[int, str] | None:
     a ``yarn``, ``linear`` or ``dynamic`` rope scaling (``llama3`` scaling is already in it). None: not given."""
     if spec is None:
         return None
-    limit, source = spec.get("max_position_embeddings"), "max_position_embeddings"
+    limit, source = spec.get("max_position_embeddings"), "max_position_embeddings in its config"
     if limit is None:  # transformers (and so vLLM) fill in the config class's default
         limit = _default_max_positions(spec.get("model_type"))
-        source = f"max_position_embeddings, not in the config: transformers' default for {spec.get('model_type')}"
+        source = f"not in the config: transformers' default max_position_embeddings for {spec.get('model_type')}"
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         return None
     rope = spec.get("rope_scaling") or spec.get("rope_parameters")  # transformers 5 writes the latter
@@ -116,9 +116,9 @@ def _max_context(spec: Any) -> tuple[int, str] | None:
         kind, factor = rope.get("rope_type") or rope.get("type"), rope["factor"]
         if kind == "yarn":
             base = int(rope.get("original_max_position_embeddings") or limit)
-            return int(base * factor), f"original_max_position_embeddings {base} x yarn factor {factor}"
+            return int(base * factor), f"original_max_position_embeddings {base} x yarn factor {factor} in its config"
         if kind in ("linear", "dynamic"):
-            return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor}"
+            return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor} in its config"
     return limit, source
 
 
@@ -166,7 +166,7 @@ def check_context(traced: Any, workload: Workload, name: str) -> int | None:
     if got is not None and total > got[0]:
         raise InvalidWorkloadError(
             f"prompt_len + output_len = {workload.prompt_len} + {workload.output_len} = {total} tokens exceeds "
-            f"{name}'s maximum context of {got[0]} tokens ({got[1]} in its config); use a shorter prompt or output")
+            f"{name}'s maximum context of {got[0]} tokens ({got[1]}); use a shorter prompt or output")
     return None if got is None else got[0]
 
 
@@ -237,9 +237,9 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     prefill_g = plan_graph(traced.prefill, parallel, fused, routing, overlap)
     decode_g = plan_graph(traced.decode, parallel, fused, routing, overlap)
     name = model_name(model, decode_g)
-    if comm_sms is not None and not any(isinstance(op, Collective) for op, _ in decode_g.walk()):
-        raise ConfigError(f"comm_sms={comm_sms} but the plan {parallel} has no collective to overlap "
-                          "(one GPU per replica); use tp > 1 or leave comm_sms unset")
+    if comm_sms is not None and parallel.tp == 1:  # the overlap pass overlaps tensor-parallel collectives only
+        raise ConfigError(f"comm_sms={comm_sms} but the plan {parallel} has no tensor-parallel collective to "
+                          "overlap; use tp > 1 or leave comm_sms unset")
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
     if check_memory:

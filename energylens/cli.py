@@ -348,14 +348,19 @@ def validate_cmd(
 def calibrate_cmd(
     paths: Annotated[list[str], typer.Argument(help="measurement files or folders")],
     gpu: Annotated[str | None, typer.Option(help="fit only this GPU's profile")] = None,
-    out: Annotated[str | None, typer.Option(help="profile file (.json) or folder (default: the bundled profiles)")] = None,
+    out: Annotated[str | None, typer.Option(help="profile file (.json) or folder to write (needed unless --dry-run; "
+                                                 "energylens/costmodel/profiles replaces the bundled profiles)")] = None,
     base: Annotated[str, typer.Option(help="starting profile: bundled or datasheet")] = "bundled",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="fit and print; write nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Fit the cost model's profile coefficients of each GPU in the measurement files."""
+    from energylens.errors import InvalidWorkloadError
     from energylens.runtime.calibrate import calibrate
 
+    if out is None and not dry_run:  # never over the bundled profiles by default
+        raise InvalidWorkloadError("give --out FOLDER or FILE.json for the fitted profiles (--out "
+                                   "energylens/costmodel/profiles replaces the bundled ones), or --dry-run to only fit")
     results = calibrate(paths, gpu=gpu, out=out, base=base, write=not dry_run)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))

@@ -46,13 +46,17 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
     key = name.lower()
     if key in lowered:
         return lowered[key]
-    stems = [c for c in lowered if key.startswith(c)]
+
+    def bare(s: str) -> str:  # an HF id without its org: the org says who published it, not what it is
+        return s.rsplit("/", 1)[-1]
+
+    stems = [c for c in lowered if key.startswith(c) or bare(key).startswith(bare(c))]
     if stems:
-        return lowered[max(stems, key=len)]
-    first = re.split(r"[-_ /.]", key, maxsplit=1)[0]
-    family = [c for c in lowered if re.split(r"[-_ /.]", c, maxsplit=1)[0] == first] or list(lowered)
-    match = difflib.get_close_matches(key, family, n=1, cutoff=0.4)
-    return lowered[match[0]] if match else None
+        return lowered[max(stems, key=lambda c: len(bare(c)))]
+    first = re.split(r"[-_ .]", bare(key), maxsplit=1)[0]
+    family = [c for c in lowered if re.split(r"[-_ .]", bare(c), maxsplit=1)[0] == first] or list(lowered)
+    match = difflib.get_close_matches(bare(key), [bare(c) for c in family], n=1, cutoff=0.4)
+    return next((lowered[c] for c in family if bare(c) == match[0]), None) if match else None
 
 
 class UnknownNameError(EnergylensError, KeyError):

@@ -171,7 +171,7 @@ def test_max_context_follows_rope_scaling() -> None:
     assert _max_context(spec()) is None
     # not in the config: transformers' (and so vLLM's) default for the model type
     assert _max_context(spec(model_type="llama")) == (
-        2048, "max_position_embeddings, not in the config: transformers' default for llama")
+        2048, "not in the config: transformers' default max_position_embeddings for llama")
     assert _max_context(spec(max_position_embeddings=40960))[0] == 40960  # type: ignore[index]
     llama3 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}
     assert _max_context(spec(max_position_embeddings=131072, rope_scaling=llama3))[0] == 131072  # type: ignore[index]
@@ -249,7 +249,7 @@ def test_counts_from_numpy_are_ints() -> None:
 def test_routing_needs_experts_and_comm_sms_a_collective() -> None:
     with pytest.raises(el.EnergylensError, match=r"routing='zipf' applies to MoE models, .* has no experts"):
         el.estimate(LLAMA, H100, WL, routing="zipf")
-    with pytest.raises(el.EnergylensError, match=r"comm_sms=16 but the plan .*tp=1.* has no collective to overlap"):
+    with pytest.raises(el.EnergylensError, match=r"comm_sms=16 but the plan .*tp=1.* has no tensor-parallel collective to overlap"):
         el.estimate(LLAMA, H100, WL, comm_sms=16)
     assert el.estimate(LLAMA, el.Cluster("H100-SXM", 2), WL, el.Parallel(tp=2), comm_sms=16).decode.itl_s > 0
 

@@ -194,7 +194,7 @@ def test_json_and_export_together_is_an_error():
     (("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--tp", "3"), ("tp=3", "valid tp on 8 GPUs: 1, 2, 4, 8")),
     (("estimate", MOE, "--ep", "2"), ("ep=2 on tp x dp = 1 GPU", "needs tp x dp = 2", "valid ep on 1 GPU: 1")),
     (("estimate", MOE, "--ep", "2", "--tp", "4"), ("ep=2 with tp x dp = 4 x 1 = 4 GPUs", "valid ep: 1, 4")),
-    (("estimate", LLAMA, "--comm-sms", "16"), ("--comm-sms=16", "no collective to overlap")),
+    (("estimate", LLAMA, "--comm-sms", "16"), ("--comm-sms=16", "no tensor-parallel collective to overlap")),
     (("estimate", LLAMA, "--routing", "zipf"), ("routing='zipf' applies to MoE models",)),
     (("estimate", MOE, "--routing", "histogram"), ("--routing histogram needs --routing-histogram",)),
     (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,x"), ("'1,x'",)),
@@ -227,3 +227,33 @@ def test_model_paths_that_do_not_exist_or_are_not_configs(tmp_path):
 def test_plot_failure_does_not_lose_the_printed_plan(tmp_path):
     r = run("compile", LLAMA, "--gpus", "1", "--export", "vllm", "--plot", tmp_path)  # a folder: refused up front
     one_error_line(r, "it is a folder")
+
+
+# ---- runtime review fixes --------------------------------------------------------------------------------
+
+def test_calibrate_needs_out_and_checks_it_before_fitting(tmp_path):
+    f = write(tmp_path / "m.jsonl", good())
+    one_error_line(run("calibrate", f), "give --out FOLDER or FILE.json", "--dry-run")  # never the bundled ones
+    one_error_line(run("calibrate", f, "--out", f), "is a file, not a folder")
+    (tmp_path / "dir.json").mkdir()
+    one_error_line(run("calibrate", f, "--out", tmp_path / "dir.json"), "is a folder")
+    r = run("calibrate", f, "--out", tmp_path / "profiles")
+    assert r.exit_code == 0 and (tmp_path / "profiles" / "h100-sxm.json").exists(), r.output
+
+
+def test_calibrate_refuses_fewer_readings_than_coefficients(tmp_path):
+    one_error_line(run("calibrate", write(tmp_path / "m.jsonl", [gemm(8)]), "--dry-run"),
+                   "too few readings of H100-SXM to calibrate: 1 times and 1 powers for")
+
+
+@pytest.mark.parametrize("m", [-4, 0, 64.5, "64", True])
+def test_impossible_gemm_sizes_are_malformed(tmp_path, m):
+    f = write(tmp_path / "m.jsonl", [*good(), {**gemm(8), "params": {**gemm(8)["params"], "m": m}}])
+    r = run("calibrate", f, "--dry-run")
+    assert r.exit_code == 0 and "1 malformed record(s) skipped" in r.output and "params.m" in r.output, r.output
+
+
+def test_a_broken_profile_file_is_one_error(tmp_path):
+    (tmp_path / "h100-sxm.json").write_text("{not json")
+    one_error_line(run("validate", write(tmp_path / "m.jsonl", good()), "--profiles", tmp_path),
+                   "is not a readable profile JSON")

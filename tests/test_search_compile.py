@@ -230,7 +230,8 @@ def test_max_model_len_is_capped_by_what_the_kv_cache_holds():
                    el.Workload(batch=4, prompt_len=1024, output_len=256), clocks_mhz=(1980,), comm_sms=(None,))
     m = p.estimate.memory
     per_token = m.kv_cache_bytes / (p.max_num_seqs * p.workload.decode_context_len)
-    assert p.max_model_len == int((m.capacity_bytes - m.weights_bytes - m.activation_bytes) / per_token)
+    assert p.kv_cache_tokens == int((m.capacity_bytes - m.weights_bytes - m.activation_bytes) / per_token)
+    assert p.max_model_len == 16 * int(0.9 * p.kv_cache_tokens // 16)  # headroom, whole KV blocks
     assert 1280 < p.max_model_len < p.max_context == 131072
     assert p.to_vllm()["max_model_len"] == p.max_model_len
 
@@ -264,3 +265,17 @@ def test_megatron_static_cache_holds_every_request_at_its_length(plan):
     length = megatron_extras(plan.to_spec()).inference_wrapper["inference_max_seq_length"]
     assert length == min(plan.max_model_len, plan.kv_cache_tokens // plan.max_num_seqs)
     assert length * plan.max_num_seqs <= plan.kv_cache_tokens
+    # 70B on 2 GPUs, 4096-token requests: 12 of them do not fit at full length -> fewer requests, said
+    tight = el.compile("meta-llama/Llama-3.1-70B-Instruct", el.Cluster("H100-SXM", 2),
+                       el.Workload(batch=256, prompt_len=2048, output_len=2048, output_len_cv=0), **SPACE)
+    ex = megatron_extras(tight.to_spec())
+    requests, length = ex.inference_wrapper["inference_max_requests"], ex.inference_wrapper["inference_max_seq_length"]
+    assert length == 4096 and requests * length <= tight.kv_cache_tokens
+    assert requests < tight.max_num_seqs and any("not the plan's" in n for n in ex.notes)
+
+
+def test_compile_refuses_a_plan_that_cannot_hold_one_request():
+    with pytest.raises(el.EnergylensError, match=r"holds \d+ tokens per replica, fewer than one request of "
+                                                 r"prompt_len \+ output_len = 160000"):
+        el.compile("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", el.Cluster("L40S", 1),
+                   el.Workload(batch=1, prompt_len=60000, output_len=100000), comm_sms=(None,))

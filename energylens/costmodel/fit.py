@@ -72,7 +72,7 @@ from energylens.costmodel.serving import (
     step_ops,
     step_time_s,
 )
-from energylens.errors import ConfigError, EnergylensError
+from energylens.errors import ConfigError, EnergylensError, UnknownNameError
 from energylens.typing import Parallel, Workload
 
 __all__ = [
@@ -269,8 +269,12 @@ def row_skip_reason(row: MLEnergyRow) -> str | None:
     """Why a row cannot be predicted yet (None: it can). Unknown models are found when tracing."""
     if row.problem:
         return row.problem
-    if weight_format(row.weight_precision) is None:
-        return f"weight_precision {row.weight_precision!r} is not priced (bf16/fp16 or fp8 weights)"
+    try:
+        row.priced_model()  # an fp8 row needs an fp8 checkpoint to price
+    except UnknownNameError:
+        pass  # found when tracing, with the model named
+    except EnergylensError as exc:
+        return str(exc)
     if row.num_gpus > 1 or row.tp > 1 or row.ep > 1 or row.dp > 1:
         return f"multi-GPU plans come with issue 4 ({row.num_gpus} GPUs, tp={row.tp} ep={row.ep} dp={row.dp})"
     if row.prompt_len is None and row.task not in TASK_PROMPT_LEN:

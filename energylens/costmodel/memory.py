@@ -5,11 +5,13 @@
   context of the workload (``prompt_len + output_len/2``: the steady state of continuous batching,
   where sequences are at all stages of their output);
 * activations: the largest working set of one prefill op (its non-weight operands and result;
-  attention scores stay on chip) over one chunk of prefill: ``min(batch * prompt_len, 8192)``
-  tokens, vLLM's default chunked-prefill token budget.
+  attention scores stay on chip) over one chunk of prefill: ``min(batch / dp * prompt_len, 8192)``
+  tokens per replica, vLLM's default chunked-prefill token budget.
 
 The capacity is ``GPU_MEMORY_UTILIZATION`` (0.9, vLLM's default, which the vLLM export sets) of each
-GPU's HBM: the same limit the plan search applies and the KV-cache size of the serving model.
+GPU's HBM: the same limit the plan search applies (``serving.kv_capacity_tokens``, which caps the
+serving model's KV length, uses the same share but splits the weights evenly over the GPUs and
+leaves out the activations: a slightly larger cache than ``Plan.kv_cache_tokens``).
 
 >>> gib(80 * 2**30)
 '80.0 GiB'

@@ -161,7 +161,11 @@ def profile_path(gpu_name: str, directory: Path | None = None) -> Path:
 
 @functools.cache
 def _load(path: str) -> Profile:
-    return Profile.model_validate(json.loads(Path(path).read_text()))
+    try:
+        return Profile.model_validate(json.loads(Path(path).read_text()))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSON and pydantic errors are ValueErrors
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EstimateError(f"profile {path} is not a readable profile JSON: {first}") from None
 
 
 def load_profile(gpu: str | GPUSpec, directory: str | Path | None = None) -> Profile:

@@ -39,7 +39,8 @@ Mapping (plan, in vLLM's meaning -> Megatron-Core):
 - ``max_num_seqs`` / ``max_model_len`` -> ``InferenceWrapperConfig.inference_max_requests`` /
   ``inference_max_seq_length`` (in :attr:`MegatronExtras.inference_wrapper`); the static inference
   cache holds requests x that length, so with ``kv_cache_tokens`` known the length is at most
-  ``kv_cache_tokens // max_num_seqs``.
+  ``kv_cache_tokens // max_num_seqs``, and the requests fewer where a request of ``request_len``
+  tokens would not fit (``_static_limits``).
 - ``gpu_clock_mhz`` is not a Megatron setting: :attr:`MegatronExtras.gpu_clock_command`.
 """
 
@@ -159,9 +160,20 @@ class MegatronExtras(Record):
     notes: tuple[str, ...] = field(default=())
 
 
-def _static_seq_length(plan: PlanLike) -> int:
-    held = getattr(plan, "kv_cache_tokens", None)
-    return plan.max_model_len if held is None else max(1, min(plan.max_model_len, held // plan.max_num_seqs))
+def _static_limits(plan: PlanLike) -> tuple[int, int, str | None]:
+    """(requests, sequence length, note) of Megatron's static inference cache, which holds requests x
+    length tokens: the plan's ``max_num_seqs`` at up to ``max_model_len`` within ``kv_cache_tokens``;
+    fewer requests (and a note) where that would cut a request of ``request_len`` tokens short."""
+    held, need = getattr(plan, "kv_cache_tokens", None), getattr(plan, "request_len", None)
+    if held is None:
+        return plan.max_num_seqs, plan.max_model_len, None
+    length = min(plan.max_model_len, held // plan.max_num_seqs)
+    if need is None or length >= need:
+        return plan.max_num_seqs, max(1, length), None
+    fewer = max(1, held // need)
+    return fewer, need, (f"inference_max_requests={fewer}, not the plan's {plan.max_num_seqs}: Megatron's static "
+                         f"cache holds every request at full length ({need} tokens) within the {held} tokens "
+                         "of KV cache the plan leaves; vLLM pages the cache and runs them all")
 
 
 def megatron_extras(plan: PlanLike) -> MegatronExtras:
@@ -178,13 +190,11 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
     tp, pp = cfg["tensor_model_parallel_size"], cfg["pipeline_model_parallel_size"]
     # a dense model: Megatron's defaults (experts, had there been any, would follow tp)
     etp, ep = cfg.get("expert_tensor_parallel_size", tp), cfg.get("expert_model_parallel_size", 1)
-    inference: dict[str, Any] = {
-        "inference_max_requests": plan.max_num_seqs,
-        "inference_max_seq_length": _static_seq_length(plan),
-    }
+    requests, length, static_note = _static_limits(plan)
+    inference: dict[str, Any] = {"inference_max_requests": requests, "inference_max_seq_length": length}
     if "fp8" in cfg:
         inference["fp8"] = cfg["fp8"]
-    notes = []
+    notes = [static_note] if static_note else []
     if plan.comm_sms is not None and p.tp > 1 and not plan.sequence_parallel:
         notes.append(
             f"comm_sms={plan.comm_sms} not applied to tensor-parallel communication: Megatron overlaps it "

@@ -38,7 +38,9 @@ class PlanSpec(Record):
 
     ``parallel`` has vLLM's meaning: attention and dense layers on ``tp x dp`` GPUs (``tp``-way
     tensor parallel inside each of ``dp`` replicas); experts spread ``ep``-way over the same GPUs.
-    ``max_num_seqs`` is the batch (sequences in flight), ``max_model_len`` prompt + output tokens.
+    ``max_num_seqs`` is the batch (sequences in flight) per replica, ``max_model_len`` the longest
+    request (prompt + output tokens) the engine accepts; ``request_len`` the workload's prompt +
+    output tokens (None: not known).
     ``comm_sms`` is the number of SMs given to communication kernels when communication overlaps
     compute (None: no overlap); ``gpu_clock_mhz`` the locked graphics clock (None: default).
     ``moe``: the model has routed experts (exporters emit expert settings only then; ``ep > 1``
@@ -60,6 +62,7 @@ class PlanSpec(Record):
     sequence_parallel: bool = False
     moe: bool | None = None
     kv_cache_tokens: int | None = None
+    request_len: int | None = None
 
 
 def _positive(name: str, value: object) -> None:
@@ -113,8 +116,8 @@ def check_plan(plan: PlanLike) -> None:
     """
     for name in ("num_gpus", "max_num_seqs", "max_model_len"):
         _positive(name, getattr(plan, name))
-    for name in ("comm_sms", "gpu_clock_mhz"):
-        if getattr(plan, name) is not None:
+    for name in ("comm_sms", "gpu_clock_mhz", "kv_cache_tokens", "request_len"):
+        if getattr(plan, name, None) is not None:
             _positive(name, getattr(plan, name))
     p = plan.parallel
     if p.tp * p.dp != plan.num_gpus:

@@ -189,6 +189,11 @@ _QWEN_FP8_SOURCE = "Qwen/Qwen3-32B-FP8"
 #: tensor or per channel, no weight blocks (so no plan is refused for splitting a block).
 _CHANNEL_FP8 = {"quant_method": "fp8", "activation_scheme": "dynamic"}
 _FP8_SUFFIXES = ("-fp8-dynamic", "-fp8")
+#: Publishers whose ``<model>-FP8`` checkpoints of Llama/Qwen models are priced (lower case): Red Hat
+#: AI (formerly Neural Magic; compressed-tensors) and NVIDIA (ModelOpt, whose checkpoints store the
+#: KV cache in fp8 too: the ``hf_quant_config.json`` bundled with nvidia/Llama-3.1-70B-Instruct-FP8).
+_FP8_PUBLISHERS = ("redhatai", "neuralmagic", "nvidia")
+_MODELOPT_FP8_SOURCE = "nvidia/Llama-3.1-70B-Instruct-FP8"
 
 
 def _fp8_twin(asked: str) -> ModelSpec | None:
@@ -196,8 +201,9 @@ def _fp8_twin(asked: str) -> ModelSpec | None:
     bundled ``config.json`` plus a ``quantization_config``. Qwen publishes an FP8 twin of each of its
     models (``Qwen/Qwen3-8B-FP8``, ``Qwen/Qwen3-30B-A3B-Instruct-2507-FP8``...) with the block-wise
     section of ``_QWEN_FP8_SOURCE``; another publisher's (``RedHatAI/Meta-Llama-3.1-70B-Instruct-FP8``,
-    ``nvidia/Llama-3.1-8B-Instruct-FP8``) is priced with ``_CHANNEL_FP8`` and keeps its own id. None if
-    ``asked`` is not of that form, or names no published checkpoint: Meta's own ``-FP8`` ids are
+    ``nvidia/Llama-3.1-8B-Instruct-FP8``; ``_FP8_PUBLISHERS``) with ``_CHANNEL_FP8``, NVIDIA's with the
+    fp8 KV cache of ``_MODELOPT_FP8_SOURCE``. Every one keeps the id asked for (the exports serve it).
+    None if ``asked`` is not of that form or names no such publisher: Meta's own ``-FP8`` ids are
     bundled (405B), and a bare Llama name does not say whose FP8 checkpoint it is."""
     suffix = next((s for s in _FP8_SUFFIXES if asked.lower().endswith(s)), None)
     if suffix is None:
@@ -213,10 +219,14 @@ def _fp8_twin(asked: str) -> ModelSpec | None:
     org = asked.split("/", 1)[0].lower() if "/" in asked else None
     if base.startswith("Qwen/") and org in (None, "qwen"):
         qc = _read_json(_bundled()[_QWEN_FP8_SOURCE])["quantization_config"]
-        return _spec(checkpoint + "-FP8", {**d, "quantization_config": qc},
-                     f"{path} with the quantization_config of {_QWEN_FP8_SOURCE}")
-    if org in (None, "meta-llama", "qwen"):
+        name = checkpoint + ("-FP8" if suffix == "-fp8" else asked[len(stem):])  # Qwen's spelling of its own ids
+        return _spec(name, {**d, "quantization_config": qc}, f"{path} with the quantization_config of {_QWEN_FP8_SOURCE}")
+    if org not in _FP8_PUBLISHERS:
         return None
+    if org == "nvidia":
+        modelopt = _bundled()[_MODELOPT_FP8_SOURCE]
+        return _spec(asked, d, f"{path} with the hf_quant_config.json of {_MODELOPT_FP8_SOURCE}",
+                     _read_json(modelopt.with_name(modelopt.stem + _QUANT_SUFFIX)))
     return _spec(asked, {**d, "quantization_config": _CHANNEL_FP8},
                  f"{path} with a per-channel fp8 quantization_config (another publisher's FP8 checkpoint)")
 
@@ -407,9 +417,10 @@ def _from_file(path: Path, name: str | None = None) -> ModelSpec:
 
 
 def _looks_like_path(model: str) -> bool:
-    """A local path rather than an HF id (``org/name``): a .json file, an existing path, or a name no
+    """A local path rather than an HF id (``org/name``): a .json file, an existing folder, or a name no
     hub id has (starting with ``/``, ``.`` or ``~``, ending with ``/``, or of more than two parts)."""
-    return (model.endswith(".json") or Path(model).expanduser().exists() or model.startswith(("/", ".", "~"))
+    here = Path(model).expanduser()  # a file named like a bare id does not hide the bundled model
+    return (model.endswith(".json") or here.is_dir() or model.startswith(("/", ".", "~"))
             or model.endswith("/") or model.count("/") > 1)
 
 

@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -240,6 +241,12 @@ def microbench_graph(kind: str, params: dict[str, Any]) -> tuple[Graph, dict[str
     >>> [op.spec for op, _ in g.walk()], b
     (['mk,nk->mn'], {})
     """
+    def size(name: str) -> int:  # a malformed record (ValueError) unless a positive whole number
+        v = params[name]
+        if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v <= 0:
+            raise ValueError(f"params.{name} must be a positive whole number, got {v!r}")
+        return int(v)
+
     dt = _IR_DTYPE.get(str(params.get("dtype", "bfloat16")))
     if dt is None:
         raise EnergylensError(f"microbenchmark dtype {params.get('dtype')!r} has no IR dtype (valid: {', '.join(_IR_DTYPE)})")
@@ -254,15 +261,15 @@ def microbench_graph(kind: str, params: dict[str, Any]) -> tuple[Graph, dict[str
     if kind in ("gemm", "sm_contention"):
         x, w = Value("x", tt(("m", "k"))), Value("w", tt(("n", "k")))
         op = Einsum(result=Value("y", tt(("m", "n"))), operands=(x, w), spec="mk,nk->mn")
-        return graph({"m": int(params["m"]), "n": int(params["n"]), "k": int(params["k"])},
+        return graph({"m": size("m"), "n": size("n"), "k": size("k")},
                      [Decl(x, "input"), Decl(w, "param")], [op]), {}
     if kind == "hbm_copy":
-        n = int(params["bytes"] // TensorType(("n",), dt).itemsize)
+        n = size("bytes") // TensorType(("n",), dt).itemsize
         x = Value("x", tt(("n",)))
         return graph({"n": n}, [Decl(x, "input")], [Elementwise(result=Value("y", tt(("n",))), operands=(x,),
                                                                  fn="copy")]), {}
     if kind in ("elementwise", "norm"):
-        t, h, fn = int(params["tokens"]), int(params["hidden"]), str(params["op"])
+        t, h, fn = size("tokens"), size("hidden"), str(params["op"])
         a = Value("a", tt(("t", "h")))
         if kind == "elementwise":
             b = Value("b", tt(("t", "h")))
@@ -272,7 +279,7 @@ def microbench_graph(kind: str, params: dict[str, Any]) -> tuple[Graph, dict[str
         op = Reduce(result=Value("y", tt(("t", "h"))), operands=(a, w), fn="rms_norm", dims=("h",))
         return graph({"t": t, "h": h}, [Decl(a, "input"), Decl(w, "param")], [op]), {}
     if kind in ("attention_prefill", "attention_decode"):
-        nh, nkv, d = int(params["heads"]), int(params["kv_heads"]), int(params["head_dim"])
+        nh, nkv, d = size("heads"), size("kv_heads"), size("head_dim")
         if nh % nkv:
             raise EnergylensError(f"attention with {nh} query heads over {nkv} KV heads: not a GQA layout")
         dims: dict[str, int | None] = {"B": None, "S": None, "K": None, "g": nkv, "r": nh // nkv, "d": d}
@@ -285,10 +292,10 @@ def microbench_graph(kind: str, params: dict[str, Any]) -> tuple[Graph, dict[str
         out = Einsum(result=Value("attn", tt(("B", "g", "r", "S", "d"))), operands=(probs.result, vc),
                      spec="bgrsk,bgkd->bgrsd", causal=True)  # FlashAttention skips masked blocks in both
         g = graph(dims, [Decl(q, "input"), Decl(kc, "cache"), Decl(vc, "cache")], [scores, probs, out])
-        b = float(params["batch"])
+        b = float(size("batch"))
         if kind == "attention_prefill":
-            return g, {"B": b, "S": float(params["seq"]), "K": float(params["seq"])}
-        return g, {"B": b, "S": 1.0, "K": float(params["kv_len"])}
+            return g, {"B": b, "S": float(size("seq")), "K": float(size("seq"))}
+        return g, {"B": b, "S": 1.0, "K": float(size("kv_len"))}
     raise UnknownNameError("microbenchmark kind with an IR equivalent", kind,
                            ("gemm", "sm_contention", "hbm_copy", "elementwise", "norm", "attention_prefill",
                             "attention_decode"))
@@ -669,6 +676,10 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
     if not timed and not powered:  # e.g. every time negative or NaN (the priors regularise small sets)
         raise EnergylensError(f"too few valid records of {gpu.name} to calibrate: none with a positive finite "
                               f"time_s or an energy reading, {len(samples)} in all")
+    if len(timed) + len(powered) < len(free):  # fewer readings than coefficients: the fit would be the prior's
+        raise EnergylensError(f"too few readings of {gpu.name} to calibrate: {len(timed)} times and {len(powered)} "
+                              f"powers for {len(free)} coefficients ({', '.join(p.name for p in free)}); measure "
+                              "a suite (energylens measure --suite quick)")
     stack = _Stack(work)
     t_meas = np.array([s.time_s for s in work])
     p_meas = np.array([s.power_w if s.power_w is not None else np.nan for s in work])
@@ -778,15 +789,33 @@ def _data_label(ms: Measurements, samples: Sequence[Sample]) -> str:
                      for f in files)
 
 
-def write_profile_to(profile: Profile, out: str | Path | None) -> Path:
-    """Write ``profile`` to ``out`` (a ``.json`` file, or a folder: ``<folder>/<gpu>.json``; default:
-    the bundled ``energylens/costmodel/profiles/``), numbers rounded as ``costmodel.fit`` writes them."""
+def check_out(out: str | Path) -> None:
+    """Raise ``EnergylensError`` unless profiles can be written to ``out`` (a ``.json`` file, or a
+    folder), before any fitting: a folder that is a file, or a place that cannot be written."""
+    path = Path(out)
+    if not str(out).strip():
+        raise EnergylensError("empty profile destination: give a folder or a .json file")
+    if not str(out).lower().endswith(".json") and path.exists() and not path.is_dir():
+        raise EnergylensError(f"{out} is a file, not a folder; a profile file must end in .json")
+    if str(out).lower().endswith(".json") and path.is_dir():
+        raise EnergylensError(f"{out} is a folder; a profile file must be a file ending in .json")
+    place = path.parent if str(out).lower().endswith(".json") else path
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir() or not os.access(place, os.W_OK):
+        raise EnergylensError(f"cannot write profiles to {out}: {place} is not a writable folder")
+
+
+def write_profile_to(profile: Profile, out: str | Path) -> Path:
+    """Write ``profile`` to ``out`` (a ``.json`` file, or a folder: ``<folder>/<gpu>.json``;
+    ``energylens/costmodel/profiles/`` replaces the bundled one), numbers rounded as
+    ``costmodel.fit`` writes them."""
     import tempfile
 
     from energylens.costmodel.fit import write_profile
 
-    if out is None or not str(out).endswith(".json"):
-        return write_profile(profile, Path(out) if out is not None else PROFILES_DIR)
+    if not str(out).lower().endswith(".json"):
+        return write_profile(profile, Path(out))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -798,13 +827,19 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
               base: str = "bundled", write: bool = True,
               progress: Callable[[str], None] | None = None) -> list[CalibrationResult]:
     """Fit the profile of every GPU in the measurement files ``paths`` (or only ``gpu``) and write
-    each to ``out`` (default ``energylens/costmodel/profiles/<gpu>.json``) unless ``write=False``.
+    each to ``out`` (a folder or a ``.json`` file; ``energylens/costmodel/profiles`` replaces the
+    bundled profiles, which is never done by default) unless ``write=False``.
 
     ``base``: the starting profile, ``"bundled"`` (the GPU's shipped profile) or ``"datasheet"``.
     Raises ``EnergylensError`` when no record can be fitted (the message gives the reasons).
     """
     if base not in ("bundled", "datasheet"):
         raise UnknownNameError("base profile", base, ("bundled", "datasheet"))
+    if write:
+        if out is None:
+            raise EnergylensError("say where to write the profiles: out=FOLDER or FILE.json (out="
+                                  f"{PROFILES_DIR} replaces the bundled ones), or write=False to only fit")
+        check_out(out)  # before the fit, not after it
     say = progress or (lambda line: None)
     ms = read_measurements(paths)
     samples, skipped = build_samples(ms.records)
@@ -820,7 +855,7 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
             why += "; files left out: " + "; ".join(f"{f}: {r}" for f, r in ms.excluded_files)
         target = f" of {want}" if want else ""
         raise EnergylensError(f"nothing to calibrate: no record{target} can be predicted ({why})")
-    if write and out is not None and str(out).endswith(".json") and len(by_gpu) > 1:
+    if write and out is not None and str(out).lower().endswith(".json") and len(by_gpu) > 1:
         raise EnergylensError(f"--out {out} is one file but the data hold {len(by_gpu)} GPUs ({', '.join(sorted(by_gpu))}); "
                               "give a folder, or pick one GPU with --gpu")
     malformed = [(m, r) for m, r in skipped if r.startswith(MALFORMED)]

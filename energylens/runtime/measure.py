@@ -387,11 +387,11 @@ def measure(
     for p in wanted:
         if p not in all_parts:
             raise UnknownNameError("part", p, all_parts)
+    meter = open_meter(device) if gpu else NullMeter()  # before the old file goes: no meter, nothing lost
     if not resume and out.exists():
         out.unlink()
     done = _existing_keys(out)
     started = time.perf_counter()
-    meter = open_meter(device) if gpu else NullMeter()
     written = present = skipped = errors = 0
     incomplete: list[str] = []
     threads = _cpu_threads(device)

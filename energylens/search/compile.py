@@ -56,6 +56,8 @@ from energylens.typing import SLO, Cluster, Estimate, Parallel, PlanGraphs, Reco
 __all__ = ["compile", "Plan", "PlanPoint", "Pareto", "SearchSpace", "InfeasibleSLOError",
            "DEFAULT_COMM_SMS", "DEFAULT_NUM_CLOCKS", "search"]
 
+#: Share of the modelled KV-cache tokens an exported ``--max-model-len`` may claim, and vLLM's KV block.
+KV_HEADROOM, KV_BLOCK_TOKENS = 0.9, 16
 #: SM counts offered to overlapped communication (None: collectives in series, NCCL default).
 DEFAULT_COMM_SMS: tuple[int | None, ...] = (None, 8, 16, 32)
 #: Clocks searched, from half the maximum boost clock to the maximum (``ClockModel.grid``; None:
@@ -201,8 +203,10 @@ class Plan(Record):
         need = wl.prompt_len + wl.output_len
         if wl.output_len_cv == 0:
             return need
-        held = self.kv_cache_tokens
-        return max(need, min(self.max_context or held, held))
+        # headroom for what vLLM takes that the memory model does not count (CUDA graphs, NCCL
+        # buffers), on vLLM's 16-token blocks; compile refuses a plan that cannot hold ``need``
+        room = KV_BLOCK_TOKENS * int(KV_HEADROOM * self.kv_cache_tokens // KV_BLOCK_TOKENS)
+        return max(need, min(self.max_context or room, room))
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -231,7 +235,8 @@ class Plan(Record):
                         comm_sms=self.comm_sms, gpu_clock_mhz=self.gpu_clock_mhz,
                         quantization=self.quantization, sequence_parallel=self.sequence_parallel,
                         moe=self.graph is not None and self.graph.decode.has_experts,
-                        kv_cache_tokens=self.kv_cache_tokens)
+                        kv_cache_tokens=self.kv_cache_tokens,
+                        request_len=self.workload.prompt_len + self.workload.output_len)
 
     def to_vllm(self, cli: bool = False) -> Any:
         """vLLM engine arguments (``cli=True``: the ``vllm serve ...`` command line)."""
@@ -461,13 +466,21 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     est = estimate(traced, Cluster(gpu.name, num_gpus=cluster.num_gpus, interconnect=interconnect), wl,
                    par, fused=best.fused, comm_sms=best.comm_sms, profile=clock_profile(prof, gpu, best.clock_mhz))
     est = _named(est, name)
-    return Plan(model=name, gpu=gpu.name, num_gpus=par.num_gpus, workload=workload, slo=slo, objective=objective,
+    plan = Plan(model=name, gpu=gpu.name, num_gpus=par.num_gpus, workload=workload, slo=slo, objective=objective,
                 parallel=par, batch=best.batch, fused=best.fused, comm_sms=best.comm_sms, clock_mhz=best.clock_mhz,
                 estimate=est, graph=est.graphs, pareto=space.frontier("itl_s", "energy_per_token_j"),
                 prefill_pareto=space.frontier("ttft_s", "prefill_energy_per_token_j"),
                 plans_evaluated=space.plans_evaluated, search_s=space.search_s,
                 quantization=_quantization(traced), space=space, cluster_gpus=cluster.num_gpus,
                 max_context=max_context)
+    need = workload.prompt_len + workload.output_len
+    if plan.kv_cache_tokens < need:  # the memory check is at the mean context; vLLM needs one whole request
+        raise DoesNotFitError(
+            f"the chosen plan ({par}, batch {best.batch}) fits {name} at the mean context, but its KV cache holds "
+            f"{plan.kv_cache_tokens} tokens per replica, fewer than one request of prompt_len + output_len = "
+            f"{need}: vLLM would refuse to start; use more GPUs (tp) or a shorter context",
+            required_bytes=float("nan"), capacity_bytes=usable_bytes(gpu))
+    return plan
 
 
 def _named(est: Estimate, name: str) -> Estimate:
