@@ -257,3 +257,13 @@ def test_a_broken_profile_file_is_one_error(tmp_path):
     (tmp_path / "h100-sxm.json").write_text("{not json")
     one_error_line(run("validate", write(tmp_path / "m.jsonl", good()), "--profiles", tmp_path),
                    "is not a readable profile JSON")
+
+
+@pytest.mark.parametrize("resume", [[], ["--no-resume"]])
+def test_measure_never_appends_to_or_deletes_a_file_that_is_not_a_measurement_file(tmp_path, resume):
+    victim = tmp_path / "profile.json"
+    victim.write_text(json.dumps({"gpu": "H100-SXM", "mem_efficiency": 0.9}, indent=2))
+    before = victim.read_text()
+    one_error_line(run("measure", "--device", "cpu", "--out", victim, "--budget-s", "5", *resume),
+                   "is not a measurement file (a JSON document)")
+    assert victim.read_text() == before

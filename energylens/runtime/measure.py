@@ -294,18 +294,31 @@ def _param_count(c: Any) -> int:
 
 # ---- the file -------------------------------------------------------------------------------------
 def _existing_keys(out: Path) -> set[str]:
-    """Keys of the complete records (ok or skipped) in ``out``; errors and torn lines are redone."""
+    """Keys of the complete records (ok or skipped) in ``out``; errors and torn lines are redone. A
+    file that holds no record (a config, a profile, notes) is refused: records are never appended to it."""
+    from energylens.runtime.calibrate import _not_a_measurement_file
+
     keys: set[str] = set()
     if not out.exists():
         return keys
-    with out.open() as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interrupted run
-            if isinstance(rec, dict) and rec.get("status") in ("ok", "skipped") and "key" in rec:
-                keys.add(rec["key"])
+    text = out.read_text(encoding="utf-8", errors="replace")
+    records = torn = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1  # a line cut by an interrupted run
+            continue
+        if not isinstance(rec, dict):
+            torn += 1
+            continue
+        records += 1
+        if rec.get("status") in ("ok", "skipped") and "key" in rec:
+            keys.add(rec["key"])
+    if not records and torn:
+        _not_a_measurement_file(out, text, torn)
     return keys
 
 
@@ -387,10 +400,11 @@ def measure(
     for p in wanted:
         if p not in all_parts:
             raise UnknownNameError("part", p, all_parts)
+    done = _existing_keys(out)  # refuses a file that is not a measurement file, even one to replace
     meter = open_meter(device) if gpu else NullMeter()  # before the old file goes: no meter, nothing lost
     if not resume and out.exists():
         out.unlink()
-    done = _existing_keys(out)
+        done = set()
     started = time.perf_counter()
     written = present = skipped = errors = 0
     incomplete: list[str] = []
