@@ -320,7 +320,11 @@ FIT_PARAMS: tuple[tuple[str, float, float, bool], ...] = (
 #: tiles and the DVFS cap, under a time-stretching per-op cap: a fitted ``kv_byte_pj`` turned decode
 #: attention into a power-capped stream that over-predicted the long-context GPQA rows by 15-40%,
 #: and a cap per step instead of per op made held-out single-GPU ITL worse, Qwen3-8B fold 23.1% ->
-#: 25.0-25.4%, Llama-3.1-8B fold 12.6% -> 15.9-16.3%, for at most ~1 point of power.)
+#: 25.0-25.4%, Llama-3.1-8B fold 12.6% -> 15.9-16.3%, for at most ~1 point of power. Tried again
+#: with the padded tiles, the clock-lowering cap and the kernel-measured GEMV coefficients: fitted
+#: kv_byte_pj 173 against byte_pj 116 on H100 (78 against 144 on B200), in-sample H100 power 5.7% ->
+#: 5.2%, but the held-out folds got worse in power and energy per token: Qwen3-8B 22.0/31.8/9.6 ->
+#: 21.3/34.0/11.0, Llama-3.1-8B 11.0/18.3/6.0 -> 10.3/19.8/8.9, Qwen3-30B-A3B 8.2/8.2/11.8 -> 8.2/8.7/12.1.)
 HOST_OVERLAP_P = 1.0
 
 #: ``Profile.attn_kernel_overhead_s`` of the fitted GPUs, not fitted: the shortest decode-attention
