@@ -267,3 +267,13 @@ def test_measure_never_appends_to_or_deletes_a_file_that_is_not_a_measurement_fi
     one_error_line(run("measure", "--device", "cpu", "--out", victim, "--budget-s", "5", *resume),
                    "is not a measurement file (a JSON document)")
     assert victim.read_text() == before
+
+
+def test_the_same_key_on_two_gpus_is_two_measurements(tmp_path):
+    a100 = {**ENV, "gpu_name": "NVIDIA A100-SXM4-80GB"}
+    f = write(tmp_path / "m.jsonl", [*good(), *[{**r, "env": a100} for r in good()]])
+    from energylens.runtime.calibrate import read_measurements
+
+    assert len(read_measurements([f]).records) == 12
+    f = write(tmp_path / "r.jsonl", [*good(), *good()])  # a repeated run on one GPU: the newest lines
+    assert len(read_measurements([f]).records) == 6

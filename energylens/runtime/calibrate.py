@@ -107,7 +107,7 @@ PARAMS: tuple[_Param, ...] = (
 # ---- reading files --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Measured:
-    """One record of a measurement file (the newest line of its key), with where it came from."""
+    """One record of a measurement file (the newest line of its key on its GPU), with where it came from."""
 
     file: str
     line: int
@@ -120,6 +120,13 @@ class Measured:
     @property
     def kind(self) -> str:
         return str(self.rec.get("kind", "?"))
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        """(GPU, key): a later line of the same key on the same GPU replaces an earlier one (a resumed
+        or repeated run); the same key on another GPU is another measurement."""
+        env = self.rec.get("env")
+        return str(env.get("gpu_name") if isinstance(env, dict) else None), self.key
 
 
 @dataclass
@@ -174,7 +181,7 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
         out.files.append(str(f))
         data = f.read_bytes()
         out.digests[str(f)] = hashlib.sha256(data).hexdigest()[:12]
-        newest: dict[str, Measured] = {}
+        newest: dict[tuple[str, str], Measured] = {}
         text = data.decode("utf-8", errors="replace")
         torn = 0
         for i, line in enumerate(text.splitlines(), start=1):
@@ -189,8 +196,8 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
                 torn += 1
                 continue
             m = Measured(str(f), i, rec)
-            newest.pop(m.key, None)  # keep file order of the newest lines
-            newest[m.key] = m
+            newest.pop(m.ident, None)  # keep file order of the newest lines
+            newest[m.ident] = m
         if not newest and torn:
             _not_a_measurement_file(f, text, torn)
         out.torn_lines += torn
