@@ -194,7 +194,8 @@ class ValidationReport(Record):
             for gpu, prov in sorted(self.profiles.items()):
                 con.print(f"profile of {gpu}: {prov}")
         else:
-            con.print("[bold]nothing compared[/]: no record could be predicted by the cost model (reasons below)")
+            why = "reasons below" if self.not_compared else "the files hold no record"
+            con.print(f"[bold]nothing compared[/]: no record could be predicted by the cost model ({why})")
             if self.measured_kinds:
                 con.print("measured (not compared): " + ", ".join(f"{k} x{n}" for k, n in sorted(self.measured_kinds.items())))
         if self.energy_note:
