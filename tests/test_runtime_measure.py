@@ -62,6 +62,18 @@ def test_resume_skips_what_is_there_and_redoes_torn_lines(quick_cpu, tmp_path):
     assert s2.written == 0 and s2.already_present == gemm_total
 
 
+def test_resume_skips_only_its_own_gpus_records(quick_cpu, tmp_path):
+    """Records of the same keys taken on another GPU are not this run's: it measures them again."""
+    out, _, _ = quick_cpu
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    gemm = [r for r in recs if r["part"] == "micro:gemm"]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**r, "env": {**r["env"], "gpu_name": "NVIDIA H100 80GB HBM3"}}) + "\n"
+                             for r in gemm))
+    s = measure("quick", other, device="cpu", parts=["micro:gemm"], **QUIET)
+    assert s.already_present == 0 and s.written == len(gemm)
+
+
 def _records_lenient(path):
     out = []
     for line in path.read_text().splitlines():

@@ -293,12 +293,13 @@ def _param_count(c: Any) -> int:
 
 
 # ---- the file -------------------------------------------------------------------------------------
-def _existing_keys(out: Path) -> set[str]:
-    """Keys of the complete records (ok or skipped) in ``out``; errors and torn lines are redone. A
-    file that holds no record (a config, a profile, notes) is refused: records are never appended to it."""
+def _existing_keys(out: Path) -> dict[str | None, set[str]]:
+    """Keys of the complete records (ok or skipped) in ``out``, per GPU name (``env.gpu_name``; None on
+    a CPU): a resumed run skips those of its own GPU only. Errors and torn lines are redone. A file
+    that holds no record (a config, a profile, notes) is refused: records are never appended to it."""
     from energylens.runtime.calibrate import _not_a_measurement_file
 
-    keys: set[str] = set()
+    keys: dict[str | None, set[str]] = {}
     if not out.exists():
         return keys
     text = out.read_text(encoding="utf-8", errors="replace")
@@ -316,7 +317,8 @@ def _existing_keys(out: Path) -> set[str]:
             continue
         records += 1
         if rec.get("status") in ("ok", "skipped") and "key" in rec:
-            keys.add(rec["key"])
+            env = rec.get("env") if isinstance(rec.get("env"), dict) else {}
+            keys.setdefault(env.get("gpu_name"), set()).add(rec["key"])
     if not records and torn:
         _not_a_measurement_file(out, text, torn)
     return keys
@@ -400,11 +402,11 @@ def measure(
     for p in wanted:
         if p not in all_parts:
             raise UnknownNameError("part", p, all_parts)
-    done = _existing_keys(out)  # refuses a file that is not a measurement file, even one to replace
+    existing = _existing_keys(out)  # refuses a file that is not a measurement file, even one to replace
     meter = open_meter(device) if gpu else NullMeter()  # before the old file goes: no meter, nothing lost
     if not resume and out.exists():
         out.unlink()
-        done = set()
+        existing = {}
     started = time.perf_counter()
     written = present = skipped = errors = 0
     incomplete: list[str] = []
@@ -412,6 +414,7 @@ def measure(
     threads.__enter__()
     try:
         env = environment(device, meter)
+        done = set(existing.get(env.get("gpu_name"), set()))  # another GPU's records are not this one's
         dtype = "bfloat16" if gpu else "float32"
         e2e = _e2e_models(suite, gpu)
         bench_models: list[Any] = list(e2e) if gpu else [tiny_config(m) for m in e2e]
