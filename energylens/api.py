@@ -15,7 +15,7 @@ from typing import Any
 
 from energylens.costmodel.analysis import PricedOp
 from energylens.costmodel.hardware import GPUSpec, get_gpu
-from energylens.costmodel.memory import check_fits
+from energylens.costmodel.memory import check_fits, request_kv_bytes
 from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, plan_memory
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.costmodel.serving import serving_estimate
@@ -243,7 +243,8 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
     if check_memory:
-        check_fits(mem, name, gpu, fp8=decode_g.attr.get("quantization") == "fp8")
+        check_fits(mem, name, gpu, fp8=decode_g.attr.get("quantization") == "fp8",
+                   request_bytes=request_kv_bytes(mem.kv_cache_bytes, workload.batch, parallel.dp, workload))
     price = PlanPricer(interconnect=interconnect, comm_sms=comm_sms)
     b, s = workload.batch, workload.prompt_len
     pre_ops = price(prefill_g, {"B": b, "S": s, "K": s}, gpu, prof)

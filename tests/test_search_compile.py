@@ -275,7 +275,10 @@ def test_megatron_static_cache_holds_every_request_at_its_length(plan):
 
 
 def test_compile_refuses_a_plan_that_cannot_hold_one_request():
-    with pytest.raises(el.EnergylensError, match=r"holds \d+ tokens per replica, fewer than one request of "
-                                                 r"prompt_len \+ output_len = 160000"):
-        el.compile("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", el.Cluster("L40S", 1),
-                   el.Workload(batch=1, prompt_len=60000, output_len=100000), comm_sms=(None,))
+    # batch 1 fits at the mean context (110k tokens) but not one whole 160k-token request
+    wl = el.Workload(batch=1, prompt_len=60000, output_len=100000)
+    with pytest.raises(el.EnergylensError, match=r"no plan .* fits on 1 x L40S .* the smallest needs [\d.]+ GiB per "
+                                                 r"GPU \(with room for one whole request's KV cache\)"):
+        el.compile("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", el.Cluster("L40S", 1), wl, comm_sms=(None,))
+    with pytest.raises(el.EnergylensError, match=r"one whole request's KV cache needs [\d.]+ GiB per GPU"):
+        el.estimate("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", el.Cluster("L40S", 1), wl)

@@ -19,6 +19,8 @@ leaves out the activations: a slightly larger cache than ``Plan.kv_cache_tokens`
 
 from __future__ import annotations
 
+from typing import Any
+
 from energylens.costmodel.analysis import _numel, _on_chip
 from energylens.costmodel.hardware import GPUSpec
 from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION, MAX_NUM_BATCHED_TOKENS
@@ -26,7 +28,7 @@ from energylens.errors import DoesNotFitError
 from energylens.ir.core import Graph
 from energylens.typing import MemoryEstimate, Workload
 
-__all__ = ["memory_estimate", "check_fits", "gib", "memory_line", "weight_split", "usable_bytes"]
+__all__ = ["memory_estimate", "check_fits", "gib", "memory_line", "weight_split", "usable_bytes", "request_kv_bytes"]
 
 
 def usable_bytes(gpu: GPUSpec) -> float:
@@ -93,9 +95,25 @@ def memory_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUS
     )
 
 
-def check_fits(mem: MemoryEstimate, model: str, gpu: GPUSpec, fp8: bool = False) -> None:
+def request_kv_bytes(kv_bytes: Any, batch: Any, dp: int, workload: Workload) -> Any:
+    """KV-cache bytes per GPU of one whole request (``prompt_len + output_len`` tokens), from
+    ``kv_bytes``, the running batch's (``batch / dp`` sequences per replica at the mean context).
+    vLLM refuses to start unless its cache holds one request of its maximum length."""
+    return kv_bytes / (batch / dp * workload.decode_context_len) * (workload.prompt_len + workload.output_len)
+
+
+def check_fits(mem: MemoryEstimate, model: str, gpu: GPUSpec, fp8: bool = False, request_bytes: float = 0.0) -> None:
     """Raise ``DoesNotFitError`` saying by how much ``mem`` exceeds the GPU's capacity (``fp8``: the
-    weights are fp8 already, so the hint does not suggest them)."""
+    weights are fp8 already, so the hint does not suggest them), or by how much one whole request's
+    KV cache (``request_bytes``, ``request_kv_bytes``) does next to the weights and activations."""
+    fixed = mem.weights_bytes + mem.activation_bytes
+    if mem.total_bytes <= mem.capacity_bytes and fixed + request_bytes > mem.capacity_bytes:
+        raise DoesNotFitError(
+            f"{model}: one whole request's KV cache needs {gib(request_bytes)} per GPU, but next to the weights "
+            f"({gib(mem.weights_bytes)}) and activations ({gib(mem.activation_bytes)}) {gpu.name} has "
+            f"{gib(mem.capacity_bytes - fixed)} left of its {gib(mem.capacity_bytes)}: vLLM would refuse to start. "
+            "Try more GPUs (tp) or a shorter context", required_bytes=fixed + request_bytes,
+            capacity_bytes=mem.capacity_bytes)
     if mem.total_bytes <= mem.capacity_bytes:
         return
     over = mem.total_bytes - mem.capacity_bytes

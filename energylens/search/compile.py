@@ -360,7 +360,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
             continue
         r: VariantPrices = price_variant(v, Knobs(batches, clocks, sms if v.has_tp_comm else (None,)),
                                          workload, gpu, profile, interconnect)
-        least = min(least, float(np.min(r.memory_bytes)))
+        least = min(least, float(np.min(r.required_bytes)))
         ok = r.valid
         n_plans += int(ok.sum())
         bi, fi, ki = np.nonzero(ok)
@@ -457,7 +457,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
         raise DoesNotFitError(
             f"no plan of {name} fits on {cluster.num_gpus} x {gpu.name} ({GPU_MEMORY_UTILIZATION:.0%} of "
             f"{gpu.hbm_capacity_bytes / 2**30:.0f} GiB each) at any batch size up to {workload.batch}: the smallest "
-            f"needs {space.least_memory_bytes / 2**30:.1f} GiB per GPU; "
+            f"needs {space.least_memory_bytes / 2**30:.1f} GiB per GPU (with room for one whole request's KV cache); "
             f"use more GPUs{'' if _quantization(traced) == 'fp8' else ', fp8 weights'} or a shorter context",
             required_bytes=space.least_memory_bytes, capacity_bytes=usable_bytes(gpu))
     best = space.point(_choose(space, slo, objective))
@@ -466,21 +466,13 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     est = estimate(traced, Cluster(gpu.name, num_gpus=cluster.num_gpus, interconnect=interconnect), wl,
                    par, fused=best.fused, comm_sms=best.comm_sms, profile=clock_profile(prof, gpu, best.clock_mhz))
     est = _named(est, name)
-    plan = Plan(model=name, gpu=gpu.name, num_gpus=par.num_gpus, workload=workload, slo=slo, objective=objective,
+    return Plan(model=name, gpu=gpu.name, num_gpus=par.num_gpus, workload=workload, slo=slo, objective=objective,
                 parallel=par, batch=best.batch, fused=best.fused, comm_sms=best.comm_sms, clock_mhz=best.clock_mhz,
                 estimate=est, graph=est.graphs, pareto=space.frontier("itl_s", "energy_per_token_j"),
                 prefill_pareto=space.frontier("ttft_s", "prefill_energy_per_token_j"),
                 plans_evaluated=space.plans_evaluated, search_s=space.search_s,
                 quantization=_quantization(traced), space=space, cluster_gpus=cluster.num_gpus,
                 max_context=max_context)
-    need = workload.prompt_len + workload.output_len
-    if plan.kv_cache_tokens < need:  # the memory check is at the mean context; vLLM needs one whole request
-        raise DoesNotFitError(
-            f"the chosen plan ({par}, batch {best.batch}) fits {name} at the mean context, but its KV cache holds "
-            f"{plan.kv_cache_tokens} tokens per replica, fewer than one request of prompt_len + output_len = "
-            f"{need}: vLLM would refuse to start; use more GPUs (tp) or a shorter context",
-            required_bytes=float("nan"), capacity_bytes=usable_bytes(gpu))
-    return plan
 
 
 def _named(est: Estimate, name: str) -> Estimate:

@@ -44,7 +44,7 @@ import numpy as np
 from energylens.costmodel.analysis import is_attention_op
 from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec
-from energylens.costmodel.memory import _chunk, usable_bytes
+from energylens.costmodel.memory import _chunk, request_kv_bytes, usable_bytes
 from energylens.costmodel.overlap import OverlapParams
 from energylens.costmodel.plan import (
     OverlapWindows,
@@ -177,6 +177,8 @@ class VariantPrices:
     prefill_energy_per_token_j: np.ndarray
     memory_bytes: np.ndarray   # (batches,): per GPU
     fits: np.ndarray           # (batches,)
+    #: (batches,): per GPU, what must fit: the memory, with the KV cache at least one whole request's
+    required_bytes: np.ndarray
     sms_ok: np.ndarray         # (sms,): None, or an SM count on a variant with tp collectives
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -252,12 +254,14 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     mean_t = np.einsum("bp,pfk->bfk", tmat, t_srv)  # lockstep: the busiest replica's step
     mean_e = np.einsum("bp,pfk->bfk", wmat, e_srv) + idle_w * (mean_t - own_t)
     b3 = batches[:, None, None]
-    mem = memory_per_gpu(variant, knobs.batches, workload)
+    mem, kv = memory_per_gpu(variant, knobs.batches, workload)
+    one = request_kv_bytes(kv, np.asarray(knobs.batches, dtype=float), variant.parallel.dp, workload)
     return VariantPrices(
         variant=variant, knobs=knobs, itl_s=t_srv[pts["med"]], step_s=mean_t,
         energy_per_token_j=mean_e * gpus / b3, power_w=mean_e / mean_t * gpus,
         ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (b3 * s_len),
-        memory_bytes=mem, fits=mem <= usable_bytes(gpu),
+        memory_bytes=mem, fits=np.maximum(mem, mem - kv + one) <= usable_bytes(gpu),
+        required_bytes=np.maximum(mem, mem - kv + one),
         sms_ok=np.array([k is None or variant.has_tp_comm for k in knobs.comm_sms]),
         extras={"points": len(b) + nb, "context_len": ctx_b})
 
@@ -266,8 +270,9 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
 # Memory per GPU (``plan.plan_memory``'s rules, on arrays of batch sizes)
 
 
-def memory_per_gpu(variant: Variant, batches: Sequence[int], workload: Workload) -> np.ndarray:
-    """Bytes per GPU (weights + KV cache + largest prefill working set) at each batch size.
+def memory_per_gpu(variant: Variant, batches: Sequence[int], workload: Workload) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes per GPU (weights + KV cache + largest prefill working set) at each batch size, and the
+    KV cache's part of them.
 
     Same rules as ``costmodel.plan.plan_memory`` (which ``estimate`` uses), over an array of batches.
     """
@@ -280,7 +285,7 @@ def memory_per_gpu(variant: Variant, batches: Sequence[int], workload: Workload)
         loc = {**sizes, **local_dim_sizes(op, sizes, mesh)} if op.sharding else sizes
         for v in (op.result, *op.operands):
             local.setdefault(v.name, loc)
-    total = np.zeros(len(b))
+    total, kv = np.zeros(len(b)), np.zeros(len(b))
     for d, n in dec.all_decls():
         if d.role in ("param", "cache"):
             s = local.get(d.value.name, sizes)
@@ -288,6 +293,8 @@ def memory_per_gpu(variant: Variant, batches: Sequence[int], workload: Workload)
             for x in d.value.type.dims:
                 nb = nb * s[x]
             total = total + nb * d.value.type.itemsize * n
+            if d.role == "cache":
+                kv = kv + nb * d.value.type.itemsize * n
     pmesh = mesh_of(pre)
     chunks = [_chunk(_workload(workload, int(x)), pmesh["dp"]) for x in batches]
     seqs = np.array([s for s, _ in chunks])
@@ -308,4 +315,4 @@ def memory_per_gpu(variant: Variant, batches: Sequence[int], workload: Workload)
                 nb = nb * loc[x]
             tot = tot + nb * v.type.itemsize
         peak = np.maximum(peak, tot)
-    return total + peak
+    return total + peak, kv
