@@ -277,3 +277,11 @@ def test_the_same_key_on_two_gpus_is_two_measurements(tmp_path):
     assert len(read_measurements([f]).records) == 12
     f = write(tmp_path / "r.jsonl", [*good(), *good()])  # a repeated run on one GPU: the newest lines
     assert len(read_measurements([f]).records) == 6
+
+
+@pytest.mark.parametrize("drop, reason", [("device", "no device in the record"), ("status", "no status"),
+                                          ("params", "no params")])
+def test_a_record_missing_a_field_says_which(tmp_path, drop, reason):
+    bad = {k: v for k, v in gemm(8).items() if k != drop}
+    r = run("calibrate", write(tmp_path / "m.jsonl", [*good(), bad]), "--dry-run")
+    assert r.exit_code == 0 and "1 malformed record(s) skipped" in r.output and reason in r.output, r.output

@@ -224,8 +224,10 @@ def _not_a_measurement_file(f: Path, text: str, torn: int) -> None:
 
 def gpu_of_record(rec: dict[str, Any]) -> tuple[GPUSpec | None, str | None]:
     """(GPU of the hardware DB, None) a record was taken on, or (None, why not)."""
-    device = str(rec.get("device", ""))
+    device = str(rec.get("device") or "")
     env = rec.get("env") or {}
+    if not device:
+        return None, f"{MALFORMED}: no device in the record (cuda:N or cpu)"
     if not device.startswith("cuda"):
         return None, (f"taken on device {device or '?'!r}, which is not a GPU of the hardware DB (`energylens gpus`): "
                       "the cost model predicts GPUs only (CPU runs check that the campaign runs; timing only)")
@@ -395,7 +397,9 @@ def _malformed(rec: dict[str, Any]) -> str | None:
     """Why a measured (status ok) record cannot be read (None: it can): the reason, without the value."""
     for name in ("params", "result", "env"):
         v = rec.get(name)
-        if not isinstance(v, dict) and not (v is None and name != "params"):  # params is required
+        if v is None and name == "params":  # params is required
+            return f"{MALFORMED}: no params" if name not in rec else f"{MALFORMED}: params is not a JSON object"
+        if not isinstance(v, dict) and v is not None:
             return f"{MALFORMED}: {name} is not a JSON object"
     for name in ("time_s", "energy_j", "avg_power_w"):
         x = (rec.get("result") or {}).get(name)
@@ -417,6 +421,9 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
         bad = _malformed(rec) if status == "ok" else None
         if bad:
             skipped.append((m, bad))
+            continue
+        if status is None:
+            skipped.append((m, f"{MALFORMED}: no status (ok, skipped or error)"))
             continue
         if status != "ok":
             skipped.append((m, f"not measured: status {status!r} ({str(rec.get('reason', ''))[:120]})"))
