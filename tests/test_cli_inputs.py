@@ -285,3 +285,8 @@ def test_a_record_missing_a_field_says_which(tmp_path, drop, reason):
     bad = {k: v for k, v in gemm(8).items() if k != drop}
     r = run("calibrate", write(tmp_path / "m.jsonl", [*good(), bad]), "--dry-run")
     assert r.exit_code == 0 and "1 malformed record(s) skipped" in r.output and reason in r.output, r.output
+
+
+def test_calibrate_for_a_gpu_the_files_do_not_hold_names_the_ones_they_do(tmp_path):
+    one_error_line(run("calibrate", write(tmp_path / "m.jsonl", good()), "--gpu", "A100-SXM-80GB", "--dry-run"),
+                   "nothing to calibrate for A100-SXM-80GB: the files hold records of H100-SXM")

@@ -862,6 +862,9 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
     for s in samples:
         if want is None or s.gpu == want:
             by_gpu[s.gpu].append(s)
+    if not by_gpu and want and samples:
+        raise EnergylensError(f"nothing to calibrate for {want}: the files hold records of "
+                              f"{', '.join(sorted({s.gpu for s in samples}))}; give one of those with --gpu, or none")
     if not by_gpu:
         reasons = Counter(r for _m, r in skipped)
         why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3)) or "no records"
