@@ -58,6 +58,8 @@ def test_plot_path_checks_the_format_and_adds_png(tmp_path):
         plot_path(tmp_path)  # not written next to the folder as tmp_path.png
     with pytest.raises(EnergylensError, match="does not exist"):
         plot_path(tmp_path / "nowhere" / "p.png")  # not created behind the user's back
+    with pytest.raises(EnergylensError, match="not a regular file"):
+        plot_path("/dev/null")  # not /dev/null.png
     with pytest.raises(EnergylensError, match=r"unknown image format 'txt'.*png"):
         plot_path("p.txt")
     with pytest.raises(EnergylensError, match="'txt'"):

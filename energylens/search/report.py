@@ -122,6 +122,8 @@ def plot_path(path: str | Path) -> Path:
     if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
         raise EnergylensError(f"cannot write a plot to {str(path)!r}: it is a folder; give a file such as "
                               f"{os.path.join(str(path), 'pareto.png')!r}")
+    if Path(path).exists() and not Path(path).is_file():  # /dev/null, a pipe: not a picture's place
+        raise EnergylensError(f"cannot write a plot to {str(path)!r}: it is not a regular file")
     ext = os.path.splitext(str(path))[1][1:].lower()
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
     if ext and ext not in formats:
