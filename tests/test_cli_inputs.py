@@ -292,3 +292,13 @@ def test_a_record_missing_a_field_says_which(tmp_path, drop, reason):
 def test_calibrate_for_a_gpu_the_files_do_not_hold_names_the_ones_they_do(tmp_path):
     one_error_line(run("calibrate", write(tmp_path / "m.jsonl", good()), "--gpu", "A100-SXM-80GB", "--dry-run"),
                    "nothing to calibrate for A100-SXM-80GB: the files hold records of H100-SXM")
+
+
+def test_calibrate_does_not_call_undetermined_coefficients_fitted(tmp_path):
+    """Decode-sized GEMMs (memory-bound) do not determine the compute efficiency: reported as kept."""
+    recs = [gemm(m, time_s=4e-5 + 1e-7 * m) for m in (1, 2, 4, 8, 16)]
+    r = run("calibrate", write(tmp_path / "m.jsonl", recs), "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)[0]
+    assert "compute_efficiency" not in res["fitted"] and "not determined" in res["kept"]["compute_efficiency"]
+    assert "mem_efficiency" in res["fitted"]

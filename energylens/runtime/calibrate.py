@@ -744,6 +744,28 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
                     best_v, best = v, val
             x.update(dict(zip(names, map(float, best_v), strict=True)))
     prof = profile_of(x)
+    # a coefficient these records do not determine (no prediction moves with it) is not "fitted":
+    # it goes back to its starting value and is reported as kept
+    t, _e, dyn = stack.price(gpu, prof)
+
+    def moved(alt: Profile) -> float:
+        t1, _e1, dyn1 = stack.price(gpu, alt)
+        out = float(np.max(np.abs(t1 / t - 1))) if len(t) else 0.0
+        if has_p.any():
+            p0 = prof.static_power_w + dyn[has_p] / t_meas[has_p]
+            p1 = alt.static_power_w + dyn1[has_p] / t_meas[has_p]
+            out = max(out, float(np.max(np.abs(p1 / p0 - 1))))
+        if len(static_p):
+            out = max(out, abs(alt.static_power_w / prof.static_power_w - 1))
+        return out
+
+    for p in list(free):
+        v = float(getattr(prof, p.name))
+        if max(moved(prof.model_copy(update={p.name: v * f})) for f in (1.2, 1 / 1.2)) < UNDETERMINED:
+            free.remove(p)
+            kept[p.name] = f"not determined by these records (a 20% change moves no prediction by {UNDETERMINED:.1%})"
+            prof = prof.model_copy(update={p.name: getattr(base, p.name)})
+            x[p.name] = x0[p.name]
     t, e, dyn = stack.price(gpu, prof)
     residuals: dict[str, float] = {}
     for cls in sorted({s.op_class for s in work}):
@@ -795,6 +817,10 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
     return CalibrationResult(gpu=gpu.name, profile=profile, fitted=tuple(p.name for p in free), kept=kept,
                              residuals=residuals, contention=contention, samples=len(used),
                              energy_samples=n_energy, notes=tuple(notes))
+
+
+#: A fitted coefficient whose 20% change moves no prediction by this much is reported as kept.
+UNDETERMINED = 0.005
 
 
 def _data_label(ms: Measurements, samples: Sequence[Sample]) -> str:
