@@ -28,7 +28,8 @@ from energylens.errors import DoesNotFitError
 from energylens.ir.core import Graph
 from energylens.typing import MemoryEstimate, Workload
 
-__all__ = ["memory_estimate", "check_fits", "gib", "memory_line", "weight_split", "usable_bytes", "request_kv_bytes"]
+__all__ = ["memory_estimate", "check_fits", "gib", "memory_line", "weight_split", "usable_bytes", "kv_bytes_per_token",
+           "request_kv_bytes"]
 
 
 def usable_bytes(gpu: GPUSpec) -> float:
@@ -95,11 +96,17 @@ def memory_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUS
     )
 
 
+def kv_bytes_per_token(kv_bytes: Any, batch: Any, dp: int, workload: Workload) -> Any:
+    """KV-cache bytes per GPU of one token, from ``kv_bytes``, the running batch's (``batch / dp``
+    sequences per replica at the mean context)."""
+    return kv_bytes / (batch / dp * workload.decode_context_len)
+
+
 def request_kv_bytes(kv_bytes: Any, batch: Any, dp: int, workload: Workload) -> Any:
     """KV-cache bytes per GPU of one whole request (``prompt_len + output_len`` tokens), from
-    ``kv_bytes``, the running batch's (``batch / dp`` sequences per replica at the mean context).
-    vLLM refuses to start unless its cache holds one request of its maximum length."""
-    return kv_bytes / (batch / dp * workload.decode_context_len) * (workload.prompt_len + workload.output_len)
+    ``kv_bytes`` as ``kv_bytes_per_token`` takes it. vLLM refuses to start unless its cache holds one
+    request of its maximum length."""
+    return kv_bytes_per_token(kv_bytes, batch, dp, workload) * (workload.prompt_len + workload.output_len)
 
 
 def check_fits(mem: MemoryEstimate, model: str, gpu: GPUSpec, fp8: bool = False, request_bytes: float = 0.0) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec, get_gpu
-from energylens.costmodel.memory import usable_bytes, weight_split
+from energylens.costmodel.memory import kv_bytes_per_token, usable_bytes, weight_split
 from energylens.costmodel.profile import Profile, load_profile
 from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import DoesNotFitError, EnergylensError, InvalidWorkloadError, ShardingError
@@ -204,7 +204,7 @@ class Plan(Record):
         if wl.output_len_cv == 0:
             return need
         # headroom for what vLLM takes that the memory model does not count (CUDA graphs, NCCL
-        # buffers), on vLLM's 16-token blocks; compile refuses a plan that cannot hold ``need``
+        # buffers), on vLLM's 16-token blocks; the search keeps only plans that hold ``need``
         room = KV_BLOCK_TOKENS * int(KV_HEADROOM * self.kv_cache_tokens // KV_BLOCK_TOKENS)
         return max(need, min(self.max_context or room, room))
 
@@ -212,8 +212,8 @@ class Plan(Record):
     def kv_cache_tokens(self) -> int:
         """Tokens one replica's KV cache holds: the memory left per GPU by weights and activations
         over the KV bytes per token per GPU (each GPU holds its share of every token)."""
-        wl, mem = self.workload, self.estimate.memory
-        per_token = mem.kv_cache_bytes / (self.max_num_seqs * wl.decode_context_len)
+        mem = self.estimate.memory
+        per_token = kv_bytes_per_token(mem.kv_cache_bytes, self.batch, self.parallel.dp, self.workload)
         room = mem.capacity_bytes - mem.weights_bytes - mem.activation_bytes
         return int(room / per_token) if per_token > 0 else 2**31 - 1
 

@@ -256,12 +256,12 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     b3 = batches[:, None, None]
     mem, kv = memory_per_gpu(variant, knobs.batches, workload)
     one = request_kv_bytes(kv, np.asarray(knobs.batches, dtype=float), variant.parallel.dp, workload)
+    required = np.maximum(mem, mem - kv + one)  # the KV cache holds at least one whole request
     return VariantPrices(
         variant=variant, knobs=knobs, itl_s=t_srv[pts["med"]], step_s=mean_t,
         energy_per_token_j=mean_e * gpus / b3, power_w=mean_e / mean_t * gpus,
         ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (b3 * s_len),
-        memory_bytes=mem, fits=np.maximum(mem, mem - kv + one) <= usable_bytes(gpu),
-        required_bytes=np.maximum(mem, mem - kv + one),
+        memory_bytes=mem, fits=required <= usable_bytes(gpu), required_bytes=required,
         sms_ok=np.array([k is None or variant.has_tp_comm for k in knobs.comm_sms]),
         extras={"points": len(b) + nb, "context_len": ctx_b})
 
