@@ -122,11 +122,11 @@ class Measured:
         return str(self.rec.get("kind", "?"))
 
     @property
-    def ident(self) -> tuple[str, str]:
-        """(GPU, key): a later line of the same key on the same GPU replaces an earlier one (a resumed
-        or repeated run); the same key on another GPU is another measurement."""
+    def ident(self) -> tuple[str | None, str]:
+        """(GPU name, key): a later line of the same key on the same GPU replaces an earlier one (a
+        resumed or repeated run); the same key on another GPU is another measurement."""
         env = self.rec.get("env")
-        return str(env.get("gpu_name") if isinstance(env, dict) else None), self.key
+        return (env.get("gpu_name") if isinstance(env, dict) else None), self.key
 
 
 @dataclass
@@ -181,28 +181,36 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
         out.files.append(str(f))
         data = f.read_bytes()
         out.digests[str(f)] = hashlib.sha256(data).hexdigest()[:12]
-        newest: dict[tuple[str, str], Measured] = {}
-        text = data.decode("utf-8", errors="replace")
-        torn = 0
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                torn += 1
-                continue
-            if not isinstance(rec, dict):
-                torn += 1
-                continue
-            m = Measured(str(f), i, rec)
+        newest: dict[tuple[str | None, str], Measured] = {}
+        records, torn = file_records(f, data.decode("utf-8", errors="replace"))
+        for m in records:
             newest.pop(m.ident, None)  # keep file order of the newest lines
             newest[m.ident] = m
-        if not newest and torn:
-            _not_a_measurement_file(f, text, torn)
         out.torn_lines += torn
         out.records += list(newest.values())
     return out
+
+
+def file_records(f: Path, text: str) -> tuple[list[Measured], int]:
+    """The records (JSON object lines) of measurement file ``f`` with text ``text``, and how many
+    lines were not records (torn by an interrupted run); ``EnergylensError`` for a file that holds
+    no record at all (``_not_a_measurement_file``)."""
+    records, torn = [], 0
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if not isinstance(rec, dict):
+            torn += 1
+            continue
+        records.append(Measured(str(f), i, rec))
+    if not records and torn:
+        _not_a_measurement_file(f, text, torn)
+    return records, torn
 
 
 def _not_a_measurement_file(f: Path, text: str, torn: int) -> None:
@@ -829,17 +837,22 @@ def _data_label(ms: Measurements, samples: Sequence[Sample]) -> str:
                      for f in files)
 
 
+def _one_file(out: str | Path) -> bool:
+    """``out`` names one profile file (``.json``, any case), not a folder of them."""
+    return str(out).lower().endswith(".json")
+
+
 def check_out(out: str | Path) -> None:
     """Raise ``EnergylensError`` unless profiles can be written to ``out`` (a ``.json`` file, or a
     folder), before any fitting: a folder that is a file, or a place that cannot be written."""
     path = Path(out)
     if not str(out).strip():
         raise EnergylensError("empty profile destination: give a folder or a .json file")
-    if not str(out).lower().endswith(".json") and path.exists() and not path.is_dir():
+    if not _one_file(out) and path.exists() and not path.is_dir():
         raise EnergylensError(f"{out} is a file, not a folder; a profile file must end in .json")
-    if str(out).lower().endswith(".json") and path.is_dir():
+    if _one_file(out) and path.is_dir():
         raise EnergylensError(f"{out} is a folder; a profile file must be a file ending in .json")
-    place = path.parent if str(out).lower().endswith(".json") else path
+    place = path.parent if _one_file(out) else path
     while not place.exists():
         place = place.parent
     if not place.is_dir() or not os.access(place, os.W_OK):
@@ -854,7 +867,7 @@ def write_profile_to(profile: Profile, out: str | Path) -> Path:
 
     from energylens.costmodel.fit import write_profile
 
-    if not str(out).lower().endswith(".json"):
+    if not _one_file(out):
         return write_profile(profile, Path(out))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -898,7 +911,7 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
             why += "; files left out: " + "; ".join(f"{f}: {r}" for f, r in ms.excluded_files)
         target = f" of {want}" if want else ""
         raise EnergylensError(f"nothing to calibrate: no record{target} can be predicted ({why})")
-    if write and out is not None and str(out).lower().endswith(".json") and len(by_gpu) > 1:
+    if write and out is not None and _one_file(out) and len(by_gpu) > 1:
         raise EnergylensError(f"--out {out} is one file but the data hold {len(by_gpu)} GPUs ({', '.join(sorted(by_gpu))}); "
                               "give a folder, or pick one GPU with --gpu")
     malformed = [(m, r) for m, r in skipped if r.startswith(MALFORMED)]

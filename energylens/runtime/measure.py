@@ -297,30 +297,15 @@ def _existing_keys(out: Path) -> dict[str | None, set[str]]:
     """Keys of the complete records (ok or skipped) in ``out``, per GPU name (``env.gpu_name``; None on
     a CPU): a resumed run skips those of its own GPU only. Errors and torn lines are redone. A file
     that holds no record (a config, a profile, notes) is refused: records are never appended to it."""
-    from energylens.runtime.calibrate import _not_a_measurement_file
+    from energylens.runtime.calibrate import file_records
 
     keys: dict[str | None, set[str]] = {}
     if not out.exists():
         return keys
-    text = out.read_text(encoding="utf-8", errors="replace")
-    records = torn = 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            torn += 1  # a line cut by an interrupted run
-            continue
-        if not isinstance(rec, dict):
-            torn += 1
-            continue
-        records += 1
-        if rec.get("status") in ("ok", "skipped") and "key" in rec:
-            env = rec.get("env") if isinstance(rec.get("env"), dict) else {}
-            keys.setdefault(env.get("gpu_name"), set()).add(rec["key"])
-    if not records and torn:
-        _not_a_measurement_file(out, text, torn)
+    for m in file_records(out, out.read_text(encoding="utf-8", errors="replace"))[0]:
+        if m.rec.get("status") in ("ok", "skipped") and "key" in m.rec:
+            gpu, key = m.ident
+            keys.setdefault(gpu, set()).add(key)
     return keys
 
 
