@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from energylens.costmodel.fit import finite_number
 from energylens.costmodel.hardware import get_gpu
 from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
 from energylens.ir.core import (
@@ -158,7 +159,7 @@ def read_rows(path: str | Path) -> list[Row]:
                 raise SystemExit(f"{path}: no 'k:time (s)' columns")
             ints = ("overlap_start", "overlap_end", "comm_sm_number", "comm_block_size")
             measured = [f"{k}:{what}" for k in reps for what in ("time (s)", "total energy (J)")]
-            v = {c: _number(r.get(c)) for c in (*ints, *measured)}
+            v = {c: finite_number(r.get(c)) for c in (*ints, *measured)}
             bad = [c for c in ints if v[c] is None or v[c] != int(v[c])] + \
                   [c for c in measured if v[c] is None or v[c] <= 0]
             if not bad:
@@ -176,15 +177,6 @@ def read_rows(path: str | Path) -> list[Row]:
             e = float(np.mean([v[f"{k}:total energy (J)"] for k in reps]))
             rows.append(Row(*(int(v[c]) for c in ints), t, e))  # type: ignore[arg-type]
     return rows
-
-
-def _number(text: str | None) -> float | None:
-    """``text`` as a finite number, else None (empty, text, nan, inf)."""
-    try:
-        v = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _window_of(graph: Graph) -> tuple[list[int], list[int]] | None:

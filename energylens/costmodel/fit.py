@@ -76,7 +76,7 @@ from energylens.errors import ConfigError, EnergylensError, UnknownNameError
 from energylens.typing import Parallel, Workload
 
 __all__ = [
-    "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "gpu_or_none", "weight_format", "fit_profile", "fit_gpu_profile",
+    "TASK_PROMPT_LEN", "TASK_OUTPUT_CV", "MLEnergyRow", "read_mlenergy", "row_skip_reason", "gpu_or_none", "weight_format", "finite_number", "fit_profile", "fit_gpu_profile",
     "FIT_PARAMS",
     "write_profile", "parse_task_shares", "with_default_tile", "kernel_default_tile_efficiency", "mlenergy_profile", "nelder_mead", "fit_bounds", "huber",
 ]
@@ -239,13 +239,19 @@ _MEASURED_COLUMNS = ("avg_batch_size", "avg_output_len", "avg_power_watts_total"
                      "output_tok_per_s", "median_itl_ms")
 
 
-def _positive_number(text: str | None) -> float | None:
-    """``text`` as a finite number > 0, else None (empty, not a number, nan, inf, <= 0)."""
+def finite_number(text: str | None) -> float | None:
+    """A CSV cell ``text`` as a finite number, else None (empty, not a number, nan, inf)."""
     try:
         v = float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return v if math.isfinite(v) and v > 0 else None
+    return v if math.isfinite(v) else None
+
+
+def _positive_number(text: str | None) -> float | None:
+    """``text`` as a finite number > 0, else None (``finite_number``'s None, or <= 0)."""
+    v = finite_number(text)
+    return v if v is not None and v > 0 else None
 
 
 def parse_task_shares(items: Sequence[str]) -> dict[str, float]:
@@ -279,7 +285,7 @@ def row_skip_reason(row: MLEnergyRow) -> str | None:
         return f"multi-GPU plans come with issue 4 ({row.num_gpus} GPUs, tp={row.tp} ep={row.ep} dp={row.dp})"
     if row.prompt_len is None and row.task not in TASK_PROMPT_LEN:
         return f"unknown prompt length for task {row.task!r} (known: {', '.join(TASK_PROMPT_LEN)})"
-    if row.gpu_model.lower() not in {g.lower() for g in list_gpus()} and gpu_or_none(row.gpu_model) is None:
+    if gpu_or_none(row.gpu_model) is None:
         return f"unknown GPU {row.gpu_model!r}"
     return None
 
