@@ -424,11 +424,17 @@ def compile_cmd(
     elif export == "megatron":
         from energylens.export import megatron_extras
 
-        print(json.dumps(plan.to_megatron(), indent=2))
+        print(json.dumps(plan.to_megatron(), indent=2), flush=True)  # before the stderr lines
         ex = megatron_extras(plan.to_spec())  # dp is not a field: Megatron derives it from the ranks launched
-        print(f"# launch {ex.world_size} rank{'s' if ex.world_size > 1 else ''} (torchrun --nproc-per-node {ex.world_size}): Megatron-Core derives "
-              f"data_parallel_size = {ex.data_parallel_size}", file=sys.stderr)
-        for note in ex.notes:
-            print(f"# note: {note}", file=sys.stderr)
+        lines = [f"launch {ex.world_size} rank{'s' if ex.world_size > 1 else ''} (torchrun --nproc-per-node "
+                 f"{ex.world_size}): Megatron-Core derives data_parallel_size = {ex.data_parallel_size}",
+                 f"InferenceWrapperConfig: {json.dumps(ex.inference_wrapper)}"]
+        if ex.tp_comm_overlap_cfg:
+            lines.append(f"tp_comm_overlap_cfg (YAML for --tp-comm-overlap-cfg): {json.dumps(ex.tp_comm_overlap_cfg)}")
+        if ex.gpu_clock_command:
+            lines.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a Megatron setting: lock it first with "
+                         f"`{ex.gpu_clock_command}` (needs root)")
+        lines += [f"note: {note}" for note in ex.notes]
+        print("\n".join(f"# {line}" for line in lines), file=sys.stderr)
     if plot:  # after the plan is printed, so a failed write does not lose it; .png added to a bare name
         print(f"Pareto plot: {plan.plot(plot)}", file=sys.stderr if as_json or export else sys.stdout)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.errors import ShardingError
 from energylens.export import PlanSpec, megatron_extras, to_megatron
 from energylens.export.megatron import UB_FPROP_LAYERS
 from energylens.export.plan import has_experts
@@ -209,17 +209,52 @@ def test_tp_comm_overlap_with_sms() -> None:
     assert "sequence parallelism" in megatron_extras(no_sp).notes[0]
 
 
-def test_ep_overlap_uses_deepep_sms() -> None:
-    cfg = to_megatron(plan(tp=4, dp=2, ep=8, comm_sms=20))
-    assert cfg["moe_token_dispatcher_type"] == "flex"
-    assert cfg["moe_flex_dispatcher_backend"] == "deepep" and cfg["moe_deepep_num_sms"] == 20
-    with pytest.raises(InvalidWorkloadError, match="even"):
-        to_megatron(plan(tp=4, dp=2, ep=8, comm_sms=19))
+def test_ep_overlap_sms_are_a_note_not_deepep() -> None:
+    # DeepEP's SM setting belongs to an all-to-all dispatch, not the all-gather the plan priced
+    p = plan(tp=4, dp=2, ep=8, comm_sms=19)
+    cfg = to_megatron(p)
+    assert cfg["moe_token_dispatcher_type"] == "allgather" and "moe_deepep_num_sms" not in cfg
+    assert any("moe_deepep_num_sms" in n and "not applied" in n for n in megatron_extras(p).notes)
+
+
+def test_moe_with_tp_and_ep_needs_sequence_parallel() -> None:
+    """Megatron's inference requires sequence parallelism in the MoE layers of tp > 1, ep > 1 models
+    and raises NotImplementedError for it anywhere else (TextGenerationController)."""
+    assert to_megatron(plan(tp=4, dp=2, ep=8))["sequence_parallel"] is True
+    assert to_megatron(plan(tp=1, dp=8, ep=8))["sequence_parallel"] is False
+    assert to_megatron(plan(tp=8, ep=1))["sequence_parallel"] is False
+    dense = plan(tp=8, model="meta-llama/Llama-3.1-70B-Instruct", sequence_parallel=True)
+    assert to_megatron(dense)["sequence_parallel"] is True  # asked for: kept, with a note
+    assert any("NotImplementedError" in n for n in megatron_extras(dense).notes)
+    assert not any("NotImplementedError" in n for n in megatron_extras(plan(tp=4, dp=2, ep=8)).notes)
+
+
+def test_moe_replicas_step_together_note() -> None:
+    assert any("step together" in n for n in megatron_extras(plan(tp=4, dp=2, ep=8)).notes)
+    assert not any("step together" in n for n in megatron_extras(plan(tp=8, ep=8)).notes)
+
+
+def test_fp8_keeps_fp8_weights_with_the_checkpoints_recipe() -> None:
+    block = to_megatron(plan(tp=4, model="Qwen/Qwen3-235B-A22B-Instruct-2507-FP8", quantization="fp8"))
+    assert block["fp8_param"] is True and block["fp8_recipe"] == "blockwise"
+    channel = to_megatron(plan(tp=4, model="RedHatAI/Meta-Llama-3.1-70B-Instruct-FP8", quantization="fp8"))
+    assert channel["fp8_param"] is True and channel["fp8_recipe"] == "tensorwise"
+
+
+def test_fp8_kv_cache_is_bf16_in_megatron() -> None:
+    """ModelOpt checkpoints store the KV cache in fp8, which the plan prices; Megatron keeps it in bf16."""
+    kw = dict(tp=4, quantization="fp8", kv_cache_tokens=100_000, request_len=1280)
+    ex = megatron_extras(plan(model="nvidia/Llama-3.1-70B-Instruct-FP8", **kw))
+    assert ex.inference_wrapper == {"inference_max_requests": 50_000 // 1280, "inference_max_seq_length": 1280,
+                                    "fp8": "e4m3"}  # 64 requests of 1280 tokens would need 81,920
+    assert any("bf16" in n for n in ex.notes)
+    ours = megatron_extras(plan(model="meta-llama/Llama-3.1-70B-Instruct", **kw))
+    assert ours.inference_wrapper["inference_max_requests"] == 64
 
 
 def test_fusion_fp8_limits_and_clock() -> None:
     cfg = to_megatron(plan(tp=2, dp=4, ep=8, quantization="fp8"))
-    assert cfg["fp8"] == "e4m3" and cfg["apply_rope_fusion"] is True and cfg["moe_permute_fusion"] is True
+    assert cfg["fp8"] == "e4m3" and cfg["fp8_param"] is True and cfg["apply_rope_fusion"] is True and cfg["moe_permute_fusion"] is True
     assert not any(v for k, v in to_megatron(plan(fused=False)).items() if k.endswith("_fusion"))
     ex = megatron_extras(plan(gpu_clock_mhz=1200, quantization="fp8"))
     assert ex.inference_wrapper == {

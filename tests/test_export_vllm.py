@@ -13,7 +13,7 @@ import pytest
 
 import energylens as el
 from energylens.errors import InvalidWorkloadError, ShardingError
-from energylens.export import PlanSpec, to_vllm, vllm_env, vllm_notes
+from energylens.export import PlanSpec, to_vllm, vllm_notes
 from energylens.export.vllm import VLLM_VERSION, load_vllm_args
 from energylens.export.vllm_args_extract import extract
 from energylens.passes.shard import expert_parallel_sizes
@@ -59,17 +59,13 @@ def parser_from_vendored_list() -> argparse.ArgumentParser:
     return p
 
 
-def split_cli(text: str) -> tuple[dict[str, str], list[str], list[str]]:
-    """(environment, argv after `vllm serve`, comment lines) of a to_vllm(cli=True) text."""
+def split_cli(text: str) -> tuple[list[str], list[str]]:
+    """(argv after `vllm serve`, comment lines) of a to_vllm(cli=True) text."""
     comments = [line for line in text.splitlines() if line.startswith("#")]
     command = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     words = shlex.split(command.replace("\\\n", " "))  # a shell drops backslash-newline
-    env = {}
-    while "=" in words[0] and not words[0].startswith("-"):
-        key, value = words.pop(0).split("=", 1)
-        env[key] = value
     assert words[:2] == ["vllm", "serve"]
-    return env, words[2:], comments
+    return words[2:], comments
 
 
 def test_vendored_list_has_provenance() -> None:
@@ -112,7 +108,7 @@ def test_names_against_vllm_engineargs_when_importable() -> None:
 @pytest.mark.parametrize("p", PLANS, ids=lambda p: f"tp{p.parallel.tp}ep{p.parallel.ep}dp{p.parallel.dp}")
 def test_cli_parses_back(p: PlanSpec) -> None:
     text = to_vllm(p, cli=True)
-    env, argv, _ = split_cli(text)
+    argv, _ = split_cli(text)
     for word in argv:
         if word.startswith("-"):
             assert re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", word), word
@@ -128,7 +124,6 @@ def test_cli_parses_back(p: PlanSpec) -> None:
         else:
             assert got == str(value), key
     assert {k for k, v in ns.items() if v is not None} == set(expected)
-    assert env == vllm_env(p)
 
 
 def test_dense_tp_plan() -> None:
@@ -179,7 +174,7 @@ def test_large_batches_keep_cuda_graphs(gpu: str, seqs: int, size: int | None) -
     args = to_vllm(plan(gpu=gpu, max_num_seqs=seqs))
     assert args.get("max_cudagraph_capture_size") == size
     if size:
-        env, argv, _ = split_cli(to_vllm(plan(gpu=gpu, max_num_seqs=seqs), cli=True))
+        argv, _ = split_cli(to_vllm(plan(gpu=gpu, max_num_seqs=seqs), cli=True))
         assert parser_from_vendored_list().parse_args(argv).max_cudagraph_capture_size == str(size)
 
 
@@ -188,33 +183,44 @@ def test_bad_values() -> None:
         to_vllm(plan(quantization="int3"))
     with pytest.raises(InvalidWorkloadError, match="gpu_memory_utilization"):
         to_vllm(plan(), gpu_memory_utilization=1.5)
-    with pytest.raises(InvalidWorkloadError, match="even"):
-        to_vllm(plan(tp=4, dp=2, ep=8, comm_sms=21))
 
 
-def test_gpu_clock_is_a_comment_not_an_argument() -> None:
+def test_gpu_clock_is_a_note_not_an_argument() -> None:
     p = plan(tp=8, gpu_clock_mhz=1410)
     assert not any("clock" in k for k in to_vllm(p))
-    _, argv, comments = split_cli(to_vllm(p, cli=True))
-    assert "# nvidia-smi -i 0,1,2,3,4,5,6,7 -lgc 1410,1410" in comments
+    (note,) = vllm_notes(p)  # the dict form's users see it too
+    assert "`nvidia-smi -i 0,1,2,3,4,5,6,7 -lgc 1410,1410`" in note and "-rgc" in note
+    argv, comments = split_cli(to_vllm(p, cli=True))
+    assert f"# note: {note}" in comments
     assert not any("clock" in w or "lgc" in w for w in argv)
 
 
-def test_unfused_disables_compilation() -> None:
-    assert to_vllm(plan(fused=False))["compilation_config"] == {"mode": 0}
+def test_unfused_keeps_decode_cuda_graphs() -> None:
+    # mode 0 alone would make vLLM drop its default FULL_AND_PIECEWISE graphs to NONE (eager decode)
+    assert to_vllm(plan(fused=False))["compilation_config"] == {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
     assert "compilation_config" not in to_vllm(plan(fused=True))
 
 
-def test_comm_sms_under_dbo_and_notes() -> None:
-    moe = plan(tp=4, dp=2, ep=8, comm_sms=20)
-    out = to_vllm(moe)
-    assert out["enable_dbo"] is True and out["all2all_backend"] == "deepep_high_throughput"
-    assert vllm_env(moe) == {"VLLM_DBO_COMM_SMS": "20"}
-    assert vllm_notes(moe) == []
-    dense = plan(tp=8, comm_sms=16, sequence_parallel=True)
-    assert "enable_dbo" not in to_vllm(dense) and vllm_env(dense) == {}
+def test_sequence_parallel_is_vllms_compile_pass() -> None:
+    sp = plan(tp=4, sequence_parallel=True)
+    assert to_vllm(sp)["compilation_config"] == {"pass_config": {"enable_sp": True}}
+    assert vllm_notes(sp) == []
+    unfused = plan(tp=4, sequence_parallel=True, fused=False)
+    assert to_vllm(unfused)["compilation_config"]["mode"] == 0
+    (note,) = vllm_notes(unfused)
+    assert "sequence_parallel not applied" in note
+
+
+def test_comm_sms_is_a_note() -> None:
+    # vLLM's only SM count (VLLM_DBO_COMM_SMS) is for DeepEP all-to-all, a dispatch not priced
+    for p in (plan(tp=4, dp=2, ep=8, comm_sms=20), plan(tp=8, comm_sms=16)):
+        out = to_vllm(p)
+        assert "enable_dbo" not in out and "all2all_backend" not in out
+        notes = vllm_notes(p)
+        assert len(notes) == 1 and "comm_sms=" in notes[0] and "not applied" in notes[0]
+        assert "VLLM_DBO_COMM_SMS" not in to_vllm(p, cli=True).split("\n# note")[0]
+    dense = plan(tp=8, comm_sms=16)
     notes = vllm_notes(dense)
-    assert len(notes) == 2 and "comm_sms=16" in notes[0] and "sequence_parallel" in notes[1]
     assert all(f"# note: {n}" in to_vllm(dense, cli=True) for n in notes)
 
 

@@ -177,6 +177,9 @@ def test_cli_compile_export_megatron_says_how_many_ranks_to_launch():
     cfg = json.loads(r.stdout)
     assert "tensor_model_parallel_size" in cfg and not any("expert" in k for k in cfg)  # dense: no expert fields
     assert "# launch " in r.stderr and "data_parallel_size = " in r.stderr
+    assert "# InferenceWrapperConfig: {\"inference_max_requests\": " in r.stderr  # the batch and length limits
+    if "nvidia-smi" in r.stderr:  # a locked clock is printed, not dropped
+        assert "# GPU clock " in r.stderr and "-lgc" in r.stderr
 
 
 def test_chosen_plan_off_the_itl_frontier_is_still_shown():

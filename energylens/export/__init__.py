@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from energylens.export.megatron import MegatronExtras, megatron_extras, to_megatron
 from energylens.export.plan import QUANTIZATIONS, PlanLike, PlanSpec, check_plan
-from energylens.export.vllm import to_vllm, vllm_env, vllm_notes
+from energylens.export.vllm import to_vllm, vllm_notes
 
 __all__ = [
     "PlanLike",
@@ -26,7 +26,6 @@ __all__ = [
     "QUANTIZATIONS",
     "check_plan",
     "to_vllm",
-    "vllm_env",
     "vllm_notes",
     "to_megatron",
     "megatron_extras",

@@ -19,28 +19,41 @@ Mapping (plan, in vLLM's meaning -> Megatron-Core):
   vLLM's meaning, so those are a ``ShardingError`` here as in the shard pass (which is what the
   cost model prices; see ``energylens.passes.shard``).
 - MoE models only (``export.plan.has_experts``; a dense model gets no expert fields):
-  ``moe_token_dispatcher_type="allgather"``, the dispatch the cost model prices without overlap
-  (vLLM's default all-gather of the tokens and reduce-scatter of the expert outputs; Megatron's
-  ``alltoall`` dispatcher moves fewer bytes and is not what was priced); with ``comm_sms`` and
-  ``ep > 1``, the DeepEP ``flex`` dispatcher below.
-- ``sequence_parallel`` -> ``sequence_parallel`` (Megatron refuses it without tensor parallelism).
+  ``moe_token_dispatcher_type="allgather"``, the dispatch the cost model prices (vLLM's default
+  all-gather of the tokens and reduce-scatter of the expert outputs; Megatron's ``alltoall`` and
+  DeepEP ``flex`` dispatchers move fewer bytes and are not what was priced). Experts span the dp
+  replicas (``ep = tp x dp``, or ``expert_tensor_parallel_size = tp x dp``), so the replicas must
+  step together: a note says so when ``dp > 1`` (Megatron's dynamic engine runs dummy steps for
+  that, its static engine does not).
+- ``sequence_parallel``: Megatron's inference (``TextGenerationController``) runs sequence
+  parallelism only in the MoE layers of a model with ``tp > 1`` and ``ep > 1``, where it is required
+  (the expert dispatch uses its communication); it raises ``NotImplementedError`` for a config with
+  ``sequence_parallel`` otherwise. So the field is on for such MoE plans and for a plan that asks for
+  it (with a note where Megatron inference refuses it); Megatron refuses it without tensor
+  parallelism.
 - ``comm_sms`` (SMs for communication overlapping compute):
   tensor parallel: ``tp_comm_overlap=True`` plus Transformer Engine userbuffers settings
   ``{"num_sm": k, "set_sm_margin": 1}`` for the forward GEMMs (``qkv_fprop``, ``proj_fprop``,
   ``fc1_fprop``, ``fc2_fprop``; names and keys from TE's ``initialize_ub``). Those settings are not
   a ``TransformerConfig`` field: Megatron-LM reads them from the YAML file named by
   ``--tp-comm-overlap-cfg`` (``tp_comm_overlap_cfg``), see :attr:`MegatronExtras.tp_comm_overlap_cfg`.
-  Megatron overlaps TP communication only with sequence parallelism (Megatron-LM asserts it).
-  Expert parallel: the ``flex`` dispatcher with DeepEP and ``moe_deepep_num_sms=k`` (even).
+  Megatron overlaps TP communication only with sequence parallelism (Megatron-LM asserts it), so
+  only a plan that asks for it gets them. Expert parallel: Megatron's SM setting for the MoE
+  dispatch (``moe_deepep_num_sms``) is DeepEP's, not the priced all-gather: a note.
 - ``fused`` -> Megatron's fusion switches ``bias_activation_fusion``, ``masked_softmax_fusion``,
   ``bias_dropout_fusion``, ``apply_rope_fusion`` (needs Transformer Engine) and, with experts,
   ``moe_permute_fusion``.
-- ``quantization="fp8"`` -> ``fp8="e4m3"`` (FP8 through Transformer Engine).
+- ``quantization="fp8"`` -> ``fp8="e4m3"`` (FP8 through Transformer Engine), ``fp8_param=True``
+  (weights kept in fp8, as the plan's memory counts them; Megatron keeps bf16 parameters otherwise)
+  and ``fp8_recipe``: ``"blockwise"`` for a checkpoint scaled in weight blocks (Qwen's 128 x 128),
+  else ``"tensorwise"`` (one scale per tensor, current scaling; a per-channel checkpoint's scales
+  are coarsened to it).
 - ``max_num_seqs`` / ``max_model_len`` -> ``InferenceWrapperConfig.inference_max_requests`` /
   ``inference_max_seq_length`` (in :attr:`MegatronExtras.inference_wrapper`); the static inference
   cache holds requests x that length, so with ``kv_cache_tokens`` known the length is at most
   ``kv_cache_tokens // max_num_seqs``, and the requests fewer where a request of ``request_len``
-  tokens would not fit (``_static_limits``).
+  tokens would not fit (``_static_limits``). Megatron's cache is in the activations' dtype (bf16), so
+  a checkpoint whose KV cache the plan priced in fp8 (ModelOpt's) holds half the tokens there.
 - ``gpu_clock_mhz`` is not a Megatron setting: :attr:`MegatronExtras.gpu_clock_command`.
 """
 
@@ -49,8 +62,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from energylens.errors import InvalidWorkloadError, ShardingError
-from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts
+from energylens.errors import ShardingError
+from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts, model_spec
 from energylens.typing import Record
 
 __all__ = ["MEGATRON_CORE_VERSION", "UB_FPROP_LAYERS", "MegatronExtras", "to_megatron", "megatron_extras"]
@@ -75,8 +88,9 @@ def _tp_overlap(plan: PlanLike) -> bool:
     return plan.comm_sms is not None and plan.parallel.tp > 1 and plan.sequence_parallel
 
 
-def _ep_overlap(plan: PlanLike) -> bool:
-    return plan.comm_sms is not None and plan.parallel.ep > 1
+def _moe_sequence_parallel(plan: PlanLike) -> bool:
+    """Whether Megatron's inference needs sequence parallelism in the MoE layers (tp > 1 and ep > 1)."""
+    return plan.parallel.tp > 1 and plan.parallel.ep > 1 and has_experts(plan)
 
 
 def to_megatron(plan: PlanLike) -> dict[str, Any]:
@@ -104,7 +118,7 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "tensor_model_parallel_size": p.tp,
         "pipeline_model_parallel_size": 1,
-        "sequence_parallel": plan.sequence_parallel,
+        "sequence_parallel": plan.sequence_parallel or _moe_sequence_parallel(plan),
         "tp_comm_overlap": _tp_overlap(plan),
     }
     moe = has_experts(plan)
@@ -112,15 +126,6 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
         cfg["expert_model_parallel_size"] = p.ep
         cfg["expert_tensor_parallel_size"] = p.tp * p.dp // p.ep
         cfg["moe_token_dispatcher_type"] = "allgather"
-    if _ep_overlap(plan):
-        if plan.comm_sms % 2:
-            raise InvalidWorkloadError(
-                f"comm_sms={plan.comm_sms}: Megatron gives these SMs to DeepEP (moe_deepep_num_sms), "
-                f"whose SM count must be even; use {plan.comm_sms - 1} or {plan.comm_sms + 1}"
-            )
-        cfg["moe_token_dispatcher_type"] = "flex"
-        cfg["moe_flex_dispatcher_backend"] = "deepep"
-        cfg["moe_deepep_num_sms"] = plan.comm_sms
     fused = bool(plan.fused)
     cfg["bias_activation_fusion"] = fused
     cfg["masked_softmax_fusion"] = fused
@@ -129,7 +134,10 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     if moe:
         cfg["moe_permute_fusion"] = fused
     if plan.quantization == "fp8":
+        spec = model_spec(plan)
         cfg["fp8"] = "e4m3"
+        cfg["fp8_recipe"] = "blockwise" if spec is not None and spec.fp8_block else "tensorwise"
+        cfg["fp8_param"] = True
     return cfg
 
 
@@ -160,20 +168,50 @@ class MegatronExtras(Record):
     notes: tuple[str, ...] = field(default=())
 
 
-def _static_limits(plan: PlanLike) -> tuple[int, int, str | None]:
-    """(requests, sequence length, note) of Megatron's static inference cache, which holds requests x
-    length tokens: the plan's ``max_num_seqs`` at up to ``max_model_len`` within ``kv_cache_tokens``;
-    fewer requests (and a note) where that would cut a request of ``request_len`` tokens short."""
+def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
+    """(requests, sequence length, notes) of Megatron's static inference cache, which holds requests x
+    length tokens: the plan's ``max_num_seqs`` at up to ``max_model_len`` within ``kv_cache_tokens``
+    (half of them where the plan priced an fp8 KV cache, which Megatron keeps in bf16); fewer requests
+    (and a note) where that would cut a request of ``request_len`` tokens short."""
     held, need = getattr(plan, "kv_cache_tokens", None), getattr(plan, "request_len", None)
     if held is None:
-        return plan.max_num_seqs, plan.max_model_len, None
+        return plan.max_num_seqs, plan.max_model_len, []
+    notes = []
+    spec = model_spec(plan)
+    if spec is not None and spec.kv_cache_fp8:
+        held //= 2
+        notes.append(f"KV cache sized in bf16 ({held} tokens per replica): Megatron-Core keeps it in the "
+                     "activations' dtype, not in the checkpoint's fp8 that the plan was priced with")
     length = min(plan.max_model_len, held // plan.max_num_seqs)
     if need is None or length >= need:
-        return plan.max_num_seqs, max(1, length), None
+        return plan.max_num_seqs, max(1, length), notes
     fewer = max(1, held // need)
-    return fewer, need, (f"inference_max_requests={fewer}, not the plan's {plan.max_num_seqs}: Megatron's static "
-                         f"cache holds every request at full length ({need} tokens) within the {held} tokens "
-                         "of KV cache the plan leaves; vLLM pages the cache and runs them all")
+    notes.append(f"inference_max_requests={fewer}, not the plan's {plan.max_num_seqs}: Megatron's static "
+                 f"cache holds every request at full length ({need} tokens) within the {held} tokens "
+                 "of KV cache the plan leaves; vLLM pages the cache and runs them all")
+    return fewer, need, notes
+
+
+def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
+    """What Megatron-Core's inference cannot run as the plan was priced."""
+    p, notes = plan.parallel, []
+    if plan.sequence_parallel and not _moe_sequence_parallel(plan):
+        notes.append("sequence_parallel: Megatron-Core's inference runs it only in the MoE layers of a model "
+                     "with tp > 1 and ep > 1 (TextGenerationController raises NotImplementedError otherwise)")
+    if "expert_model_parallel_size" in cfg and p.dp > 1:
+        notes.append(f"the experts span the {p.dp} data-parallel replicas, which must step together: run "
+                     "Megatron-Core's dynamic inference engine (its static engine does not)")
+    if plan.comm_sms is not None:
+        if p.tp > 1 and not plan.sequence_parallel:
+            notes.append(f"comm_sms={plan.comm_sms} not applied to tensor-parallel communication: Megatron "
+                         "overlaps it with GEMMs only under sequence parallelism (plan has sequence_parallel=False)")
+        if p.ep > 1:
+            notes.append(f"comm_sms={plan.comm_sms} not applied to the MoE dispatch: Megatron's SM setting for it "
+                         "(moe_deepep_num_sms) is DeepEP's all-to-all, not the all-gather the plan was priced with")
+        if p.tp == 1 and p.ep == 1:
+            notes.append(f"comm_sms={plan.comm_sms} not applied: the plan has no tensor or expert parallel "
+                         "communication")
+    return notes
 
 
 def megatron_extras(plan: PlanLike) -> MegatronExtras:
@@ -186,24 +224,14 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
     (8, 2)
     """
     cfg = to_megatron(plan)
-    p = plan.parallel
     tp, pp = cfg["tensor_model_parallel_size"], cfg["pipeline_model_parallel_size"]
     # a dense model: Megatron's defaults (experts, had there been any, would follow tp)
     etp, ep = cfg.get("expert_tensor_parallel_size", tp), cfg.get("expert_model_parallel_size", 1)
-    requests, length, static_note = _static_limits(plan)
+    requests, length, static_notes = _static_limits(plan)
     inference: dict[str, Any] = {"inference_max_requests": requests, "inference_max_seq_length": length}
     if "fp8" in cfg:
         inference["fp8"] = cfg["fp8"]
-    notes = [static_note] if static_note else []
-    if plan.comm_sms is not None and p.tp > 1 and not plan.sequence_parallel:
-        notes.append(
-            f"comm_sms={plan.comm_sms} not applied to tensor-parallel communication: Megatron overlaps it "
-            "with GEMMs only under sequence parallelism (plan has sequence_parallel=False)"
-        )
-    if plan.comm_sms is not None and p.tp == 1 and p.ep == 1:
-        notes.append(
-            f"comm_sms={plan.comm_sms} not applied: the plan has no tensor or expert parallel communication"
-        )
+    notes = static_notes + _notes(plan, cfg)
     ub = None
     if cfg["tp_comm_overlap"]:
         ub = {name: {"num_sm": plan.comm_sms, "set_sm_margin": 1} for name in UB_FPROP_LAYERS}

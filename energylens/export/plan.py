@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.passes.shard import ep_size_error, expert_parallel_sizes
 from energylens.typing import Parallel, Record
 
-__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts"]
+if TYPE_CHECKING:
+    from energylens.models import ModelSpec
+
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec"]
 
 QUANTIZATIONS: tuple[str, ...] = ("fp8",)
 """Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
@@ -89,6 +92,18 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
     return f"nvidia-smi -i {ids} -lgc {f},{f}", f"nvidia-smi -i {ids} -rgc"
 
 
+def model_spec(plan: PlanLike) -> ModelSpec | None:
+    """The config of ``plan.model`` (a bundled id, an FP8 twin's, a config file or directory), or None
+    when it cannot be read (a model given as a config object or module keeps only its name)."""
+    from energylens.errors import EnergylensError
+    from energylens.models import load_config
+
+    try:
+        return load_config(plan.model)
+    except EnergylensError:
+        return None
+
+
 def has_experts(plan: PlanLike) -> bool:
     """Whether ``plan``'s model has routed experts: its ``moe`` if set (a ``PlanLike`` need not have
     one), else ``ep > 1`` or the model's config; a model whose config cannot be read counts as dense."""
@@ -97,13 +112,8 @@ def has_experts(plan: PlanLike) -> bool:
         return bool(moe)
     if plan.parallel.ep > 1:
         return True
-    from energylens.errors import EnergylensError
-    from energylens.models import load_config
-
-    try:
-        return load_config(plan.model).is_moe
-    except EnergylensError:
-        return False
+    spec = model_spec(plan)
+    return spec is not None and spec.is_moe
 
 
 def check_plan(plan: PlanLike) -> None:

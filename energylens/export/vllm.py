@@ -25,18 +25,24 @@ Mapping (plan -> vLLM):
   batches run without CUDA graphs) -> ``max_cudagraph_capture_size``: ``max_num_seqs`` rounded up
   to vLLM's capture stride of 16, since the cost model prices decode steps as graph replays
   (the ML.ENERGY MoE runs above 512 sequences, eager in vLLM 0.11, were 5-22 ms slower than it).
-- ``fused=False`` -> ``compilation_config={"mode": 0}`` (``CompilationMode.NONE``: no
-  torch.compile, so none of vLLM's Inductor fusion passes); ``fused=True`` keeps vLLM's default
-  (``VLLM_COMPILE`` with its fusion passes), so nothing is emitted.
-- ``comm_sms`` (SMs for communication while it overlaps compute): vLLM reserves SMs for
-  communication only in dual batch overlap (``enable_dbo``) with the DeepEP high-throughput
-  all-to-all, i.e. for MoE with expert parallelism and ``dp > 1`` (all-to-all is used only then);
-  the count is the environment variable ``VLLM_DBO_COMM_SMS`` (see :func:`vllm_env`), and DeepEP
-  needs it even. Elsewhere vLLM has no such knob and the request is reported by :func:`vllm_notes`.
-- ``sequence_parallel``: vLLM 0.33 has no dense sequence-parallel option (it shards MoE inputs by
-  sequence on its own when EP, tp > 1 and dp > 1); reported by :func:`vllm_notes`.
-- ``gpu_clock_mhz`` is not a vLLM argument: the CLI form carries the command that sets it as a
-  comment (``energylens.export.plan.clock_commands``: ``nvidia-smi -lgc``, or ``rocm-smi`` on AMD).
+- ``fused=False`` -> ``compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}``
+  (``CompilationMode.NONE``: no torch.compile, so none of vLLM's Inductor fusion passes). vLLM's
+  default CUDA-graph mode, ``FULL_AND_PIECEWISE``, needs piecewise compilation and would fall back to
+  no graphs at all (``VllmConfig.__post_init__``: "Cudagraph mode ... is not compatible with compilation
+  mode ... Overriding to NONE"); whole-step graphs of pure decode steps keep the graph replays the
+  cost model prices (steps that also carry prefill chunks then run eager). ``fused=True`` keeps
+  vLLM's default (``VLLM_COMPILE`` with its fusion passes), so nothing is emitted.
+- ``sequence_parallel`` -> ``compilation_config={"pass_config": {"enable_sp": true}}``, vLLM's
+  sequence-parallel compile pass (off by default: ``IS_DENSE`` is False in ``vllm/config/vllm.py``);
+  it needs ``VLLM_COMPILE``, so an unfused plan reports it by :func:`vllm_notes` instead.
+- ``comm_sms`` (SMs for communication while it overlaps compute): vLLM has no knob that gives a
+  number of SMs to tensor-parallel or all-gather/reduce-scatter MoE collectives (its only SM count,
+  ``VLLM_DBO_COMM_SMS``, is for dual batch overlap with DeepEP all-to-all kernels, a different MoE
+  dispatch from the one the cost model prices, which also turns CUDA graphs off with dp > 1), so it
+  is reported by :func:`vllm_notes`.
+- ``gpu_clock_mhz`` is not a vLLM argument: :func:`vllm_notes` gives the command that sets it
+  (``energylens.export.plan.clock_commands``: ``nvidia-smi -lgc``, or ``rocm-smi`` on AMD), which the
+  CLI form carries as a comment.
 """
 
 from __future__ import annotations
@@ -57,7 +63,6 @@ __all__ = [
     "VllmArg",
     "load_vllm_args",
     "to_vllm",
-    "vllm_env",
     "vllm_notes",
     "cudagraph_ceiling",
 ]
@@ -102,36 +107,24 @@ def load_vllm_args(version: str = VLLM_VERSION) -> dict[str, VllmArg]:
     return args
 
 
-def _dbo_applies(plan: PlanLike) -> bool:
-    p = plan.parallel
-    return plan.comm_sms is not None and p.ep > 1 and p.dp > 1
-
-
-def vllm_env(plan: PlanLike) -> dict[str, str]:
-    """Environment variables the plan needs besides engine arguments (``VLLM_DBO_COMM_SMS``)."""
-    check_plan(plan)
-    if _dbo_applies(plan):
-        if plan.comm_sms % 2:
-            raise InvalidWorkloadError(
-                f"comm_sms={plan.comm_sms}: vLLM gives these SMs to DeepEP, whose SM count must be even; "
-                f"use {plan.comm_sms - 1} or {plan.comm_sms + 1}"
-            )
-        return {"VLLM_DBO_COMM_SMS": str(plan.comm_sms)}
-    return {}
-
-
 def vllm_notes(plan: PlanLike) -> list[str]:
     """Parts of the plan vLLM cannot express (empty when the export is exact)."""
     check_plan(plan)
     notes = []
-    if plan.comm_sms is not None and not _dbo_applies(plan):
+    clock = clock_commands(plan)
+    if clock is not None:
+        notes.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a vLLM argument: lock it before serving with "
+                     f"`{clock[0]}` (needs root; undo with `{clock[1]}`)")
+    if plan.comm_sms is not None:
         notes.append(
-            f"comm_sms={plan.comm_sms} not applied: vLLM {VLLM_VERSION} reserves SMs for communication only "
-            "under dual batch overlap with expert parallelism and dp > 1 (DeepEP all-to-all)"
+            f"comm_sms={plan.comm_sms} not applied: vLLM {VLLM_VERSION} has no setting that gives SMs to "
+            "tensor-parallel or all-gather/reduce-scatter MoE collectives (VLLM_DBO_COMM_SMS is for DeepEP "
+            "all-to-all under dual batch overlap, a dispatch the plan was not priced with)"
         )
-    if plan.sequence_parallel:
+    if plan.sequence_parallel and not plan.fused:
         notes.append(
-            f"sequence_parallel not applied: vLLM {VLLM_VERSION} has no dense sequence-parallel option"
+            f"sequence_parallel not applied: vLLM {VLLM_VERSION}'s sequence-parallel pass (pass_config "
+            "enable_sp) runs only under torch.compile, which the unfused plan turns off"
         )
     if plan.model.endswith(".json"):
         notes.append(
@@ -178,12 +171,10 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     if plan.max_num_seqs > cudagraph_ceiling(plan.gpu):
         args["max_cudagraph_capture_size"] = -(-plan.max_num_seqs // 16) * 16
     args["gpu_memory_utilization"] = gpu_memory_utilization
-    if not plan.fused:
-        args["compilation_config"] = {"mode": 0}  # CompilationMode.NONE
-    if _dbo_applies(plan):
-        vllm_env(plan)  # checks the SM count
-        args["enable_dbo"] = True
-        args["all2all_backend"] = "deepep_high_throughput"
+    if not plan.fused:  # CompilationMode.NONE; graphs that need no compilation
+        args["compilation_config"] = {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
+    elif plan.sequence_parallel:
+        args["compilation_config"] = {"pass_config": {"enable_sp": True}}
     known = load_vllm_args()
     unknown = sorted(set(args) - set(known))
     if unknown:  # a bug in this module, not a user error
@@ -198,15 +189,8 @@ def _cli(plan: PlanLike, args: dict[str, Any]) -> str:
         f"# energylens plan for vLLM {VLLM_VERSION}: {plan.model} on {plan.num_gpus}x {plan.gpu} "
         f"(tp={p.tp}, ep={p.ep}, dp={p.dp})"
     ]
-    clock = clock_commands(plan)
-    if clock is not None:
-        lines.append(f"# GPU clock is not a vLLM argument; lock it to {plan.gpu_clock_mhz} MHz first "
-                     f"(needs root; undo with `{clock[1]}`):")
-        lines.append(f"# {clock[0]}")
     lines += [f"# note: {n}" for n in vllm_notes(plan)]
-    words = [f"{k}={shlex.quote(v)}" for k, v in vllm_env(plan).items()]
-    words += ["vllm", "serve", shlex.quote(args["model"])]
-    parts = [" ".join(words)]
+    parts = [f"vllm serve {shlex.quote(args['model'])}"]
     for key, value in args.items():
         if key == "model":
             continue
@@ -234,7 +218,7 @@ def to_vllm(
 ) -> dict[str, Any] | str:
     """vLLM engine arguments for ``plan`` (``vllm.EngineArgs(**to_vllm(plan))``), or with
     ``cli=True`` the ``vllm serve MODEL --tensor-parallel-size ...`` command, preceded by comment
-    lines for what is not an argument (GPU clock, parts vLLM cannot express).
+    lines for what is not an argument (:func:`vllm_notes`: GPU clock, parts vLLM cannot express).
 
     Raises :class:`~energylens.errors.ShardingError` when ``tp x dp != num_gpus`` or when ``ep`` is
     neither 1 nor ``tp x dp`` (the only expert-parallel sizes vLLM can run).

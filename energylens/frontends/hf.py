@@ -432,9 +432,7 @@ def _param_dtype_for(spec: ModelSpec, num_layers: int) -> Any:
 
 
 def _cache_dtype(spec: ModelSpec) -> str | None:
-    qc = spec.quant_config or {}
-    algo = (qc.get("quantization") or {}).get("kv_cache_quant_algo") if isinstance(qc, dict) else None
-    return "fp8" if algo and "fp8" in str(algo).lower() else None
+    return "fp8" if spec.kv_cache_fp8 else None
 
 
 # ---- lowering -----------------------------------------------------------------------------------------------

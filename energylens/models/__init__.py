@@ -88,6 +88,13 @@ class ModelSpec:
             self.quant_config.get("quant_method") == "fp8")
 
     @property
+    def kv_cache_fp8(self) -> bool:
+        """Whether the checkpoint stores its KV cache in fp8 (ModelOpt's ``kv_cache_quant_algo``)."""
+        qc = self.quant_config
+        algo = (qc.get("quantization") or {}).get("kv_cache_quant_algo") if isinstance(qc, dict) else None
+        return bool(algo) and "fp8" in str(algo).lower()
+
+    @property
     def fp8_block(self) -> tuple[int, int] | None:
         """(rows, columns) of the weight blocks an fp8 checkpoint scales together (Qwen's and
         DeepSeek's ``weight_block_size``, compressed-tensors' ``block_structure``), None for
