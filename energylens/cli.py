@@ -169,7 +169,8 @@ def estimate(
     from energylens.search.report import serving_label
 
     sv = est.serving  # steady state: decode steps carrying chunked prefill of arriving requests
-    summary.add_row(serving_label(wl), _si(sv.median_itl_s, "s"),
+    itl = _si(sv.median_itl_s, "s") if wl.output_len > 1 else "-"  # one output token: no inter-token gap
+    summary.add_row(serving_label(wl, sv), itl,
                     _si(sv.energy_per_output_token_j * sv.batch, "J"), _si(sv.avg_power_w, "W"),
                     _si(sv.energy_per_output_token_j, "J"), "", "")
     console.print(summary)

@@ -10,6 +10,7 @@ from energylens.costmodel.serving import (
     poisson_median,
     prefill_mixture,
     prefill_tokens_per_step,
+    running_batch,
 )
 from energylens.typing import Workload
 
@@ -143,7 +144,34 @@ def test_estimate_with_one_output_token_per_request():
     import energylens as el
 
     est = el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM"), el.Workload(batch=1000, prompt_len=16, output_len=1))
-    assert est.serving.prefill_tokens_per_step == pytest.approx(MAX_NUM_BATCHED_TOKENS - 1000)
+    # every step retires its whole batch: only as many run as the budget can prefill (b + 16 b <= 8192)
+    assert est.serving.batch == MAX_NUM_BATCHED_TOKENS // 17
+    assert est.serving.prefill_tokens_per_step == pytest.approx(est.serving.batch * 16)
+
+
+def test_prefill_bound_workload_runs_a_smaller_batch_and_prices_every_prompt():
+    """Long prompts and short outputs: the budget left after the decode tokens cannot admit requests
+    as fast as they finish, so fewer sequences run, and no prompt token goes unpriced."""
+    import energylens as el
+
+    wl = el.Workload(batch=128, prompt_len=2048, output_len=16, output_len_cv=0)
+    est = el.estimate("meta-llama/Llama-3.1-8B-Instruct", el.Cluster("H100-SXM"), wl)
+    s = est.serving
+    assert s.batch == running_batch(wl) == MAX_NUM_BATCHED_TOKENS * 16 // (16 + 2048) < 128
+    assert s.prefill_tokens_per_step == pytest.approx(s.batch * 2048 / 16)  # arrivals x prompt, all computed
+    # the prefill energy alone bounds the energy per output token from below
+    assert s.energy_per_output_token_j > est.prefill.energy_j / (wl.batch * wl.output_len)
+    assert s.output_tokens_per_s < wl.batch * wl.output_len / est.prefill.latency_s
+
+
+def test_capped_steps_carry_their_prompts_over():
+    """A step whose arrivals exceed the budget leaves the rest to later steps: the mean prefill per
+    step is the arrivals' (batch / output_len x prompt), not less."""
+    wl = Workload(batch=64, prompt_len=4096, output_len=64)
+    mix = prefill_mixture(wl)
+    assert sum(w for w, _ in mix) == pytest.approx(1.0)
+    assert sum(w * t for w, t in mix) == pytest.approx(64 / 64 * 4096)
+    assert max(t for _, t in mix) == MAX_NUM_BATCHED_TOKENS - 64
 
 
 def test_decode_attention_kernel_floor():

@@ -206,6 +206,13 @@ def test_ties_in_energy_go_to_the_larger_batch():
     assert _choose(space, el.SLO(itl_ms=25), "latency") == 2
 
 
+def test_batches_prefill_cannot_fill_tie_to_the_smallest():
+    """Above the running batch (prefill-bound) a larger max_num_seqs serves the same: the smallest wins."""
+    plan = el.compile("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM", num_gpus=1),
+                      workload=el.Workload(batch=12000, prompt_len=64, output_len=64), slo=el.SLO(itl_ms=1000))
+    assert plan.estimate.serving.batch == plan.batch == 8192 * 64 // (64 + 64)
+
+
 def test_vectorised_prices_equal_scalar_estimate_when_the_median_step_prefills():
     """Short outputs (two arrivals per step) with prefix-cache hits: the median step carries prefill,
     and the search prices it, and the mixture, exactly as el.estimate does."""

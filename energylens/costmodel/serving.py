@@ -25,6 +25,13 @@ hits). One such *mixed step* runs:
   large = the longer of the two). While the GPU waits on the host it draws ``overhead_power_w``;
   a host-bound step (large batch on a fast GPU) is thus slower *and* draws less power.
 
+New prompts are prefilled only with what the step's token budget leaves after the decode tokens,
+so a workload of long prompts and short outputs can retire requests faster than it admits them: the
+running batch then settles where the two balance (``running_batch``), below ``batch``. A step whose
+arrivals exceed the budget carries the rest over to the next steps, which then take it instead of
+running lighter: the mixture keeps the mean prefill tokens per step equal to the arrivals' (no
+prompt token goes unpriced).
+
 Data-parallel replicas are separate engines: each steps on its own ``batch / dp`` sequences with
 its own arrivals, token budget and host, so a plan's steps are one replica's. A MoE model's
 replicas step together (its expert layers span them): a step lasts as long as the busiest
@@ -41,6 +48,7 @@ while new requests are rare (``lam < ln 2``) and the prefill share grows smoothl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,7 +63,7 @@ from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
 
-__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_quantile", "poisson_median", "prefill_mixture", "lockstep_weights", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_quantile", "poisson_median", "prefill_mixture", "running_batch", "lockstep_weights", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
 
 #: Token budget per step with chunked prefill: the ML.ENERGY runs' (vLLM's API-server default on
 #: H100/H200; 0.33 defaults to 16384 on B200 and 2048 on smaller GPUs, so the vLLM export sets it).
@@ -116,6 +124,26 @@ def poisson_median(lam: float) -> int:
 MAX_MIXTURE_ENTRIES = 16
 
 
+def running_batch(workload: Workload, replicas: int = 1,
+                  max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS) -> int:
+    """Sequences that run in steady state, over all ``replicas``: ``batch``, unless new prompts cannot
+    be prefilled as fast as requests finish. vLLM schedules the running decodes first and prefills
+    waiting requests with what the token budget leaves: a replica of ``b`` sequences retires
+    ``b / output_len`` requests a step and has ``budget - b`` tokens for their successors'
+    ``prefill_len`` each, so above ``budget * output_len / (output_len + prefill_len)`` sequences
+    the batch cannot stay full and settles there (every step then fills the budget).
+
+    >>> running_batch(Workload(batch=128, prompt_len=2048, output_len=16, output_len_cv=0))
+    63
+    >>> running_batch(Workload(batch=64, prompt_len=1024, output_len=256))
+    64
+    """
+    cap = max_num_batched_tokens * workload.output_len / (workload.output_len + workload.prefill_len)
+    if workload.batch / replicas <= cap:
+        return workload.batch
+    return replicas * max(1, math.floor(cap))
+
+
 def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
                     coverage: float = 0.999, replicas: int = 1) -> list[tuple[float, float]]:
     """(probability, prefill tokens) of the steps of steady-state serving: ``n`` new prompts per
@@ -150,6 +178,8 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     else:  # the counts beyond ``coverage``: one step at their mean count (E[N | N >= n])
         count = max(float(n), (lam - mean) / tail) if tail > 0 else float(n)
         last = [(tail, min(count * new, budget) * replicas)]
+    if n >= n_full:
+        out, last = _carry_over(out, last[0], lam * new * replicas)
     out = [(w, t) for w, t in out if w > 0]
     last = [(w, t) for w, t in last if w > 0]
     if len(out) + len(last) <= MAX_MIXTURE_ENTRIES:
@@ -167,6 +197,24 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     if w_acc > 0:
         groups.append((w_acc, wt_acc / w_acc))
     return groups + last
+
+
+def _carry_over(entries: list[tuple[float, float]], full: tuple[float, float],
+                arrivals: float) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(``entries``, [``full``]) with the prompt tokens the budget cut from the full steps carried
+    over: the backlog fills the lightest steps (``entries`` are lightest first) up to the budget,
+    their weight moving to ``full``, until the mean is ``arrivals`` tokens per step (the arrivals
+    never exceed the budget at the ``running_batch``)."""
+    w_full, t_full = full
+    deficit = arrivals - sum(w * t for w, t in entries) - w_full * t_full
+    out = list(entries)
+    for i, (w, t) in enumerate(out):
+        if deficit <= 1e-9 * arrivals:
+            break
+        move = min(w, deficit / (t_full - t))
+        out[i], w_full = (w - move, t), w_full + move
+        deficit -= move * (t_full - t)
+    return out, [(w_full, t_full)]
 
 
 def prefill_tokens_per_step(workload: Workload, median: bool = False,
@@ -283,8 +331,10 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     ``replicas``: the plan's data-parallel replicas, each scheduling its own steps (``prefill_mixture``).
     ``lockstep``: the replicas step together (a MoE model's, whose expert layers span them): a step
     lasts as long as the busiest replica's (``lockstep_weights``), and the others wait at the power
-    drawn during host overheads.
+    drawn during host overheads. The sequences that run are ``running_batch``'s (``batch`` unless
+    prefill cannot keep it full); ``ServingEstimate.batch`` is that number.
     """
+    workload = dataclasses.replace(workload, batch=running_batch(workload, replicas))
     ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu, num_gpus))
 
     def cost(p: float) -> StepCost:

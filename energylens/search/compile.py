@@ -39,7 +39,7 @@ from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.memory import kv_bytes_per_token, usable_bytes, weight_split
 from energylens.costmodel.profile import Profile, load_profile
-from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
+from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION, running_batch
 from energylens.errors import DoesNotFitError, EnergylensError, InvalidWorkloadError, ShardingError
 from energylens.export.plan import QUANTIZATIONS
 from energylens.passes.shard import check_parallel, valid_ep_values, valid_tp_values
@@ -386,7 +386,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
 # compile
 
 
-def _choose(space: SearchSpace, slo: SLO, objective: str) -> int:
+def _choose(space: SearchSpace, slo: SLO, objective: str, workload: Workload | None = None) -> int:
     c = space.cols
     ok = np.ones(len(space), dtype=bool)
     if slo.itl_ms is not None:
@@ -410,12 +410,17 @@ def _choose(space: SearchSpace, slo: SLO, objective: str) -> int:
     primary, secondary = (("energy_per_token_j", "itl_s") if objective == "energy"
                           else ("itl_s", "energy_per_token_j"))
     # plans within 1 ppm of the best (dp replicas price alike up to rounding) are tied: the other
-    # metric decides (again to 1 ppm), then the larger batch (more of the workload at the same cost)
+    # metric decides (again to 1 ppm), then the larger running batch (more of the workload at the
+    # same cost), then the smaller max_num_seqs (above the running batch, prefill cannot fill it)
     x = c[primary][idx]
     idx = idx[x <= x.min() * (1 + 1e-6)]
     y = c[secondary][idx]
     idx = idx[y <= y.min() * (1 + 1e-6)]
-    return int(idx[np.argmax(c["batch"][idx])])
+    batch = c["batch"][idx]
+    running = batch if workload is None else np.array(
+        [running_batch(dataclasses.replace(workload, batch=int(b)), int(d)) for b, d in zip(batch, c["dp"][idx], strict=True)])
+    idx, batch = idx[running == running.max()], batch[running == running.max()]
+    return int(idx[np.argmin(batch)])
 
 
 def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, objective: Objective = "energy",
@@ -460,7 +465,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
             f"needs {space.least_memory_bytes / 2**30:.1f} GiB per GPU (with room for one whole request's KV cache); "
             f"use more GPUs{'' if _quantization(traced) == 'fp8' else ', fp8 weights'} or a shorter context",
             required_bytes=space.least_memory_bytes, capacity_bytes=usable_bytes(gpu))
-    best = space.point(_choose(space, slo, objective))
+    best = space.point(_choose(space, slo, objective, workload))
     par = Parallel(tp=best.tp, ep=best.ep, dp=best.dp)
     wl = dataclasses.replace(workload, batch=best.batch)
     est = estimate(traced, Cluster(gpu.name, num_gpus=cluster.num_gpus, interconnect=interconnect), wl,

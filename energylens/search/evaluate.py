@@ -60,6 +60,7 @@ from energylens.costmodel.serving import (
     lockstep_weights,
     prefill_mixture,
     prefill_tokens_per_step,
+    running_batch,
     serving_context_len,
     step_time_s,
 )
@@ -224,18 +225,20 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     def ctx_of(b: int) -> float:
         return serving_context_len(_workload(workload, b), kv_cap)
 
-    pts = _serving_points(knobs.batches, workload, ctx_of, par.dp, lockstep=variant.lockstep)
+    running = [running_batch(_workload(workload, x), par.dp) for x in knobs.batches]  # what serving runs
+    pts = _serving_points(running, workload, ctx_of, par.dp, lockstep=variant.lockstep)
     batches = np.asarray(knobs.batches, dtype=float)
     s_len = float(workload.prompt_len)
     b, p = pts["b"], pts["p"]
-    ctx_b = np.array([ctx_of(int(x)) for x in knobs.batches])
+    run = np.asarray(running, dtype=float)
+    ctx_b = np.array([ctx_of(x) for x in running])
     # one overlap pass per variant: its windows are the same at every SM count, priced as a knob
     ov = None if params is None else Overlap(comm_sms=next(k for k in knobs.comm_sms if k is not None),
                                             total_sms=gpu.compute_units)
     dec = plan_graph(variant.decode, par, variant.fused, overlap=ov)
     pre = plan_graph(variant.prefill, par, variant.fused, overlap=ov)
     t1, e1 = _component(dec, {"B": b, "S": (b + p) / b, "K": pts["ctx"]}, c, lambda op: not is_attention_op(op))
-    t2, e2 = _component(dec, {"B": batches, "S": np.ones_like(batches), "K": ctx_b}, c, is_attention_op)
+    t2, e2 = _component(dec, {"B": run, "S": np.ones_like(run), "K": ctx_b}, c, is_attention_op)
     new_len = workload.prefill_len  # prompt tokens computed (the rest hit the prefix cache)
     t3, e3 = _component(pre, {"B": np.maximum(p, 1e-9) / new_len, "S": np.full_like(p, new_len),
                               "K": np.full_like(p, s_len)}, c, is_attention_op)
@@ -253,14 +256,14 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     own_t = np.einsum("bp,pfk->bfk", wmat, t_srv)
     mean_t = np.einsum("bp,pfk->bfk", tmat, t_srv)  # lockstep: the busiest replica's step
     mean_e = np.einsum("bp,pfk->bfk", wmat, e_srv) + idle_w * (mean_t - own_t)
-    b3 = batches[:, None, None]
+    b3 = run[:, None, None]
     mem, kv = memory_per_gpu(variant, knobs.batches, workload)
     one = request_kv_bytes(kv, np.asarray(knobs.batches, dtype=float), variant.parallel.dp, workload)
     required = np.maximum(mem, mem - kv + one)  # the KV cache holds at least one whole request
     return VariantPrices(
         variant=variant, knobs=knobs, itl_s=t_srv[pts["med"]], step_s=mean_t,
         energy_per_token_j=mean_e * gpus / b3, power_w=mean_e / mean_t * gpus,
-        ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (b3 * s_len),
+        ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (batches[:, None, None] * s_len),
         memory_bytes=mem, fits=required <= usable_bytes(gpu), required_bytes=required,
         sms_ok=np.array([k is None or variant.has_tp_comm for k in knobs.comm_sms]),
         extras={"points": len(b) + nb, "context_len": ctx_b})

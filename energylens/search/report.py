@@ -29,11 +29,14 @@ def gpus_used(plan: Any) -> str:
     return f"{plan.num_gpus}{of} x {plan.gpu}"
 
 
-def serving_label(workload: Any) -> str:
+def serving_label(workload: Any, serving: Any) -> str:
     """The name of the steady-state serving row of a phase table (its latency is the median ITL; its
-    energy and power are the mean step's)."""
+    energy and power are the mean step's), with the running batch where prefill keeps it below
+    ``workload.batch`` (``costmodel.serving.running_batch``)."""
     hit = f", {workload.prefix_cache_hit:.0%} prefix hits" if workload.prefix_cache_hit else ""
-    return f"serving (median ITL; mean step, incl. prefill{hit})"
+    run = (f"; only {serving.batch} of {workload.batch} sequences run: prefill of new prompts "
+           "fills every step's token budget" if serving.batch < workload.batch else "")
+    return f"serving (median ITL; mean step, incl. prefill{hit}{run})"
 
 
 def render(plan: Any, console: Any, top: int = 10) -> None:
@@ -59,7 +62,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     for col in ("phase", "latency", "energy", "energy / token", "avg power", "tokens/s"):
         phases.add_column(col, justify="left" if col == "phase" else "right")
     if s is not None:
-        phases.add_row(serving_label(wl), si(s.median_itl_s, "s"),
+        phases.add_row(serving_label(wl, s), si(s.median_itl_s, "s"),
                        si(s.energy_per_output_token_j * s.batch, "J"), si(s.energy_per_output_token_j, "J"),
                        si(s.avg_power_w, "W"), f"{s.output_tokens_per_s:,.0f}")
     pre, dec = est.prefill, est.decode
