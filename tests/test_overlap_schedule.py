@@ -128,3 +128,16 @@ def test_sm_count_comes_from_the_schedule_and_a_mismatch_is_an_error() -> None:
     # a schedule made for another GPU's SM count is priced by its share on this one
     other = plan_graph(resolve_model(LLAMA).decode, PAR, overlap=Overlap(comm_sms=16, total_sms=108))
     assert PlanPricer(comm_sms=round(16 / 108 * GPU.compute_units))(other, BIND, GPU, PROF)
+
+
+def test_overlapped_collectives_never_beat_the_links() -> None:
+    """However many SMs it is given, an overlapped collective takes at least its serial (measured) time:
+    on PCIe-only L40S a tp=8 prefill's all-reduces alone set a floor on the overlapped prefill."""
+    wl = el.Workload(batch=16, prompt_len=1024, output_len=16)
+    cluster = el.Cluster("L40S", num_gpus=8)
+    serial = el.estimate("meta-llama/Llama-3.2-1B-Instruct", cluster, wl, el.Parallel(tp=8))
+    comm_s = sum(o.time_s for o in serial.ops if o.phase == "prefill" and o.kind == "collective")
+    assert comm_s > 0.1 * serial.prefill.latency_s  # PCIe: the all-reduces matter
+    for sms in (64, 128):  # without the floor: 0.74x and 0.60x of the collectives' time
+        over = el.estimate("meta-llama/Llama-3.2-1B-Instruct", cluster, wl, el.Parallel(tp=8), comm_sms=sms)
+        assert over.prefill.latency_s >= comm_s

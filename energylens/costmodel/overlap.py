@@ -289,6 +289,12 @@ def _minimum(a: Floats, b: Floats) -> Floats:
     return min(a, b)
 
 
+def _maximum(a: Floats, b: Floats) -> Floats:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.maximum(a, b)
+    return max(a, b)
+
+
 def _any(cond: Any) -> bool:
     return bool(cond.any()) if isinstance(cond, np.ndarray) else bool(cond)
 
@@ -308,16 +314,18 @@ def _div(a: Floats, b: Floats, default: Floats) -> Floats:
 
 
 def overlap_window(kernels: Sequence[Kernel], *, comm_bytes: Floats, comm_sms: int, block_size: int,
-                   params: OverlapParams) -> OverlapCost:
+                   params: OverlapParams, comm_floor_s: Floats = 0.0) -> OverlapCost:
     """One GPU's window: a collective launched before ``kernels[0]``, synchronised after the last.
 
     An empty ``kernels`` is the serial case (collective alone, then the compute). Works on floats and
-    on numpy arrays alike: kernel fields and ``comm_bytes`` broadcast together, and every field of
-    the result is then an array (the search prices all its points with this one function).
+    on numpy arrays alike: kernel fields, ``comm_bytes`` and ``comm_floor_s`` broadcast together, and
+    every field of the result is then an array (the search prices all its points with this one
+    function). ``comm_floor_s``: the least solo time of the collective whatever its SMs (the plan's
+    measured serial time: no number of SMs moves bytes faster than the links do).
     """
     p = params
     n, k = p.num_sms, comm_sms
-    t_comm = sm_comm_time_s(comm_bytes, k, block_size, p)
+    t_comm = _maximum(sm_comm_time_s(comm_bytes, k, block_size, p), comm_floor_s)
     taken = k * min(1.0, block_size / p.threads_per_sm) ** p.sm_take_block_exponent
     active = (n - taken) / n  # SM share left to compute while the collective holds its blocks
     by_class: dict[str, _Terms] = {c: _class_terms(c, active, p) for c in KERNEL_CLASSES}

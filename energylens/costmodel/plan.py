@@ -456,16 +456,17 @@ _CLS = {"expert": "gemm"}  # kernel class of an op class in the contention model
 class OverlapWindows:
     """The windows of ``overlap_windows`` as ``overlap.overlap_window`` inputs, for any SM count.
 
-    ``comm``: each window's collective row. ``groups``: (windows, kernels, comm bytes, block size)
-    per window length and recorded block size (None: the caller's), priced by one ``overlap_window``
-    call: ``kernels[j]`` is kernel ``j`` of each window of the group, fields (windows, points, clocks)
+    ``comm``: each window's collective row. ``groups``: (windows, kernels, comm bytes, serial time,
+    block size) per window length and recorded block size (None: the caller's), priced by one
+    ``overlap_window`` call (the serial time, from the measured tables, is the collective's floor:
+    SMs cannot make it beat the links): ``kernels[j]`` is kernel ``j`` of each window of the group, fields (windows, points, clocks)
     ((points, clocks) for a lone window: views). No window is padded (a padded kernel would cost as
     much array work as a real one).
     """
 
     prices: OpPrices
     comm: list[int]
-    groups: list[tuple[list[int], list[Kernel], np.ndarray, int | None]]
+    groups: list[tuple[list[int], list[Kernel], np.ndarray, np.ndarray, int | None]]
     solo_t: np.ndarray        # (windows, points, clocks): the window's compute ops run solo
     solo_e: np.ndarray
 
@@ -491,7 +492,8 @@ class OverlapWindows:
                 w = windows[rows[0]]
                 kernels = [Kernel(time_s=pick(p.time_s[j]), dyn_power_w=pick(p.dyn_power_w[j]), cls=c)
                            for j, c in zip(w, names[0], strict=True)]
-                groups.append((rows, kernels, pick(_col(p.recs[comm[rows[0]]].comm_bytes, n)[:, None]), block))
+                groups.append((rows, kernels, pick(_col(p.recs[comm[rows[0]]].comm_bytes, n)[:, None]),
+                               pick(p.time_s[comm[rows[0]]]), block))
                 continue
             idx = np.array([windows[r] for r in rows]).T               # (length, windows)
             kt, kw = p.time_s[idx], p.dyn_power_w[idx]                 # (length, windows, points, clocks)
@@ -499,7 +501,7 @@ class OverlapWindows:
                               cls=c[0] if len(set(c)) == 1 else np.array(c)[:, None, None])
                        for j, c in enumerate(zip(*names, strict=True))]
             nbytes = np.stack([_col(p.recs[comm[r]].comm_bytes, n) for r in rows])[..., None]
-            groups.append((rows, kernels, nbytes, block))
+            groups.append((rows, kernels, nbytes, p.time_s[[comm[r] for r in rows]], block))
         solo_t = np.stack([p.time_s[w].sum(axis=0) for w in windows])
         solo_e = np.stack([p.energy_j[w].sum(axis=0) for w in windows])
         return cls(p, comm, groups, solo_t, solo_e)
@@ -511,8 +513,8 @@ class OverlapWindows:
         points, clocks); 0 where the collective takes no time (its serial price). ``block_size``:
         threads per block of a collective whose graph recorded none."""
         wt, we = np.empty(self.solo_t.shape), np.empty(self.solo_t.shape)
-        for rows, kernels, nbytes, block in self.groups:
-            w = overlap_window(kernels, comm_bytes=nbytes, comm_sms=comm_sms,
+        for rows, kernels, nbytes, serial_s, block in self.groups:
+            w = overlap_window(kernels, comm_bytes=nbytes, comm_sms=comm_sms, comm_floor_s=serial_s,
                                block_size=block_size if block is None else block, params=params)
             wt[rows], we[rows] = w.time_s, w.energy_j
         active = self.prices.time_s[self.comm] > 0
