@@ -112,12 +112,6 @@ _PASS_MODULES = ("energylens.passes", "energylens.passes.manager", "energylens.p
                  "energylens.passes.fuse", "energylens.passes.moe", "energylens.passes.overlap")
 
 
-@pytest.mark.parametrize("module", _PASS_MODULES)
-def test_pass_module_doctests(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(module), verbose=False)
-    assert result.attempted > 0 and result.failed == 0
-
-
 @pytest.mark.parametrize("module", _PASS_MODULES[1:])
 def test_pass_module_doctests_from_the_file(module: str, monkeypatch, scratch_registry) -> None:
     """As ``python -m doctest energylens/passes/<m>.py``: the file imported again under a bare name."""

@@ -61,6 +61,7 @@ from energylens.costmodel.profile import (
     Provenance,
     default_profile,
     load_profile,
+    prior_profile,
     profile_path,
 )
 from energylens.costmodel.serving import (
@@ -351,6 +352,9 @@ MOE_CALL_OVERHEAD_S: dict[str, float] = {"H100-SXM": 28e-6}
 #: same Triton kernel and default tile as vLLM 0.11.1, Qwen3-30B-A3B's experts at ep 2-8). The B200
 #: has no such table (and its ML.ENERGY rows show no slowdown past the switch): none.
 MOE_DEFAULT_TILE_EFFICIENCY: dict[str, float] = {"H100-SXM": 0.245}
+#: The fitted GPU whose software costs and power shares the GPUs without measurements take
+#: (``profile.prior_profile``): the one with the most rows and a measured fused-MoE call.
+PRIOR_REFERENCE_GPU = "H100-SXM"
 #: ``Profile.mem_efficiency`` and ``Profile.kernel_overhead_s`` of the fitted GPUs, not fitted on
 #: serving rows: measured on vLLM's own decode GEMMs (``kernel_gemv_coefficients`` of the m <= 8 rows
 #: of data/public/aiconfigurator_kernels/gemm_<gpu>.csv: a weight stream at that share of peak HBM
@@ -852,9 +856,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{gpu_name}: {write_profile(prof, args.out)}  {prof.provenance.residuals}")
         fitted.add(gpu_name)
     if args.defaults:
+        reference = load_profile(PRIOR_REFERENCE_GPU, args.out)  # the one just fitted, where it was
         for name in list_gpus():
             if name not in fitted and get_gpu(name).profile_from is None:  # others derive theirs
-                print(f"{name}: {write_profile(default_profile(get_gpu(name)), args.out)}  (datasheet default)")
+                prior = prior_profile(get_gpu(name), reference)
+                print(f"{name}: {write_profile(prior, args.out)}  (datasheet prior from {reference.gpu})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from energylens.costmodel.clock import MIN_CLOCK_FRACTION
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.errors import EstimateError
 
-__all__ = ["Profile", "Provenance", "default_profile", "derived_profile", "load_profile", "profile_path", "PROFILES_DIR"]
+__all__ = ["Profile", "Provenance", "SOFTWARE_COSTS", "default_profile", "derived_profile", "prior_profile", "load_profile", "profile_path", "PROFILES_DIR"]
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
@@ -30,7 +30,9 @@ class Provenance(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str  # "fit", "derived" (another GPU's profile, same die) or "datasheet-default"
+    #: "fit", "derived" (another GPU's profile, same die), "datasheet-prior" (datasheet numbers with
+    #: a measured GPU's software costs and power shares: ``prior_profile``) or "datasheet-default"
+    method: str
     data: str = ""  # file(s) the fit used, with their source
     fit: str = ""  # what was fitted and how
     rows: int = 0
@@ -132,6 +134,43 @@ def default_profile(gpu: GPUSpec) -> Profile:
             notes="not calibrated against measurements on this GPU; expect larger errors",
         ),
     )
+
+
+#: Coefficients a GPU without measurements takes from a measured one (``prior_profile``): the costs
+#: of vLLM's kernels and host loop, which no datasheet gives.
+SOFTWARE_COSTS: tuple[str, ...] = ("kernel_overhead_s", "attn_kernel_overhead_s", "moe_call_overhead_s",
+                                   "kv_seq_overhead_s", "step_overhead_s", "seq_overhead_s")
+
+
+def prior_profile(gpu: GPUSpec, reference: Profile) -> Profile:
+    """``default_profile(gpu)`` with what a datasheet cannot give taken from ``reference``, a profile
+    fitted on measurements of another GPU: its software costs (``SOFTWARE_COSTS``: the per-kernel,
+    decode-attention and fused-MoE-call floors, the per-KV-sequence, per-step and per-sequence
+    times; left at zero, a GPU without measurements would price vLLM's overheads as free and come
+    out faster than a faster GPU), and the power a bandwidth-bound stream draws as a share of TDP
+    (the H100 fit: 0.76; the datasheet default puts it at TDP, so batch-1 decode would run at TDP).
+
+    >>> from energylens.costmodel.hardware import get_gpu
+    >>> a100 = prior_profile(get_gpu("A100-SXM-80GB"), load_profile("H100-SXM"))
+    >>> a100.moe_call_overhead_s == load_profile("H100-SXM").moe_call_overhead_s, a100.provenance.method
+    (True, 'datasheet-prior')
+    """
+    ref_gpu = get_gpu(reference.gpu)
+    stream_share = (reference.static_power_w + reference.byte_pj * 1e-12 * ref_gpu.hbm_bandwidth_bytes_per_s
+                    * reference.mem_efficiency) / ref_gpu.tdp_w
+    base = default_profile(gpu)
+    stream_w = max(0.0, stream_share * gpu.tdp_w - base.static_power_w)
+    return base.with_params(
+        **{k: getattr(reference, k) for k in SOFTWARE_COSTS},
+        byte_pj=stream_w / (gpu.hbm_bandwidth_bytes_per_s * base.mem_efficiency) * 1e12,
+        provenance=Provenance(
+            method="datasheet-prior",
+            data=f"energylens/costmodel/hardware/ ({gpu.name} datasheet numbers) and the {reference.gpu} "
+                 f"profile ({reference.provenance.method}: {reference.provenance.data})",
+            fit=f"none: default efficiencies; static power = idle + 15% TDP; pJ/FLOP puts a compute-bound "
+                f"GEMM at TDP; pJ/byte puts a bandwidth-bound stream at {stream_share:.2f} of TDP, the "
+                f"{reference.gpu}'s measured share; {', '.join(SOFTWARE_COSTS)} are the {reference.gpu}'s",
+            notes="not calibrated against measurements on this GPU; expect larger errors"))
 
 
 def derived_profile(base: Profile, gpu: GPUSpec) -> Profile:

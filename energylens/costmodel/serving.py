@@ -153,12 +153,13 @@ def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BA
     replica's, and the tokens are given over all replicas (``replicas`` x one replica's), as the
     planned graphs take them. Every count whose prompts fill the budget is one entry; the tail beyond
     ``coverage`` is one entry at its mean count (so the mixture's mean is exact), and neither is
-    merged with others. The Poisson terms are taken in log space from ``lam - 8 sqrt(lam)``
+    merged with others. The prompt tokens the budget cuts from full steps are carried over to the
+    lightest steps (``_carry_over``), so the mean is the arrivals' here too. The Poisson terms are taken in log space from ``lam - 8 sqrt(lam)``
     (the mass below is < 1e-14), so a large ``lam`` (many short requests) neither underflows nor
     needs a term per count from 0.
 
     >>> [(round(w, 3), t) for w, t in prefill_mixture(Workload(batch=2, prompt_len=4000, output_len=1))]
-    [(0.135, 0.0), (0.271, 4000.0), (0.271, 8000.0), (0.323, 8190.0)]
+    [(0.033, 4000.0), (0.271, 8000.0), (0.696, 8190.0)]
     """
     batch = workload.batch / replicas
     lam = batch / workload.output_len
