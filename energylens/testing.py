@@ -13,6 +13,7 @@ configs of the supported architectures with the keys of their HF ``config.json``
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -117,6 +118,8 @@ class _Builder:
     def __init__(self, c: _Chooser, max_ops: int):
         self.c, self.max_ops = c, max_ops
         self.counter = 0
+        self.group_of: dict[str, int | None] = {}        # op result -> its fusion group
+        self.collective_src: dict[str, int | None] = {}  # collective result -> its operand's group
         self.dims: list[tuple[str, DimSize]] = [("B", None), ("S", None), ("K", None), ("T", "B*S")]
         for name in _sample(c, _MODEL_DIMS, 2, 6):
             self.dims.append((name, _choice(c, _SIZES)))
@@ -147,6 +150,20 @@ class _Builder:
         return fields
 
     def op(self, scope: list[Value]) -> Op:
+        """A random op over ``scope`` that keeps the verifier's fusion rule: no collective in a fusion
+        group, and none between the ops of one (an op of a group never reads a collective of a value
+        its own group produced)."""
+        op = self._op(scope)
+        group = op.fusion_group
+        if isinstance(op, Collective):
+            op = dataclasses.replace(op, fusion_group=None) if group is not None else op
+            self.collective_src[op.result.name] = self.group_of.get(op.operands[0].name)
+        elif group is not None and any(group == self.collective_src.get(v.name, -1) for v in op.operands):
+            op = dataclasses.replace(op, fusion_group=None)
+        self.group_of[op.result.name] = op.fusion_group
+        return op
+
+    def _op(self, scope: list[Value]) -> Op:
         c = self.c
         kind = _choice(c, ("einsum", "einsum", "elementwise", "reduce", "gather", "collective"))
         dtype = _choice(c, tuple(DTYPE_BYTES))

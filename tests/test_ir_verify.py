@@ -202,8 +202,15 @@ def test_gather_dim_in_table_and_operand_counts() -> None:
     red = Reduce(result=y, operands=(), fn="sum", dims=())
     bad(with_body(g, red), "reduce %y", "at least 1 operand")
     col = Collective(result=Value("c", w.type), operands=(w,), fn="all_reduce", axis="")
-    bad(with_body(g, col), "collective %c", "empty mesh axis")
+    bad(with_body(g, col), "collective %c", "mesh axis '' is not one of tp, dp, ep, etp")
+    bad(with_body(g, dataclasses.replace(col, axis="zz")), "collective %c", "mesh axis 'zz'")
+    bad(with_body(g, dataclasses.replace(col, axis="tp", fn="all_redux")), "collective %c",
+        "unknown collective 'all_redux'; valid: all_reduce, all_gather")
+    bad(with_body(g, dataclasses.replace(col, axis="tp", fusion_group=1)), "collective %c",
+        "cannot be part of fusion group 1")
     bad(with_body(g, dataclasses.replace(ok, stream=-1)), "gather %y", "stream -1")
+    bad(with_body(g, dataclasses.replace(ok, stream=7)), "gather %y", "must be 0 (compute) or 1")
+    bad(with_body(g, dataclasses.replace(ok, sharding=(("h", "zz"),))), "gather %y", "sharded over 'zz'")
     bad(with_body(g, dataclasses.replace(ok, sharding=(("h", "tp"), ("h", "dp")))), "gather %y", "sharded twice")
 
 
@@ -222,3 +229,20 @@ def test_decl_role_and_duplicates() -> None:
 
 def test_einsum_import_is_used() -> None:
     assert isinstance(base().body[0], Einsum)
+
+
+def test_mesh_attribute_and_collectives_inside_kernels() -> None:
+    """Hand-edited IR: a malformed mesh, and a collective between the ops of one fused kernel (what
+    'fuse' before 'shard' makes) are rejected with the rule, not priced oddly later."""
+    from energylens.ir.text import EXAMPLE, parse_graph
+    from energylens.passes import run_pipeline
+
+    g = parse_graph(EXAMPLE)
+    for mesh in ("tp=two", "tq=2", "tp"):
+        with pytest.raises(VerificationError, match=f"mesh '{mesh}' is not 'axis=size"):
+            verify_graph(dataclasses.replace(g, attrs=(*g.attrs, ("mesh", mesh))))
+    verify_graph(run_pipeline(g, "shard{tp=2},fuse"))
+    fused_mlp = EXAMPLE.replace('bf16[B,S,f]  {shard = {f = tp}}', 'bf16[B,S,f]  {shard = {f = tp}, fusion = 1}')
+    fused_mlp = fused_mlp.replace('bf16[B,S,h]  {shard = {f = tp}}', 'bf16[B,S,h]  {shard = {f = tp}, fusion = 1}')
+    with pytest.raises(Exception, match="collective would run inside that kernel"):
+        run_pipeline(parse_graph(fused_mlp), "shard{tp=2}")

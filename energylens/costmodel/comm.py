@@ -39,6 +39,7 @@ from typing import Any
 
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.errors import EstimateError, InvalidTypeError, UnknownNameError
+from energylens.ir.core import COLLECTIVE_FNS
 from energylens.typing import Record
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 #: Collectives priced here (``Collective.fn`` names of the IR, plus point-to-point).
-COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+COLLECTIVES: tuple[str, ...] = COLLECTIVE_FNS
 INTERCONNECTS: tuple[str, ...] = ("nvlink", "pcie", "ib")
 #: Spellings a user may give (case-insensitive): a name above or ``infiniband``, with an optional
 #: generation (``nvlink4``, ``pcie5``, ``pcie-gen5``). The generation is not priced: the link

@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal
 from energylens.errors import VerificationError
 
 __all__ = [
+    "COLLECTIVE_FNS",
+    "MESH_AXES",
     "DTYPE_BYTES",
     "SYMBOLS",
     "DimSize",
@@ -271,6 +273,12 @@ class Collective(Op):
 
 
 OP_KINDS: dict[str, type[Op]] = {c.kind: c for c in (Einsum, Elementwise, Reduce, Gather, Collective)}
+
+#: Functions a ``Collective`` may have (the cost model has a measured table for each).
+COLLECTIVE_FNS: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+
+#: Mesh axes: tp and dp (attention and dense layers), ep and etp (MoE experts) over the same GPUs.
+MESH_AXES: tuple[str, ...] = ("tp", "dp", "ep", "etp")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,11 @@
   ``g.dims``;
 - ``repeat``: count >= 1, ``init`` defined before the region, ``carry`` defined in it, and both
   have the same type;
+- collectives: ``fn`` is one of ``COLLECTIVE_FNS``, the axis (and every sharding's) one of
+  ``MESH_AXES``; the graph's ``mesh`` attribute, if any, reads ``axis=size,...`` over those axes;
+  streams are 0 (compute) or 1 (communication);
+- a fusion group is one launched kernel: no collective is in one, and none sits inside one (an op
+  of a group cannot read a collective of a value the same group produced);
 - elementwise: the result's dims are the union of the operands' dims (broadcast by name);
 - gather: the gathered dim is a dim of the table (operand 0) or of the result (MoE dispatch);
 - outputs exist (are visible at the end of the graph).
@@ -28,6 +33,8 @@ import re
 
 from energylens.errors import VerificationError
 from energylens.ir.core import (
+    COLLECTIVE_FNS,
+    MESH_AXES,
     Collective,
     Decl,
     DimSize,
@@ -41,7 +48,7 @@ from energylens.ir.core import (
     Value,
 )
 
-__all__ = ["verify_graph", "verify_dims"]
+__all__ = ["verify_graph", "verify_dims", "collective_inside_kernel"]
 
 _DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -156,16 +163,21 @@ class _Verifier:
         fn = getattr(op, "fn", None)
         if fn is not None and not fn:
             raise VerificationError(f"{label}: empty fn")
-        if isinstance(op, Collective) and not op.axis:
-            raise VerificationError(f"{label}: empty mesh axis")
-        if isinstance(op.stream, bool) or not isinstance(op.stream, int) or op.stream < 0:
-            raise VerificationError(f"{label}: stream {op.stream!r} must be an int >= 0 (0 compute, 1 communication)")
+        if isinstance(op, Collective):
+            if op.fn not in COLLECTIVE_FNS:
+                raise VerificationError(f"{label}: unknown collective {op.fn!r}; valid: {', '.join(COLLECTIVE_FNS)}")
+            if op.axis not in MESH_AXES:
+                raise VerificationError(f"{label}: mesh axis {op.axis!r} is not one of {', '.join(MESH_AXES)}")
+        if op.stream not in (0, 1) or isinstance(op.stream, bool):
+            raise VerificationError(f"{label}: stream {op.stream!r} must be 0 (compute) or 1 (communication)")
         sharded = [d for d, _ in op.sharding]
         if len(set(sharded)) != len(sharded):
             raise VerificationError(f"{label}: a dimension is sharded twice in {op.sharding}")
         for dim, axis in op.sharding:
-            if not axis:
-                raise VerificationError(f"{label}: dimension {dim!r} is sharded over an empty mesh axis")
+            if axis not in MESH_AXES:
+                raise VerificationError(f"{label}: dimension {dim!r} is sharded over {axis!r}, not a mesh axis "
+                                        f"({', '.join(MESH_AXES)})")
+        self.fusion(op, label)
         for i, v in enumerate(op.operands):
             t = self.lookup(v.name, label, f"operand {i}")
             if t != v.type:
@@ -192,6 +204,12 @@ class _Verifier:
                                     f"%{op.operands[0].name} {_fmt(op.operands[0].type)} nor of the result")
         self.define(op.result, label)
 
+    def fusion(self, op: Op, label: str) -> None:
+        """A fusion group is one kernel: no collective in it."""
+        if isinstance(op, Collective) and op.fusion_group is not None:
+            raise VerificationError(f"{label}: a collective cannot be part of fusion group {op.fusion_group} (a "
+                                    "kernel does not wait for communication inside it)")
+
     def repeat(self, r: Repeat) -> None:
         label = f"repeat @{r.name}"
         if isinstance(r.count, bool) or not isinstance(r.count, int) or r.count < 1:
@@ -217,6 +235,13 @@ class _Verifier:
     def run(self) -> None:
         g = self.g
         verify_dims(g.dims, f"graph @{g.name}")
+        mesh = g.attr.get("mesh")
+        if mesh is not None:
+            for part in str(mesh).split(","):
+                axis, eq, size = (x.strip() for x in part.partition("="))
+                if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1:
+                    raise VerificationError(f"graph @{g.name}: mesh {mesh!r} is not 'axis=size,...' with axes in "
+                                            f"{', '.join(MESH_AXES)} and sizes >= 1 (bad part {part!r})")
         for d in g.decls:
             self.decl(d, "")
         for item in g.body:
@@ -224,10 +249,33 @@ class _Verifier:
                 self.repeat(item)
             else:
                 self.op(item, "")
+        inside = collective_inside_kernel(g)
+        if inside:
+            raise VerificationError(inside)
         if not g.outputs:
             raise VerificationError(f"graph @{g.name}: has no outputs")
         for name in g.outputs:
             self.lookup(name, f"graph @{g.name}", "output")
+
+
+def collective_inside_kernel(g: Graph) -> str | None:
+    """Why a collective of ``g`` runs inside a fused kernel (an op of a fusion group reads a
+    collective of a value the same group produced, as ``shard`` after ``fuse`` makes), or None."""
+    group_of: dict[str, int | None] = {}
+    source_group: dict[str, int | None] = {}  # collective result -> the group of its operand
+    ops = [(op, where) for item in g.body for op, where in (
+        [(o, f" in repeat @{item.name}") for o in item.ops] if isinstance(item, Repeat) else [(item, "")])]
+    for op, where in ops:
+        if isinstance(op, Collective):
+            source_group[op.result.name] = group_of.get(op.operands[0].name)
+        elif op.fusion_group is not None:
+            for v in op.operands:
+                if v.name in source_group and source_group[v.name] == op.fusion_group:
+                    return (f"{op.kind} %{op.result.name}{where}: reads %{v.name}, a collective of a value fusion "
+                            f"group {op.fusion_group} produced: the collective would run inside that kernel "
+                            "(shard before fuse)")
+        group_of[op.result.name] = op.fusion_group
+    return None
 
 
 def verify_graph(g: Graph) -> None:

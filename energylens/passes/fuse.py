@@ -200,8 +200,8 @@ class _Block:
             act = next((v.name for v in op.operands if v.name not in self.decls), None)
             if act is None:
                 continue
-            if act in seen:
-                self.add(seen[act], i)
+            if act in seen and all(self.early(v, seen[act]) for v in op.operands):
+                self.add(seen[act], i)  # its other operands exist before the group starts (weights)
             else:
                 seen[act] = self.new_group({i})
                 gids.append(seen[act])

@@ -74,7 +74,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from energylens.errors import EstimateError, ShardingError
-from energylens.ir.core import Collective, Decl, Einsum, Gather, Graph, Op, Reduce, Repeat, Value
+from energylens.ir.core import MESH_AXES, Collective, Decl, Einsum, Gather, Graph, Op, Reduce, Repeat, Value
+from energylens.ir.verify import collective_inside_kernel
 from energylens.passes.manager import register_pass
 from energylens.typing import Parallel
 
@@ -93,8 +94,6 @@ __all__ = [
     "collective_bytes",
 ]
 
-#: Mesh axes: tp and dp (attention and dense layers), ep and etp (MoE experts) over the same GPUs.
-MESH_AXES: tuple[str, ...] = ("tp", "dp", "ep", "etp")
 _EXPERT_AXES = frozenset({"ep", "etp"})
 #: Dims that count tokens (a dp split lives on them): sequences, flattened tokens, tokens per expert.
 _TOKEN_DIMS = ("B", "T", "C")
@@ -306,7 +305,11 @@ class Shard:
         mesh = mesh_sizes(self.parallel)
         if all(n == 1 for n in mesh.values()):
             return graph
-        return _Sharder(graph, mesh).run()
+        out = _Sharder(graph, mesh).run()
+        inside = collective_inside_kernel(out)
+        if inside:  # the graph was fused first: a collective now splits one of its kernels
+            raise ShardingError(f"shard runs before fuse: {inside}; put shard first, e.g. 'shard{{tp=2}},fuse'")
+        return out
 
 
 def _is_dispatch(op: Op) -> bool:
