@@ -233,13 +233,13 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     check_context(traced, workload, model_name(model, traced.decode))
     check_parallel(traced.decode, parallel, num_gpus=cluster.num_gpus)
     _check_batch_and_routing(workload, parallel, routing, traced.decode)
+    if comm_sms is not None and parallel.tp == 1:  # the overlap pass overlaps tensor-parallel collectives only
+        raise ConfigError(f"comm_sms={comm_sms} but the plan {parallel} has no tensor-parallel collective to "
+                          "overlap; use tp > 1 or leave comm_sms unset")
     overlap = None if comm_sms is None else Overlap(comm_sms=comm_sms, total_sms=gpu.compute_units)
     prefill_g = plan_graph(traced.prefill, parallel, fused, routing, overlap)
     decode_g = plan_graph(traced.decode, parallel, fused, routing, overlap)
     name = model_name(model, decode_g)
-    if comm_sms is not None and parallel.tp == 1:  # the overlap pass overlaps tensor-parallel collectives only
-        raise ConfigError(f"comm_sms={comm_sms} but the plan {parallel} has no tensor-parallel collective to "
-                          "overlap; use tp > 1 or leave comm_sms unset")
     n = parallel.num_gpus
     mem = plan_memory(prefill_g, decode_g, workload, gpu)
     if check_memory:

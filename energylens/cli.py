@@ -197,19 +197,17 @@ def ir_cmd(
     from energylens.errors import UnknownNameError
     from energylens.frontends.hf import trace_model
     from energylens.ir.text import print_graph
-    from energylens.passes import run_pipeline
+    from energylens.passes import PassManager
 
     if phase not in ("prefill", "decode"):
         raise UnknownNameError("phase", phase, ["prefill", "decode"])
+    # the pipeline is read (and a bad one refused) before the model is traced
+    passes = PassManager.from_pipeline(pipeline or (), print_after_all=sys.stdout if print_after_all else None)
     ir = trace_model(model)
     graph = ir.prefill if phase == "prefill" else ir.decode
     if print_after_all:
-        print(f"// ----- IR after trace -----\n{print_graph(graph)}", end="")
-    if pipeline:
-        def after(name: str, g: object) -> None:
-            print(f"// ----- IR after {name} -----\n{print_graph(g)}", end="")  # type: ignore[arg-type]
-
-        graph = run_pipeline(graph, pipeline, print_after_all=after if print_after_all else None)
+        print(f"// after trace\n{print_graph(graph)}", end="")
+    graph = passes(graph)
     if not print_after_all:
         print(print_graph(graph), end="")
 

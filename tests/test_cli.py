@@ -123,8 +123,13 @@ def test_ir_pipeline_and_print_after_all():
     assert "collective.all_reduce[tp]" in r.output and parse_graph(r.output).attr["mesh"].startswith("tp=2")
     r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},fuse", "--print-after-all")
     assert r.exit_code == 0, r.output
-    banners = [line for line in r.output.splitlines() if line.startswith("// ----- IR after")]
-    assert banners == ["// ----- IR after trace -----", "// ----- IR after shard -----",
-                       "// ----- IR after fuse -----"]
+    banners = [line for line in r.output.splitlines() if line.startswith("// after")]
+    assert banners == ["// after trace", "// after shard", "// after fuse"]  # as the Python API's
     r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shrd{tp=2}")
     assert r.exit_code == 2 and "Did you mean 'shard'?" in r.output
+    r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "overlap", "--print-after-all")  # refused before tracing
+    assert r.exit_code == 2 and "// after" not in r.output and "give them as overlap{comm_sms=...}" in r.output
+    r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "overlap{comm_sms=16}")  # nothing to overlap: not a no-op
+    assert r.exit_code == 2 and "no tensor-parallel collective to overlap" in r.output
+    r = run("ir", "Qwen/Qwen3-0.6B", "--pipeline", "shard{tp=2},moe,moe{routing=zipf}")
+    assert r.exit_code == 2 and "runs pass 'moe' 2 times" in r.output

@@ -259,6 +259,9 @@ def test_compressed_tensors_fp8() -> None:
     ({"head_dim": 0}, r"'head_dim' must be a positive integer, got 0"),
     ({"num_key_value_heads": -2}, r"'num_key_value_heads' must be a positive integer, got -2"),
     ({"rope_scaling": {"rope_type": "bogus"}}, r"rope_type 'bogus' is not supported; supported: default, .*llama3"),
+    ({"attention_bias": True}, r"attention_bias=true is not supported"),
+    # another family's config names its fields otherwise: its model_type is the error, not a field
+    ({"model_type": "gpt2", "hidden_size": None}, r"model_type 'gpt2' is not supported; supported: llama, qwen3"),
 ])
 def test_bad_field_values(patch, match: str) -> None:
     from energylens.testing import tiny_llama_config

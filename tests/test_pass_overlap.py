@@ -101,14 +101,16 @@ def test_pure(llama: Graph) -> None:
     assert all(op.sm_share is None and op.stream == 0 for op in _ops(llama))
 
 
-def test_no_tp_collectives_unchanged() -> None:
-    g = traced("tiny_llama_config")  # unsharded: no collectives
-    assert Overlap(comm_sms=SMS)(g) == g
-    hand = llama_decode()
-    assert Overlap(comm_sms=SMS)(hand) == hand
+def test_no_tp_collectives() -> None:
+    g = traced("tiny_llama_config")  # unsharded: nothing to overlap is an error, not a silent no-op
+    with pytest.raises(InvalidWorkloadError, match="no tensor-parallel collective to overlap.*shard first"):
+        Overlap(comm_sms=SMS)(g)
+    with pytest.raises(InvalidWorkloadError, match="no tensor-parallel collective"):
+        Overlap(comm_sms=SMS)(llama_decode())
     ep_only = Shard(dp=2, ep=2)(traced("tiny_qwen3_moe_config"))  # collectives, none over tp
     assert any(isinstance(op, Collective) for op in _ops(ep_only))
-    assert Overlap(comm_sms=SMS)(ep_only) == ep_only
+    with pytest.raises(InvalidWorkloadError, match="no tensor-parallel collective"):
+        Overlap(comm_sms=SMS)(ep_only)
 
 
 def test_pipeline_options(llama: Graph) -> None:

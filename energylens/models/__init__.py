@@ -272,13 +272,16 @@ def _positive_int(v: Any) -> bool:
 
 def _check(config: Any, where: str) -> str:
     d = config_dict(config)
+    mt = d.get("model_type")
+    if mt is not None and mt not in _FAMILIES:  # before the fields: another family names them otherwise
+        raise ConfigError(f"model config {where}: model_type {mt!r} is not supported; "
+                          f"supported: {', '.join(_FAMILIES)}")
     for key in REQUIRED_FIELDS:
         if d.get(key) is None:
             raise ConfigError(f"model config {where} lacks the required field {key!r}")
-    mt = d["model_type"]
-    if mt not in _FAMILIES:
-        raise ConfigError(f"model config {where}: model_type {mt!r} is not supported; "
-                          f"supported: {', '.join(_FAMILIES)}")
+    if d.get("attention_bias"):  # the traced attention would carry bias adds the lowering does not name
+        raise ConfigError(f"model config {where}: attention_bias=true is not supported (the supported "
+                          f"{', '.join(_FAMILIES)} checkpoints have none); it must be false")
     optional = ("head_dim", "num_key_value_heads")
     if mt == "qwen3_moe":
         for key in _MOE_FIELDS:

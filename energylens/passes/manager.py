@@ -79,7 +79,7 @@ _BUILTIN_MODULES = ("energylens.passes.shard", "energylens.passes.fuse", "energy
                     "energylens.passes.overlap")
 _loaded = False
 #: Passes that may run at most once in a pipeline: a second shard would split shards again.
-_ONCE = ("shard",)
+_ONCE = ("shard", "moe", "overlap")  # a second one would silently override the first
 
 
 class PassVerificationError(VerificationError):
@@ -255,6 +255,12 @@ def make_pass(name: str, **options: Any) -> Any:
         except ValueError:
             raise ConfigError(f"pass {name!r}: option {key}={value!r} has the wrong type; "
                               f"expected {_type_name(hints[key])}") from None
+    required = [f.name for f in fields.values()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in kwargs]
+    if missing:  # said here: Python's own TypeError names the parameter in the CLI's --flag form
+        raise ConfigError(f"pass {name!r} has required option(s) without a default; give them as "
+                          f"{name}{{{','.join(f'{k}=...' for k in missing)}}}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

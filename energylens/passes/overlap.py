@@ -16,7 +16,8 @@ Two modes, chosen by whether a window is given:
   the next collective of its region, wrapping round to the region's start (the next layer); no op
   moves. This pass decides the schedule: ``energylens.estimate(comm_sms=...)`` and the search plan
   their graphs through it, and the cost model only reads it back from the annotations
-  (``costmodel.plan.overlap_windows``). A graph without such a collective is returned as it is.
+  (``costmodel.plan.overlap_windows``). A graph not sharded with ``tp > 1`` is an error (nothing to
+  overlap: shard first).
 
 Either way the window is readable from the IR: a stream-1 collective, then ops with an
 ``sm_share`` below 1. The block size of each overlapped collective's kernel is recorded in
@@ -161,7 +162,9 @@ class Overlap:
             return item.ops[a[1]] if isinstance(item, Repeat) else item  # type: ignore[return-value]
 
         if mesh_of(graph)["tp"] <= 1:  # a tp collective over one GPU costs nothing: nothing to hide
-            return graph
+            raise InvalidWorkloadError(
+                "overlap found no tensor-parallel collective to overlap: the graph is not sharded with tp > 1 "
+                "(run shard first, e.g. 'shard{tp=2},fuse,overlap{comm_sms=16}')")
         new: dict[tuple[int, int | None], Op] = {}
         names: list[str] = []
         for run in overlap_regions(graph):
