@@ -173,7 +173,7 @@ def check_context(traced: Any, workload: Workload, name: str) -> int | None:
 def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, parallel: Parallel | None = None, *,
              fused: bool = True, comm_sms: int | None = None, routing: str | Moe = "uniform",
              profiles: str | Path | None = None, profile: Profile | None = None,
-             check_memory: bool = True) -> Estimate:
+             check_memory: bool = True, clock_mhz: int | None = None) -> Estimate:
     """Latency, power, energy and memory of serving ``model`` on ``cluster`` for ``workload``.
 
     ``model`` is an HF id of a bundled model (``energylens.models``), or an already traced model.
@@ -200,6 +200,10 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     another replica or job). ``profiles`` is a folder of profile JSONs to use instead of the bundled
     ones (or pass one ``profile``); it must exist, and a GPU without a file in it falls back as
     ``load_profile`` says (``est.profile`` names the profile used).
+
+    ``clock_mhz``: the SM clock the GPUs are locked to (``nvidia-smi -lgc``), as ``compile``
+    searches it (``Plan.clock_mhz``; None: the default clock), so a compiled plan can be priced
+    again here.
 
     ``check_memory=False`` prices the plan even when ``est.memory`` exceeds the GPU (instead of
     raising ``DoesNotFitError``): for comparing with a measured run whose engine held that batch
@@ -229,6 +233,12 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     check_comm_sms(comm_sms, gpu)
     comm_sms = None if comm_sms is None else int(comm_sms)
     prof = profile or load_profile(gpu, profiles)
+    if clock_mhz is not None:
+        from energylens.search.compile import check_clocks
+        from energylens.search.evaluate import clock_profile
+
+        check_clocks(None, [clock_mhz], gpu, name="clock_mhz")
+        prof = clock_profile(prof, gpu, clock_mhz)
     traced = resolve_model(model)
     check_context(traced, workload, model_name(model, traced.decode))
     check_parallel(traced.decode, parallel, num_gpus=cluster.num_gpus)

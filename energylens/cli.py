@@ -59,6 +59,7 @@ _INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A10
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
               "Workload.prefix_cache_hit": "--prefix-cache-hit", "Workload.output_len_cv": "--output-len-cv",
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
+              "clock_mhz": "--clock-mhz",
               "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
               " (or None: no target)": "", " (or None: no overlap)": "", " (interconnect='pcie' in Python)": "",
               " (interconnect='pcie' in Python; ": " (", ", interconnect='pcie' in Python;": ";"}
@@ -133,6 +134,8 @@ def estimate(
     routing_histogram: Annotated[str | None, typer.Option(
         help="measured tokens (or shares) per expert, comma-separated, one per expert: with --routing histogram")] = None,
     interconnect: Annotated[str | None, typer.Option(help=_INTERCONNECT_HELP)] = None,
+    clock_mhz: Annotated[int | None, typer.Option(help="SM clock the GPUs are locked to, MHz (as compile "
+                                                  "chooses it; default: the default clock)")] = None,
     top: Annotated[int, typer.Option(help="how many ops to list, by energy")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ) -> None:
@@ -149,13 +152,14 @@ def estimate(
                       el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
                                   output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),
                       el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms,
-                      routing=_routing(routing, routing_histogram))
+                      routing=_routing(routing, routing_histogram), clock_mhz=clock_mhz)
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
         return
     wl = est.workload
     of = f" of {gpus}" if gpus not in (None, est.num_gpus) else ""  # --gpus 8 --tp 2 runs on 2 of them
-    title = (f"{est.model} on {est.num_gpus}{of} x {est.gpu} (tp={tp}, ep={ep}, dp={dp}): batch {wl.batch}, prompt {wl.prompt_len}, "
+    clock = f", {clock_mhz} MHz" if clock_mhz else ""
+    title = (f"{est.model} on {est.num_gpus}{of} x {est.gpu} (tp={tp}, ep={ep}, dp={dp}{clock}): batch {wl.batch}, prompt {wl.prompt_len}, "
              f"output {wl.output_len}")
     summary = Table(title=title)
     for col in ("phase", "latency", "energy", "avg power", "energy / token", "FLOPs", "HBM bytes"):

@@ -292,3 +292,18 @@ def test_compile_refuses_a_plan_that_cannot_hold_one_request():
         el.compile("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", el.Cluster("L40S", 1), wl, comm_sms=(None,))
     with pytest.raises(el.EnergylensError, match=r"one whole request's KV cache needs [\d.]+ GiB per GPU"):
         el.estimate("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8", el.Cluster("L40S", 1), wl)
+
+
+def test_estimate_at_the_compiled_clock_reproduces_the_plan():
+    wl = el.Workload(batch=16, prompt_len=512, output_len=128)
+    plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=2), workload=wl)
+    assert plan.gpu_clock_mhz is not None  # the energy objective locks a clock here
+    est = el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2), wl, plan.parallel, fused=plan.fused,
+                      comm_sms=plan.comm_sms, clock_mhz=plan.clock_mhz)
+    assert est.serving.median_itl_s == pytest.approx(plan.estimate.serving.median_itl_s, rel=1e-9)
+    assert est.serving.energy_per_output_token_j == pytest.approx(plan.estimate.serving.energy_per_output_token_j,
+                                                                   rel=1e-9)
+    with pytest.raises(el.EnergylensError, match="clock_mhz must be one of the H100-SXM clocks in 990..1980 MHz"):
+        el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz=100)
+    with pytest.raises(el.EnergylensError, match="B200 has no published maximum clock"):
+        el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=1000)

@@ -334,7 +334,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
     """Price the whole plan space; return every plan that fits in memory, as columns."""
     t0 = time.perf_counter()
     _check_comm_sms(comm_sms, gpu)
-    _check_clocks(num_clocks, clocks_mhz, gpu)
+    check_clocks(num_clocks, clocks_mhz, gpu)
     if gpu.boost_clock_mhz is None:  # no maximum clock to lock against: only the default clock
         if clocks_mhz:
             raise InvalidWorkloadError(
@@ -486,22 +486,30 @@ def _named(est: Estimate, name: str) -> Estimate:
     return est if est.model == name else dataclasses.replace(est, model=name)
 
 
-def _check_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec) -> None:
+def check_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec, name: str = "clocks_mhz") -> None:
     """``num_clocks``: None (every 15 MHz step) or a count >= 1; ``clocks_mhz``: None or a non-empty
     sequence of clocks in the range the clock model holds (the search's own lowest clock, about
-    ``MIN_CLOCK_FRACTION`` of the maximum, up to the maximum)."""
+    ``MIN_CLOCK_FRACTION`` of the maximum, up to the maximum); ``name`` the argument the user gave.
+    A GPU without a published maximum clock takes no clock (``search`` says so for the search)."""
     if num_clocks is not None and (isinstance(num_clocks, bool) or not isinstance(num_clocks, numbers.Integral)
                                    or num_clocks < 1):
         raise InvalidWorkloadError(f"num_clocks must be a whole number >= 1 (or None: every 15 MHz step), "
                                    f"got {num_clocks!r}")
-    if clocks_mhz is None or gpu.boost_clock_mhz is None:  # no maximum clock: search() says so
+    if clocks_mhz is None:
         return
+    if gpu.boost_clock_mhz is None:
+        if name == "clocks_mhz":  # search() says so with the search's wording
+            return
+        raise InvalidWorkloadError(f"{gpu.name} has no published maximum clock, so a locked clock cannot be priced; "
+                                   f"leave {name} unset (the default clock)")
     f_max, lo = gpu.boost_clock_mhz, ClockModel.of(gpu).grid()[0]
     if (not isinstance(clocks_mhz, Sequence) or isinstance(clocks_mhz, str) or not clocks_mhz
             or not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and lo <= f <= f_max
                        for f in clocks_mhz)):
-        raise InvalidWorkloadError(f"clocks_mhz must be a non-empty list of {gpu.name} clocks in {lo:.0f}..{f_max:.0f} "
-                                   f"MHz (half the maximum up to it, where the clock model holds), got {clocks_mhz!r}")
+        what = "a non-empty list of" if name == "clocks_mhz" else "one of the"
+        got = clocks_mhz if name == "clocks_mhz" else clocks_mhz[0]
+        raise InvalidWorkloadError(f"{name} must be {what} {gpu.name} clocks in {lo:.0f}..{f_max:.0f} MHz (half "
+                                   f"the maximum up to it, where the clock model holds), got {got!r}")
 
 
 def _check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
