@@ -9,7 +9,8 @@ static power meanwhile. A graph without experts is returned unchanged.
 
 Routing models:
 
-* ``uniform``: each routed token picks experts uniformly; per-expert counts are multinomial.
+* ``uniform``: each routed token picks experts uniformly; per-expert counts are multinomial, drawn
+  anew each step: the straggler is the expected most-loaded rank over ``ROUTING_DRAWS`` draws.
 * ``zipf``: expert popularity ~ 1 / rank^skew (rank order shuffled over the experts with the
   seed, so hot experts do not all sit on rank 0); counts multinomial with those probabilities.
 * ``histogram``: measured per-expert counts (or probabilities), rescaled to the token count.
@@ -136,26 +137,35 @@ def _probabilities(num_experts: int, top_k: int, routing: str, skew: float,
     return p
 
 
+#: Routing draws the straggler is averaged over: each step routes its tokens anew, so a step's
+#: mean time sees the expected most-loaded rank, not one draw's (whose max varies ~10% at decode).
+ROUTING_DRAWS = 64
+
+
 @functools.lru_cache(maxsize=4096)
 def _load(num_tokens: int, num_experts: int, top_k: int, ep: int, routing: str, skew: float,
           histogram: tuple[float, ...] | None, seed: int) -> ExpertLoad:
     rng = np.random.default_rng(seed)
     p = _probabilities(num_experts, top_k, routing, skew, histogram, rng)
     slots = num_tokens * top_k
-    counts = rng.multinomial(slots, p).astype(float)
-    per_rank = counts.reshape(ep, num_experts // ep).sum(axis=1)
+    draws = rng.multinomial(slots, p, size=ROUTING_DRAWS).astype(float)   # (draws, experts)
+    ranks = draws.reshape(ROUTING_DRAWS, ep, num_experts // ep).sum(axis=2)
     mean = slots / ep
-    straggler = float(per_rank.max() / mean) if mean > 0 else 1.0
+    straggler = float(ranks.max(axis=1).mean() / mean) if mean > 0 else 1.0
+    counts = slots * p  # the expected loads
+    per_rank = counts.reshape(ep, num_experts // ep).sum(axis=1)
     return ExpertLoad(tuple(counts.tolist()), tuple(per_rank.tolist()), straggler)
 
 
 def expert_load(num_tokens: int, num_experts: int, top_k: int, ep: int, routing: Routing | str = "uniform",
                 seed: int = 0, *, skew: float = 1.0, histogram: Sequence[float] | None = None) -> ExpertLoad:
-    """Token-slots routed to each expert and each of ``ep`` ranks (experts placed contiguously).
+    """Expected token-slots routed to each expert and each of ``ep`` ranks (experts placed
+    contiguously), and the straggler.
 
     ``num_tokens`` tokens each go to ``top_k`` distinct experts (``num_tokens * top_k`` slots in
-    all). ``straggler`` = max rank load / mean rank load (1.0: balanced); under EP every rank
-    waits for the most loaded one. Deterministic for a given ``seed``.
+    all). ``straggler`` = expected max rank load / mean rank load over ``ROUTING_DRAWS`` multinomial
+    draws (1.0: balanced); under EP every rank waits for the most loaded one. Deterministic for a
+    given ``seed`` (which also places zipf's popular experts).
     """
     if num_experts <= 0 or not 0 < top_k <= num_experts:
         raise ConfigError(f"MoE routing needs 0 < top_k <= num_experts, got top_k={top_k}, num_experts={num_experts}")
