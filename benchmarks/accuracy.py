@@ -90,7 +90,7 @@ def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console
     gpus = sorted({get_gpu(r.gpu_model).name for r in train})
     for gpu in sorted({g.name for r in rows if r.model_id == holdout and (g := gpu_or_none(r.gpu_model))} - set(gpus)):
         console.print(f"[yellow]{gpu}: no single-GPU rows of the other models to fit on; the held-out rows on it "
-                      "use its datasheet-default profile[/]")
+                      "use its datasheet prior (profile.prior_profile)[/]")
     for gpu in gpus:
         try:
             prof = fit_gpu_profile(gpu, [r for r in rows if r.model_id != holdout], resolve_model,

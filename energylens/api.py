@@ -269,6 +269,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
                                  replicas=parallel.dp, lockstep=decode_g.has_experts),
         profile=f"{prof.provenance.method}: {prof.provenance.data}",
         graphs=PlanGraphs(pipeline=pipeline_text(parallel, fused, routing, overlap), prefill=prefill_g, decode=decode_g),
+        clock_mhz=clock_mhz,
     )
 
 # compile and Plan live in the search stage (above the cost model); re-exported here for ``energylens``.

@@ -281,6 +281,9 @@ class MemoryEstimate(Record):
 class ServingEstimate(Record):
     """Steady-state continuous batching with chunked prefill (as vLLM serves), per plan.
 
+    ``batch`` is the sequences that run: the workload's, or fewer where prefilling new prompts
+    cannot keep it full (``costmodel.serving.running_batch``).
+
     Each decode step of ``batch`` sequences also carries on average ``prefill_tokens_per_step``
     prefill tokens (``batch * prefill_len / output_len``: ``Workload.prefill_len``; with dp replicas, over all of them, each
     replica stepping on its own ``batch / dp`` sequences). ``median_itl_s`` is the time of the step
@@ -300,10 +303,13 @@ class ServingEstimate(Record):
     avg_power_w: float
     energy_per_output_token_j: float
     static_j_per_output_token: float
+    #: share of the ``batch`` running sequences that yield a token each step (1 unless a prompt is
+    #: longer than the step's token budget: ``costmodel.serving.served_share``)
+    served_share: float = 1.0
 
     @property
     def output_tokens_per_s(self) -> float:
-        return self.batch / self.mean_step_s
+        return self.batch * self.served_share / self.mean_step_s
 
 
 @dataclass(frozen=True)
@@ -322,6 +328,7 @@ class Estimate(Record):
     serving: ServingEstimate | None = None
     profile: str = ""  # provenance of the cost-model profile used (method and data)
     graphs: PlanGraphs | None = field(default=None, repr=False, compare=False)
+    clock_mhz: int | None = None  # the locked SM clock priced (None: the default clock)
 
     @property
     def graph(self) -> Any:

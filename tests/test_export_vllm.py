@@ -209,6 +209,8 @@ def test_sequence_parallel_is_vllms_compile_pass() -> None:
     assert to_vllm(unfused)["compilation_config"]["mode"] == 0
     (note,) = vllm_notes(unfused)
     assert "sequence_parallel not applied" in note
+    single = plan(tp=1, sequence_parallel=True)  # vLLM turns enable_sp off at tp=1 (Megatron refuses it)
+    assert "compilation_config" not in to_vllm(single) and "needs tensor parallelism" in vllm_notes(single)[0]
 
 
 def test_comm_sms_is_a_note() -> None:

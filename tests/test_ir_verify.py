@@ -210,6 +210,7 @@ def test_gather_dim_in_table_and_operand_counts() -> None:
         "cannot be part of fusion group 1")
     bad(with_body(g, dataclasses.replace(ok, stream=-1)), "gather %y", "stream -1")
     bad(with_body(g, dataclasses.replace(ok, stream=7)), "gather %y", "must be 0 (compute) or 1")
+    bad(with_body(g, dataclasses.replace(ok, stream=1.0)), "gather %y", "must be 0 (compute) or 1")
     bad(with_body(g, dataclasses.replace(ok, sharding=(("h", "zz"),))), "gather %y", "sharded over 'zz'")
     bad(with_body(g, dataclasses.replace(ok, sharding=(("h", "tp"), ("h", "dp")))), "gather %y", "sharded twice")
 
@@ -238,7 +239,7 @@ def test_mesh_attribute_and_collectives_inside_kernels() -> None:
     from energylens.passes import run_pipeline
 
     g = parse_graph(EXAMPLE)
-    for mesh in ("tp=two", "tq=2", "tp"):
+    for mesh in ("tp=two", "tq=2", "tp", "tp=2,tp=4"):
         with pytest.raises(VerificationError, match=f"mesh '{mesh}' is not 'axis=size"):
             verify_graph(dataclasses.replace(g, attrs=(*g.attrs, ("mesh", mesh))))
     verify_graph(run_pipeline(g, "shard{tp=2},fuse"))

@@ -260,6 +260,7 @@ def test_compressed_tensors_fp8() -> None:
     ({"num_key_value_heads": -2}, r"'num_key_value_heads' must be a positive integer, got -2"),
     ({"rope_scaling": {"rope_type": "bogus"}}, r"rope_type 'bogus' is not supported; supported: default, .*llama3"),
     ({"attention_bias": True}, r"attention_bias=true is not supported"),
+    ({"mlp_bias": True}, r"mlp_bias=true is not supported"),
     # another family's config names its fields otherwise: its model_type is the error, not a field
     ({"model_type": "gpt2", "hidden_size": None}, r"model_type 'gpt2' is not supported; supported: llama, qwen3"),
 ])

@@ -178,8 +178,10 @@ def test_cli_compile_export_megatron_says_how_many_ranks_to_launch():
     assert "tensor_model_parallel_size" in cfg and not any("expert" in k for k in cfg)  # dense: no expert fields
     assert "# launch " in r.stderr and "data_parallel_size = " in r.stderr
     assert "# InferenceWrapperConfig: {\"inference_max_requests\": " in r.stderr  # the batch and length limits
-    if "nvidia-smi" in r.stderr:  # a locked clock is printed, not dropped
-        assert "# GPU clock " in r.stderr and "-lgc" in r.stderr
+    plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=8), workload=el.Workload(batch=4, prompt_len=512,
+                                                                                       output_len=128))
+    assert plan.gpu_clock_mhz is not None  # the same search locks a clock: it is printed, not dropped
+    assert f"# GPU clock {plan.gpu_clock_mhz} MHz" in r.stderr and "-lgc" in r.stderr
 
 
 def test_chosen_plan_off_the_itl_frontier_is_still_shown():
@@ -231,6 +233,28 @@ def test_vectorised_prices_equal_scalar_estimate_when_the_median_step_prefills()
         np.testing.assert_allclose([c["itl_s"][i], c["energy_per_token_j"][i], c["power_w"][i]],
                                    [s.median_itl_s, s.energy_per_output_token_j, s.avg_power_w], rtol=1e-9)
     assert prefilling_medians >= len(plan.space) // 2
+
+
+@pytest.mark.parametrize(("model", "wl"), [
+    (MODEL, el.Workload(batch=64, prompt_len=2048, output_len=8, output_len_cv=0)),        # prefill-bound
+    (MODEL, el.Workload(batch=2, prompt_len=12000, output_len=1, output_len_cv=0)),        # prompt > budget
+    ("Qwen/Qwen3-30B-A3B", el.Workload(batch=64, prompt_len=2048, output_len=8, output_len_cv=0)),  # MoE lockstep
+])
+def test_vectorised_prices_equal_scalar_estimate_when_prefill_bounds_the_batch(model, wl):
+    """Where prefill cannot keep the batch running (running_batch, served_share, carried-over prompts),
+    the search prices every plan, dp replicas and MoE lockstep included, exactly as el.estimate does."""
+    cluster = el.Cluster("H100-SXM", num_gpus=2)
+    plan = el.compile(model, cluster, workload=wl, clocks_mhz=(1980,), comm_sms=(None,))
+    c = plan.space.cols
+    bounded = 0
+    for i in range(len(plan.space)):
+        p = plan.space.point(i)
+        s = el.estimate(model, cluster, dataclasses.replace(wl, batch=p.batch),
+                        el.Parallel(tp=p.tp, ep=p.ep, dp=p.dp), fused=p.fused).serving
+        bounded += s.batch < p.batch or s.served_share < 1
+        np.testing.assert_allclose([c["itl_s"][i], c["energy_per_token_j"][i], c["power_w"][i]],
+                                   [s.median_itl_s, s.energy_per_output_token_j, s.avg_power_w], rtol=1e-9)
+    assert bounded > 0 and any(p.dp > 1 for p in map(plan.space.point, range(len(plan.space))))
 
 
 def test_max_model_len_is_capped_by_what_the_kv_cache_holds():
@@ -300,10 +324,11 @@ def test_estimate_at_the_compiled_clock_reproduces_the_plan():
     assert plan.gpu_clock_mhz is not None  # the energy objective locks a clock here
     est = el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2), wl, plan.parallel, fused=plan.fused,
                       comm_sms=plan.comm_sms, clock_mhz=plan.clock_mhz)
+    assert est.clock_mhz == plan.clock_mhz and est.to_dict()["clock_mhz"] == plan.clock_mhz
     assert est.serving.median_itl_s == pytest.approx(plan.estimate.serving.median_itl_s, rel=1e-9)
     assert est.serving.energy_per_output_token_j == pytest.approx(plan.estimate.serving.energy_per_output_token_j,
                                                                    rel=1e-9)
-    with pytest.raises(el.EnergylensError, match="clock_mhz must be one of the H100-SXM clocks in 990..1980 MHz"):
+    with pytest.raises(el.EnergylensError, match="clock_mhz must be a H100-SXM clock in 990..1980 MHz"):
         el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz=100)
     with pytest.raises(el.EnergylensError, match="B200 has no published maximum clock"):
         el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=1000)

@@ -56,6 +56,7 @@ from energylens.costmodel.hardware import GPUSpec, get_gpu, list_gpus
 from energylens.costmodel.plan import plan_graph
 from energylens.costmodel.power import op_energy
 from energylens.costmodel.profile import (
+    PRIOR_REFERENCE_GPU,
     PROFILES_DIR,
     Profile,
     Provenance,
@@ -352,9 +353,6 @@ MOE_CALL_OVERHEAD_S: dict[str, float] = {"H100-SXM": 28e-6}
 #: same Triton kernel and default tile as vLLM 0.11.1, Qwen3-30B-A3B's experts at ep 2-8). The B200
 #: has no such table (and its ML.ENERGY rows show no slowdown past the switch): none.
 MOE_DEFAULT_TILE_EFFICIENCY: dict[str, float] = {"H100-SXM": 0.245}
-#: The fitted GPU whose software costs and power shares the GPUs without measurements take
-#: (``profile.prior_profile``): the one with the most rows and a measured fused-MoE call.
-PRIOR_REFERENCE_GPU = "H100-SXM"
 #: ``Profile.mem_efficiency`` and ``Profile.kernel_overhead_s`` of the fitted GPUs, not fitted on
 #: serving rows: measured on vLLM's own decode GEMMs (``kernel_gemv_coefficients`` of the m <= 8 rows
 #: of data/public/aiconfigurator_kernels/gemm_<gpu>.csv: a weight stream at that share of peak HBM
@@ -839,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--exclude-model", action="append", default=[], help="leave this model's rows out")
     ap.add_argument("--task-prefix-hit", action="append", default=[], metavar="TASK=SHARE",
                     help="price TASK's prompts as this share found in the prefix cache (repeatable)")
-    ap.add_argument("--defaults", action="store_true", help="also write datasheet-default profiles "
+    ap.add_argument("--defaults", action="store_true", help="also write datasheet-prior profiles "
                     "for GPUs without rows (except those that take a same-die GPU's profile: GPUSpec.profile_from)")
     args = ap.parse_args(argv)
     from energylens.api import resolve_model

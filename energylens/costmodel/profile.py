@@ -20,7 +20,7 @@ from energylens.costmodel.clock import MIN_CLOCK_FRACTION
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.errors import EstimateError
 
-__all__ = ["Profile", "Provenance", "SOFTWARE_COSTS", "default_profile", "derived_profile", "prior_profile", "load_profile", "profile_path", "PROFILES_DIR"]
+__all__ = ["Profile", "Provenance", "PRIOR_REFERENCE_GPU", "SOFTWARE_COSTS", "default_profile", "derived_profile", "prior_profile", "load_profile", "profile_path", "PROFILES_DIR"]
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 
@@ -136,6 +136,10 @@ def default_profile(gpu: GPUSpec) -> Profile:
     )
 
 
+#: The fitted GPU whose software costs and power shares the GPUs without measurements take
+#: (``prior_profile``): the one with the most rows and a measured fused-MoE call.
+PRIOR_REFERENCE_GPU = "H100-SXM"
+
 #: Coefficients a GPU without measurements takes from a measured one (``prior_profile``): the costs
 #: of vLLM's kernels and host loop, which no datasheet gives.
 SOFTWARE_COSTS: tuple[str, ...] = ("kernel_overhead_s", "attn_kernel_overhead_s", "moe_call_overhead_s",
@@ -211,7 +215,9 @@ def load_profile(gpu: str | GPUSpec, directory: str | Path | None = None) -> Pro
     """The profile of ``gpu`` from ``directory`` (default: the bundled ``profiles/``).
 
     A GPU with no profile file takes the profile of the GPU it shares a die with
-    (``GPUSpec.profile_from``: ``derived_profile``), else ``default_profile``; the provenance says so.
+    (``GPUSpec.profile_from``: ``derived_profile``), else ``prior_profile`` of the reference fit
+    (``PRIOR_REFERENCE_GPU``, from ``directory`` where it is there, else the bundled one); the
+    provenance says so.
     That holds in a given ``directory`` too; a ``directory`` that does not exist raises ``EstimateError``.
     """
     spec = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
@@ -225,7 +231,11 @@ def load_profile(gpu: str | GPUSpec, directory: str | Path | None = None) -> Pro
     if not path.exists():
         if spec.profile_from is not None:
             return derived_profile(load_profile(spec.profile_from, directory), spec)
-        return default_profile(spec)
+        # the prior of the folder's reference fit where it has one, else the bundled one
+        ref_dir = directory if directory is not None and profile_path(PRIOR_REFERENCE_GPU, Path(directory)).exists() else None
+        if spec.name == PRIOR_REFERENCE_GPU and ref_dir is None:
+            return default_profile(spec)
+        return prior_profile(spec, load_profile(PRIOR_REFERENCE_GPU, ref_dir))
     prof = _load(str(path.resolve()))
     if prof.gpu != spec.name:
         raise EstimateError(f"profile {path} is for {prof.gpu}, not {spec.name}")

@@ -63,7 +63,7 @@ from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
 
-__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_quantile", "poisson_median", "prefill_mixture", "running_batch", "lockstep_weights", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
+__all__ = ["MAX_NUM_BATCHED_TOKENS", "MAX_MIXTURE_ENTRIES", "GPU_MEMORY_UTILIZATION", "kv_capacity_tokens", "serving_context_len", "poisson_quantile", "poisson_median", "prefill_mixture", "running_batch", "served_share", "lockstep_weights", "step_ops", "serving_estimate", "StepCost", "step_cost", "step_time_s"]
 
 #: Token budget per step with chunked prefill: the ML.ENERGY runs' (vLLM's API-server default on
 #: H100/H200; 0.33 defaults to 16384 on B200 and 2048 on smaller GPUs, so the vLLM export sets it).
@@ -142,6 +142,22 @@ def running_batch(workload: Workload, replicas: int = 1,
     if workload.batch / replicas <= cap:
         return workload.batch
     return replicas * max(1, math.floor(cap))
+
+
+def served_share(workload: Workload, replicas: int = 1,
+                 max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS) -> float:
+    """Share of the running sequences that produce a token each step: 1, unless even one sequence
+    cannot be kept running (a prompt longer than the token budget with very short outputs,
+    ``running_batch`` of 1 per replica): the budget then prefills only part of what the finishing
+    requests need, and a replica's one slot yields ``(budget - 1) output_len / prefill_len``
+    tokens per step.
+
+    >>> served_share(Workload(batch=1, prompt_len=16384, output_len=1, output_len_cv=0))
+    0.4999389648437...
+    """
+    batch = workload.batch / replicas
+    need = batch * workload.prefill_len / workload.output_len
+    return min(1.0, max(0.0, max_num_batched_tokens - batch) / need) if need > 0 else 1.0
 
 
 def prefill_mixture(workload: Workload, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
@@ -226,16 +242,21 @@ def prefill_tokens_per_step(workload: Workload, median: bool = False,
     The median step of one replica carries ``max(0, lam - ln 2)`` new prompts, the continuous lower
     bound of the Poisson median. ``lockstep`` (replicas of a MoE model, which vLLM steps together):
     the median step is the busiest replica's, the median of the largest of ``replicas`` Poisson
-    counts, the smallest ``n`` with ``P(N <= n) ** replicas >= 1/2``."""
+    counts, the smallest ``n`` with ``P(N <= n) ** replicas >= 1/2``. Where at least half the steps
+    (of the busiest replica) fill the token budget, counting the prompts carried over from earlier
+    full steps (``prefill_mixture``), the median step is a full one."""
     batch = workload.batch / replicas
     lam = batch / workload.output_len
+    budget = max(0.0, max_num_batched_tokens - batch)
     if not median:
         n = lam
-    elif lockstep and replicas > 1:
-        n = float(poisson_quantile(lam, 0.5 ** (1 / replicas)))
     else:
-        n = max(0.0, lam - math.log(2))
-    return float(min(n * workload.prefill_len, max(0.0, max_num_batched_tokens - batch))) * replicas
+        mixture = prefill_mixture(workload, max_num_batched_tokens, replicas=replicas)  # tokens x replicas
+        full = sum(w for w, t in mixture if t >= budget * replicas)
+        if 1 - (1 - min(full, 1.0)) ** (replicas if lockstep else 1) >= 0.5:
+            return budget * replicas
+        n = float(poisson_quantile(lam, 0.5 ** (1 / replicas))) if lockstep and replicas > 1 else max(0.0, lam - math.log(2))
+    return float(min(n * workload.prefill_len, budget)) * replicas
 
 
 def lockstep_weights(mixture: Sequence[tuple[float, float]], replicas: int) -> list[float]:
@@ -336,6 +357,7 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     prefill cannot keep it full); ``ServingEstimate.batch`` is that number.
     """
     workload = dataclasses.replace(workload, batch=running_batch(workload, replicas))
+    share = served_share(workload, replicas)
     ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu, num_gpus))
 
     def cost(p: float) -> StepCost:
@@ -358,8 +380,8 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
         median_prefill_tokens_per_step=p_med,
         median_itl_s=cost(p_med).time_s, mean_step_s=mean_t,
         avg_power_w=mean_e / mean_t * num_gpus,
-        energy_per_output_token_j=mean_e * num_gpus / workload.batch,
-        static_j_per_output_token=mean_static * num_gpus / workload.batch,
+        energy_per_output_token_j=mean_e * num_gpus / (workload.batch * share),
+        static_j_per_output_token=mean_static * num_gpus / (workload.batch * share), served_share=share,
     )
 
 

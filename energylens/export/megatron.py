@@ -204,7 +204,8 @@ def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     if plan.comm_sms is not None:
         if p.tp > 1 and not plan.sequence_parallel:
             notes.append(f"comm_sms={plan.comm_sms} not applied to tensor-parallel communication: Megatron "
-                         "overlaps it with GEMMs only under sequence parallelism (plan has sequence_parallel=False)")
+                         "overlaps it with GEMMs only under sequence parallelism, which its inference does not "
+                         "run in attention and dense layers")
         if p.ep > 1:
             notes.append(f"comm_sms={plan.comm_sms} not applied to the MoE dispatch: Megatron's SM setting for it "
                          "(moe_deepep_num_sms) is DeepEP's all-to-all, not the all-gather the plan was priced with")

@@ -121,7 +121,10 @@ def vllm_notes(plan: PlanLike) -> list[str]:
             "tensor-parallel or all-gather/reduce-scatter MoE collectives (VLLM_DBO_COMM_SMS is for DeepEP "
             "all-to-all under dual batch overlap, a dispatch the plan was not priced with)"
         )
-    if plan.sequence_parallel and not plan.fused:
+    if plan.sequence_parallel and plan.parallel.tp == 1:
+        notes.append(f"sequence_parallel not applied: it needs tensor parallelism (vLLM {VLLM_VERSION} turns "
+                     "enable_sp off at tp=1)")
+    elif plan.sequence_parallel and not plan.fused:
         notes.append(
             f"sequence_parallel not applied: vLLM {VLLM_VERSION}'s sequence-parallel pass (pass_config "
             "enable_sp) runs only under torch.compile, which the unfused plan turns off"
@@ -173,7 +176,7 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     args["gpu_memory_utilization"] = gpu_memory_utilization
     if not plan.fused:  # CompilationMode.NONE; graphs that need no compilation
         args["compilation_config"] = {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
-    elif plan.sequence_parallel:
+    elif plan.sequence_parallel and plan.parallel.tp > 1:
         args["compilation_config"] = {"pass_config": {"enable_sp": True}}
     known = load_vllm_args()
     unknown = sorted(set(args) - set(known))

@@ -168,7 +168,7 @@ class _Verifier:
                 raise VerificationError(f"{label}: unknown collective {op.fn!r}; valid: {', '.join(COLLECTIVE_FNS)}")
             if op.axis not in MESH_AXES:
                 raise VerificationError(f"{label}: mesh axis {op.axis!r} is not one of {', '.join(MESH_AXES)}")
-        if op.stream not in (0, 1) or isinstance(op.stream, bool):
+        if op.stream not in (0, 1) or not isinstance(op.stream, int) or isinstance(op.stream, bool):
             raise VerificationError(f"{label}: stream {op.stream!r} must be 0 (compute) or 1 (communication)")
         sharded = [d for d, _ in op.sharding]
         if len(set(sharded)) != len(sharded):
@@ -237,11 +237,13 @@ class _Verifier:
         verify_dims(g.dims, f"graph @{g.name}")
         mesh = g.attr.get("mesh")
         if mesh is not None:
+            axes: list[str] = []
             for part in str(mesh).split(","):
                 axis, eq, size = (x.strip() for x in part.partition("="))
-                if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1:
+                axes.append(axis)
+                if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axes.count(axis) > 1:
                     raise VerificationError(f"graph @{g.name}: mesh {mesh!r} is not 'axis=size,...' with axes in "
-                                            f"{', '.join(MESH_AXES)} and sizes >= 1 (bad part {part!r})")
+                                            f"{', '.join(MESH_AXES)}, each once, and sizes >= 1 (bad part {part!r})")
         for d in g.decls:
             self.decl(d, "")
         for item in g.body:

@@ -279,9 +279,10 @@ def _check(config: Any, where: str) -> str:
     for key in REQUIRED_FIELDS:
         if d.get(key) is None:
             raise ConfigError(f"model config {where} lacks the required field {key!r}")
-    if d.get("attention_bias"):  # the traced attention would carry bias adds the lowering does not name
-        raise ConfigError(f"model config {where}: attention_bias=true is not supported (the supported "
-                          f"{', '.join(_FAMILIES)} checkpoints have none); it must be false")
+    for bias in ("attention_bias", "mlp_bias"):  # no supported checkpoint has them; they are not priced
+        if d.get(bias):
+            raise ConfigError(f"model config {where}: {bias}=true is not supported (the supported "
+                              f"{', '.join(_FAMILIES)} checkpoints have none); it must be false")
     optional = ("head_dim", "num_key_value_heads")
     if mt == "qwen3_moe":
         for key in _MOE_FIELDS:

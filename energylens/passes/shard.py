@@ -308,7 +308,7 @@ class Shard:
         out = _Sharder(graph, mesh).run()
         inside = collective_inside_kernel(out)
         if inside:  # the graph was fused first: a collective now splits one of its kernels
-            raise ShardingError(f"shard runs before fuse: {inside}; put shard first, e.g. 'shard{{tp=2}},fuse'")
+            raise ShardingError(f"shard must run before fuse: {inside}; put shard first, e.g. 'shard{{tp=2}},fuse'")
         return out
 
 

@@ -12,8 +12,9 @@ meet the SLO.
 
 Among the plans that meet the SLO (median ITL of steady-state serving, and TTFT = prefill of the
 whole batch), ``objective="energy"`` picks the least energy per output token (prefill included),
-``"latency"`` the least ITL; ties (to 1 ppm) go to the other metric, then to the larger batch. The Pareto frontiers (energy per token vs ITL; prefill energy per
-token vs TTFT) are over all fitting plans.
+``"latency"`` the least ITL; ties (to 1 ppm) go to the other metric, then to the larger running
+batch (``costmodel.serving.running_batch``), then to the smaller ``max_num_seqs``. The Pareto
+frontiers (energy per token vs ITL; prefill energy per token vs TTFT) are over all fitting plans.
 
 >>> import energylens as el
 >>> plan = el.compile("meta-llama/Llama-3.1-70B-Instruct", el.Cluster("H100-SXM", num_gpus=8),
@@ -47,7 +48,6 @@ from energylens.search.evaluate import (
     Knobs,
     Variant,
     VariantPrices,
-    clock_profile,
     price_variant,
 )
 from energylens.search.pareto import pareto_mask
@@ -469,7 +469,8 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     par = Parallel(tp=best.tp, ep=best.ep, dp=best.dp)
     wl = dataclasses.replace(workload, batch=best.batch)
     est = estimate(traced, Cluster(gpu.name, num_gpus=cluster.num_gpus, interconnect=interconnect), wl,
-                   par, fused=best.fused, comm_sms=best.comm_sms, profile=clock_profile(prof, gpu, best.clock_mhz))
+                   par, fused=best.fused, comm_sms=best.comm_sms, profile=prof,
+                   clock_mhz=ClockModel.of(gpu).lock(best.clock_mhz))  # None at the default (maximum) clock
     est = _named(est, name)
     return Plan(model=name, gpu=gpu.name, num_gpus=par.num_gpus, workload=workload, slo=slo, objective=objective,
                 parallel=par, batch=best.batch, fused=best.fused, comm_sms=best.comm_sms, clock_mhz=best.clock_mhz,
@@ -506,9 +507,9 @@ def check_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec, name: str = "cl
     if (not isinstance(clocks_mhz, Sequence) or isinstance(clocks_mhz, str) or not clocks_mhz
             or not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and lo <= f <= f_max
                        for f in clocks_mhz)):
-        what = "a non-empty list of" if name == "clocks_mhz" else "one of the"
+        what = "a non-empty list of {} clocks" if name == "clocks_mhz" else "a {} clock"
         got = clocks_mhz if name == "clocks_mhz" else clocks_mhz[0]
-        raise InvalidWorkloadError(f"{name} must be {what} {gpu.name} clocks in {lo:.0f}..{f_max:.0f} MHz (half "
+        raise InvalidWorkloadError(f"{name} must be {what.format(gpu.name)} in {lo:.0f}..{f_max:.0f} MHz (half "
                                    f"the maximum up to it, where the clock model holds), got {got!r}")
 
 

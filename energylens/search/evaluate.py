@@ -61,6 +61,7 @@ from energylens.costmodel.serving import (
     prefill_mixture,
     prefill_tokens_per_step,
     running_batch,
+    served_share,
     serving_context_len,
     step_time_s,
 )
@@ -231,6 +232,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     s_len = float(workload.prompt_len)
     b, p = pts["b"], pts["p"]
     run = np.asarray(running, dtype=float)
+    share = np.array([served_share(_workload(workload, x), par.dp) for x in running])[:, None, None]
     ctx_b = np.array([ctx_of(x) for x in running])
     # one overlap pass per variant: its windows are the same at every SM count, priced as a knob
     ov = None if params is None else Overlap(comm_sms=next(k for k in knobs.comm_sms if k is not None),
@@ -262,7 +264,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     required = np.maximum(mem, mem - kv + one)  # the KV cache holds at least one whole request
     return VariantPrices(
         variant=variant, knobs=knobs, itl_s=t_srv[pts["med"]], step_s=mean_t,
-        energy_per_token_j=mean_e * gpus / b3, power_w=mean_e / mean_t * gpus,
+        energy_per_token_j=mean_e * gpus / (b3 * share), power_w=mean_e / mean_t * gpus,
         ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (batches[:, None, None] * s_len),
         memory_bytes=mem, fits=required <= usable_bytes(gpu), required_bytes=required,
         sms_ok=np.array([k is None or variant.has_tp_comm for k in knobs.comm_sms]),
