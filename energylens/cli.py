@@ -158,7 +158,7 @@ def estimate(
         return
     wl = est.workload
     of = f" of {gpus}" if gpus not in (None, est.num_gpus) else ""  # --gpus 8 --tp 2 runs on 2 of them
-    clock = f", {clock_mhz} MHz" if clock_mhz else ""
+    clock = f", {est.clock_mhz} MHz" if est.clock_mhz else ""  # None: the default clock
     title = (f"{est.model} on {est.num_gpus}{of} x {est.gpu} (tp={tp}, ep={ep}, dp={dp}{clock}): batch {wl.batch}, prompt {wl.prompt_len}, "
              f"output {wl.output_len}")
     summary = Table(title=title)
@@ -414,10 +414,19 @@ def compile_cmd(
     if plot is not None:
         plot_path(plot)  # a bad extension (or "") fails before the search
     _check_min("gpus", gpus, 1)
+    # an exported plan must run as priced: neither vLLM nor Megatron-Core's inference can give SMs to
+    # the overlapped collectives the search prices (export notes), so an export searches without them
+    sms = {"comm_sms": (None,)} if export else {}
     plan = el.compile(model, el.Cluster(gpu, num_gpus=gpus, interconnect=interconnect),
                       workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
                                            output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),
-                      objective=objective, slo=el.SLO(itl_ms=slo_itl_ms, ttft_ms=slo_ttft_ms))  # type: ignore[arg-type]
+                      objective=objective, slo=el.SLO(itl_ms=slo_itl_ms, ttft_ms=slo_ttft_ms), **sms)  # type: ignore[arg-type]
+    if export:  # the figures the exported command is expected to give
+        s = plan.estimate.serving
+        print(f"# predicted: median ITL {s.median_itl_s * 1e3:.1f} ms, {s.energy_per_output_token_j:.3g} J per output "
+              f"token, {s.avg_power_w / 1e3:.3g} kW on {plan.num_gpus} x {plan.gpu}, TTFT of the batch "
+              f"{plan.estimate.prefill.latency_s:.3g} s (energylens {plan.objective} plan)",
+              file=sys.stderr if export == "megatron" else sys.stdout)
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))
     elif export is None:

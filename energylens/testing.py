@@ -153,7 +153,10 @@ class _Builder:
         """A random op over ``scope`` that keeps the verifier's fusion rule: no collective in a fusion
         group, and none between the ops of one (an op of a group never reads a collective of a value
         its own group produced)."""
-        op = self._op(scope)
+        return self._fusion_rule(self._op(scope))
+
+    def _fusion_rule(self, op: Op) -> Op:
+        """``op`` without its fusion group where the group would break the verifier's rule."""
         group = op.fusion_group
         if isinstance(op, Collective):
             op = dataclasses.replace(op, fusion_group=None) if group is not None else op
@@ -232,7 +235,8 @@ class _Builder:
         last = inner[-1]
         operands = (init, last) if set(last.type.dims) <= set(init.type.dims) and last is not init else (init,)
         carry = Value(self.fresh(), init.type)
-        ops.append(Elementwise(result=carry, operands=operands, fn="add", **self.common(set(init.type.dims))))
+        ops.append(self._fusion_rule(Elementwise(result=carry, operands=operands, fn="add",
+                                                 **self.common(set(init.type.dims)))))
         name = _choice(c, ("layers", "decoder", "odd region"))
         return Repeat(name, c.integer(1, 80), tuple(decls), tuple(ops), init.name, carry.name), carry
 

@@ -21,7 +21,7 @@ def test_readme_main_command_compiles_a_plan_for_the_cluster():
     r = run("compile", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "H100-SXM", "--gpus", "8", "--batch", "64",
             "--prompt-len", "1024", "--output-len", "256", "--slo-itl-ms", "40")
     assert r.exit_code == 0, r.output
-    for text in ("meta-llama/Llama-3.1-70B-Instruct on 4 of 8 x H100-SXM", "SLO ITL ms <= 40", "plans searched",
+    for text in ("meta-llama/Llama-3.1-70B-Instruct on 4 of 8 x H100-SXM", "SLO ITL <= 40 ms", "plans searched",
                  "serving (median ITL", "memory per GPU", "top 10 ops by energy", "Pareto frontier"):
         assert text in r.output, text
     assert "Traceback" not in r.output

@@ -331,4 +331,6 @@ def test_estimate_at_the_compiled_clock_reproduces_the_plan():
     with pytest.raises(el.EnergylensError, match="clock_mhz must be a H100-SXM clock in 990..1980 MHz"):
         el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz=100)
     with pytest.raises(el.EnergylensError, match="B200 has no published maximum clock"):
-        el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=1000)
+        el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=900)
+    b200 = el.compile(MODEL, el.Cluster("B200"), workload=wl)  # its plans report the default clock's MHz
+    assert el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=b200.clock_mhz).clock_mhz is None

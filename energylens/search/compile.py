@@ -405,7 +405,7 @@ def _choose(space: SearchSpace, slo: SLO, objective: str, workload: Workload | N
         raise InfeasibleSLOError(
             f"no plan meets the SLO ({', '.join(f'{k}={v:g}' for k, v in targets if v is not None)}): the best achievable ITL is "
             f"{best_itl:.2f} ms and the best TTFT {best_ttft:.1f} ms over {space.plans_evaluated} plans{both}. "
-            "Relax the SLO, use more or faster GPUs, or a smaller batch / prompt")
+            "Relax the SLO, use more or faster GPUs, or a shorter prompt (every batch size down to 1 was searched)")
     idx = np.flatnonzero(ok)
     primary, secondary = (("energy_per_token_j", "itl_s") if objective == "energy"
                           else ("itl_s", "energy_per_token_j"))

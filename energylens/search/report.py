@@ -46,7 +46,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     from energylens.costmodel.memory import memory_line
 
     est, wl, p = plan.estimate, plan.workload, plan.parallel
-    slo = ", ".join(f"{k} <= {v:g}" for k, v in (("ITL ms", plan.slo.itl_ms), ("TTFT ms", plan.slo.ttft_ms))
+    slo = ", ".join(f"{k} <= {v:g} ms" for k, v in (("ITL", plan.slo.itl_ms), ("TTFT", plan.slo.ttft_ms))
                     if v is not None) or "none"
     head = Table(title=f"{plan.model} on {gpus_used(plan)}: batch {wl.batch}, prompt {wl.prompt_len}, "
                        f"output {wl.output_len}; objective {plan.objective}, SLO {slo}")
@@ -204,4 +204,4 @@ def _clock(plan: Any, mhz: int) -> str:
     from energylens.costmodel.hardware import get_gpu
 
     locked = ClockModel.of(get_gpu(plan.gpu)).lock(mhz)
-    return "default" if locked is None else str(locked)
+    return "default" if locked is None else f"{locked} MHz"
