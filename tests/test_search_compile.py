@@ -334,3 +334,12 @@ def test_estimate_at_the_compiled_clock_reproduces_the_plan():
         el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=900)
     b200 = el.compile(MODEL, el.Cluster("B200"), workload=wl)  # its plans report the default clock's MHz
     assert el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=b200.clock_mhz).clock_mhz is None
+
+
+def test_report_says_when_the_plan_serves_fewer_sequences_than_asked():
+    wl = el.Workload(batch=4096, prompt_len=512, output_len=128)
+    plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=1), workload=wl, slo=el.SLO(itl_ms=10),
+                      clocks_mhz=(1980,), comm_sms=(None,))
+    assert plan.estimate.serving.batch < 4096
+    text = plan.report(file=io.StringIO())
+    assert f"serves {plan.estimate.serving.batch} of the 4096 concurrent sequences asked for" in text.replace("\n", " ")
