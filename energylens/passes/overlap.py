@@ -14,7 +14,10 @@ Two modes, chosen by whether a window is given:
   ``tp``, on a mesh with ``tp > 1``) goes on stream 1 with ``sm_share = comm_sms / total_sms``, and
   the compute ops it overlaps get ``sm_share = 1 - comm_sms / total_sms``: the ops after it up to
   the next collective of its region, wrapping round to the region's start (the next layer); no op
-  moves. This pass decides the schedule: ``energylens.estimate(comm_sms=...)`` and the search plan
+  moves. Those ops read the collective's result, so the window is not a dependence inside one
+  batch: the step runs as two interleaved nano-batches (as NanoFlow and Kareus run it), and the
+  ops overlapped are the other nano-batch's, one op behind. The explicit-window mode, which has one
+  batch, refuses such a window instead. This pass decides the schedule: ``energylens.estimate(comm_sms=...)`` and the search plan
   their graphs through it, and the cost model only reads it back from the annotations
   (``costmodel.plan.overlap_windows``). A graph not sharded with ``tp > 1`` is an error (nothing to
   overlap: shard first).
