@@ -161,7 +161,20 @@ def test_a_json_document_is_not_a_measurement_file(tmp_path):
     one_error_line(run("validate", cfg), f"{cfg} is not a measurement file (a JSON document)")
     text = tmp_path / "notes.jsonl"
     text.write_text("some\nnotes\n")
-    one_error_line(run("calibrate", text, "--dry-run"), "is not a measurement file (2 lines, none a JSON record)")
+    one_error_line(run("calibrate", text, "--dry-run"), "is not a measurement file (2 lines, none a measurement record)")
+    line = tmp_path / "line.jsonl"  # one JSON object that no measurement wrote: neither validated nor appended to
+    line.write_text('{"name": "notes", "x": 1}\n')
+    one_error_line(run("validate", line), "is not a measurement file (a JSON document)")
+    one_error_line(run("measure", "--suite", "quick", "--device", "cpu", "--part", "micro:power", "--out", line),
+                   "is not a measurement file")
+    assert line.read_text() == '{"name": "notes", "x": 1}\n'
+    garbage = tmp_path / "garbage.jsonl"  # text, not a record cut by an interrupted run
+    garbage.write_text("hello world\n")
+    one_error_line(run("validate", garbage), "is not a measurement file (1 line, none a measurement record)")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    one_error_line(run("validate", empty), "nothing to validate: no measurement record in")
+    one_error_line(run("calibrate", empty, "--out", tmp_path / "p3.txt"), "a profile file must end in .json")
 
 
 # ---- 5. pipelines -----------------------------------------------------------------------------------

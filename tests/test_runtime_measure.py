@@ -95,8 +95,10 @@ def test_budget_stops_a_part_and_says_so(tmp_path):
 def test_no_resume_starts_anew_and_bad_names(tmp_path):
     out = tmp_path / "n.jsonl"
     out.write_text('{"key": "old", "status": "ok"}\n')
-    measure("quick", out, device="cpu", resume=False, parts=["micro:power"], **QUIET)
+    said: list[str] = []
+    measure("quick", out, device="cpu", resume=False, parts="micro:power", progress=said.append)  # one part: a str
     assert all(r["key"] != "old" for r in _records(out))
+    assert any("1 earlier record(s) were discarded" in line for line in said)
     with pytest.raises(UnknownNameError, match="quick"):
         measure("quik", out, device="cpu", **QUIET)
     with pytest.raises(UnknownNameError, match="micro:gemm"):
@@ -119,6 +121,8 @@ def test_main_entry_point(tmp_path, capsys):
     assert main(["--suite", "quick", "--out", str(out), "--device", "cpu", "--part", "micro:power"]) == 0
     assert "written" in capsys.readouterr().out
     assert _records(out)
+    assert main(["--out", str(out), "--device", "gpu"]) == 2  # one line, as `energylens measure` says it
+    assert capsys.readouterr().err.startswith("error: unknown device 'gpu'")
 
 
 @pytest.mark.gpu

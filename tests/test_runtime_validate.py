@@ -69,6 +69,7 @@ def test_bundled_profile_shows_the_error_of_wrong_coefficients(synthetic):
     rep = validate([path])  # bundled H100 profile, not the generating one
     assert rep.metric("prefill latency").mape_pct > 5
     assert "H100-SXM" in rep.profiles
+    assert validate(str(path)).metric("prefill latency").mape_pct == rep.metric("prefill latency").mape_pct  # one path
 
 
 def test_metrics_without_energy_say_so(synthetic):

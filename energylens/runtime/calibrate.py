@@ -162,6 +162,8 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
     """
     out = Measurements()
     files: list[Path] = []
+    if isinstance(paths, str | Path):  # one path, not its letters
+        paths = [paths]
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(p.glob("*.jsonl"))
@@ -192,37 +194,39 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
 
 
 def file_records(f: Path, text: str) -> tuple[list[Measured], int]:
-    """The records (JSON object lines) of measurement file ``f`` with text ``text``, and how many
-    lines were not records (torn by an interrupted run); ``EnergylensError`` for a file that holds
-    no record at all (``_not_a_measurement_file``)."""
-    records, torn = [], 0
+    """The records of measurement file ``f`` with text ``text`` (JSON object lines with a ``key`` or
+    a ``status``, as ``energylens measure`` writes them), and how many lines were torn (a JSON object
+    cut by an interrupted run); ``EnergylensError`` for a file that holds no record
+    (``_not_a_measurement_file``)."""
+    records, torn, other = [], 0, 0
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            torn += 1
+            if line.lstrip().startswith("{"):
+                torn += 1
+            else:
+                other += 1
             continue
-        if not isinstance(rec, dict):
-            torn += 1
-            continue
-        records.append(Measured(str(f), i, rec))
-    if not records and torn:
-        _not_a_measurement_file(f, text, torn)
+        if isinstance(rec, dict) and ("key" in rec or "status" in rec):
+            records.append(Measured(str(f), i, rec))
+        else:
+            other += 1
+    if not records and (other or torn > 1):
+        _not_a_measurement_file(f, text, torn + other)
     return records, torn
 
 
-def _not_a_measurement_file(f: Path, text: str, torn: int) -> None:
-    """Raise for a file with no record line: a JSON document (a config, a profile) or other text.
-    One unparsable line alone is a run cut while writing its first record, and is only counted."""
+def _not_a_measurement_file(f: Path, text: str, lines: int) -> None:
+    """Raise for a file with no record line: a JSON document (a config, a profile, notes) or other
+    text. One torn line alone is a run cut while writing its first record, and is only counted."""
     try:
         json.loads(text)
         what = "a JSON document"
     except json.JSONDecodeError:
-        if torn < 2:
-            return
-        what = f"{torn} lines, none a JSON record"
+        what = f"{lines} line{'s' if lines > 1 else ''}, none a measurement record"
     raise EnergylensError(f"{f} is not a measurement file ({what}): `energylens measure` writes one JSON record "
                           "per line (see data/measurements/README.md)")
 
@@ -693,7 +697,7 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
         elif have & set(p.informed_by):
             free.append(p)
         else:
-            need = "records with energy readings of " if p.stage == "power" else "records of "
+            need = "needs records with energy readings of " if p.stage == "power" else "needs records of "
             kept[p.name] = need + "/".join(p.informed_by)
     if not timed and not powered:  # e.g. every time negative or NaN (the priors regularise small sets)
         raise EnergylensError(f"too few valid records of {gpu.name} to calibrate: none with a positive finite "
@@ -852,6 +856,8 @@ def check_out(out: str | Path) -> None:
         raise EnergylensError(f"{out} is a file, not a folder; a profile file must end in .json")
     if _one_file(out) and path.is_dir():
         raise EnergylensError(f"{out} is a folder; a profile file must be a file ending in .json")
+    if not _one_file(out) and not path.is_dir() and path.suffix:  # p3.txt would become a folder
+        raise EnergylensError(f"{out}: a profile file must end in .json (or give a folder, without an extension)")
     place = path.parent if _one_file(out) else path
     while not place.exists():
         place = place.parent

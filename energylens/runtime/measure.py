@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from energylens.errors import DeviceUnavailableError, InvalidWorkloadError, UnknownNameError
+from energylens.errors import DeviceUnavailableError, EnergylensError, InvalidWorkloadError, UnknownNameError
 from energylens.runtime.meter import Meter, NullMeter, open_meter
 from energylens.typing import Record
 
@@ -383,15 +383,18 @@ def measure(
     say = progress or (lambda line: print(line, flush=True))
     out = Path(out)
     all_parts = plan_parts(suite, device)
-    wanted = list(parts) if parts is not None else all_parts
+    wanted = ([parts] if isinstance(parts, str) else list(parts)) if parts is not None else all_parts
     for p in wanted:
         if p not in all_parts:
             raise UnknownNameError("part", p, all_parts)
     existing = _existing_keys(out)  # refuses a file that is not a measurement file, even one to replace
     meter = open_meter(device) if gpu else NullMeter()  # before the old file goes: no meter, nothing lost
     if not resume and out.exists():
+        dropped = sum(len(k) for k in existing.values())
         out.unlink()
         existing = {}
+        if dropped:  # raw readings are the ground truth: never discarded without a word
+            say(f"--no-resume: {out} started anew; its {dropped} earlier record(s) were discarded")
     started = time.perf_counter()
     written = present = skipped = errors = 0
     incomplete: list[str] = []
@@ -424,7 +427,7 @@ def measure(
                             continue
                         if time.perf_counter() - t_part > budget_s:
                             incomplete.append(name)
-                            say(f"[{name}] time budget of {budget_s:.0f} s spent: stopping this part; "
+                            say(f"[{name}] time budget of {budget_s:g} s spent: stopping this part; "
                                 "run the same command again to continue it")
                             break
                         t0 = time.perf_counter()
@@ -493,7 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--part", action="append", default=None, help="only this part (repeatable)")
     p.add_argument("--budget-s", type=float, default=480.0)
     a = p.parse_args(argv)
-    s = measure(a.suite, a.out, a.device, not a.no_resume, parts=a.part, budget_s=a.budget_s)
+    try:
+        s = measure(a.suite, a.out, a.device, not a.no_resume, parts=a.part, budget_s=a.budget_s)
+    except EnergylensError as e:  # as `energylens measure` says it: one line, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 1 if s.errors else 0
 
 

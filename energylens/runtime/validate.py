@@ -364,6 +364,9 @@ def validate(paths: Sequence[str | Path], *, profiles_dir: str | Path | None = N
     if not ms.files:
         raise EnergylensError("nothing to validate: every measurement file was left out ("
                               + "; ".join(f"{f}: {r}" for f, r in ms.excluded_files) + ")")
+    if not ms.records:
+        raise EnergylensError(f"nothing to validate: no measurement record in {', '.join(ms.files)}"
+                              + (f" ({ms.torn_lines} torn line(s) of an interrupted run)" if ms.torn_lines else ""))
     samples, skipped = build_samples(ms.records)
     return validate_samples(samples, skipped, profiles=profiles, profiles_dir=profiles_dir, files=ms.files,
                             excluded_files=ms.excluded_files, torn_lines=ms.torn_lines)
