@@ -316,7 +316,12 @@ def measure_cmd(
 
     if not out:
         raise InvalidWorkloadError("--out FILE is required, e.g. --out data/measurements/<gpu>-<yyyymmdd>-quick.jsonl")
-    s = measure(suite, out, device, not no_resume, parts=part, budget_s=budget_s)
+    try:
+        s = measure(suite, out, device, not no_resume, parts=part, budget_s=budget_s)
+    except KeyboardInterrupt:  # every record written so far is whole and kept
+        print(f"interrupted: the records written so far are kept in {out}; run the same command again to "
+              "continue where it stopped", file=sys.stderr)
+        raise typer.Exit(130) from None
     if s.errors:
         raise typer.Exit(1)
 
@@ -334,6 +339,7 @@ def validate_cmd(
     from energylens.runtime.validate import validate
     from energylens.search.report import plot_path
 
+    _check_min("runs", runs, 0)
     if plot is not None:
         plot_path(plot)  # a bad extension (or "") fails before the work
     report = validate(paths or ["data/measurements"], profiles_dir=profiles)
@@ -364,6 +370,8 @@ def calibrate_cmd(
     if out is None and not dry_run:  # never over the bundled profiles by default
         raise InvalidWorkloadError("give --out FOLDER or FILE.json for the fitted profiles (--out "
                                    "energylens/costmodel/profiles replaces the bundled ones), or --dry-run to only fit")
+    if gpu is not None and not gpu.strip():
+        raise InvalidWorkloadError("--gpu is empty: give a GPU name (see `energylens gpus`) or leave it out for every GPU")
     results = calibrate(paths, gpu=gpu, out=out, base=base, write=not dry_run)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))

@@ -449,8 +449,8 @@ def measure(
                         written += 1
                         skipped += status == "skipped"
                         errors += status == "error"
-                        say(f"[{i + 1}/{len(wanted)} {name}] {n_items} {item.key.split('|', 1)[1][:90]}: "
-                            + _brief(rec))
+                        shown = " ".join(f"{k}={v}" for k, v in item.params.items() if k != "sources")
+                        say(f"[{i + 1}/{len(wanted)} {name}] {n_items} {item.kind} {shown}: " + _brief(rec))
                 finally:
                     part.close()
                 say(f"[{name}] done in {time.perf_counter() - t_part:.1f} s")
