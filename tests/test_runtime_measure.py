@@ -35,6 +35,7 @@ def test_quick_suite_on_cpu_runs_timing_only(quick_cpu):
     for r in recs:
         assert r["schema"] == SCHEMA_VERSION and r["device"] == "cpu" and r["status"] in ("ok", "skipped")
         assert r["env"]["torch"] and r["env"]["hostname_hash"] and r["env"]["env_id"]
+        assert "energylens_commit" in r["env"]  # the git HEAD of the checkout (None without one)
         if r["status"] == "ok":
             assert r["result"]["time_s"] > 0
             assert r["result"]["energy_j"] is None and r["result"]["energy_unavailable_reason"]

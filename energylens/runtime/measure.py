@@ -92,6 +92,21 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _commit() -> str | None:
+    """The energylens commit a run measures with: ``$ENERGYLENS_COMMIT`` (a copy of the tree without
+    its git history, e.g. on a lent GPU machine), else the checkout's ``git rev-parse HEAD``, else None."""
+    import subprocess
+
+    if os.environ.get("ENERGYLENS_COMMIT"):
+        return os.environ["ENERGYLENS_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def environment(device: str, meter: Meter) -> dict[str, Any]:
     """Where a measurement was taken: hardware, driver, clocks, power limit, software versions.
 
@@ -112,6 +127,7 @@ def environment(device: str, meter: Meter) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
         "energylens": energylens.__version__,
+        "energylens_commit": _commit(),
         "nvidia_ml_py": _version("nvidia-ml-py"),
         "device": device,
         "cuda_runtime": torch.version.cuda,
