@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -61,7 +62,8 @@ _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len"
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
               "clock_mhz": "--clock-mhz",
               "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
-              " (or None: no target)": "", " (or None: no overlap)": "", " (interconnect='pcie' in Python)": "",
+              " (or None: no target)": "", " (or None: no overlap)": "",
+              " or None for the bundled ones": " (or leave --profiles out for the bundled ones)", " (interconnect='pcie' in Python)": "",
               " (interconnect='pcie' in Python; ": " (", ", interconnect='pcie' in Python;": ";"}
 
 
@@ -326,6 +328,16 @@ def measure_cmd(
         raise typer.Exit(1)
 
 
+def _measurements_folder() -> Path:
+    """``data/measurements`` here, else the checkout's (when run from outside it)."""
+    here = Path("data/measurements")
+    if here.is_dir():
+        return here
+    import energylens
+
+    return Path(energylens.__file__).resolve().parents[1] / "data" / "measurements"
+
+
 @app.command("validate")
 @_user_errors
 def validate_cmd(
@@ -342,7 +354,7 @@ def validate_cmd(
     _check_min("runs", runs, 0)
     if plot is not None:
         plot_path(plot)  # a bad extension (or "") fails before the work
-    report = validate(paths or ["data/measurements"], profiles_dir=profiles)
+    report = validate(paths or [_measurements_folder()], profiles_dir=profiles)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
