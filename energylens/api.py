@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from energylens.costmodel.analysis import PricedOp
-from energylens.costmodel.clock import ClockModel
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.memory import check_fits, request_kv_bytes
 from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, plan_memory
@@ -234,13 +233,12 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     check_comm_sms(comm_sms, gpu)
     comm_sms = None if comm_sms is None else int(comm_sms)
     prof = profile or load_profile(gpu, profiles)
-    if isinstance(clock_mhz, int | float) and not isinstance(clock_mhz, bool) and ClockModel.of(gpu).lock(clock_mhz) is None:
-        clock_mhz = None  # the default (maximum) clock, as a plan of a GPU without a published one reports it
+    from energylens.search.compile import locked_clock
+
+    clock_mhz = locked_clock(clock_mhz, gpu)  # None: the default clock
     if clock_mhz is not None:
-        from energylens.search.compile import check_clocks
         from energylens.search.evaluate import clock_profile
 
-        check_clocks(None, [clock_mhz], gpu, name="clock_mhz")
         prof = clock_profile(prof, gpu, clock_mhz)
     traced = resolve_model(model)
     check_context(traced, workload, model_name(model, traced.decode))

@@ -226,7 +226,9 @@ def test_profile_must_be_a_profile() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_clocks": 2.5}, r"num_clocks must be a whole number >= 1 .*got 2.5$"),
     ({"num_clocks": 0}, r"num_clocks must be a whole number >= 1"),
-    ({"clocks_mhz": 1500}, r"clocks_mhz must be a non-empty list of H100-SXM clocks in 990..1980 MHz .*got 1500$"),
+    ({"clocks_mhz": 1500}, r"clocks_mhz must be a non-empty list of whole MHz, e.g. \[990, 1410\], got 1500$"),
+    ({"clocks_mhz": [1500.5]}, r"whole MHz.*got \[1500.5\]$"),  # nvidia-smi -lgc takes integers
+    ({"clocks_mhz": []}, r"non-empty list"),
     ({"clocks_mhz": "1500"}, r"got '1500'$"),
     ({"clocks_mhz": [10]}, r"990..1980 MHz .*got \[10\]$"),  # the clock model does not hold that low
     ({"clocks_mhz": [2500]}, r"got \[2500\]$"),

@@ -328,10 +328,16 @@ def test_estimate_at_the_compiled_clock_reproduces_the_plan():
     assert est.serving.median_itl_s == pytest.approx(plan.estimate.serving.median_itl_s, rel=1e-9)
     assert est.serving.energy_per_output_token_j == pytest.approx(plan.estimate.serving.energy_per_output_token_j,
                                                                    rel=1e-9)
-    with pytest.raises(el.EnergylensError, match="clock_mhz must be a H100-SXM clock in 990..1980 MHz"):
-        el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz=100)
+    for bad in (100, 5000):  # the maximum is the default clock; above it nothing is priced
+        with pytest.raises(el.EnergylensError, match="clock_mhz must be a H100-SXM clock in 990..1980 MHz"):
+            el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz=bad)
+    with pytest.raises(el.EnergylensError, match="clock_mhz must be a number of MHz, got str '990'"):
+        el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz="990")
+    with pytest.raises(el.EnergylensError, match="whole number of MHz"):
+        el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz=997.3)
+    assert el.estimate(MODEL, el.Cluster("H100-SXM"), wl, clock_mhz=np.int64(990)).to_dict()["clock_mhz"] == 990
     with pytest.raises(el.EnergylensError, match="B200 has no published maximum clock"):
-        el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=900)
+        el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=1500)
     b200 = el.compile(MODEL, el.Cluster("B200"), workload=wl)  # its plans report the default clock's MHz
     assert el.estimate(MODEL, el.Cluster("B200"), wl, clock_mhz=b200.clock_mhz).clock_mhz is None
 

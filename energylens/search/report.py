@@ -66,7 +66,8 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     for col in ("phase", "latency", "energy", "energy / token", "avg power", "tokens/s"):
         phases.add_column(col, justify="left" if col == "phase" else "right")
     if s is not None:
-        phases.add_row(serving_label(est.workload, s), si(s.median_itl_s, "s"),
+        itl = si(s.median_itl_s, "s") if wl.output_len > 1 else "-"  # one output token: no inter-token gap
+        phases.add_row(serving_label(est.workload, s), itl,
                        si(s.energy_per_output_token_j * s.batch, "J"), si(s.energy_per_output_token_j, "J"),
                        si(s.avg_power_w, "W"), f"{s.output_tokens_per_s:,.0f}")
     pre, dec = est.prefill, est.decode
