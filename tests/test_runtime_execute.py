@@ -150,6 +150,7 @@ def _tp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         results["tied_logits_shape"] = list(tied.forward_logits(ids).shape)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f)
+        dist.barrier()  # neither rank tears gloo down while the other is still in a collective
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
