@@ -134,6 +134,8 @@ def _default_max_positions(model_type: Any) -> int | None:
 
 def check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
     """``comm_sms`` must be None (no overlap) or an SM count the GPU can spare (1 .. SMs - 1)."""
+    if comm_sms is not None and not isinstance(comm_sms, numbers.Real):  # "16": a wrong type, not a bad count
+        raise InvalidTypeError(f"comm_sms must be an SM count (an int) or None, got {type(comm_sms).__name__} {comm_sms!r}")
     if comm_sms is not None and (isinstance(comm_sms, bool) or not isinstance(comm_sms, numbers.Integral)
                                  or not 0 < comm_sms < gpu.compute_units):
         raise ConfigError(f"comm_sms must be an SM count in 1..{gpu.compute_units - 1} on {gpu.name} "
@@ -223,6 +225,9 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     expect_type("workload", workload, Workload, optional=True)
     expect_type("parallel", parallel, Parallel, optional=True)
     expect_type("profile", profile, Profile, optional=True)
+    if profiles is not None and not isinstance(profiles, str | Path):
+        raise InvalidTypeError(f"profiles must be a folder path (str or Path) or None, got {type(profiles).__name__} "
+                               f"{profiles!r}")
     for flag, value in (("fused", fused), ("check_memory", check_memory)):
         if not isinstance(value, bool):  # "no" would be truthy
             raise InvalidTypeError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")

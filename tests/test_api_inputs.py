@@ -221,6 +221,10 @@ def test_profile_must_be_a_profile() -> None:
         el.estimate(MODEL, H100, WL, profile="h100")  # type: ignore[arg-type]
     with pytest.raises(InvalidTypeError, match=match):
         el.compile(MODEL, H100, WL, profile="h100", **SPACE)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTypeError, match=r"profiles must be a folder path \(str or Path\) or None, got int 123"):
+        el.estimate(MODEL, H100, WL, profiles=123)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTypeError, match=r"comm_sms must be an SM count \(an int\) or None, got str '16'"):
+        el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2), WL, el.Parallel(tp=2), comm_sms="16")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kwargs, match", [
