@@ -34,6 +34,7 @@ from energylens.ir.core import (
     TensorType,
     Value,
 )
+from energylens.ir.verify import KernelCollectives
 
 __all__ = [
     "random_graph",
@@ -118,8 +119,7 @@ class _Builder:
     def __init__(self, c: _Chooser, max_ops: int):
         self.c, self.max_ops = c, max_ops
         self.counter = 0
-        self.group_of: dict[str, int | None] = {}        # op result -> its fusion group
-        self.collective_src: dict[str, int | None] = {}  # collective result -> its operand's group
+        self.kernels = KernelCollectives()  # the verifier's rule on fusion groups and collectives
         self.dims: list[tuple[str, DimSize]] = [("B", None), ("S", None), ("K", None), ("T", "B*S")]
         for name in _sample(c, _MODEL_DIMS, 2, 6):
             self.dims.append((name, _choice(c, _SIZES)))
@@ -157,13 +157,9 @@ class _Builder:
 
     def _fusion_rule(self, op: Op) -> Op:
         """``op`` without its fusion group where the group would break the verifier's rule."""
-        group = op.fusion_group
-        if isinstance(op, Collective):
-            op = dataclasses.replace(op, fusion_group=None) if group is not None else op
-            self.collective_src[op.result.name] = self.group_of.get(op.operands[0].name)
-        elif group is not None and any(group == self.collective_src.get(v.name, -1) for v in op.operands):
+        if op.fusion_group is not None and (isinstance(op, Collective) or self.kernels.inside(op)):
             op = dataclasses.replace(op, fusion_group=None)
-        self.group_of[op.result.name] = op.fusion_group
+        self.kernels.add(op)
         return op
 
     def _op(self, scope: list[Value]) -> Op:

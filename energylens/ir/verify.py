@@ -48,7 +48,7 @@ from energylens.ir.core import (
     Value,
 )
 
-__all__ = ["verify_graph", "verify_dims", "collective_inside_kernel"]
+__all__ = ["verify_graph", "verify_dims", "collective_inside_kernel", "KernelCollectives"]
 
 _DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -260,23 +260,41 @@ class _Verifier:
             self.lookup(name, f"graph @{g.name}", "output")
 
 
-def collective_inside_kernel(g: Graph) -> str | None:
-    """Why a collective of ``g`` runs inside a fused kernel (an op of a fusion group reads a
-    collective of a value the same group produced, as ``shard`` after ``fuse`` makes), or None."""
-    group_of: dict[str, int | None] = {}
-    source_group: dict[str, int | None] = {}  # collective result -> the group of its operand
-    ops = [(op, where) for item in g.body for op, where in (
-        [(o, f" in repeat @{item.name}") for o in item.ops] if isinstance(item, Repeat) else [(item, "")])]
-    for op, where in ops:
+class KernelCollectives:
+    """Follows ops in program order and tells whether a collective would run inside a fused kernel:
+    an op of a fusion group that reads a collective of a value the same group produced (as ``shard``
+    after ``fuse`` makes). ``collective_inside_kernel`` and the random-graph generator share it."""
+
+    def __init__(self) -> None:
+        self._group: dict[str, int | None] = {}   # op result -> its fusion group
+        self._source: dict[str, int | None] = {}  # collective result -> the group of its operand
+
+    def inside(self, op: Op) -> str | None:
+        """The operand of ``op`` that puts a collective inside ``op``'s kernel, or None."""
+        if isinstance(op, Collective) or op.fusion_group is None:
+            return None
+        return next((v.name for v in op.operands
+                     if v.name in self._source and self._source[v.name] == op.fusion_group), None)
+
+    def add(self, op: Op) -> None:
         if isinstance(op, Collective):
-            source_group[op.result.name] = group_of.get(op.operands[0].name)
-        elif op.fusion_group is not None:
-            for v in op.operands:
-                if v.name in source_group and source_group[v.name] == op.fusion_group:
-                    return (f"{op.kind} %{op.result.name}{where}: reads %{v.name}, a collective of a value fusion "
-                            f"group {op.fusion_group} produced: the collective would run inside that kernel "
-                            "(shard before fuse)")
-        group_of[op.result.name] = op.fusion_group
+            self._source[op.result.name] = self._group.get(op.operands[0].name)
+        self._group[op.result.name] = op.fusion_group
+
+
+def collective_inside_kernel(g: Graph) -> str | None:
+    """Why a collective of ``g`` runs inside a fused kernel (``KernelCollectives``), or None."""
+    kernels = KernelCollectives()
+    for item in g.body:
+        region = item.ops if isinstance(item, Repeat) else (item,)
+        where = f" in repeat @{item.name}" if isinstance(item, Repeat) else ""
+        for op in region:
+            v = kernels.inside(op)
+            if v is not None:
+                return (f"{op.kind} %{op.result.name}{where}: reads %{v}, a collective of a value fusion "
+                        f"group {op.fusion_group} produced: the collective would run inside that kernel "
+                        "(shard before fuse)")
+            kernels.add(op)
     return None
 
 
