@@ -603,7 +603,8 @@ def _features(rows: Sequence[MLEnergyRow], trace: Callable[[str], Any], gpu: GPU
         # the graphs ``energylens.estimate`` prices: the single-GPU plan (fused kernels)
         prefill_g, decode_g = plan_graph(traced.prefill), plan_graph(traced.decode)
         ctx = serving_context_len(wl, kv_capacity_tokens(decode_g, gpu))
-        variants = [*prefill_mixture(wl), (0.0, prefill_tokens_per_step(wl, median=True))]
+        mixture = prefill_mixture(wl)
+        variants = [*mixture, (0.0, prefill_tokens_per_step(wl, median=True, mixture=mixture))]
         for w, p in variants:
             seg = len(seg_row)
             seg_row.append(i)

@@ -236,7 +236,8 @@ def _carry_over(entries: list[tuple[float, float]], full: tuple[float, float],
 
 def prefill_tokens_per_step(workload: Workload, median: bool = False,
                             max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS, replicas: int = 1,
-                            lockstep: bool = False) -> float:
+                            lockstep: bool = False,
+                            mixture: Sequence[tuple[float, float]] | None = None) -> float:
     """Prefill tokens of a mean (or the median) step, over all ``replicas`` (see ``prefill_mixture``).
 
     The median step of one replica carries ``max(0, lam - ln 2)`` new prompts, the continuous lower
@@ -244,14 +245,16 @@ def prefill_tokens_per_step(workload: Workload, median: bool = False,
     the median step is the busiest replica's, the median of the largest of ``replicas`` Poisson
     counts, the smallest ``n`` with ``P(N <= n) ** replicas >= 1/2``. Where at least half the steps
     (of the busiest replica) fill the token budget, counting the prompts carried over from earlier
-    full steps (``prefill_mixture``), the median step is a full one."""
+    full steps (``prefill_mixture``; pass it as ``mixture`` where it is at hand), the median step is
+    a full one."""
     batch = workload.batch / replicas
     lam = batch / workload.output_len
     budget = max(0.0, max_num_batched_tokens - batch)
     if not median:
         n = lam
     else:
-        mixture = prefill_mixture(workload, max_num_batched_tokens, replicas=replicas)  # tokens x replicas
+        if mixture is None:  # tokens x replicas
+            mixture = prefill_mixture(workload, max_num_batched_tokens, replicas=replicas)
         full = sum(w for w, t in mixture if t >= budget * replicas)
         if 1 - (1 - min(full, 1.0)) ** (replicas if lockstep else 1) >= 0.5:
             return budget * replicas
@@ -373,7 +376,7 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
         mean_t, wait_j = busiest_t, profile.overhead_power_w * (busiest_t - mean_t)
     mean_e = sum(w * c.energy_j for w, c in mix) + wait_j
     mean_static = sum(w * c.static_j for w, c in mix) + wait_j
-    p_med = prefill_tokens_per_step(workload, median=True, replicas=replicas, lockstep=lockstep)
+    p_med = prefill_tokens_per_step(workload, median=True, replicas=replicas, lockstep=lockstep, mixture=mixture)
     return ServingEstimate(
         batch=workload.batch, prompt_len=workload.prompt_len, output_len=workload.output_len,
         prefill_tokens_per_step=sum(w * p for w, p in mixture),

@@ -197,10 +197,11 @@ def _serving_points(batches: Sequence[int], workload: Workload, ctx_of: Callable
     for i, bb in enumerate(batches):
         wl = _workload(workload, bb)
         c = ctx_of(bb)
-        med.append(len(b))
-        b.append(bb), p.append(prefill_tokens_per_step(wl, median=True, replicas=replicas, lockstep=lockstep))
-        ctx.append(c), w.append(0.0), wt.append(0.0), idx.append(i)
         mixture = prefill_mixture(wl, replicas=replicas)
+        med.append(len(b))
+        b.append(bb), p.append(prefill_tokens_per_step(wl, median=True, replicas=replicas, lockstep=lockstep,
+                                                       mixture=mixture))
+        ctx.append(c), w.append(0.0), wt.append(0.0), idx.append(i)
         time_w = lockstep_weights(mixture, replicas) if lockstep and replicas > 1 else [x for x, _ in mixture]
         for (we, pt), wtime in zip(mixture, time_w, strict=True):
             b.append(bb), p.append(pt), ctx.append(c), w.append(we), wt.append(wtime), idx.append(i)
