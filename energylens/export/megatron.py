@@ -88,9 +88,10 @@ def _tp_overlap(plan: PlanLike) -> bool:
     return plan.comm_sms is not None and plan.parallel.tp > 1 and plan.sequence_parallel
 
 
-def _moe_sequence_parallel(plan: PlanLike) -> bool:
-    """Whether Megatron's inference needs sequence parallelism in the MoE layers (tp > 1 and ep > 1)."""
-    return plan.parallel.tp > 1 and plan.parallel.ep > 1 and has_experts(plan)
+def _moe_sequence_parallel(plan: PlanLike, moe: bool) -> bool:
+    """Whether Megatron's inference needs sequence parallelism in the MoE layers (``moe``: the model
+    has experts; tp > 1 and ep > 1)."""
+    return moe and plan.parallel.tp > 1 and plan.parallel.ep > 1
 
 
 def to_megatron(plan: PlanLike) -> dict[str, Any]:
@@ -115,13 +116,13 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     """
     _check_megatron(plan)
     p = plan.parallel
+    moe = has_experts(plan)
     cfg: dict[str, Any] = {
         "tensor_model_parallel_size": p.tp,
         "pipeline_model_parallel_size": 1,
-        "sequence_parallel": plan.sequence_parallel or _moe_sequence_parallel(plan),
+        "sequence_parallel": plan.sequence_parallel or _moe_sequence_parallel(plan, moe),
         "tp_comm_overlap": _tp_overlap(plan),
     }
-    moe = has_experts(plan)
     if moe:
         cfg["expert_model_parallel_size"] = p.ep
         cfg["expert_tensor_parallel_size"] = p.tp * p.dp // p.ep
@@ -195,7 +196,7 @@ def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
 def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     """What Megatron-Core's inference cannot run as the plan was priced."""
     p, notes = plan.parallel, []
-    if plan.sequence_parallel and not _moe_sequence_parallel(plan):
+    if plan.sequence_parallel and not _moe_sequence_parallel(plan, "expert_model_parallel_size" in cfg):
         notes.append("sequence_parallel: Megatron-Core's inference runs it only in the MoE layers of a model "
                      "with tp > 1 and ep > 1 (TextGenerationController raises NotImplementedError otherwise)")
     if "expert_model_parallel_size" in cfg and p.dp > 1:
