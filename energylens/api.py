@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from energylens.costmodel.analysis import PricedOp
+from energylens.costmodel.clock import locked_clock
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.memory import check_fits, request_kv_bytes
 from energylens.costmodel.plan import PlanPricer, pipeline_text, plan_graph, plan_memory
@@ -238,8 +239,6 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     check_comm_sms(comm_sms, gpu)
     comm_sms = None if comm_sms is None else int(comm_sms)
     prof = profile or load_profile(gpu, profiles)
-    from energylens.search.compile import locked_clock
-
     clock_mhz = locked_clock(clock_mhz, gpu)  # None: the default clock
     if clock_mhz is not None:
         from energylens.search.evaluate import clock_profile

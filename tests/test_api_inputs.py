@@ -236,6 +236,7 @@ def test_profile_must_be_a_profile() -> None:
     ({"clocks_mhz": "1500"}, r"got '1500'$"),
     ({"clocks_mhz": [10]}, r"990..1980 MHz .*got \[10\]$"),  # the clock model does not hold that low
     ({"clocks_mhz": [2500]}, r"got \[2500\]$"),
+    ({"num_clocks": 3, "clocks_mhz": [1500]}, r"num_clocks .* or clocks_mhz .*not both"),  # was num_clocks ignored
 ])
 def test_compile_bad_clocks(kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidWorkloadError, match=match):

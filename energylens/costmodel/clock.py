@@ -34,15 +34,18 @@ the same physics: an op that would draw more than TDP runs at the clock where it
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from energylens.costmodel.hardware import GPUSpec
-from energylens.errors import InvalidWorkloadError
+from energylens.errors import InvalidTypeError, InvalidWorkloadError
 
-__all__ = ["VOLTAGE_SLOPE", "MIN_CLOCK_FRACTION", "ClockModel"]
+__all__ = ["VOLTAGE_SLOPE", "MIN_CLOCK_FRACTION", "ClockModel", "locked_clock", "search_clocks"]
 
 #: Slope of the relative voltage against the relative clock: V/Vmax = 1 - slope * (1 - f/fmax).
 VOLTAGE_SLOPE = 0.6
@@ -109,3 +112,74 @@ class ClockModel:
         raw = np.linspace(MIN_CLOCK_FRACTION * self.f_max_mhz, self.f_max_mhz, n)
         out = sorted({int(CLOCK_STEP_MHZ * round(x / CLOCK_STEP_MHZ)) for x in raw[:-1]})
         return (*[f for f in out if f < self.f_max_mhz], int(round(self.f_max_mhz)))
+
+
+# -- clocks a user asks for (estimate's clock_mhz, the search's num_clocks / clocks_mhz) --------------
+
+def _whole_mhz(f: Any) -> bool:
+    """A clock ``nvidia-smi -lgc`` takes: a whole number of MHz (a bool is not one)."""
+    return isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f) and float(f).is_integer()
+
+
+def _no_maximum(gpu: GPUSpec, name: str, got: Any) -> InvalidWorkloadError:
+    return InvalidWorkloadError(f"{gpu.name} has no published maximum clock, so a locked clock cannot be priced or "
+                                f"applied; got {name}={got!r}. Leave it unset (the default clock)")
+
+
+def _check_range(gpu: GPUSpec, name: str, clocks: Sequence[int], got: Any) -> None:
+    """The clocks the model holds on ``gpu``: the search's lowest (about ``MIN_CLOCK_FRACTION`` of the
+    maximum) up to the maximum."""
+    lo, hi = ClockModel.of(gpu).grid()[0], gpu.boost_clock_mhz
+    if not all(lo <= f <= hi for f in clocks):
+        raise InvalidWorkloadError(f"{name} must be in {lo}..{hi:.0f} MHz on {gpu.name} (half the maximum clock "
+                                   f"up to it, where the clock model holds), got {got!r}")
+
+
+def locked_clock(clock_mhz: Any, gpu: GPUSpec) -> int | None:
+    """``estimate``'s ``clock_mhz`` as the clock to lock: None for the default (maximum) clock, else
+    a whole MHz in the search's range. A GPU without a published maximum clock takes only the
+    placeholder maximum its plans report (``Plan.clock_mhz``), as the default."""
+    if clock_mhz is None:
+        return None
+    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, numbers.Real):
+        raise InvalidTypeError(f"clock_mhz must be a number of MHz, got {type(clock_mhz).__name__} {clock_mhz!r}")
+    if not _whole_mhz(clock_mhz):
+        raise InvalidWorkloadError(f"clock_mhz must be a whole number of MHz (nvidia-smi -lgc takes no "
+                                   f"fractions), got {clock_mhz!r}")
+    f, model = int(clock_mhz), ClockModel.of(gpu)
+    if gpu.boost_clock_mhz is None:
+        if f == round(model.f_max_mhz):
+            return None
+        raise _no_maximum(gpu, "clock_mhz", clock_mhz)
+    _check_range(gpu, "clock_mhz", [f], clock_mhz)
+    return model.lock(f)
+
+
+def search_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec) -> tuple[int, ...]:
+    """The clocks a search prices. ``num_clocks``: None (every 15 MHz step) or a count >= 1;
+    ``clocks_mhz``: None or a non-empty sequence of whole-MHz clocks in the range the clock model
+    holds (instead of ``num_clocks``, not with it). A GPU without a published maximum clock has
+    only its default clock.
+
+    >>> from energylens.costmodel.hardware import get_gpu
+    >>> search_clocks(3, None, get_gpu("H100-SXM")), search_clocks(None, [1500], get_gpu("H100-SXM"))
+    ((990, 1485, 1980), (1500,))
+    """
+    if num_clocks is not None and (isinstance(num_clocks, bool) or not isinstance(num_clocks, numbers.Integral)
+                                   or num_clocks < 1):
+        raise InvalidWorkloadError(f"num_clocks must be a whole number >= 1 (or None: every 15 MHz step), "
+                                   f"got {num_clocks!r}")
+    if clocks_mhz is None:
+        return ClockModel.of(gpu).grid(num_clocks if gpu.boost_clock_mhz is not None else 1)
+    if (not isinstance(clocks_mhz, Sequence) or isinstance(clocks_mhz, str) or not clocks_mhz
+            or not all(_whole_mhz(f) for f in clocks_mhz)):
+        raise InvalidWorkloadError(f"clocks_mhz must be a non-empty list of whole MHz, e.g. [990, 1410], "
+                                   f"got {clocks_mhz!r}")
+    if num_clocks is not None:
+        raise InvalidWorkloadError(f"give num_clocks (a count of clocks to spread over the range) or clocks_mhz "
+                                   f"(the clocks themselves), not both; got num_clocks={num_clocks!r}, "
+                                   f"clocks_mhz={list(clocks_mhz)!r}")
+    if gpu.boost_clock_mhz is None:
+        raise _no_maximum(gpu, "clocks_mhz", list(clocks_mhz))
+    _check_range(gpu, "clocks_mhz", clocks_mhz, list(clocks_mhz))
+    return tuple(int(f) for f in clocks_mhz)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import numbers
 import time
 from collections.abc import Iterator, Sequence
@@ -37,7 +36,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from energylens.costmodel.clock import ClockModel
+from energylens.costmodel.clock import ClockModel, search_clocks
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.memory import kv_bytes_per_token, usable_bytes, weight_split
 from energylens.costmodel.profile import Profile, load_profile
@@ -45,7 +44,6 @@ from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION, running_batch
 from energylens.errors import (
     DoesNotFitError,
     EnergylensError,
-    InvalidTypeError,
     InvalidWorkloadError,
     ShardingError,
 )
@@ -341,14 +339,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
     """Price the whole plan space; return every plan that fits in memory, as columns."""
     t0 = time.perf_counter()
     _check_comm_sms(comm_sms, gpu)
-    check_clocks(num_clocks, clocks_mhz, gpu)
-    if gpu.boost_clock_mhz is None:  # no maximum clock to lock against: only the default clock
-        if clocks_mhz:
-            raise InvalidWorkloadError(
-                f"{gpu.name} has no published maximum clock, so a locked clock cannot be priced or "
-                f"applied; got clocks_mhz={list(clocks_mhz)}. Leave the clocks unset to search its default clock")
-        num_clocks = 1
-    clocks = tuple(clocks_mhz) if clocks_mhz else ClockModel.of(gpu).grid(num_clocks)
+    clocks = search_clocks(num_clocks, clocks_mhz, gpu)
     sms = tuple(None if k is None else int(k) for k in comm_sms)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLS}
     n_plans = 0
@@ -492,59 +483,6 @@ def _named(est: Estimate, name: str) -> Estimate:
     import dataclasses
 
     return est if est.model == name else dataclasses.replace(est, model=name)
-
-
-def _whole_mhz(f: Any) -> bool:
-    """A clock ``nvidia-smi -lgc`` takes: a whole number of MHz (a bool is not one)."""
-    return isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f) and float(f).is_integer()
-
-
-def check_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec) -> None:
-    """``num_clocks``: None (every 15 MHz step) or a count >= 1; ``clocks_mhz``: None or a non-empty
-    sequence of whole-MHz clocks in the range the clock model holds (the search's own lowest clock,
-    about ``MIN_CLOCK_FRACTION`` of the maximum, up to the maximum). A GPU without a published
-    maximum clock takes none (``search`` says so)."""
-    if num_clocks is not None and (isinstance(num_clocks, bool) or not isinstance(num_clocks, numbers.Integral)
-                                   or num_clocks < 1):
-        raise InvalidWorkloadError(f"num_clocks must be a whole number >= 1 (or None: every 15 MHz step), "
-                                   f"got {num_clocks!r}")
-    if clocks_mhz is None:
-        return
-    if (not isinstance(clocks_mhz, Sequence) or isinstance(clocks_mhz, str) or not clocks_mhz
-            or not all(_whole_mhz(f) for f in clocks_mhz)):
-        raise InvalidWorkloadError(f"clocks_mhz must be a non-empty list of whole MHz, e.g. [990, 1410], "
-                                   f"got {clocks_mhz!r}")
-    if gpu.boost_clock_mhz is None:  # search() says so with the search's wording
-        return
-    f_max, lo = gpu.boost_clock_mhz, ClockModel.of(gpu).grid()[0]
-    if not all(lo <= f <= f_max for f in clocks_mhz):
-        raise InvalidWorkloadError(f"clocks_mhz must be {gpu.name} clocks in {lo:.0f}..{f_max:.0f} MHz (half the "
-                                   f"maximum up to it, where the clock model holds), got {list(clocks_mhz)!r}")
-
-
-def locked_clock(clock_mhz: Any, gpu: GPUSpec) -> int | None:
-    """``estimate``'s ``clock_mhz`` as the clock to lock: None for the default (maximum) clock, else
-    a whole MHz in the search's range. A GPU without a published maximum clock takes only the
-    placeholder maximum its plans report (``Plan.clock_mhz``), as the default."""
-    if clock_mhz is None:
-        return None
-    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, numbers.Real):
-        raise InvalidTypeError(f"clock_mhz must be a number of MHz, got {type(clock_mhz).__name__} {clock_mhz!r}")
-    model = ClockModel.of(gpu)
-    if not _whole_mhz(clock_mhz):
-        raise InvalidWorkloadError(f"clock_mhz must be a whole number of MHz (nvidia-smi -lgc takes no "
-                                   f"fractions), got {clock_mhz!r}")
-    f = int(clock_mhz)
-    if gpu.boost_clock_mhz is None:
-        if f == round(model.f_max_mhz):
-            return None
-        raise InvalidWorkloadError(f"{gpu.name} has no published maximum clock, so a locked clock cannot be priced; "
-                                   "leave clock_mhz unset (the default clock)")
-    lo = model.grid()[0]
-    if not lo <= f <= gpu.boost_clock_mhz:
-        raise InvalidWorkloadError(f"clock_mhz must be a {gpu.name} clock in {lo:.0f}..{gpu.boost_clock_mhz:.0f} MHz "
-                                   f"(half the maximum up to it, where the clock model holds), got {clock_mhz!r}")
-    return model.lock(f)
 
 
 def _check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
