@@ -64,7 +64,11 @@ dropped.
 **Clock model** (`energylens/costmodel/clock.py`): compute time ~ `f_max / f`; memory time and
 launch overhead unchanged; dynamic energy per FLOP ~ `V(f)^2` with `V(f)/V(f_max) = 1 - 0.6 (1 - f/f_max)`
 (0.7 at half clock: a documented first-order DVFS assumption, not a calibration); energy per HBM
-byte and static power unchanged.
+byte and static power unchanged. No committed measurement checks it (our GPU runs lock no clock: the lent
+machines' settings are not ours to change), so the search's usual choice for memory-bound decode,
+the lowest clock, is a prediction. It agrees in direction with Ma et al., *The Illusion of Power
+Capping in LLM Decode* (arXiv:2605.11999, 2026), who report on an H200 that decode stays far below
+the power limit and that locking the SM clock saves decode energy at little throughput loss.
 
 **Vectorisation** (`energylens/search/evaluate.py`): per structural variant `(tp, ep, dp, fused)`,
 `costmodel.plan.plan_work` walks each graph component once with `B`, `S`, `K` bound to numpy arrays

@@ -180,8 +180,8 @@ def estimate(
                     _si(sv.energy_per_output_token_j * sv.batch, "J"), _si(sv.avg_power_w, "W"),
                     _si(sv.energy_per_output_token_j, "J"), "", "")
     console.print(summary)
-    m = est.memory
-    console.print(memory_line(m))
+    console.print(memory_line(est.memory))
+    console.print(f"cost model: {est.profile}")
     ops = Table(title=f"top {top} ops by energy (all layers)")
     for col in ("phase", "op", "kind", "source", "x", "FLOPs", "bytes", "time", "energy"):
         ops.add_column(col, justify="right" if col in ("x", "FLOPs", "bytes", "time", "energy") else "left")

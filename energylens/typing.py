@@ -326,7 +326,7 @@ class Estimate(Record):
     memory: MemoryEstimate
     ops: tuple[OpEstimate, ...] = field(default=())
     serving: ServingEstimate | None = None
-    profile: str = ""  # provenance of the cost-model profile used (method and data)
+    profile: str = ""  # where the cost-model profile came from, in one line (Provenance.summary)
     graphs: PlanGraphs | None = field(default=None, repr=False, compare=False)
     clock_mhz: int | None = None  # the locked SM clock priced (None: the default clock)
 

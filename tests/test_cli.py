@@ -22,7 +22,8 @@ def test_readme_main_command_compiles_a_plan_for_the_cluster():
             "--prompt-len", "1024", "--output-len", "256", "--slo-itl-ms", "40")
     assert r.exit_code == 0, r.output
     for text in ("meta-llama/Llama-3.1-70B-Instruct on 4 of 8 x H100-SXM", "SLO ITL <= 40 ms", "plans searched",
-                 "serving (median ITL", "memory per GPU", "top 10 ops by energy", "Pareto frontier"):
+                 "serving (median ITL", "memory per GPU", "top 10 ops by energy", "Pareto frontier",
+                 "cost model: H100-SXM profile fitted on data/public/mlenergy_dev.csv"):
         assert text in r.output, text
     assert "Traceback" not in r.output
 
@@ -34,6 +35,13 @@ def test_estimate_prints_phases_memory_and_top_ops():
     for text in ("prefill (whole batch)", "decode step (context 1152)", "memory per GPU", "top 5 ops by energy",
                  "model.layers.mlp.down_proj"):
         assert text in r.output
+
+
+def test_estimate_says_when_its_profile_is_not_calibrated_on_the_gpu():
+    """An uncalibrated GPU is priced from a datasheet prior: the report says so, it is not silent."""
+    r = run("estimate", "Qwen/Qwen3-0.6B", "--gpu", "L40S", "--batch", "4")
+    assert r.exit_code == 0, r.output
+    assert "cost model: L40S profile is a datasheet prior" in r.output and "not calibrated on any L40S" in r.output
 
 
 def test_estimate_json_is_plain_data():

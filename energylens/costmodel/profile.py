@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,19 @@ class Provenance(BaseModel):
     rows: int = 0
     residuals: dict[str, float] = Field(default_factory=dict)  # e.g. MAPE per target, in %
     notes: str = ""
+
+    def summary(self, gpu: str) -> str:
+        """One line for a report: how far ``gpu``'s profile can be trusted and where it came from."""
+        if self.method == "fit":
+            return f"{gpu} profile fitted on {self.data}"
+        if self.method == "derived":  # fit: "the H100-SXM profile (...) unchanged"
+            return f"{gpu} takes {self.fit.split(' (')[0]} (same die; no {gpu} measurement checks it): {self.data}"
+        if self.method == "datasheet-prior":
+            ref = re.search(r"and the (\S+) profile", self.data)  # prior_profile's wording
+            return (f"{gpu} profile is a datasheet prior (its datasheet with the "
+                    f"{ref.group(1) if ref else 'reference'} fit's software costs), not calibrated on any "
+                    f"{gpu} measurement")
+        return f"{gpu} profile is {self.method} ({self.data}), not calibrated on any measurement"
 
 
 class Profile(BaseModel):

@@ -79,6 +79,7 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     m = est.memory
     console.print(memory_line(m))
     console.print(f"pipeline: {plan.graph.pipeline if plan.graph else '-'}")
+    console.print(f"cost model: {est.profile}")
     ops = Table(title=f"top {top} ops by energy (all layers; energy summed over the plan's GPUs)")
     for col in ("phase", "op", "kind", "source", "x", "time", "energy"):
         ops.add_column(col, justify="right" if col in ("x", "time", "energy") else "left")
