@@ -59,8 +59,9 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
     console.print(head)
     s = est.serving
     if s is not None and s.batch < wl.batch:  # batch is an upper bound of the search: say what it serves
+        cost = "more energy per token" if plan.objective == "energy" else "a longer ITL"
         console.print(f"serves {s.batch} of the {wl.batch} concurrent sequences asked for (the batch is searched up "
-                      "to it: more would cost more energy per token, miss the SLO or not fit); more GPUs or "
+                      f"to it: more would cost {cost}, miss the SLO or not fit); more GPUs or "
                       "replicas serve the rest")
     phases = Table(title="per phase (energies and powers over all GPUs of the plan)")
     for col in ("phase", "latency", "energy", "energy / token", "avg power", "tokens/s"):
