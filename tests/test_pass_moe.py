@@ -58,3 +58,16 @@ def test_expert_load_errors() -> None:
         expert_load(10, 128, 8, 2, "pareto")
     with pytest.raises(ConfigError, match="needs histogram"):
         Moe(routing="histogram")
+
+
+def test_histogram_must_be_finite_and_cover_top_k_experts() -> None:
+    """NaN passed the old `c < 0` check and fewer than top_k experts with tokens divided by zero
+    in the top_k cap: both reached numpy as a traceback."""
+    with pytest.raises(ConfigError, match="entry 1 is nan"):
+        Moe(routing="histogram", histogram=(1.0, float("nan"), 1.0))
+    with pytest.raises(ConfigError, match="entry 0 is inf"):
+        expert_load(10, 4, 2, 1, "histogram", histogram=[float("inf"), 1, 1, 1])
+    with pytest.raises(ConfigError, match="3 experts with tokens, but each token goes to top_k=8"):
+        expert_load(10, 16, 8, 2, "histogram", histogram=[1, 1, 1] + [0] * 13)
+    with pytest.raises(ConfigError, match="skew must be a finite number"):
+        Moe(routing="zipf", skew=float("nan"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -43,18 +44,26 @@ Routing = Literal["uniform", "zipf", "histogram"]
 _ROUTINGS = ("uniform", "zipf", "histogram")
 
 
-def _check(routing: str, skew: float, histogram: Sequence[float] | None, num_experts: int | None = None) -> None:
+def _check(routing: str, skew: float, histogram: Sequence[float] | None, num_experts: int | None = None,
+           top_k: int | None = None) -> None:
     if routing not in _ROUTINGS:
         raise ConfigError(f"unknown routing {routing!r}; valid: {', '.join(_ROUTINGS)}")
-    if skew < 0:
-        raise ConfigError(f"routing skew must be >= 0 (0: uniform popularity), got {skew}")
+    if not math.isfinite(skew) or skew < 0:
+        raise ConfigError(f"routing skew must be a finite number >= 0 (0: uniform popularity), got {skew}")
     if routing == "histogram":
         if not histogram:
             raise ConfigError("routing='histogram' needs histogram=[count per expert, ...]")
-        if any(c < 0 for c in histogram) or sum(histogram) <= 0:
-            raise ConfigError("histogram counts must be >= 0 with a positive sum")
+        bad = [(i, c) for i, c in enumerate(histogram) if not math.isfinite(c) or c < 0]
+        if bad:
+            raise ConfigError(f"histogram counts must be finite numbers >= 0; entry {bad[0][0]} is {bad[0][1]}")
         if num_experts is not None and len(histogram) != num_experts:
             raise ConfigError(f"histogram has {len(histogram)} entries but the model has {num_experts} experts")
+        hit = sum(c > 0 for c in histogram)
+        if top_k is not None and hit < top_k:  # a token picks top_k distinct experts
+            raise ConfigError(f"histogram has {hit} experts with tokens, but each token goes to top_k={top_k} "
+                              f"distinct experts: at least {top_k} counts must be > 0")
+        if hit == 0:
+            raise ConfigError("histogram counts must have a positive sum")
     elif histogram:
         raise ConfigError(f"histogram=... is only used with routing='histogram', not {routing!r}")
 
@@ -77,7 +86,8 @@ class Moe:
         if not expert_ops(graph):
             return graph
         experts = int(graph.attr.get("num_experts", graph.dim_sizes.get("e") or 0)) or None
-        _check(self.routing, self.skew, self.histogram, experts)
+        top_k = int(graph.attr["top_k"]) if "top_k" in graph.attr else None
+        _check(self.routing, self.skew, self.histogram, experts, top_k)
         new = {"routing": self.routing, "routing_seed": str(self.seed)}
         if self.routing == "zipf":
             new["routing_skew"] = repr(float(self.skew))
@@ -174,7 +184,7 @@ def expert_load(num_tokens: int, num_experts: int, top_k: int, ep: int, routing:
     if num_tokens < 0:
         raise ConfigError(f"num_tokens must be >= 0, got {num_tokens}")
     hist = tuple(float(c) for c in histogram) if histogram is not None else None
-    _check(routing, skew, hist, num_experts)
+    _check(routing, skew, hist, num_experts, top_k)
     return _load(int(num_tokens), num_experts, top_k, ep, routing, float(skew), hist, seed)
 
 
