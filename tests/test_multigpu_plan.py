@@ -211,3 +211,19 @@ def test_expert_parallel_moe_activations_span_every_slot() -> None:
     for name in ("moe_experts", "moe_experts_down"):
         assert float(ep2[name].tc_flops) == pytest.approx(float(one[name].tc_flops) / 2)
         assert float(one[name].hbm_bytes) / 2 < float(ep2[name].hbm_bytes) < float(one[name].hbm_bytes)
+
+
+def test_skewed_routing_without_ep_reads_fewer_expert_weights() -> None:
+    """A hot set of experts takes most tokens: a small decode batch hits fewer distinct experts
+    than under uniform routing and reads fewer expert weights; a large batch hits nearly all."""
+    one = el.Cluster("H100-SXM", num_gpus=1)
+    zipf = Moe(routing="zipf", skew=1.2)
+
+    def ratio(batch: int) -> float:
+        wl = el.Workload(batch=batch, prompt_len=256, output_len=64)
+        uni, skew = el.estimate(MOE, one, wl), el.estimate(MOE, one, wl, routing=zipf)
+        assert skew.decode.latency_s < uni.decode.latency_s
+        return skew.decode.hbm_bytes / uni.decode.hbm_bytes
+
+    small, large = ratio(2), ratio(256)
+    assert small < large < 1.0 and large > 0.95

@@ -31,6 +31,7 @@ Rules of the work model (what the kernels of a serving engine actually move):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -73,11 +74,11 @@ def _numel(t: TensorType, sizes: Mapping[str, float]) -> float:
         raise EstimateError(f"dimension {exc.args[0]!r} has no size (bound: {sorted(sizes)})") from None
 
 
-def _distinct_experts(num_e: float, top_k: float, tokens: Any) -> Any:
+def _distinct_experts(num_e: float, top_k: float, tokens: Any, shares: Any = None) -> Any:
     """``expected_distinct_experts``, elementwise when ``tokens`` is an array."""
     if getattr(tokens, "shape", ()) == ():
-        return expected_distinct_experts(num_e, top_k, tokens)
-    return np.array([expected_distinct_experts(num_e, top_k, float(t)) for t in np.ravel(tokens)]).reshape(
+        return expected_distinct_experts(num_e, top_k, tokens, shares)
+    return np.array([expected_distinct_experts(num_e, top_k, float(t), shares) for t in np.ravel(tokens)]).reshape(
         np.shape(tokens))
 
 
@@ -145,6 +146,13 @@ class WorkAnalysis(Interpreter[OpWork]):
                 self._only_pointwise_users[v.name] = self._only_pointwise_users.get(v.name, True) and pw
         self._consumers = consumers
         self._group_seen: set[int] = set()
+
+    @functools.cached_property
+    def _routing_shares(self) -> tuple[float, ...] | None:
+        """The experts' shares of the token-slots under the graph's routing (None: uniform)."""
+        from energylens.passes.moe import routing_shares  # passes sit above the cost model
+
+        return routing_shares(self.graph)
 
     def op_sizes(self, op: Op) -> Mapping[str, float]:
         """Dim sizes ``op`` works on: global, or per GPU under ``mesh``."""
@@ -245,13 +253,16 @@ class WorkAnalysis(Interpreter[OpWork]):
                  for v in op.operands]
         if all("e" in v.type.dims for v in op.operands):  # MoE experts: only the experts hit
             # Global expert count and token count: under ep a GPU holds e/ep experts, each hit
-            # with the same probability, so the fraction of weights read is the global one.
+            # with the same probability, so the fraction of weights read is the global one. A
+            # skewed routing hits fewer experts; it is priced without ep only (under ep the
+            # straggler holding the hot experts sets the time, and its share is not the global one)
             num_e = float(self.graph.attr.get("num_experts", 0) or self.sizes.get("e", 0.0))
             top_k = float(self.graph.attr.get("top_k", 0) or 0)
             if not num_e or not top_k:
                 raise EstimateError(f"MoE einsum %{op.result.name} needs graph attrs num_experts and top_k")
             tokens = self.local["C"] * num_e / top_k if "C" in self.local else self.local["B"] * self.local["S"]
-            hit = _distinct_experts(num_e, top_k, tokens)
+            shares = self._routing_shares if self.local.get("e") == num_e else None
+            hit = _distinct_experts(num_e, top_k, tokens, shares)
             reads = [r * hit / num_e if v.name in self.params else r for r, v in zip(reads, op.operands, strict=True)]
             rows = tokens * top_k / np.maximum(hit, 1e-9)
         dtype = next((v.type.dtype for v in op.operands if v.name in self.params), op.operands[0].type.dtype)

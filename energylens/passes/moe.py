@@ -38,7 +38,7 @@ from energylens.ir.core import Einsum, Graph, Op
 from energylens.passes.manager import register_pass
 from energylens.typing import Record
 
-__all__ = ["Moe", "ExpertLoad", "Routing", "expert_load", "expert_ops", "routing_of", "graph_expert_load"]
+__all__ = ["Moe", "ExpertLoad", "Routing", "expert_load", "expert_ops", "routing_of", "routing_shares", "graph_expert_load"]
 
 Routing = Literal["uniform", "zipf", "histogram"]
 _ROUTINGS = ("uniform", "zipf", "histogram")
@@ -186,6 +186,18 @@ def expert_load(num_tokens: int, num_experts: int, top_k: int, ep: int, routing:
     hist = tuple(float(c) for c in histogram) if histogram is not None else None
     _check(routing, skew, hist, num_experts, top_k)
     return _load(int(num_tokens), num_experts, top_k, ep, routing, float(skew), hist, seed)
+
+
+def routing_shares(graph: Graph) -> tuple[float, ...] | None:
+    """Each expert's share of the token-slots under the routing ``Moe`` recorded on ``graph``
+    (None: uniform routing, or not a MoE graph)."""
+    routing, skew, hist, seed = routing_of(graph)
+    a = graph.attr
+    if routing == "uniform" or "num_experts" not in a or "top_k" not in a:
+        return None
+    experts, top_k = int(a["num_experts"]), int(a["top_k"])
+    return tuple(c / top_k for c in expert_load(1, experts, top_k, 1, routing, seed, skew=skew,
+                                                histogram=hist).per_expert)
 
 
 def graph_expert_load(graph: Graph, num_tokens: int, ep: int) -> ExpertLoad:
