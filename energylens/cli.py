@@ -443,9 +443,10 @@ def compile_cmd(
                       objective=objective, slo=el.SLO(itl_ms=slo_itl_ms, ttft_ms=slo_ttft_ms), **sms)  # type: ignore[arg-type]
     if export:  # the figures the exported command is expected to give
         s = plan.estimate.serving
+        serves = f", serving {s.batch} of the {batch} concurrent sequences asked for" if s.batch < batch else ""
         print(f"# predicted: median ITL {s.median_itl_s * 1e3:.1f} ms, {s.energy_per_output_token_j:.3g} J per output "
               f"token, {s.avg_power_w / 1e3:.3g} kW on {plan.num_gpus} x {plan.gpu}, TTFT of the batch "
-              f"{plan.estimate.prefill.latency_s:.3g} s (energylens {plan.objective} plan)",
+              f"{plan.estimate.prefill.latency_s:.3g} s{serves} (energylens {plan.objective} plan)",
               file=sys.stderr if export == "megatron" else sys.stdout)
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -458,14 +459,15 @@ def compile_cmd(
 
         print(json.dumps(plan.to_megatron(), indent=2), flush=True)  # before the stderr lines
         ex = megatron_extras(plan.to_spec())  # dp is not a field: Megatron derives it from the ranks launched
-        lines = [f"launch {ex.world_size} rank{'s' if ex.world_size > 1 else ''} (torchrun --nproc-per-node "
-                 f"{ex.world_size}): Megatron-Core derives data_parallel_size = {ex.data_parallel_size}",
+        lines = [f"launch {ex.world_size} rank{'s' if ex.world_size > 1 else ''} ({ex.launch}): Megatron-Core "
+                 f"derives data_parallel_size = {ex.data_parallel_size}",
                  f"InferenceWrapperConfig: {json.dumps(ex.inference_wrapper)}"]
         if ex.tp_comm_overlap_cfg:
             lines.append(f"tp_comm_overlap_cfg (YAML for --tp-comm-overlap-cfg): {json.dumps(ex.tp_comm_overlap_cfg)}")
         if ex.gpu_clock_command:
+            on = f" on each of the {ex.nodes} nodes" if ex.nodes > 1 else ""
             lines.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a Megatron setting: lock it first with "
-                         f"`{ex.gpu_clock_command}` (needs root)")
+                         f"`{ex.gpu_clock_command}`{on} (needs root)")
         lines += [f"note: {note}" for note in ex.notes]
         print("\n".join(f"# {line}" for line in lines), file=sys.stderr)
     if plot:  # after the plan is printed, so a failed write does not lose it; .png added to a bare name

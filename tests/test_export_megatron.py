@@ -296,3 +296,11 @@ def test_errors() -> None:
         to_megatron(plan(tp=4, dp=2, ep=3))
     with pytest.raises(ShardingError, match="sequence_parallel needs tensor parallelism"):
         to_megatron(plan(tp=1, dp=2, sequence_parallel=True))
+
+
+def test_ranks_over_several_nodes_launch_per_node() -> None:
+    ex = megatron_extras(plan(tp=8, dp=2, model="meta-llama/Llama-3.1-70B-Instruct", gpu_clock_mhz=990))
+    assert ex.nodes == 2 and ex.launch.startswith("torchrun --nnodes 2 --nproc-per-node 8")
+    assert ex.gpu_clock_command == "nvidia-smi -i 0,1,2,3,4,5,6,7 -lgc 990,990"
+    one = megatron_extras(plan(tp=4, model="meta-llama/Llama-3.1-70B-Instruct"))
+    assert one.nodes == 1 and one.launch == "torchrun --nproc-per-node 4"

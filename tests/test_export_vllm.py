@@ -258,3 +258,15 @@ def test_bare_config_file_gets_a_note_on_what_vllm_serves(tmp_path):
                       output_len=32), clocks_mhz=(1980,), comm_sms=(None,))
     assert plan.model == str(cfg)
     assert "bare config file" in plan.to_vllm(cli=True) and "serve that directory" in vllm_notes(plan.to_spec())[0]
+
+
+def test_a_plan_over_several_nodes_says_how_to_launch_it_and_locks_each_node() -> None:
+    """tp=8 x dp=2 is 16 GPUs on two 8-GPU nodes: one vllm serve line cannot start it, and no node
+    has GPUs 0..15; the notes name vLLM's multi-node arguments, which exist in the pinned version."""
+    notes = vllm_notes(plan(tp=8, dp=2, model="meta-llama/Llama-3.1-70B-Instruct", gpu_clock_mhz=990))
+    multi = next(n for n in notes if "span 2 nodes of 8" in n)
+    args = load_vllm_args()
+    for flag in re.findall(r"--[a-z-]+", multi):
+        assert any(flag in a.flags for a in args.values()), flag
+    assert any("nvidia-smi -i 0,1,2,3,4,5,6,7 -lgc 990,990` on each of the 2 nodes" in n for n in notes)
+    assert not any("span" in n for n in vllm_notes(plan(tp=8, model="meta-llama/Llama-3.1-70B-Instruct")))

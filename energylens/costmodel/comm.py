@@ -95,7 +95,7 @@ def _bus_factor(fn: str, n: int) -> float:
     return (n - 1) / n
 
 #: GPUs in one NVLink domain (an HGX/DGX node); larger groups are priced over InfiniBand.
-_NVLINK_DOMAIN = 8
+GPUS_PER_NODE = 8
 #: Largest all-reduce vLLM hands to its own kernels (``CustomAllreduce``'s default ``max_size``);
 #: larger ones go to NCCL.
 _VLLM_AR_MAX_BYTES = 8 * 2**20
@@ -194,7 +194,7 @@ def collective_time_s(fn: str, bytes_: float, num_gpus: int, gpu: str,
     if num_gpus == 1 or bytes_ == 0:
         return 0.0, "trivial"
     spec = get_gpu(gpu)
-    if interconnect == "nvlink" and num_gpus > _NVLINK_DOMAIN:  # beyond one NVLink node: the IB hop dominates
+    if interconnect == "nvlink" and num_gpus > GPUS_PER_NODE:  # beyond one NVLink node: the IB hop dominates
         interconnect = "ib"
     if interconnect != "nvlink" or fn == "send_recv":
         return _link_time_s(fn, bytes_, num_gpus, spec, interconnect), "alpha_beta_link"

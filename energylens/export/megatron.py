@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from energylens.errors import ShardingError
-from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts, model_spec
+from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts, model_spec, nodes
 from energylens.typing import Record
 
 __all__ = ["MEGATRON_CORE_VERSION", "UB_FPROP_LAYERS", "MegatronExtras", "to_megatron", "megatron_extras"]
@@ -155,7 +155,8 @@ class MegatronExtras(Record):
       Megatron-LM's ``--tp-comm-overlap-cfg``, or pass as ``ub_cfgs`` to TE's ``initialize_ub``);
       None without TP overlap.
     - ``gpu_clock_command``: the command (root) that sets the plan's clock, or None at the default
-      clock (``energylens.export.plan.clock_commands``).
+      clock (``energylens.export.plan.clock_commands``), on each node.
+    - ``nodes``: nodes of ``GPUS_PER_NODE`` GPUs the ranks span (``torchrun --nnodes``).
     - ``notes``: parts of the plan Megatron-Core cannot express.
     """
 
@@ -167,6 +168,19 @@ class MegatronExtras(Record):
     tp_comm_overlap_cfg: dict[str, dict[str, int]] | None = None
     gpu_clock_command: str | None = None
     notes: tuple[str, ...] = field(default=())
+    nodes: int = 1
+
+    @property
+    def launch(self) -> str:
+        """The ``torchrun`` launch of the ranks: one node, or ``nodes`` of them.
+
+        >>> MegatronExtras(16, 2, 16, {}, {}, nodes=2).launch
+        'torchrun --nnodes 2 --nproc-per-node 8 on each node, with --node-rank and --master-addr'
+        """
+        if self.nodes == 1:
+            return f"torchrun --nproc-per-node {self.world_size}"
+        return (f"torchrun --nnodes {self.nodes} --nproc-per-node {self.world_size // self.nodes} "
+                "on each node, with --node-rank and --master-addr")
 
 
 def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
@@ -252,4 +266,5 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
         tp_comm_overlap_cfg=ub,
         gpu_clock_command=clock,
         notes=tuple(notes),
+        nodes=nodes(plan),
     )

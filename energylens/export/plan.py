@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.passes.shard import ep_size_error, expert_parallel_sizes
 from energylens.typing import Parallel, Record
@@ -12,7 +13,7 @@ from energylens.typing import Parallel, Record
 if TYPE_CHECKING:
     from energylens.models import ModelSpec
 
-__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec"]
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec", "nodes"]
 
 QUANTIZATIONS: tuple[str, ...] = ("fp8",)
 """Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
@@ -77,9 +78,11 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
     """The commands (root) that set the plan's GPU clock and undo it, or None at the default clock.
 
     NVIDIA: ``nvidia-smi -i 0,..,n-1 -lgc F,F`` on the plan's ``n`` GPUs, the first ``n`` that vLLM
-    and ``torchrun`` take (undo ``nvidia-smi -i ... -rgc``); the node's other GPUs keep their clocks. AMD: ``rocm-smi
-    --setperfdeterminism F``, performance-determinism mode with F the highest graphics clock, which
-    any other performance level ends (undo ``rocm-smi --setperflevel auto``).
+    and ``torchrun`` take (undo ``nvidia-smi -i ... -rgc``); the node's other GPUs keep their clocks.
+    A plan over more than one node (``nodes``) runs the command on each of its nodes, on their
+    ``GPUS_PER_NODE`` GPUs. AMD: ``rocm-smi --setperfdeterminism F``, performance-determinism mode
+    with F the highest graphics clock, which any other performance level ends (undo ``rocm-smi
+    --setperflevel auto``).
     """
     f = plan.gpu_clock_mhz
     if f is None:
@@ -88,8 +91,18 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
 
     if get_gpu(plan.gpu).vendor == "amd":
         return f"rocm-smi --setperfdeterminism {f}", "rocm-smi --setperflevel auto"
-    ids = ",".join(str(i) for i in range(plan.num_gpus))
+    ids = ",".join(str(i) for i in range(min(plan.num_gpus, GPUS_PER_NODE)))
     return f"nvidia-smi -i {ids} -lgc {f},{f}", f"nvidia-smi -i {ids} -rgc"
+
+
+def nodes(plan: PlanLike) -> int:
+    """Nodes of ``GPUS_PER_NODE`` GPUs the plan runs on (1: one node).
+
+    >>> from types import SimpleNamespace
+    >>> nodes(SimpleNamespace(num_gpus=8)), nodes(SimpleNamespace(num_gpus=64))
+    (1, 8)
+    """
+    return -(-plan.num_gpus // GPUS_PER_NODE)
 
 
 def model_spec(plan: PlanLike) -> ModelSpec | None:

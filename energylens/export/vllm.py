@@ -54,9 +54,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import InvalidWorkloadError
-from energylens.export.plan import PlanLike, check_plan, clock_commands
+from energylens.export.plan import PlanLike, check_plan, clock_commands, nodes
 
 __all__ = [
     "VLLM_VERSION",
@@ -111,10 +112,18 @@ def vllm_notes(plan: PlanLike) -> list[str]:
     """Parts of the plan vLLM cannot express (empty when the export is exact)."""
     check_plan(plan)
     notes = []
+    n = nodes(plan)
+    if n > 1:
+        notes.append(
+            f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE}: serve it as a vLLM multi-node "
+            "deployment (a Ray cluster over the nodes with --distributed-executor-backend ray, or on each node "
+            "the mp backend's --nnodes/--node-rank/--master-addr; data-parallel replicas with "
+            "--data-parallel-size-local and --data-parallel-address); the vllm serve line is the head node's")
     clock = clock_commands(plan)
     if clock is not None:
+        on = f" on each of the {n} nodes" if n > 1 else ""
         notes.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a vLLM argument: lock it before serving with "
-                     f"`{clock[0]}` (needs root; undo with `{clock[1]}`)")
+                     f"`{clock[0]}`{on} (needs root; undo with `{clock[1]}`)")
     if plan.comm_sms is not None:
         notes.append(
             f"comm_sms={plan.comm_sms} not applied: vLLM {VLLM_VERSION} has no setting that gives SMs to "
