@@ -83,6 +83,7 @@ def _routing(routing: str, histogram: str | None) -> Any:
     from energylens.errors import ConfigError
     from energylens.passes.moe import Moe
 
+    routing = routing.lower()  # as GPU names: any case
     if routing != "histogram":
         if histogram is not None:
             raise ConfigError(f"--routing-histogram is used with --routing histogram, not --routing {routing}")
@@ -426,6 +427,7 @@ def compile_cmd(
     from energylens.errors import InvalidWorkloadError, UnknownNameError
     from energylens.search.report import plot_path
 
+    objective, export = objective.lower(), None if export is None else export.lower()  # as GPU names: any case
     if export is not None and export not in ("vllm", "megatron"):
         raise UnknownNameError("export target", export, ["vllm", "megatron"])
     if as_json and export is not None:  # two documents on stdout would be neither JSON nor a command

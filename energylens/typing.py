@@ -288,7 +288,9 @@ class ServingEstimate(Record):
     prefill tokens (``batch * prefill_len / output_len``: ``Workload.prefill_len``; with dp replicas, over all of them, each
     replica stepping on its own ``batch / dp`` sequences). ``median_itl_s`` is the time of the step
     with the median prefill load; ``mean_step_s`` the mean step time; ``avg_power_w`` the total
-    over all GPUs; ``energy_per_output_token_j`` counts prefill energy too.
+    over all GPUs; ``energy_per_output_token_j`` counts prefill energy too. With ``output_len=1``
+    no request has an inter-token gap: ``median_itl_s`` is then only that median step's time (the
+    reports print "-", and an ITL target is refused).
     """
 
     _derived: ClassVar[tuple[str, ...]] = ("output_tokens_per_s",)

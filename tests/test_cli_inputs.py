@@ -315,3 +315,17 @@ def test_calibrate_does_not_call_undetermined_coefficients_fitted(tmp_path):
     res = json.loads(r.output)[0]
     assert "compute_efficiency" not in res["fitted"] and "not determined" in res["kept"]["compute_efficiency"]
     assert "mem_efficiency" in res["fitted"]
+
+
+def test_choice_names_take_any_case_like_gpu_names() -> None:
+    r = run("compile", "Qwen/Qwen3-0.6B", "--gpus", "1", "--batch", "4", "--objective", "Latency", "--export", "VLLM")
+    assert r.exit_code == 0, r.output
+    assert "energylens latency plan" in r.output and "vllm serve Qwen/Qwen3-0.6B" in r.output
+    r = run("estimate", "Qwen/Qwen3-30B-A3B-Instruct-2507", "--batch", "4", "--routing", "Zipf")
+    assert r.exit_code == 0, r.output
+
+
+def test_plot_in_a_folder_that_is_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(EnergylensError, match="is a file, not a folder"):
+        plot_path(tmp_path / "f" / "p.png")

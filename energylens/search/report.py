@@ -141,7 +141,8 @@ def plot_path(path: str | Path) -> Path:
                               f"Valid extensions: {', '.join(formats)}")
     out = Path(path) if ext else Path(str(path).rstrip(".") + ".png")
     if not out.parent.is_dir():
-        raise EnergylensError(f"cannot write a plot to {str(out)!r}: folder {str(out.parent)!r} does not exist")
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise EnergylensError(f"cannot write a plot to {str(out)!r}: folder {str(out.parent)!r} {what}")
     return out
 
 
