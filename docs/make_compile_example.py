@@ -41,8 +41,8 @@ plan.plot("pareto.png")   # needs matplotlib
 ```
 
 Command line: `energylens compile MODEL --gpu H100-SXM --gpus 8 --batch 64 --prompt-len 1024
---output-len 256 --slo-itl-ms 40 [--slo-ttft-ms T] [--objective energy|latency] [--plot pareto.png]
-[--export vllm|megatron] [--json]`.
+--output-len 256 --slo-itl-ms 40 [--slo-ttft-ms T] [--objective energy|latency] [--clock-mhz F ...]
+[--plot pareto.png] [--export vllm|megatron] [--json]`.
 
 ## What is searched
 

@@ -60,7 +60,7 @@ _INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A10
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
               "Workload.prefix_cache_hit": "--prefix-cache-hit", "Workload.output_len_cv": "--output-len-cv",
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
-              "clock_mhz": "--clock-mhz",
+              "clock_mhz": "--clock-mhz", "clocks_mhz": "--clock-mhz",
               "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
               " (or None: no target)": "", " (or None: no overlap)": "",
               " or None for the bundled ones": " (or leave --profiles out for the bundled ones)", " (interconnect='pcie' in Python)": "",
@@ -418,6 +418,9 @@ def compile_cmd(
     slo_itl_ms: Annotated[float | None, typer.Option(help="inter-token latency target (median), ms")] = None,
     slo_ttft_ms: Annotated[float | None, typer.Option(help="time-to-first-token target (prefill of the batch), ms")] = None,
     objective: Annotated[str, typer.Option(help="energy or latency")] = "energy",
+    clock_mhz: Annotated[list[int] | None, typer.Option(
+        help="GPU clock to search, MHz; repeat for several (default: every 15 MHz step from half the maximum "
+             "clock up; the maximum alone: the default clock, no lock)")] = None,
     plot: Annotated[str | None, typer.Option(help="write the Pareto plot here (PNG)")] = None,
     export: Annotated[str | None, typer.Option(help="print the plan for vllm (a `vllm serve` command) or megatron")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
@@ -438,7 +441,9 @@ def compile_cmd(
     _check_min("gpus", gpus, 1)
     # an exported plan must run as priced: neither vLLM nor Megatron-Core's inference can give SMs to
     # the overlapped collectives the search prices (export notes), so an export searches without them
-    sms = {"comm_sms": (None,)} if export else {}
+    sms: dict[str, Any] = {"comm_sms": (None,)} if export else {}
+    if clock_mhz:
+        sms["clocks_mhz"] = list(clock_mhz)
     plan = el.compile(model, el.Cluster(gpu, num_gpus=gpus, interconnect=interconnect),
                       workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
                                            output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),

@@ -329,3 +329,11 @@ def test_plot_in_a_folder_that_is_a_file_says_so(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(EnergylensError, match="is a file, not a folder"):
         plot_path(tmp_path / "f" / "p.png")
+
+
+def test_compile_clock_option_restricts_the_searched_clocks() -> None:
+    r = run("compile", "Qwen/Qwen3-0.6B", "--gpus", "1", "--batch", "4", "--clock-mhz", "1980", "--json")
+    assert r.exit_code == 0, r.output
+    assert {p["clock_mhz"] for p in json.loads(r.output)["pareto"]["rows"]} == {1980}
+    one_error_line(run("compile", "Qwen/Qwen3-0.6B", "--gpus", "1", "--clock-mhz", "100"),
+                   "--clock-mhz must be in 990..1980 MHz on H100-SXM", "got [100]")
