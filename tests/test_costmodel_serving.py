@@ -124,7 +124,26 @@ def test_kv_capacity_leaves_room_for_weights():
     weights, per_token = layers * h * h * 2, layers * g * d * 2
     expected = (gpu.hbm_capacity_bytes * GPU_MEMORY_UTILIZATION - weights) / per_token
     assert kv_capacity_tokens(graph, gpu) == pytest.approx(expected)
-    assert kv_capacity_tokens(graph, gpu, num_gpus=2) > 2 * expected  # weights split over two GPUs
+
+
+def test_kv_capacity_of_a_plan_counts_each_gpus_own_weights():
+    """dp replicas each hold all the dense weights: two replicas hold twice one replica's tokens,
+    not the tokens of the weights split over both GPUs (which overcounted tp=4, dp=2 by 42%); tp
+    splits the weights, so two GPUs of tp hold more than twice one GPU's tokens."""
+    import energylens as el
+    from energylens.api import resolve_model
+    from energylens.costmodel.hardware import get_gpu
+    from energylens.costmodel.plan import plan_graph
+    from energylens.costmodel.serving import kv_capacity_tokens
+
+    gpu, decode = get_gpu("H100-SXM"), resolve_model("meta-llama/Llama-3.1-8B-Instruct").decode
+
+    def cap(**par: int) -> float:
+        return kv_capacity_tokens(plan_graph(decode, el.Parallel(**par), True, "uniform"), gpu)
+
+    assert cap(dp=2) == pytest.approx(2 * cap())
+    assert cap(tp=2, dp=2) == pytest.approx(2 * cap(tp=2))
+    assert cap(tp=2) > 2 * cap()
 
 
 @pytest.mark.parametrize("batch,prompt,output", [(1000, 16, 1), (900, 128, 1), (4096, 8, 2), (9000, 100, 1), (64, 1, 1)])

@@ -84,6 +84,7 @@ __all__ = [
     "PlanPricer",
     "overlap_params",
     "plan_memory",
+    "state_bytes",
     "num_gpus_of",
 ]
 
@@ -599,16 +600,8 @@ def _nbytes(v: Value, sizes: Mapping[str, float]) -> float:
     return float(n * v.type.itemsize)
 
 
-def plan_memory(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec) -> MemoryEstimate:
-    """Bytes per GPU of a plan: sharded weights and KV cache, and the largest local working set.
-
-    Same rules as ``memory.memory_estimate`` (KV cache at the mean context, activations of one
-    chunked-prefill step), with each tensor at the local sizes of the ops that use it. On an
-    unsharded graph this equals ``memory_estimate(..., num_gpus=1)``.
-    """
-    from energylens.costmodel.memory import _chunk, usable_bytes
-
-    sizes = decode.bind(B=workload.batch, S=1, K=workload.decode_context_len)
+def state_bytes(decode: Graph, sizes: Mapping[str, float]) -> tuple[float, float]:
+    """(weights, KV cache) bytes on one GPU of a planned decode graph at the global ``sizes``."""
     local = _local_value_sizes(decode, sizes)
     weights = kv = 0.0
     for d, n in decode.all_decls():
@@ -618,6 +611,19 @@ def plan_memory(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec)
                 weights += b
             else:
                 kv += b
+    return weights, kv
+
+
+def plan_memory(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec) -> MemoryEstimate:
+    """Bytes per GPU of a plan: sharded weights and KV cache, and the largest local working set.
+
+    Same rules as ``memory.memory_estimate`` (KV cache at the mean context, activations of one
+    chunked-prefill step), with each tensor at the local sizes of the ops that use it. On an
+    unsharded graph this equals ``memory_estimate(..., num_gpus=1)``.
+    """
+    from energylens.costmodel.memory import _chunk, usable_bytes
+
+    weights, kv = state_bytes(decode, decode.bind(B=workload.batch, S=1, K=workload.decode_context_len))
     mesh = mesh_of(prefill)
     seqs, plen = _chunk(workload, mesh["dp"])
     psizes = prefill.bind(B=seqs, S=plen, K=plen)

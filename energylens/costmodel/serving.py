@@ -59,6 +59,7 @@ import numpy as np
 from energylens.costmodel.analysis import PricedOp, is_attention_op, price_graph
 from energylens.costmodel.compute import WORK_FIELDS, OpWork
 from energylens.costmodel.hardware import GPUSpec
+from energylens.costmodel.plan import state_bytes
 from energylens.costmodel.profile import Profile
 from energylens.ir.core import Graph
 from energylens.typing import ServingEstimate, Workload
@@ -72,22 +73,19 @@ MAX_NUM_BATCHED_TOKENS = 8192
 GPU_MEMORY_UTILIZATION = 0.9
 
 
-def kv_capacity_tokens(decode: Graph, gpu: GPUSpec, num_gpus: int = 1,
-                       gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> float:
-    """KV-cache tokens that fit next to the weights (``gpu_memory_utilization`` of HBM, as vLLM
-    sizes its cache; weights and KV split evenly over ``num_gpus``); inf when unknown."""
-    sizes = decode.bind(B=1, S=1, K=1)
-    per_token = weights = 0.0
-    for d, n in decode.all_decls():
-        nbytes = math.prod(sizes.get(x, 1.0) for x in d.value.type.dims) * d.value.type.itemsize * n
-        if d.role == "cache":
-            per_token += nbytes
-        elif d.role == "param":
-            weights += nbytes
-    free = gpu.hbm_capacity_bytes * gpu_memory_utilization - weights / num_gpus
+def kv_capacity_tokens(decode: Graph, gpu: GPUSpec, gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> float:
+    """KV-cache tokens the plan's GPUs hold together next to their weights, each GPU filling
+    ``gpu_memory_utilization`` of its HBM as vLLM sizes its cache (inf for a graph without a cache).
+
+    ``decode`` is a planned graph (``plan.plan_graph``; a traced one is one GPU): each GPU holds its
+    own weights (dense ones replicated over dp, experts spread over ep) and the KV of its replica's
+    sequences at its share of the KV heads (replicated where tp exceeds them), as the memory
+    estimate counts them (``plan.plan_memory``).
+    """
+    weights, per_token = state_bytes(decode, decode.bind(B=1, S=1, K=1))  # one token, spread over dp
     if per_token <= 0:
         return math.inf
-    return max(free, 0.0) * num_gpus / per_token
+    return max(gpu.hbm_capacity_bytes * gpu_memory_utilization - weights, 0.0) / per_token
 
 
 def serving_context_len(workload: Workload, kv_capacity: float = math.inf) -> float:
@@ -361,7 +359,7 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     """
     workload = dataclasses.replace(workload, batch=running_batch(workload, replicas))
     share = served_share(workload, replicas)
-    ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu, num_gpus))
+    ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu))
 
     def cost(p: float) -> StepCost:
         ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile, price,

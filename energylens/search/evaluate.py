@@ -222,7 +222,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     clocks = np.asarray(knobs.clocks_mhz, dtype=float)
     params = overlap_params(gpu, profile) if variant.has_tp_comm and any(k is not None for k in knobs.comm_sms) else None
     c = _Ctx(gpu, profile, 1.0 / np.atleast_1d(clock.compute_scale(clocks)), interconnect, knobs.comm_sms, params)
-    kv_cap = kv_capacity_tokens(variant.planned_decode, gpu, gpus)
+    kv_cap = kv_capacity_tokens(variant.planned_decode, gpu)
 
     def ctx_of(b: int) -> float:
         return serving_context_len(_workload(workload, b), kv_cap)
