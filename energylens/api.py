@@ -272,7 +272,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
         ops=tuple(_op_rows("prefill", pre_ops, n) + _op_rows("decode", dec_ops, n)),
         serving=serving_estimate(prefill_g, decode_g, workload, gpu, prof, num_gpus=n, price=price,
                                  replicas=parallel.dp, lockstep=decode_g.has_experts),
-        profile=prof.provenance.summary(gpu.name),
+        profile=prof.provenance.summary(prof.gpu) + ("" if prof.gpu == gpu.name else f", applied to {gpu.name}"),
         graphs=PlanGraphs(pipeline=pipeline_text(parallel, fused, routing, overlap), prefill=prefill_g, decode=decode_g),
         clock_mhz=clock_mhz,
     )

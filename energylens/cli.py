@@ -60,7 +60,8 @@ _INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A10
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
               "Workload.prefix_cache_hit": "--prefix-cache-hit", "Workload.output_len_cv": "--output-len-cv",
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
-              "clock_mhz": "--clock-mhz", "clocks_mhz": "--clock-mhz",
+              "clock_mhz": "--clock-mhz", "clocks_mhz": "--clock-mhz", "output_len": "--output-len",
+              "routing=": "--routing ", "leave routing at": "leave --routing at",
               "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
               " (or None: no target)": "", " (or None: no overlap)": "",
               " or None for the bundled ones": " (or leave --profiles out for the bundled ones)", " (interconnect='pcie' in Python)": "",
@@ -78,12 +79,18 @@ def _cli_names(message: str) -> str:
     return message
 
 
+def _any_case(value: str | None, valid: tuple[str, ...]) -> str | None:
+    """``value`` as the valid name it spells in any case (as GPU names are taken); else as typed,
+    for the error that names it."""
+    return value.lower() if value is not None and value.lower() in valid else value
+
+
 def _routing(routing: str, histogram: str | None) -> Any:
     """``--routing`` as ``el.estimate`` takes it: a name, or the ``Moe`` pass of a measured histogram."""
     from energylens.errors import ConfigError
     from energylens.passes.moe import Moe
 
-    routing = routing.lower()  # as GPU names: any case
+    routing = _any_case(routing, ("uniform", "zipf", "histogram"))
     if routing != "histogram":
         if histogram is not None:
             raise ConfigError(f"--routing-histogram is used with --routing histogram, not --routing {routing}")
@@ -430,7 +437,7 @@ def compile_cmd(
     from energylens.errors import InvalidWorkloadError, UnknownNameError
     from energylens.search.report import plot_path
 
-    objective, export = objective.lower(), None if export is None else export.lower()  # as GPU names: any case
+    objective, export = _any_case(objective, ("energy", "latency")), _any_case(export, ("vllm", "megatron"))
     if export is not None and export not in ("vllm", "megatron"):
         raise UnknownNameError("export target", export, ["vllm", "megatron"])
     if as_json and export is not None:  # two documents on stdout would be neither JSON nor a command
@@ -472,7 +479,9 @@ def compile_cmd(
         if ex.tp_comm_overlap_cfg:
             lines.append(f"tp_comm_overlap_cfg (YAML for --tp-comm-overlap-cfg): {json.dumps(ex.tp_comm_overlap_cfg)}")
         if ex.gpu_clock_command:
-            on = f" on each of the {ex.nodes} nodes" if ex.nodes > 1 else ""
+            from energylens.export.plan import on_each_node
+
+            on = on_each_node(ex.node_gpus)
             lines.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a Megatron setting: lock it first with "
                          f"`{ex.gpu_clock_command}`{on} (needs root)")
         lines += [f"note: {note}" for note in ex.notes]

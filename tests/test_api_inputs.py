@@ -284,3 +284,15 @@ def test_suggestions_prefer_the_stem_and_the_family() -> None:
     assert closest("H100 94GB", ["A100-SXM4-40GB", "H100-SXM", "H100-PCIe"]) == "H100-SXM"
     assert closest("llama-3.1-9b", ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B"]) == \
         "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_a_profile_of_another_gpu_is_named_as_such() -> None:
+    from energylens.costmodel.profile import load_profile
+
+    est = el.estimate(MODEL, el.Cluster("L40S"), WL, profile=load_profile("H100-SXM"))
+    assert est.profile.startswith("H100-SXM profile fitted on") and est.profile.endswith(", applied to L40S")
+
+
+def test_a_clock_given_twice_is_priced_once() -> None:
+    plan = el.compile(MODEL, H100, WL, comm_sms=(None,), clocks_mhz=[1500, 1500])
+    assert plan.plans_evaluated == el.compile(MODEL, H100, WL, comm_sms=(None,), clocks_mhz=[1500]).plans_evaluated

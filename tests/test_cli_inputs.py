@@ -210,7 +210,7 @@ def test_json_and_export_together_is_an_error():
     (("estimate", MOE, "--ep", "2"), ("ep=2 on tp x dp = 1 GPU", "needs tp x dp = 2", "valid ep on 1 GPU: 1")),
     (("estimate", MOE, "--ep", "2", "--tp", "4"), ("ep=2 with tp x dp = 4 x 1 = 4 GPUs", "valid ep: 1, 4")),
     (("estimate", LLAMA, "--comm-sms", "16"), ("--comm-sms=16", "no tensor-parallel collective to overlap")),
-    (("estimate", LLAMA, "--routing", "zipf"), ("routing='zipf' applies to MoE models",)),
+    (("estimate", LLAMA, "--routing", "zipf"), ("--routing 'zipf' applies to MoE models",)),
     (("estimate", MOE, "--routing", "histogram"), ("--routing histogram needs --routing-histogram",)),
     (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,x"), ("'1,x'",)),
     (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,2"), ("2 entries", "128 experts")),

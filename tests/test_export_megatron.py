@@ -300,7 +300,11 @@ def test_errors() -> None:
 
 def test_ranks_over_several_nodes_launch_per_node() -> None:
     ex = megatron_extras(plan(tp=8, dp=2, model="meta-llama/Llama-3.1-70B-Instruct", gpu_clock_mhz=990))
-    assert ex.nodes == 2 and ex.launch.startswith("torchrun --nnodes 2 --nproc-per-node 8")
+    assert ex.node_gpus == (8, 8) and ex.launch.startswith("torchrun --nnodes 2 --nproc-per-node 8 on each node,")
     assert ex.gpu_clock_command == "nvidia-smi -i 0,1,2,3,4,5,6,7 -lgc 990,990"
     one = megatron_extras(plan(tp=4, model="meta-llama/Llama-3.1-70B-Instruct"))
-    assert one.nodes == 1 and one.launch == "torchrun --nproc-per-node 4"
+    assert one.node_gpus == (4,) and one.launch == "torchrun --nproc-per-node 4"
+    # 3 replicas of tp=4 on 12 GPUs: two whole groups on the first node, one on the second (a
+    # split of 6 + 6 would put a tp group across the nodes)
+    odd = megatron_extras(plan(tp=4, dp=3, model="meta-llama/Llama-3.1-70B-Instruct"))
+    assert odd.node_gpus == (8, 4) and "--nproc-per-node 8 on each node (4 on the last)" in odd.launch

@@ -270,3 +270,6 @@ def test_a_plan_over_several_nodes_says_how_to_launch_it_and_locks_each_node() -
         assert any(flag in a.flags for a in args.values()), flag
     assert any("nvidia-smi -i 0,1,2,3,4,5,6,7 -lgc 990,990` on each of the 2 nodes" in n for n in notes)
     assert not any("span" in n for n in vllm_notes(plan(tp=8, model="meta-llama/Llama-3.1-70B-Instruct")))
+    odd = vllm_notes(plan(tp=4, dp=3, model="meta-llama/Llama-3.1-70B-Instruct", gpu_clock_mhz=990))
+    assert any("span 2 nodes of 8 (8 + 4 GPUs" in n for n in odd)
+    assert any("on each of the 2 nodes (GPUs 0-3 only on the last)" in n for n in odd)

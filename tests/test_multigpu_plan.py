@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -165,9 +166,10 @@ def test_ep_with_dp_prices_gathered_tokens_and_their_straggler() -> None:
 
 
 def test_zipf_straggler_is_slower_and_burns_waiting_energy() -> None:
-    par = el.Parallel(tp=4, ep=4)
-    uni = el.estimate(MOE, H100, WL, par)
-    skew = el.estimate(MOE, H100, WL, par, routing=Moe(routing="zipf", skew=1.2))
+    # 1024 sequences hit every expert under either routing: the same expert work, with a straggler
+    par, wl = el.Parallel(tp=4, ep=4), dataclasses.replace(WL, batch=1024)
+    uni = el.estimate(MOE, H100, wl, par)
+    skew = el.estimate(MOE, H100, wl, par, routing=Moe(routing="zipf", skew=1.2))
     assert skew.decode.latency_s > uni.decode.latency_s
     assert skew.decode.wait_j > uni.decode.wait_j > 0
     assert skew.serving.median_itl_s > uni.serving.median_itl_s
@@ -211,6 +213,16 @@ def test_expert_parallel_moe_activations_span_every_slot() -> None:
     for name in ("moe_experts", "moe_experts_down"):
         assert float(ep2[name].tc_flops) == pytest.approx(float(one[name].tc_flops) / 2)
         assert float(one[name].hbm_bytes) / 2 < float(ep2[name].hbm_bytes) < float(one[name].hbm_bytes)
+
+
+def test_skewed_routing_reads_fewer_expert_weights_with_and_without_ep() -> None:
+    """Under ep the mean GPU reads the global share of its experts: zipf reads fewer there too."""
+    two, wl = el.Cluster("H100-SXM", num_gpus=2), el.Workload(batch=8)
+    for par in (el.Parallel(tp=2), el.Parallel(tp=2, ep=2), el.Parallel(dp=2, ep=2)):
+        uni = el.estimate(MOE, two, wl, par)
+        skew = el.estimate(MOE, two, wl, par, routing="zipf")
+        assert skew.decode.hbm_bytes < 0.8 * uni.decode.hbm_bytes, par
+        assert skew.decode.energy_j < uni.decode.energy_j, par
 
 
 def test_skewed_routing_without_ep_reads_fewer_expert_weights() -> None:

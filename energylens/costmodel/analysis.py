@@ -120,11 +120,17 @@ class Interpreter(Generic[R]):
 class WorkAnalysis(Interpreter[OpWork]):
     """FLOPs, HBM bytes, GEMM rows and kernel launches of each op (see the module docstring).
 
+    ``routed_hits``: MoE experts hit as the graph's routing spreads the tokens (its shares, the
+    mean over ep ranks); False: as uniform routing does (``plan``'s straggler rank, whose tokens
+    per expert are scaled and whose hot experts are not the global mean).
+
     ``mesh`` (axis -> size, ``energylens.passes.shard.mesh_of``): the work of a sharded graph is
     that of *one GPU*, each op at its local dim sizes (``local_dim_sizes``); None or all axes 1:
     global sizes. Symbols may be bound to numpy arrays (``B=np.array([1, 8, 64])``): every field
     of the ``OpWork`` is then an array over them (one pass prices many batch sizes).
     """
+
+    routed_hits = True
 
     def __init__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec,
                  mesh: Mapping[str, int] | None = None):
@@ -252,17 +258,14 @@ class WorkAnalysis(Interpreter[OpWork]):
         reads = [self._read_bytes(op, v) * (sizes["S"] / self.local["S"] if "S" in v.type.dims else 1.0)
                  for v in op.operands]
         if all("e" in v.type.dims for v in op.operands):  # MoE experts: only the experts hit
-            # Global expert count and token count: under ep a GPU holds e/ep experts, each hit
-            # with the same probability, so the fraction of weights read is the global one. A
-            # skewed routing hits fewer experts; it is priced without ep only (under ep the
-            # straggler holding the hot experts sets the time, and its share is not the global one)
+            # Global expert count and token count: under ep a GPU holds e/ep experts, so the mean
+            # GPU reads the global fraction of its expert weights (a skewed routing hits fewer)
             num_e = float(self.graph.attr.get("num_experts", 0) or self.sizes.get("e", 0.0))
             top_k = float(self.graph.attr.get("top_k", 0) or 0)
             if not num_e or not top_k:
                 raise EstimateError(f"MoE einsum %{op.result.name} needs graph attrs num_experts and top_k")
             tokens = self.local["C"] * num_e / top_k if "C" in self.local else self.local["B"] * self.local["S"]
-            shares = self._routing_shares if self.local.get("e") == num_e else None
-            hit = _distinct_experts(num_e, top_k, tokens, shares)
+            hit = _distinct_experts(num_e, top_k, tokens, self._routing_shares if self.routed_hits else None)
             reads = [r * hit / num_e if v.name in self.params else r for r, v in zip(reads, op.operands, strict=True)]
             rows = tokens * top_k / np.maximum(hit, 1e-9)
         dtype = next((v.type.dtype for v in op.operands if v.name in self.params), op.operands[0].type.dtype)

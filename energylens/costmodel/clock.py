@@ -182,4 +182,4 @@ def search_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec) -> tuple[int, 
     if gpu.boost_clock_mhz is None:
         raise _no_maximum(gpu, "clocks_mhz", list(clocks_mhz))
     _check_range(gpu, "clocks_mhz", clocks_mhz, list(clocks_mhz))
-    return tuple(int(f) for f in clocks_mhz)
+    return tuple(sorted({int(f) for f in clocks_mhz}))  # a clock given twice is one clock to price

@@ -212,6 +212,7 @@ class _LocalWork(WorkAnalysis):
                  token_scale: Any = 1.0):
         super().__init__(graph, binding, gpu, mesh)
         self.token_scale = token_scale
+        self.routed_hits = not np.any(np.asarray(token_scale) != 1.0)  # the straggler: uniform at its load
 
     def op_sizes(self, op: Op) -> Mapping[str, float]:
         sizes = super().op_sizes(op)

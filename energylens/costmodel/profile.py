@@ -41,7 +41,7 @@ class Provenance(BaseModel):
     notes: str = ""
 
     def summary(self, gpu: str) -> str:
-        """One line for a report: how far ``gpu``'s profile can be trusted and where it came from."""
+        """One line for a report: how far a profile of ``gpu`` can be trusted and where it came from."""
         if self.method == "fit":
             return f"{gpu} profile fitted on {self.data}"
         if self.method == "derived":  # fit: "the H100-SXM profile (...) unchanged"

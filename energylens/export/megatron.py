@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from energylens.errors import ShardingError
-from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts, model_spec, nodes
+from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts, model_spec, node_gpus
 from energylens.typing import Record
 
 __all__ = ["MEGATRON_CORE_VERSION", "UB_FPROP_LAYERS", "MegatronExtras", "to_megatron", "megatron_extras"]
@@ -156,7 +156,8 @@ class MegatronExtras(Record):
       None without TP overlap.
     - ``gpu_clock_command``: the command (root) that sets the plan's clock, or None at the default
       clock (``energylens.export.plan.clock_commands``), on each node.
-    - ``nodes``: nodes of ``GPUS_PER_NODE`` GPUs the ranks span (``torchrun --nnodes``).
+    - ``node_gpus``: ranks on each node (``energylens.export.plan.node_gpus``: whole
+      tensor-parallel groups per node; ``torchrun --nnodes`` is its length).
     - ``notes``: parts of the plan Megatron-Core cannot express.
     """
 
@@ -168,19 +169,23 @@ class MegatronExtras(Record):
     tp_comm_overlap_cfg: dict[str, dict[str, int]] | None = None
     gpu_clock_command: str | None = None
     notes: tuple[str, ...] = field(default=())
-    nodes: int = 1
+    node_gpus: tuple[int, ...] = (1,)
 
     @property
     def launch(self) -> str:
-        """The ``torchrun`` launch of the ranks: one node, or ``nodes`` of them.
+        """The ``torchrun`` launch of the ranks on their nodes (torchrun numbers the ranks of
+        nodes with different ``--nproc-per-node`` in node-rank order).
 
-        >>> MegatronExtras(16, 2, 16, {}, {}, nodes=2).launch
+        >>> MegatronExtras(16, 2, 16, {}, {}, node_gpus=(8, 8)).launch
         'torchrun --nnodes 2 --nproc-per-node 8 on each node, with --node-rank and --master-addr'
+        >>> MegatronExtras(12, 3, 12, {}, {}, node_gpus=(8, 4)).launch
+        'torchrun --nnodes 2 --nproc-per-node 8 on each node (4 on the last), with --node-rank and --master-addr'
         """
-        if self.nodes == 1:
-            return f"torchrun --nproc-per-node {self.world_size}"
-        return (f"torchrun --nnodes {self.nodes} --nproc-per-node {self.world_size // self.nodes} "
-                "on each node, with --node-rank and --master-addr")
+        n, first, last = len(self.node_gpus), self.node_gpus[0], self.node_gpus[-1]
+        if n == 1:
+            return f"torchrun --nproc-per-node {first}"
+        tail = "" if last == first else f" ({last} on the last)"
+        return f"torchrun --nnodes {n} --nproc-per-node {first} on each node{tail}, with --node-rank and --master-addr"
 
 
 def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
@@ -266,5 +271,5 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
         tp_comm_overlap_cfg=ub,
         gpu_clock_command=clock,
         notes=tuple(notes),
-        nodes=nodes(plan),
+        node_gpus=node_gpus(plan),
     )

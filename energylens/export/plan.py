@@ -13,7 +13,7 @@ from energylens.typing import Parallel, Record
 if TYPE_CHECKING:
     from energylens.models import ModelSpec
 
-__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec", "nodes"]
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec", "node_gpus", "on_each_node"]
 
 QUANTIZATIONS: tuple[str, ...] = ("fp8",)
 """Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
@@ -79,30 +79,48 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
 
     NVIDIA: ``nvidia-smi -i 0,..,n-1 -lgc F,F`` on the plan's ``n`` GPUs, the first ``n`` that vLLM
     and ``torchrun`` take (undo ``nvidia-smi -i ... -rgc``); the node's other GPUs keep their clocks.
-    A plan over more than one node (``nodes``) runs the command on each of its nodes, on their
-    ``GPUS_PER_NODE`` GPUs. AMD: ``rocm-smi --setperfdeterminism F``, performance-determinism mode
+    A plan over more than one node runs the command on each node, on the GPUs of a full one
+    (``node_gpus``; a last node with fewer GPUs locks only those).
+    AMD: ``rocm-smi --setperfdeterminism F``, performance-determinism mode
     with F the highest graphics clock, which any other performance level ends (undo ``rocm-smi
     --setperflevel auto``).
     """
     f = plan.gpu_clock_mhz
     if f is None:
         return None
+    gpus = node_gpus(plan)[0]
     from energylens.costmodel.hardware import get_gpu
 
     if get_gpu(plan.gpu).vendor == "amd":
         return f"rocm-smi --setperfdeterminism {f}", "rocm-smi --setperflevel auto"
-    ids = ",".join(str(i) for i in range(min(plan.num_gpus, GPUS_PER_NODE)))
+    ids = ",".join(str(i) for i in range(gpus))
     return f"nvidia-smi -i {ids} -lgc {f},{f}", f"nvidia-smi -i {ids} -rgc"
 
 
-def nodes(plan: PlanLike) -> int:
-    """Nodes of ``GPUS_PER_NODE`` GPUs the plan runs on (1: one node).
+def node_gpus(plan: PlanLike) -> tuple[int, ...]:
+    """GPUs the plan uses on each node of ``GPUS_PER_NODE``, filled in rank order with whole
+    tensor-parallel groups (a group of tp <= 8 stays inside a node, where its collectives were priced
+    over NVLink); a last node may hold fewer.
 
-    >>> from types import SimpleNamespace
-    >>> nodes(SimpleNamespace(num_gpus=8)), nodes(SimpleNamespace(num_gpus=64))
-    (1, 8)
+    >>> from types import SimpleNamespace as Plan
+    >>> from energylens.typing import Parallel
+    >>> node_gpus(Plan(num_gpus=4, parallel=Parallel(tp=4))), node_gpus(Plan(num_gpus=12, parallel=Parallel(tp=4, dp=3)))
+    ((4,), (8, 4))
+    >>> node_gpus(Plan(num_gpus=12, parallel=Parallel(tp=6, dp=2))), node_gpus(Plan(num_gpus=32, parallel=Parallel(tp=16, dp=2)))
+    ((6, 6), (8, 8, 8, 8))
     """
-    return -(-plan.num_gpus // GPUS_PER_NODE)
+    tp = plan.parallel.tp
+    per_node = min(GPUS_PER_NODE if tp > GPUS_PER_NODE else tp * (GPUS_PER_NODE // tp), plan.num_gpus)
+    full, rest = divmod(plan.num_gpus, per_node)
+    return (per_node,) * full + ((rest,) if rest else ())
+
+
+def on_each_node(per_node: tuple[int, ...]) -> str:
+    """Where a clock command for the first node's GPUs runs: '' on one node."""
+    if len(per_node) == 1:
+        return ""
+    last = "" if per_node[-1] == per_node[0] else f" (GPUs 0-{per_node[-1] - 1} only on the last)"
+    return f" on each of the {len(per_node)} nodes{last}"
 
 
 def model_spec(plan: PlanLike) -> ModelSpec | None:

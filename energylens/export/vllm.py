@@ -57,7 +57,7 @@ from typing import Any, Literal, overload
 from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import InvalidWorkloadError
-from energylens.export.plan import PlanLike, check_plan, clock_commands, nodes
+from energylens.export.plan import PlanLike, check_plan, clock_commands, node_gpus, on_each_node
 
 __all__ = [
     "VLLM_VERSION",
@@ -112,16 +112,19 @@ def vllm_notes(plan: PlanLike) -> list[str]:
     """Parts of the plan vLLM cannot express (empty when the export is exact)."""
     check_plan(plan)
     notes = []
-    n = nodes(plan)
+    per_node = node_gpus(plan)
+    n = len(per_node)
     if n > 1:
         notes.append(
-            f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE}: serve it as a vLLM multi-node "
-            "deployment (a Ray cluster over the nodes with --distributed-executor-backend ray, or on each node "
-            "the mp backend's --nnodes/--node-rank/--master-addr; data-parallel replicas with "
-            "--data-parallel-size-local and --data-parallel-address); the vllm serve line is the head node's")
+            f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE} ({' + '.join(map(str, per_node))} GPUs, "
+            "whole tensor-parallel groups per node): serve it as a vLLM multi-node deployment (a Ray cluster over "
+            "the nodes with --distributed-executor-backend ray, or on each node the mp backend's "
+            "--nnodes/--node-rank/--master-addr; data-parallel replicas with --data-parallel-size-local, "
+            "--data-parallel-start-rank and --data-parallel-address); the vllm serve line is the whole plan's, "
+            "to adapt per node")
     clock = clock_commands(plan)
     if clock is not None:
-        on = f" on each of the {n} nodes" if n > 1 else ""
+        on = on_each_node(per_node)
         notes.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a vLLM argument: lock it before serving with "
                      f"`{clock[0]}`{on} (needs root; undo with `{clock[1]}`)")
     if plan.comm_sms is not None:
