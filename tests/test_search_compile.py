@@ -349,3 +349,12 @@ def test_report_says_when_the_plan_serves_fewer_sequences_than_asked():
     assert plan.estimate.serving.batch < 4096
     text = plan.report(file=io.StringIO())
     assert f"serves {plan.estimate.serving.batch} of the 4096 concurrent sequences asked for" in text.replace("\n", " ")
+
+
+def test_a_b200_plan_clock_is_accepted_back_by_compile_as_by_estimate() -> None:
+    """B200 has no published maximum clock: its plans report the placeholder, which both
+    estimate(clock_mhz=) and compile(clocks_mhz=) take as the default clock."""
+    wl = el.Workload(batch=4, prompt_len=256, output_len=32)
+    plan = el.compile(MODEL, el.Cluster("B200", num_gpus=1), workload=wl, comm_sms=(None,))
+    again = el.compile(MODEL, el.Cluster("B200", num_gpus=1), workload=wl, comm_sms=(None,), clocks_mhz=[plan.clock_mhz])
+    assert again.gpu_clock_mhz is None and again.clock_mhz == plan.clock_mhz

@@ -179,7 +179,10 @@ def search_clocks(num_clocks: Any, clocks_mhz: Any, gpu: GPUSpec) -> tuple[int, 
         raise InvalidWorkloadError(f"give num_clocks (a count of clocks to spread over the range) or clocks_mhz "
                                    f"(the clocks themselves), not both; got num_clocks={num_clocks!r}, "
                                    f"clocks_mhz={list(clocks_mhz)!r}")
-    if gpu.boost_clock_mhz is None:
+    if gpu.boost_clock_mhz is None:  # only the placeholder its plans report, as in locked_clock
+        default = ClockModel.of(gpu).grid(1)
+        if {int(f) for f in clocks_mhz} == set(default):
+            return default
         raise _no_maximum(gpu, "clocks_mhz", list(clocks_mhz))
     _check_range(gpu, "clocks_mhz", clocks_mhz, list(clocks_mhz))
     return tuple(sorted({int(f) for f in clocks_mhz}))  # a clock given twice is one clock to price
