@@ -251,18 +251,23 @@ def models() -> None:
 @app.command()
 @_user_errors
 def gpus() -> None:
-    """List the GPUs of the hardware database with their datasheet figures."""
+    """List the GPUs of the hardware database with their datasheet figures and cost-model profile."""
     from energylens.costmodel.hardware import get_gpu, list_gpus
+    from energylens.costmodel.profile import load_profile
 
     table = Table(title="GPUs (energylens/costmodel/hardware/)")
-    for col in ("gpu", "SMs / CUs", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GiB", "HBM TB/s", "TDP W", "idle W"):
-        table.add_column(col, justify="left" if col == "gpu" else "right")
+    for col in ("gpu", "SMs / CUs", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GiB", "HBM TB/s", "TDP W", "idle W",
+                "cost-model profile"):
+        table.add_column(col, justify="right" if col not in ("gpu", "cost-model profile") else "left")
+    kinds = {"fit": "fitted on measurements", "datasheet-prior": "datasheet prior (not calibrated)",
+             "datasheet-default": "datasheet only (not calibrated)"}
     for name in list_gpus():
-        g = get_gpu(name)
+        g, prov = get_gpu(name), load_profile(name).provenance
         fp8 = f"{g.fp8_dense_tflops:g}" if g.fp8_dense_tflops else "-"
+        profile = f"{g.profile_from}'s (same die)" if prov.method == "derived" else kinds.get(prov.method, prov.method)
         table.add_row(g.name, str(g.compute_units), f"{g.bf16_dense_tflops:g}", fp8,
                       f"{g.hbm_capacity_bytes / 2**30:.0f}", f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
-                      f"{g.tdp_w:g}", f"{g.idle_power_w:g}")
+                      f"{g.tdp_w:g}", f"{g.idle_power_w:g}", profile)
     console.print(table)
 
 

@@ -110,6 +110,9 @@ def test_models_and_gpus_list():
     assert r.exit_code == 0 and "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8" in r.output
     r = run("gpus")
     assert r.exit_code == 0 and "H100-SXM" in r.output and "MI300X" in r.output
+    rows = {line.split("│")[1].strip(): line.split("│")[-2].strip() for line in r.output.splitlines() if "│" in line}
+    assert rows["H100-SXM"] == rows["B200"] == "fitted on measurements"
+    assert rows["H200"] == "H100-SXM's (same die)" and rows["L40S"] == "datasheet prior (not calibrated)"
 
 
 def test_ir_prints_text_that_parses():
