@@ -164,7 +164,7 @@ def test_fit_recovers_known_coefficients_and_writes_a_profile_with_provenance(tm
     prov = loaded.provenance
     assert prov.method == "fit" and "synthetic-h100.jsonl (sha256" in prov.data and "synthetic-3" in prov.data
     assert prov.rows == res.samples and prov.residuals["mape_time_gemm_pct"] < 5
-    assert "rms_norm_hf" in prov.notes
+    assert "norm:rms_norm_hf: HF's unfused" in prov.notes and "elementwise:silu_mul: eager silu then mul" in prov.notes
 
 
 def test_timing_only_records_fit_time_only_and_say_so():

@@ -79,6 +79,19 @@ def test_decode_round_leaves_the_cache_at_context_plus_steps():
     assert int(cache.get_seq_length()) == 13
 
 
+def test_a_model_that_ignores_the_cache_is_an_error_not_a_wrong_measurement():
+    """transformers 5.17 (the lent GPU machine's) names the cache past_key_values and drops an unknown
+    cache=: decode then attends to one token. The keyword follows the signature, and a cache that
+    did not advance stops the measurement."""
+    from energylens.errors import EnergylensError
+
+    ex = Executor(tiny_config("Llama-3.2-1B"), meter=NullMeter(), decode_steps=2, **FAST)
+    assert ex._cache_arg in ("cache", "past_key_values")
+    ex.__dict__["_cache_arg"] = "unused_cache"  # as an older or newer transformers would take it
+    with pytest.raises(EnergylensError, match=r"KV cache holds 0 tokens after a forward that should leave 4"):
+        ex.prefill(batch=1, prompt_len=4)
+
+
 def test_bad_requests_raise():
     ex = Executor(tiny_config("Qwen3-8B"), meter=NullMeter(), **FAST)
     with pytest.raises(InvalidWorkloadError, match="batch"):

@@ -23,8 +23,9 @@ equally, plus a weak pull towards the starting profile; optimiser: ``costmodel.f
 on bounded, transformed coefficients. Only the coefficients that the data inform are fitted
 (``PARAMS`` lists which op classes inform each); the rest are kept from the starting profile and
 the provenance says so. Records without energy (a CPU run, a GPU without a readable meter) inform
-time only. ``rms_norm_hf`` records (HF's unfused f32 RMSNorm, several kernels) are validated but
-not fitted on: the cost model prices the fused kernel serving engines run.
+time only. ``rms_norm_hf`` records (HF's unfused f32 RMSNorm, several kernels) and ``silu_mul``
+records (eager ``F.silu(a) * b``, two kernels) are validated but not fitted on (``UNFUSED``): the
+cost model prices the fused kernels serving engines run.
 
 SM-contention records give the exponent of the contention slowdown ``(N / (N - k)) ** e``
 (``costmodel.overlap``), reported with the fit; overlap profiles themselves are not rewritten.
@@ -65,6 +66,10 @@ __all__ = [
 ]
 
 #: Microbenchmark and end-to-end kinds priced as work (time and energy).
+#: Microbenchmarks measured as several eager kernels where the cost model prices one fused kernel:
+#: validated (with this note), not fitted on.
+UNFUSED = {"norm:rms_norm_hf": "HF's unfused f32 RMSNorm: validated, not fitted",
+           "elementwise:silu_mul": "eager silu then mul, two kernels (vLLM fuses them): validated, not fitted"}
 WORK_KINDS = ("gemm", "hbm_copy", "elementwise", "norm", "attention_prefill", "attention_decode",
               "prefill", "decode")
 #: Kinds compared on power only.
@@ -499,10 +504,9 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
                 continue
             contention = (sms, blocks, alone)
             energy = power = None  # the window's energy covers the copy kernel too
-        note = "HF's unfused f32 RMSNorm: validated, not fitted" if common["op_class"] == "norm:rms_norm_hf" else ""
+        note = UNFUSED.get(common["op_class"], "")
         samples.append(Sample(**common, time_s=t, energy_j=energy, power_w=power, tokens=tokens, works=works,
-                              fit=common["op_class"] != "norm:rms_norm_hf" and kind != "sm_contention",
-                              contention=contention, note=note))
+                              fit=not note and kind != "sm_contention", contention=contention, note=note))
     return samples, skipped
 
 
@@ -802,7 +806,7 @@ def calibrate_samples(samples: Sequence[Sample], *, base: Profile | None = None,
     skipped_fit = [s for s in samples if not s.fit and s.kind not in ("idle", "sm_contention")]
     if skipped_fit:
         notes.append(f"{len(skipped_fit)} records validated but not fitted on "
-                     f"({', '.join(sorted({s.op_class for s in skipped_fit}))}: {skipped_fit[0].note})")
+                     f"({'; '.join(sorted({f'{s.op_class}: {s.note}' for s in skipped_fit}))})")
     contention = contention_exponent(samples)
     if contention:
         notes.append(f"SM contention: slowdown (N/(N-k))^{contention['sm_exponent']:g} fits {int(contention['rows'])} "

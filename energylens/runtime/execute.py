@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import inspect
 import json
 import os
 import statistics
@@ -37,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from energylens.errors import ConfigError, DeviceUnavailableError, InvalidWorkloadError
+from energylens.errors import ConfigError, DeviceUnavailableError, EnergylensError, InvalidWorkloadError
 from energylens.runtime.meter import Meter, NullMeter, open_meter
 from energylens.runtime.timing import Timing, merge_windows, time_windows
 from energylens.typing import Record, Workload
@@ -338,7 +340,25 @@ class Executor:
                 length.fill_(n)
 
     def _forward(self, ids: Any, cache: Any) -> Any:
-        return self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return self.model(input_ids=ids, **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1)
+
+    @functools.cached_property
+    def _cache_arg(self) -> str:
+        """The keyword of the model's KV cache: ``cache`` in transformers >= 5.2x, ``past_key_values``
+        before (5.17 takes an unknown ``cache=`` into ``**kwargs`` and silently runs without it)."""
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def _check_cache(self, cache: Any, expected: int) -> None:
+        """The forward wrote the cache: else every decode step would attend to one token, not the context."""
+        got = int(cache.get_seq_length())
+        if got != expected:
+            import transformers
+
+            raise EnergylensError(
+                f"the model's KV cache holds {got} tokens after a forward that should leave {expected}: "
+                f"{type(self.model).__name__} (transformers {transformers.__version__}) did not use the cache "
+                f"passed as {self._cache_arg}=; the measurement would not be of the workload")
 
     def _time(self, fn: Callable[[], object], name: str) -> Timing:
         import torch
@@ -386,6 +406,7 @@ class Executor:
 
         with torch.no_grad():
             run()  # allocates the cache
+        self._check_cache(cache, prompt_len)
         timing = self._time(run, f"prefill b={batch} s={prompt_len}")
         return PhaseMeasurement(
             phase="prefill", batch=batch, context_len=prompt_len, tokens=batch * prompt_len, steps_per_round=1,
@@ -413,6 +434,7 @@ class Executor:
 
         with torch.no_grad():
             self._forward(ids, cache)  # allocates the cache
+        self._check_cache(cache, 1)
         fn: Callable[[], object] = round_
         graph, note = None, None
         if self.cuda_graphs:

@@ -394,8 +394,9 @@ def measure(
         if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
             raise DeviceUnavailableError(f"device {device!r} requested but torch sees {torch.cuda.device_count()} "
                                          f"GPU(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        if ":" not in device:  # "cuda": the current GPU (set_device needs an index)
+            device = f"cuda:{torch.cuda.current_device()}"  # meter this GPU only, not every GPU of the node
         torch.cuda.set_device(torch.device(device))
-        device = f"cuda:{torch.cuda.current_device()}"  # meter this GPU only, not every GPU of the node
     say = progress or (lambda line: print(line, flush=True))
     out = Path(out)
     all_parts = plan_parts(suite, device)

@@ -16,6 +16,7 @@ layout at several KV lengths.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -252,8 +253,8 @@ def _work(bench: Bench, device: str) -> tuple[Callable[[], object], dict[str, An
         if op == "add":
             out = torch.empty_like(a)
             return (lambda: torch.add(a, b, out=out)), {"flops": t * h, "bytes": 3 * t * h * e}
-        if op == "silu_mul":  # SwiGLU: silu(gate) * up
-            return (lambda: F.silu(a) * b), {"flops": 5 * t * h, "bytes": 3 * t * h * e}
+        if op == "silu_mul":  # SwiGLU: silu(gate) * up, two kernels (the silu goes through HBM)
+            return (lambda: F.silu(a) * b), {"flops": 5 * t * h, "bytes": 5 * t * h * e}
         weight = rnd(h)
         if op == "rms_norm_hf":  # as LlamaRMSNorm: in f32, several kernels
 
@@ -306,17 +307,54 @@ def run_bench(
     if bench.kind == "sm_contention":
         return {**base, **_run_contention(bench, device, meter, warmup, repeats, min_window_s)}
     fn, work = _work(bench, device)
+    copies = _copies(work, device)
+    if copies > 1:  # each call on other buffers: a replay reads HBM, not the L2 the last call filled
+        fn = rotating([fn] + [_work(bench, device)[0] for _ in range(copies - 1)])
     fn, calls, graph_note = _graphed(fn, device)
     timing = time_windows(fn, meter, bench.key, warmup=warmup, repeats=repeats, min_window_s=min_window_s,
                           sync=_sync_for(device))
     timing = _per_call(timing, calls)
-    result = {**_summary(timing), "calls_per_iter": calls, "cuda_graph": device.startswith("cuda") and not graph_note}
+    result = {**_summary(timing), "calls_per_iter": calls, "cuda_graph": device.startswith("cuda") and not graph_note,
+              "buffer_copies": copies}
     if graph_note:
         result["note"] = graph_note
     return {
         **base, "status": "ok", "result": result, "derived": _rates(work, timing.time_s, timing.energy_j),
         "windows": [w.to_dict() for w in timing.windows],
     }
+
+
+#: Bytes the copies of a small benchmark's buffers span together: four times the largest L2 of the
+#: GPUs here (B200, 126 MB), so a buffer is evicted before it is used again.
+ROTATE_BYTES = 512 * 2**20
+#: At most this many copies (a tiny kernel would otherwise allocate thousands).
+MAX_COPIES = 64
+
+
+def _copies(work: dict[str, Any], device: str) -> int:
+    """Copies of a benchmark's buffers to rotate through on a GPU so that their bytes together exceed
+    ``ROTATE_BYTES`` (1: large enough alone, or a CPU).
+
+    >>> _copies({"bytes": 32 * 2**20}, "cuda:0"), _copies({"bytes": 2**30}, "cuda:0"), _copies({"bytes": 8}, "cpu")
+    (16, 1, 1)
+    """
+    nbytes = work.get("bytes") or 0
+    if not device.startswith("cuda") or nbytes <= 0 or nbytes >= ROTATE_BYTES:
+        return 1
+    return min(MAX_COPIES, math.ceil(ROTATE_BYTES / nbytes))
+
+
+def rotating(fns: list[Callable[[], object]]) -> Callable[[], object]:
+    """One callable that runs ``fns`` in turn, one per call.
+
+    >>> calls = []
+    >>> f = rotating([lambda: calls.append(0), lambda: calls.append(1)])
+    >>> for _ in range(3): f()
+    >>> calls
+    [0, 1, 0]
+    """
+    it = itertools.cycle(fns)
+    return lambda: next(it)()
 
 
 def _per_call(t: Timing, calls: int) -> Timing:
