@@ -327,15 +327,14 @@ def measure_cmd(
 ) -> None:
     """Measure microbenchmarks and end-to-end runs into raw JSON lines (data/measurements/README.md)."""
     from energylens.errors import InvalidWorkloadError
-    from energylens.runtime.measure import measure
+    from energylens.runtime.measure import interrupted, measure
 
     if not out:
         raise InvalidWorkloadError("--out FILE is required, e.g. --out data/measurements/<gpu>-<yyyymmdd>-quick.jsonl")
     try:
         s = measure(suite, out, device, not no_resume, parts=part, budget_s=budget_s)
     except KeyboardInterrupt:  # every record written so far is whole and kept
-        print(f"interrupted: the records written so far are kept in {out}; run the same command again to "
-              "continue where it stopped", file=sys.stderr)
+        print(interrupted(out), file=sys.stderr)
         raise typer.Exit(130) from None
     if s.errors:
         raise typer.Exit(1)

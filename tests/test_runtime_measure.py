@@ -71,8 +71,10 @@ def test_resume_skips_only_its_own_gpus_records(quick_cpu, tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({**r, "env": {**r["env"], "gpu_name": "NVIDIA H100 80GB HBM3"}}) + "\n"
                              for r in gemm))
-    s = measure("quick", other, device="cpu", parts=["micro:gemm"], **QUIET)
+    lines: list[str] = []
+    s = measure("quick", other, device="cpu", parts=["micro:gemm"], progress=lines.append)
     assert s.already_present == 0 and s.written == len(gemm)
+    assert f"{len(gemm)} record(s) of NVIDIA H100 80GB HBM3 there too, kept as they are" in lines[0]
 
 
 def _records_lenient(path):

@@ -81,6 +81,22 @@ def test_metrics_without_energy_say_so(synthetic):
     assert "energy readings: 0 of" in rep.energy_note
 
 
+def test_reasons_for_missing_energy_are_counted_per_record_and_stray_lines_are_said(synthetic, tmp_path):
+    """Every record without energy counts its meter's reason (a GPU record's used to be lost); a line
+    that is not a record (not JSON, a list, a BOM in front) is counted, not silently dropped."""
+    _, _, true = synthetic
+    recs = synthetic_records("H100", true, seed=7, energy=False)
+    for r in recs:
+        if r.get("status") == "ok":
+            r["result"]["energy_unavailable_reason"] = "counter reset"
+    path = tmp_path / "reset.jsonl"
+    path.write_text("\ufeff" + "".join(json.dumps(r) + "\n" for r in recs) + "this is not json\n[1, 2, 3]\n")
+    rep = validate([path], profiles={"H100-SXM": true})
+    measured = sum(1 for r in recs if r.get("status") == "ok")
+    assert f"energy readings: 0 of {measured} measured records (the others: counter reset x{measured})" == rep.energy_note
+    assert rep.other_lines == 2 and rep.compared + len(rep.not_compared) == len(recs)
+
+
 def test_parity_plot_is_written(synthetic, tmp_path):
     path, _, _ = synthetic
     out = validate([path]).parity_plot(tmp_path / "parity.png")

@@ -136,12 +136,13 @@ class Measured:
 
 @dataclass
 class Measurements:
-    """Records read from measurement files; files left out and torn lines, with the reasons."""
+    """Records read from measurement files; files left out, torn and other lines, with the reasons."""
 
     files: list[str] = field(default_factory=list)
     records: list[Measured] = field(default_factory=list)
     excluded_files: list[tuple[str, str]] = field(default_factory=list)
     torn_lines: int = 0
+    other_lines: int = 0  # lines that are neither a record nor a torn one (not JSON, or not a record)
     digests: dict[str, str] = field(default_factory=dict)
 
 
@@ -189,22 +190,23 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
         data = f.read_bytes()
         out.digests[str(f)] = hashlib.sha256(data).hexdigest()[:12]
         newest: dict[tuple[str | None, str], Measured] = {}
-        records, torn = file_records(f, data.decode("utf-8", errors="replace"))
+        records, torn, other = file_records(f, data.decode("utf-8", errors="replace"))
         for m in records:
             newest.pop(m.ident, None)  # keep file order of the newest lines
             newest[m.ident] = m
         out.torn_lines += torn
+        out.other_lines += other
         out.records += list(newest.values())
     return out
 
 
-def file_records(f: Path, text: str) -> tuple[list[Measured], int]:
+def file_records(f: Path, text: str) -> tuple[list[Measured], int, int]:
     """The records of measurement file ``f`` with text ``text`` (JSON object lines with a ``key`` or
-    a ``status``, as ``energylens measure`` writes them), and how many lines were torn (a JSON object
-    cut by an interrupted run); ``EnergylensError`` for a file that holds no record
-    (``_not_a_measurement_file``)."""
+    a ``status``, as ``energylens measure`` writes them), how many lines were torn (a JSON object
+    cut by an interrupted run) and how many are something else (not JSON, or JSON but not a record);
+    ``EnergylensError`` for a file that holds no record (``_not_a_measurement_file``)."""
     records, torn, other = [], 0, 0
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -221,7 +223,7 @@ def file_records(f: Path, text: str) -> tuple[list[Measured], int]:
             other += 1
     if not records and (other or torn > 1):
         _not_a_measurement_file(f, text, torn + other)
-    return records, torn
+    return records, torn, other
 
 
 def _not_a_measurement_file(f: Path, text: str, lines: int) -> None:
@@ -386,6 +388,7 @@ class Sample:
     fit: bool = True
     contention: tuple[int, int, float] | None = None  # (SMs, blocks held, GEMM time alone) of sm_contention
     note: str = ""
+    energy_unavailable: str = ""  # why the record has no energy reading (the meter's reason)
 
 
 def _label(rec: dict[str, Any]) -> str:
@@ -454,7 +457,7 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
         energy = _positive(res.get("energy_j"))
         power = _positive(res.get("avg_power_w"))
         common = dict(file=m.file, key=m.key, kind=kind, op_class=_op_class(rec), gpu=gpu.name, label=_label(rec),
-                      env_id=env_id)
+                      env_id=env_id, energy_unavailable=str(res.get("energy_unavailable_reason") or ""))
         try:
             if kind in POWER_KINDS:
                 if power is None:

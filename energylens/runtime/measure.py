@@ -41,7 +41,8 @@ from energylens.errors import DeviceUnavailableError, EnergylensError, InvalidWo
 from energylens.runtime.meter import Meter, NullMeter, open_meter
 from energylens.typing import Record
 
-__all__ = ["SCHEMA_VERSION", "SUITES", "E2E_MODELS", "MeasureSummary", "environment", "plan_parts", "measure", "main"]
+__all__ = ["SCHEMA_VERSION", "SUITES", "E2E_MODELS", "MeasureSummary", "environment", "plan_parts", "measure",
+           "interrupted", "main"]
 
 SCHEMA_VERSION = 1
 SUITES = ("quick", "full")
@@ -318,7 +319,7 @@ def _existing_keys(out: Path) -> dict[str | None, set[str]]:
     keys: dict[str | None, set[str]] = {}
     if not out.exists():
         return keys
-    for m in file_records(out, out.read_text(encoding="utf-8", errors="replace"))[0]:
+    for m in file_records(out, out.read_text(encoding="utf-8", errors="replace"))[0]:  # records only
         if m.rec.get("status") in ("ok", "skipped") and "key" in m.rec:
             gpu, key = m.ident
             keys.setdefault(gpu, set()).add(key)
@@ -429,8 +430,10 @@ def measure(
         }
         for m in e2e:
             builders[f"e2e:{_short(m)}"] = lambda m=m: _e2e_part(f"e2e:{_short(m)}", m, suite, device, meter, repeats)
+        others = {g or "cpu": len(k) for g, k in existing.items() if g != env.get("gpu_name")}
+        also = "".join(f"; {n} record(s) of {g} there too, kept as they are" for g, n in sorted(others.items()))
         say(f"energylens measure: suite={suite} device={device} out={out} "
-            f"({len(done)} records already there; energy {'on' if meter.energy_available else 'unavailable'})")
+            f"({len(done)} records already there{also}; energy {'on' if meter.energy_available else 'unavailable'})")
         with _open_append(out) as f:
             for i, name in enumerate(p for p in all_parts if p in wanted):
                 part = builders[name]()
@@ -518,7 +521,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnergylensError as e:  # as `energylens measure` says it: one line, exit code 2
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted(a.out), file=sys.stderr)
+        return 130
     return 1 if s.errors else 0
+
+
+def interrupted(out: str | Path) -> str:
+    """What a measurement stopped by Ctrl-C (or ``timeout --signal=INT``) says: nothing is lost."""
+    return (f"interrupted: the records written so far are kept in {out}; run the same command again to "
+            "continue where it stopped")
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ class ValidationReport(Record):
     profiles: dict[str, str]  # GPU -> provenance of the profile the predictions used
     excluded_files: tuple[tuple[str, str], ...] = ()
     torn_lines: int = 0
+    other_lines: int = 0
     measured_kinds: dict[str, int] = field(default_factory=dict)
     energy_note: str = ""  # how many measured records carry energy readings, and why the others do not
 
@@ -161,6 +162,9 @@ class ValidationReport(Record):
             con.print(f"[yellow]file left out[/]: {f}: {why}")
         if self.torn_lines:
             con.print(f"{self.torn_lines} torn line(s) ignored (an interrupted run)")
+        if self.other_lines:
+            con.print(f"[yellow]{self.other_lines} line(s) that are not measurement records ignored[/] "
+                      "(not JSON, or JSON without a key or status)")
         malformed = [r for r in self.not_compared if r["reason"].startswith(MALFORMED)]
         if malformed:
             con.print(f"{len(malformed)} malformed record(s) skipped (first: {malformed[0]['file']} "
@@ -313,7 +317,7 @@ def _classes(runs: Sequence[Comparison]) -> tuple[ClassSummary, ...]:
 def validate_samples(samples: Sequence[Sample], not_compared: Sequence[tuple[Measured, str]] = (), *,
                      profiles: Mapping[str, Profile] | None = None, profiles_dir: str | Path | None = None,
                      files: Sequence[str] = (), excluded_files: Sequence[tuple[str, str]] = (),
-                     torn_lines: int = 0) -> ValidationReport:
+                     torn_lines: int = 0, other_lines: int = 0) -> ValidationReport:
     """Compare ``samples`` with their predictions. A GPU's profile is ``profiles[gpu]`` when given,
     else the one in ``profiles_dir`` (default: the bundled profiles)."""
     by_gpu: dict[str, list[Sample]] = defaultdict(list)
@@ -338,7 +342,8 @@ def validate_samples(samples: Sequence[Sample], not_compared: Sequence[tuple[Mea
     kinds = Counter(m.kind for m, _ in not_compared if m.rec.get("status") == "ok")
     ok = [r if isinstance(r := m.rec.get("result"), dict) else {} for m, _ in not_compared
           if m.rec.get("status") == "ok"]
-    ok += [{"energy_j": s.energy_j if s.energy_j is not None else s.power_w} for s in samples]
+    ok += [{"energy_j": s.energy_j if s.energy_j is not None else s.power_w,
+            "energy_unavailable_reason": s.energy_unavailable} for s in samples]
     with_e = sum(1 for r in ok if r.get("energy_j") is not None)
     why = Counter(str(r.get("energy_unavailable_reason")) for r in ok if r.get("energy_j") is None
                   and r.get("energy_unavailable_reason"))
@@ -346,7 +351,7 @@ def validate_samples(samples: Sequence[Sample], not_compared: Sequence[tuple[Mea
         f" (the others: {'; '.join(f'{k} x{n}' for k, n in why.most_common(3))})" if why else "")
     return ValidationReport(files=tuple(files or sorted({s.file for s in samples})), runs=tuple(runs),
                             metrics=_metrics(runs), classes=_classes(runs), not_compared=nc, profiles=provs,
-                            excluded_files=tuple(excluded_files), torn_lines=torn_lines,
+                            excluded_files=tuple(excluded_files), torn_lines=torn_lines, other_lines=other_lines,
                             measured_kinds=dict(kinds), energy_note=energy_note if ok else "")
 
 
@@ -369,7 +374,7 @@ def validate(paths: Sequence[str | Path], *, profiles_dir: str | Path | None = N
                               + (f" ({ms.torn_lines} torn line(s) of an interrupted run)" if ms.torn_lines else ""))
     samples, skipped = build_samples(ms.records)
     return validate_samples(samples, skipped, profiles=profiles, profiles_dir=profiles_dir, files=ms.files,
-                            excluded_files=ms.excluded_files, torn_lines=ms.torn_lines)
+                            excluded_files=ms.excluded_files, torn_lines=ms.torn_lines, other_lines=ms.other_lines)
 
 
 @dataclass(frozen=True)
