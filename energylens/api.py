@@ -41,21 +41,29 @@ __all__ = ["estimate", "resolve_model", "default_interconnect", "cluster_interco
 
 
 @functools.lru_cache(maxsize=32)
-def _trace_by_name(model: str) -> Any:
+def _trace_by_name(model: str, stamp: tuple[Any, ...] = ()) -> Any:
     from energylens.frontends.hf import trace_model  # imports torch: only when a model is traced
 
     return trace_model(model)
 
 
+def _file_stamp(model: str) -> tuple[Any, ...]:
+    """(name, contents) of the config files a local model path reads (empty for a hub id): a config
+    edited in the same process is traced again, not taken from the cache."""
+    path = Path(model)
+    files = [path / "config.json", path / "hf_quant_config.json"] if path.is_dir() else [path]
+    return tuple((f.name, f.read_bytes()) for f in files if f.is_file() and f.stat().st_size < 2**20)
+
+
 def resolve_model(model: Any) -> Any:
     """A traced model (anything with ``.prefill`` and ``.decode`` graphs) for an HF id or a traced model.
 
-    Model ids are traced once per process and cached.
+    Model ids are traced once per process and cached (a local config, until its file changes).
     """
     if hasattr(model, "prefill") and hasattr(model, "decode"):
         return model
     if isinstance(model, str):
-        return _trace_by_name(model)
+        return _trace_by_name(model, _file_stamp(model))
     from energylens.frontends.hf import trace_model
 
     return trace_model(model)

@@ -60,7 +60,7 @@ _INTERCONNECT_HELP = ("nvlink, pcie or ib (default: nvlink on A100-SXM-80GB, A10
 _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len", "Workload.output_len": "--output-len",
               "Workload.prefix_cache_hit": "--prefix-cache-hit", "Workload.output_len_cv": "--output-len-cv",
               "SLO.itl_ms": "--slo-itl-ms", "SLO.ttft_ms": "--slo-ttft-ms", "comm_sms": "--comm-sms",
-              "clock_mhz": "--clock-mhz", "clocks_mhz": "--clock-mhz", "output_len": "--output-len",
+              "clock_mhz": "--clock-mhz", "clocks_mhz": "--clock-mhz", "output_len": "--output-len", "prompt_len": "--prompt-len",
               "routing=": "--routing ", "leave routing at": "leave --routing at",
               "itl_ms=": "--slo-itl-ms ", "ttft_ms=": "--slo-ttft-ms ",
               " (or None: no target)": "", " (or None: no overlap)": "",

@@ -296,3 +296,19 @@ def test_a_profile_of_another_gpu_is_named_as_such() -> None:
 def test_a_clock_given_twice_is_priced_once() -> None:
     plan = el.compile(MODEL, H100, WL, comm_sms=(None,), clocks_mhz=[1500, 1500])
     assert plan.plans_evaluated == el.compile(MODEL, H100, WL, comm_sms=(None,), clocks_mhz=[1500]).plans_evaluated
+
+
+def test_a_local_config_edited_in_the_same_process_is_traced_again(tmp_path) -> None:
+    """Model ids are traced once per process; a local config is keyed by its contents, so a sweep
+    that rewrites config.json gets the new model, not the cached one."""
+    import json
+
+    from energylens.testing import tiny_llama_config
+
+    cfg = tiny_llama_config()
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    wl = el.Workload(batch=1, prompt_len=8, output_len=4)
+    two = el.estimate(str(tmp_path), el.Cluster("H100-SXM"), wl).memory.weights_bytes
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 4}))
+    four = el.estimate(str(tmp_path), el.Cluster("H100-SXM"), wl).memory.weights_bytes
+    assert four > two
