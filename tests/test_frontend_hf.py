@@ -214,6 +214,30 @@ def test_transformers5_configs_trace() -> None:
     assert moe.decode.attr["num_experts"] == "8" and moe.decode.dim_sizes["e"] == 8
 
 
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "dynamic", "factor": 2.0},
+    {"rope_type": "longrope", "factor": 2.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+     "original_max_position_embeddings": 64},
+])
+def test_runtime_rope_types_trace_as_fixed_rope(rope) -> None:
+    """dynamic / longrope pick frequencies from the sequence length at run time (torch.export failed
+    on dynamic with a raw trace error, and longrope's aten.max had no lowering): the work is that of
+    RoPE with fixed frequencies, so they are traced as such."""
+    base = trace_model(tiny_llama_config(), cache=False)
+    ir = trace_model({**tiny_llama_config(), "rope_scaling": rope}, cache=False)
+    assert param_count(ir.decode) == param_count(base.decode)
+    assert [op.kind for op, _ in ir.decode.walk()] == [op.kind for op, _ in base.decode.walk()]
+
+
+def test_top_1_routing_keeps_its_size_1_expert_slot_dim() -> None:
+    """num_experts_per_tok = 1: the top-k weights' dim x has size 1, and broadcasting dropped its
+    name on the normalised weights (a verifier error on Qwen3-30B-A3B's config with top-1)."""
+    cfg = {**load_config("Qwen/Qwen3-30B-A3B-Instruct-2507").config, "num_experts_per_tok": 1}
+    ir = trace_model(cfg, cache=False)
+    verify_graph(ir.decode)
+    assert ir.decode.attr["top_k"] == "1"
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_fp8_lm_head_stays_bf16(tied: bool) -> None:
     """vLLM quantizes no lm_head (an embedding layer to it), tied or not, listed in the skips or not

@@ -40,6 +40,8 @@ def test_all_required_models_are_bundled() -> None:
     # another checkpoint with a bundled architecture keeps its own id (exports serve it)
     ("meta-llama/Meta-Llama-3.1-405B", "meta-llama/Meta-Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct"),
     ("llama-3.1-70b", "meta-llama/Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct"),  # the base model
+    # Meta's fp8 base checkpoint (fbgemm_fp8, as its Instruct twin): it was served as the Instruct id
+    ("meta-llama/Llama-3.1-405B-FP8", "meta-llama/Llama-3.1-405B-FP8", "meta-llama/Llama-3.1-405B-Instruct-FP8"),
     # Thinking-2507 checkpoints: the Instruct-2507 architecture with other weights
     ("Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507"),
     ("qwen3-235b-a22b-thinking-2507-fp8", "Qwen/Qwen3-235B-A22B-Thinking-2507-FP8",

@@ -270,7 +270,8 @@ def _broadcast_axes(lw: Lowerer, refs: list[Ref], shapes: list[tuple[int, ...]],
         pick: Atoms | None = () if size == 1 else None
         for j in order:
             k = i - (rank - len(shapes[j]))
-            if k >= 0 and shapes[j][k] == size and size != 1:
+            # a size-1 axis keeps an operand's name for it (top_k = 1: the dim x), else is none
+            if k >= 0 and shapes[j][k] == size and (size != 1 or refs[j].axes[k]):
                 pick = refs[j].axes[k]
                 break
         if pick is None:

@@ -256,6 +256,10 @@ def _patch_experts(model: Any) -> None:
             mod.forward = forward
 
 
+#: RoPE types whose frequencies depend on the sequence length at run time (traced as default RoPE).
+_RUNTIME_ROPE = ("dynamic", "longrope")
+
+
 def _build(spec: ModelSpec, num_layers: int = 1) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -269,6 +273,13 @@ def _build(spec: ModelSpec, num_layers: int = 1) -> Any:
     for key in ("max_window_layers",):
         if key in d:
             d[key] = min(d[key], num_layers)
+    # RoPE variants differ only in their frequencies, not in the work: "dynamic" and "longrope" pick
+    # them from the sequence length at run time, which torch.export cannot trace, so they are traced
+    # as fixed-frequency RoPE (the context limit stays the config's, read before this)
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = d.get(key)
+        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in _RUNTIME_ROPE:
+            d[key] = {k: v for k, v in rope.items() if k in ("rope_theta",)} | {"rope_type": "default"}
     # per-layer lists must match the traced layer count (load_config checked that they are uniform)
     for key in ("layer_types", "mlp_layer_types"):
         if isinstance(d.get(key), list):

@@ -170,12 +170,11 @@ def _aliases() -> dict[str, tuple[str, str]]:
         org, bare = name.split("/", 1)
         if org == "meta-llama":
             base = name.replace("-Instruct", "")
-            if "FP8" not in name and ("Llama-3.1-" in name or "Llama-3.2-" in name):  # Meta's base models
+            if "Llama-3.1-" in name or "Llama-3.2-" in name:  # Meta's base models (and Llama-3.1-405B-FP8)
                 add(base, name)
             if "Llama-3.1-" in name:  # the names Meta first gave Llama 3.1
                 add(f"meta-llama/Meta-{bare}", name)
-                if "FP8" not in name:
-                    add(f"meta-llama/Meta-{base.split('/', 1)[1]}", name)
+                add(f"meta-llama/Meta-{base.split('/', 1)[1]}", name)
             add(base, name, name)  # else (Llama-3.3-70B): a short form of this checkpoint
         else:
             add(name.replace("-Instruct-2507", "-Thinking-2507"), name)
