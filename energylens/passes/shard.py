@@ -390,10 +390,8 @@ class _Sharder:
                     s["r"] = "tp"
             elif d == "hk" and self.kv and tp <= self.kv:     # flattened KV heads: replicated when tp > kv
                 s[d] = "tp"
-            elif d == "v" and decl.role == "param":
-                v = _int_size(self.g, "v")
-                if v and v % tp == 0:                          # vocab-parallel embedding / lm_head
-                    s[d] = "tp"
+            elif d == "v" and decl.role == "param":  # vocab-parallel embedding / lm_head: vLLM pads
+                s[d] = "tp"  # the vocab to a multiple of 64 and splits it (priced as v / tp: < 64 rows off)
         return s
 
     # -- collectives --------------------------------------------------------------------------
