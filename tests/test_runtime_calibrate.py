@@ -190,6 +190,18 @@ def test_contention_exponent_from_sm_contention_records():
     assert fit["sm_exponent"] == pytest.approx(0.3, abs=1e-3) and fit["rows"] == 3
 
 
+def test_sm_contention_is_predicted_on_a_gpu_without_its_own_overlap_fit():
+    """The H100 has no overlap fit of its own: the cost model carries the A100's over, and so do
+    the predictions of its sm_contention records (they were counted as compared with nothing predicted)."""
+    from energylens.costmodel.plan import overlap_params
+
+    gemm = {"m": 2048, "n": 8192, "k": 2048, "dtype": "bfloat16"}
+    (s,) = samples_of(rec("sm_contention", {**gemm, "blocks": 32}, alone={"time_s": 1e-3}, sms=132))
+    (p,) = predict([s], load_profile(H100))
+    exponent = overlap_params(H100, load_profile(H100)).sm_exponent
+    assert p.time_s == pytest.approx(1e-3 * (132 / 100) ** exponent)
+
+
 def test_cli_calibrate_dry_run_and_cpu_file(tmp_path):
     runner = CliRunner()
     true = load_profile(H100).with_params(**TRUE, attn_kernel_overhead_s=None)  # the datasheet base has no floor

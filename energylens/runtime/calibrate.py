@@ -555,13 +555,12 @@ class _Stack:
         return time_s, energy, dyn
 
 
-def _sm_exponent(gpu: GPUSpec) -> float | None:
-    try:
-        from energylens.costmodel.overlap import OverlapParams
+def _sm_exponent(gpu: GPUSpec, profile: Profile) -> float:
+    """The contention exponent the cost model uses on ``gpu``: its own overlap fit, else the A100's
+    carried over (``costmodel.plan.overlap_params``)."""
+    from energylens.costmodel.plan import overlap_params
 
-        return OverlapParams.load(gpu.name).sm_exponent
-    except EnergylensError:
-        return None
+    return overlap_params(gpu, profile).sm_exponent
 
 
 def predict(samples: Sequence[Sample], profile: Profile, *, sm_exponent: float | None = None,
@@ -571,7 +570,8 @@ def predict(samples: Sequence[Sample], profile: Profile, *, sm_exponent: float |
     Work kinds: time, energy and power of one call (identical to ``estimate``/``price_graph``).
     ``static``: the profile's static power; ``idle``: the hardware DB's idle power.
     ``sm_contention``: the GEMM's measured time alone x the contention slowdown
-    ``(N / (N - k)) ** sm_exponent`` (``sm_exponent`` default: the GPU's overlap profile; none: n/a).
+    ``(N / (N - k)) ** sm_exponent`` (``sm_exponent`` default: the GPU's overlap fit, else the A100's
+    carried over, as the cost model prices overlap).
     """
     gpu = get_gpu(profile.gpu)
     if any(s.gpu != gpu.name for s in samples):
@@ -579,7 +579,7 @@ def predict(samples: Sequence[Sample], profile: Profile, *, sm_exponent: float |
     stack = _stack or _Stack(samples)
     time_s, energy, dyn = stack.price(gpu, profile)
     if sm_exponent is None and any(s.contention for s in samples):
-        sm_exponent = _sm_exponent(gpu)
+        sm_exponent = _sm_exponent(gpu, profile)
     out = []
     for i, s in enumerate(samples):
         if s.kind == "static":
