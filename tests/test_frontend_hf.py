@@ -280,3 +280,11 @@ def test_module_that_is_not_a_causal_lm() -> None:
 
     with pytest.raises(ConfigError, match=r"Linear module: a module must be an HF causal LM.*input_ids"):
         trace_model(torch.nn.Linear(4, 4))
+    # an HF module without the LM head (or with another head) was rebuilt as the causal LM, head and all
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(**{k: v for k, v in tiny_llama_config().items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        headless = LlamaModel(cfg)
+    with pytest.raises(ConfigError, match=r"the LlamaModel module is not a causal LM"):
+        trace_model(headless)
