@@ -62,11 +62,11 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
 class UnknownNameError(EnergylensError, KeyError):
     """A name (model, GPU, pass, dataset...) that is not in its registry."""
 
-    def __init__(self, kind: str, name: str, choices: Iterable[str]):
+    def __init__(self, kind: str, name: str, choices: Iterable[str], hint: str | None = None):
         self.kind, self.name, self.choices = kind, name, sorted(choices)
         self.suggestion = closest(name, self.choices)
-        hint = f" Did you mean {self.suggestion!r}?" if self.suggestion else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind} names: {', '.join(self.choices)}")
+        said = f" {hint}" if hint else f" Did you mean {self.suggestion!r}?" if self.suggestion else ""
+        super().__init__(f"unknown {kind} {name!r}.{said} Valid {kind} names: {', '.join(self.choices)}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

@@ -108,6 +108,12 @@ def test_unknown_model_suggests() -> None:
         load_config("llama-3.1-9b")
     assert exc.value.suggestion == "meta-llama/Llama-3.1-8B-Instruct"
     assert "Qwen/Qwen3-8B" in str(exc.value)
+    # a Llama FP8 name without its publisher: say whose ids are priced, not "did you mean the bf16 one"
+    for name in ("Llama-3.1-8B-Instruct-FP8", "meta-llama/Llama-3.1-8B-Instruct-FP8"):
+        with pytest.raises(UnknownNameError, match=r"Meta publishes no FP8 checkpoint of "
+                           r"meta-llama/Llama-3.1-8B-Instruct; .*RedHatAI/, neuralmagic/ or nvidia/"):
+            load_config(name)
+    assert load_config("RedHatAI/Llama-3.1-8B-Instruct-FP8").quantization == "fp8"
 
 
 def test_local_dir_and_file(tmp_path) -> None:

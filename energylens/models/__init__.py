@@ -237,6 +237,19 @@ def _fp8_twin(asked: str) -> ModelSpec | None:
                  f"{path} with a per-channel fp8 quantization_config (another publisher's FP8 checkpoint)")
 
 
+def _fp8_publisher_hint(asked: str) -> str | None:
+    """For ``<bundled Llama id>-FP8`` without a publisher (Meta publishes no such checkpoint but the
+    405B's): which publishers' ids are priced."""
+    suffix = next((s for s in _FP8_SUFFIXES if asked.lower().endswith(s)), None)
+    stem = asked[: -len(suffix)] if suffix else ""
+    alias = (_aliases().get(stem.lower()) or _aliases().get(stem.split("/", 1)[-1].lower())) if suffix else None
+    if alias is None or not alias[0].startswith("meta-llama/") or asked.lower().split("/")[0] not in (
+            "meta-llama", asked.lower()):
+        return None
+    return (f"Meta publishes no FP8 checkpoint of {alias[1]}; another publisher's is priced under its own id "
+            "(RedHatAI/, neuralmagic/ or nvidia/ and the name as that publisher spells it).")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -466,7 +479,7 @@ def load_config(model: Any) -> ModelSpec:
             return _from_file(_bundled()[alias[0]], alias[1])
         spec = _fp8_twin(model)
         if spec is None:
-            raise UnknownNameError("model", model, list_models())
+            raise UnknownNameError("model", model, list_models(), _fp8_publisher_hint(model))
         return spec
     if hasattr(model, "to_dict") and hasattr(model, "model_type"):  # transformers.PretrainedConfig
         name = getattr(model, "_name_or_path", "") or getattr(model, "name_or_path", "") or model.model_type
