@@ -120,9 +120,9 @@ class Interpreter(Generic[R]):
 class WorkAnalysis(Interpreter[OpWork]):
     """FLOPs, HBM bytes, GEMM rows and kernel launches of each op (see the module docstring).
 
-    ``routed_hits``: MoE experts hit as the graph's routing spreads the tokens (its shares, the
-    mean over ep ranks); False: as uniform routing does (``plan``'s straggler rank, whose tokens
-    per expert are scaled and whose hot experts are not the global mean).
+    MoE experts hit: as the graph's routing spreads the step's tokens over them (``hit_shares``:
+    each expert's share of the token-slots, None: uniform), the mean over ep ranks; ``plan``'s
+    straggler rank sets its own (its hot experts' shares, at the step's tokens).
 
     ``mesh`` (axis -> size, ``energylens.passes.shard.mesh_of``): the work of a sharded graph is
     that of *one GPU*, each op at its local dim sizes (``local_dim_sizes``); None or all axes 1:
@@ -130,7 +130,9 @@ class WorkAnalysis(Interpreter[OpWork]):
     of the ``OpWork`` is then an array over them (one pass prices many batch sizes).
     """
 
-    routed_hits = True
+    #: factor from an expert op's tokens to the step's tokens that pick experts (``plan``'s straggler
+    #: sees ``token_scale`` x the tokens per expert, its hits come from the step's own tokens)
+    hit_token_scale: Any = 1.0
 
     def __init__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec,
                  mesh: Mapping[str, int] | None = None):
@@ -154,7 +156,7 @@ class WorkAnalysis(Interpreter[OpWork]):
         self._group_seen: set[int] = set()
 
     @functools.cached_property
-    def _routing_shares(self) -> tuple[float, ...] | None:
+    def hit_shares(self) -> tuple[float, ...] | None:
         """The experts' shares of the token-slots under the graph's routing (None: uniform)."""
         from energylens.passes.moe import routing_shares  # passes sit above the cost model
 
@@ -265,7 +267,7 @@ class WorkAnalysis(Interpreter[OpWork]):
             if not num_e or not top_k:
                 raise EstimateError(f"MoE einsum %{op.result.name} needs graph attrs num_experts and top_k")
             tokens = self.local["C"] * num_e / top_k if "C" in self.local else self.local["B"] * self.local["S"]
-            hit = _distinct_experts(num_e, top_k, tokens, self._routing_shares if self.routed_hits else None)
+            hit = _distinct_experts(num_e, top_k, tokens * self.hit_token_scale, self.hit_shares)
             reads = [r * hit / num_e if v.name in self.params else r for r, v in zip(reads, op.operands, strict=True)]
             rows = tokens * top_k / np.maximum(hit, 1e-9)
         dtype = next((v.type.dtype for v in op.operands if v.name in self.params), op.operands[0].type.dtype)

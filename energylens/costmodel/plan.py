@@ -64,7 +64,7 @@ from energylens.costmodel.profile import Profile
 from energylens.errors import ConfigError, UnknownNameError
 from energylens.ir.core import Collective, Einsum, Gather, Graph, Op, Value
 from energylens.passes.manager import PassManager
-from energylens.passes.moe import Moe, graph_expert_load
+from energylens.passes.moe import Moe, graph_expert_load, straggler_shares
 from energylens.passes.overlap import Overlap, count_runs, window_after
 from energylens.passes.shard import Shard, collective_bytes, local_dim_sizes, mesh_of, replication
 from energylens.typing import MemoryEstimate, OpCost, Parallel, Workload
@@ -212,7 +212,10 @@ class _LocalWork(WorkAnalysis):
                  token_scale: Any = 1.0):
         super().__init__(graph, binding, gpu, mesh)
         self.token_scale = token_scale
-        self.routed_hits = not np.any(np.asarray(token_scale) != 1.0)  # the straggler: uniform at its load
+        if np.any(np.asarray(token_scale) != 1.0):  # the straggler: its own experts, hit by the step's tokens
+            self.hit_shares = straggler_shares(graph, mesh.get("ep", 1))
+            if self.hit_shares is not None:  # uniform routing: hits at its load, as drawn (no hot experts)
+                self.hit_token_scale = 1.0 / np.asarray(token_scale, dtype=float)
 
     def op_sizes(self, op: Op) -> Mapping[str, float]:
         sizes = super().op_sizes(op)

@@ -38,7 +38,8 @@ from energylens.ir.core import Einsum, Graph, Op
 from energylens.passes.manager import register_pass
 from energylens.typing import Record
 
-__all__ = ["Moe", "ExpertLoad", "Routing", "expert_load", "expert_ops", "routing_of", "routing_shares", "graph_expert_load"]
+__all__ = ["Moe", "ExpertLoad", "Routing", "expert_load", "expert_ops", "routing_of", "routing_shares", "straggler_shares",
+           "hot_rank_shares", "graph_expert_load"]
 
 Routing = Literal["uniform", "zipf", "histogram"]
 _ROUTINGS = ("uniform", "zipf", "histogram")
@@ -198,6 +199,25 @@ def routing_shares(graph: Graph) -> tuple[float, ...] | None:
     experts, top_k = int(a["num_experts"]), int(a["top_k"])
     return tuple(c / top_k for c in expert_load(1, experts, top_k, 1, routing, seed, skew=skew,
                                                 histogram=hist).per_expert)
+
+
+def straggler_shares(graph: Graph, ep: int) -> tuple[float, ...] | None:
+    """The token-slot shares of the experts on the most loaded of ``ep`` ranks, repeated for every
+    rank (``hot_rank_shares``); None for uniform routing."""
+    shares = routing_shares(graph)
+    return shares if shares is None or ep <= 1 else hot_rank_shares(shares, ep)
+
+
+def hot_rank_shares(shares: Sequence[float], ep: int) -> tuple[float, ...]:
+    """The shares of the experts on the rank with the largest total (experts placed contiguously
+    over ``ep`` ranks), repeated ``ep`` times: what the straggler's experts see, in the form the
+    cost model takes shares (``expected_distinct_experts`` over them counts ``ep`` x its hits).
+
+    >>> hot_rank_shares([0.125, 0.5, 0.125, 0.25], 2)
+    (0.125, 0.5, 0.125, 0.5)
+    """
+    n = len(shares) // ep
+    return tuple(max((tuple(shares[i * n:(i + 1) * n]) for i in range(ep)), key=sum)) * ep
 
 
 def graph_expert_load(graph: Graph, num_tokens: int, ep: int) -> ExpertLoad:
