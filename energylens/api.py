@@ -50,9 +50,12 @@ def _trace_by_name(model: str, stamp: tuple[Any, ...] = ()) -> Any:
 def _file_stamp(model: str) -> tuple[Any, ...]:
     """(name, contents) of the config files a local model path reads (empty for a hub id): a config
     edited in the same process is traced again, not taken from the cache."""
-    path = Path(model)
-    files = [path / "config.json", path / "hf_quant_config.json"] if path.is_dir() else [path]
-    return tuple((f.name, f.read_bytes()) for f in files if f.is_file() and f.stat().st_size < 2**20)
+    path = Path(model).expanduser()  # as load_config reads it
+    if path.is_dir():
+        path = path / "config.json"
+    # the ModelOpt file load_config reads beside it: hf_quant_config.json, or <stem>.hf_quant_config.json
+    quant = path.with_name("hf_quant_config.json" if path.name == "config.json" else path.stem + ".hf_quant_config.json")
+    return tuple((f.name, f.read_bytes()) for f in (path, quant) if f.is_file() and f.stat().st_size < 2**20)
 
 
 def resolve_model(model: Any) -> Any:

@@ -312,3 +312,14 @@ def test_a_local_config_edited_in_the_same_process_is_traced_again(tmp_path) -> 
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 4}))
     four = el.estimate(str(tmp_path), el.Cluster("H100-SXM"), wl).memory.weights_bytes
     assert four > two
+
+
+def test_the_config_stamp_follows_the_files_load_config_reads(tmp_path, monkeypatch) -> None:
+    """A ~ path and a ModelOpt file beside a bare config are part of the trace cache's key."""
+    from energylens.api import _file_stamp
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m.json").write_text("{}")
+    assert _file_stamp("~/m.json") == (("m.json", b"{}"),)
+    (tmp_path / "m.hf_quant_config.json").write_text('{"q": 1}')
+    assert _file_stamp(str(tmp_path / "m.json"))[1] == ("m.hf_quant_config.json", b'{"q": 1}')

@@ -288,3 +288,16 @@ def test_module_that_is_not_a_causal_lm() -> None:
         headless = LlamaModel(cfg)
     with pytest.raises(ConfigError, match=r"the LlamaModel module is not a causal LM"):
         trace_model(headless)
+
+
+def test_a_compiled_or_subclassed_causal_lm_is_still_priced() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    class MyLM(LlamaForCausalLM):
+        pass
+
+    cfg = LlamaConfig(**{k: v for k, v in tiny_llama_config().items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        mine = MyLM(cfg)
+    assert param_count(trace_model(mine).decode) == param_count(trace_model(torch.compile(mine)).decode) > 0

@@ -92,6 +92,17 @@ def test_a_model_that_ignores_the_cache_is_an_error_not_a_wrong_measurement():
         ex.prefill(batch=1, prompt_len=4)
 
 
+def test_a_cache_whose_length_cannot_be_reset_is_an_error():
+    """A transformers whose StaticLayer keeps its length elsewhere would leave _set_len without
+    effect: the rounds would run past the cache's end (a device assert on a GPU)."""
+    from energylens.errors import EnergylensError
+
+    ex = Executor(tiny_config("Llama-3.2-1B"), meter=NullMeter(), decode_steps=2, **FAST)
+    ex._set_len = lambda cache, n: None  # type: ignore[method-assign]
+    with pytest.raises(EnergylensError, match=r"holds 3 tokens after a forward that should leave 10.*cannot be reset"):
+        ex.decode(batch=1, context_len=8)
+
+
 def test_bad_requests_raise():
     ex = Executor(tiny_config("Qwen3-8B"), meter=NullMeter(), **FAST)
     with pytest.raises(InvalidWorkloadError, match="batch"):

@@ -616,10 +616,11 @@ def _trace_module(module: Any) -> ModelIR:
     if cfg is not None and hasattr(cfg, "to_dict") and hasattr(cfg, "model_type"):
         # rebuilt as the causal LM its config describes: a headless or other-headed module of the same
         # config (LlamaModel, ...ForSequenceClassification) would be priced with an lm_head it lacks
-        if not type(module).__name__.endswith("ForCausalLM"):
-            raise ConfigError(f"the {type(module).__name__} module is not a causal LM (its class name does not end "
-                              "in ForCausalLM): energylens prices text generation; give the ...ForCausalLM "
-                              "module of this config, or the config itself")
+        inner = getattr(module, "_orig_mod", module)  # torch.compile's wrapper forwards to the module
+        if not any(c.__name__.endswith("ForCausalLM") for c in type(inner).__mro__):
+            raise ConfigError(f"the {type(inner).__name__} module is not a causal LM (no ...ForCausalLM class): "
+                              "energylens prices text generation; give the ...ForCausalLM module of this "
+                              "config, or the config itself")
         spec = load_config(cfg)
         graphs = _trace_spec(spec)
         return ModelIR(spec=spec, prefill=graphs["prefill"], decode=graphs["decode"])

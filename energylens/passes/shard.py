@@ -6,7 +6,7 @@ not out of matching one model's layers:
 
 * **Seeds** (vLLM's layout). ``tp``: attention heads (``g`` KV heads with their group ``r`` only
   when tp > KV heads, i.e. KV heads replicated; or ``q``/``hq``/``hk``), the MLP intermediate
-  ``f``, the vocabulary ``v`` (when tp divides it). ``ep``: the expert dim ``e`` of expert weights
+  ``f``, the vocabulary ``v`` (vLLM pads it to a multiple of 64). ``ep``: the expert dim ``e`` of expert weights
   (params with ``e`` and ``m``); ``etp`` (= tp x dp / ep GPUs per expert): their ``m``. ``dp``:
   the token dims ``B``/``T`` of inputs and caches (each replica serves its own sequences).
 * **Propagation**: an op's sharding is the union of its operands' (a dim split in one operand and

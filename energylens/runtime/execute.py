@@ -350,7 +350,8 @@ class Executor:
         return "cache" if "cache" in params else "past_key_values"
 
     def _check_cache(self, cache: Any, expected: int) -> None:
-        """The forward wrote the cache: else every decode step would attend to one token, not the context."""
+        """The forwards wrote the cache where the measurement puts them: else a decode step would
+        attend to one token, not the context, or a round would run past the cache's end."""
         got = int(cache.get_seq_length())
         if got != expected:
             import transformers
@@ -358,7 +359,8 @@ class Executor:
             raise EnergylensError(
                 f"the model's KV cache holds {got} tokens after a forward that should leave {expected}: "
                 f"{type(self.model).__name__} (transformers {transformers.__version__}) did not use the cache "
-                f"passed as {self._cache_arg}=; the measurement would not be of the workload")
+                f"passed as {self._cache_arg}=, or its length cannot be reset (StaticLayer.cumulative_length); "
+                "the measurement would not be of the workload")
 
     def _time(self, fn: Callable[[], object], name: str) -> Timing:
         import torch
@@ -406,7 +408,9 @@ class Executor:
 
         with torch.no_grad():
             run()  # allocates the cache
-        self._check_cache(cache, prompt_len)
+            self._check_cache(cache, prompt_len)
+            run()  # and the reset to 0 took: each timed run writes the same positions
+            self._check_cache(cache, prompt_len)
         timing = self._time(run, f"prefill b={batch} s={prompt_len}")
         return PhaseMeasurement(
             phase="prefill", batch=batch, context_len=prompt_len, tokens=batch * prompt_len, steps_per_round=1,
@@ -434,7 +438,9 @@ class Executor:
 
         with torch.no_grad():
             self._forward(ids, cache)  # allocates the cache
-        self._check_cache(cache, 1)
+            self._check_cache(cache, 1)
+            round_()  # the reset to context_len took (else rounds would run past the cache's end)
+            self._check_cache(cache, max_len)
         fn: Callable[[], object] = round_
         graph, note = None, None
         if self.cuda_graphs:

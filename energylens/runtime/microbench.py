@@ -310,12 +310,12 @@ def run_bench(
     copies = _copies(work, device)
     if copies > 1:  # each call on other buffers: a replay reads HBM, not the L2 the last call filled
         fn = rotating([fn] + [_work(bench, device)[0] for _ in range(copies - 1)])
-    fn, calls, graph_note = _graphed(fn, device)
+    fn, calls, graph_note = _graphed(fn, device, period=copies)
     timing = time_windows(fn, meter, bench.key, warmup=warmup, repeats=repeats, min_window_s=min_window_s,
                           sync=_sync_for(device))
     timing = _per_call(timing, calls)
     result = {**_summary(timing), "calls_per_iter": calls, "cuda_graph": device.startswith("cuda") and not graph_note,
-              "buffer_copies": copies}
+              "buffer_copies": copies, "rotated_bytes": copies * int(work.get("bytes") or 0)}
     if graph_note:
         result["note"] = graph_note
     return {
@@ -364,9 +364,11 @@ def _per_call(t: Timing, calls: int) -> Timing:
                    energy_j=None if t.energy_j is None else t.energy_j / calls)
 
 
-def _graphed(fn: Callable[[], object], device: str) -> tuple[Callable[[], object], int, str | None]:
+def _graphed(fn: Callable[[], object], device: str, period: int = 1) -> tuple[Callable[[], object], int, str | None]:
     """On a GPU, ``fn`` called ``calls`` times inside one CUDA graph, so that small kernels are timed
-    back to back rather than at the pace of Python's launches. Returns (replay, calls, note)."""
+    back to back rather than at the pace of Python's launches; ``calls`` is a multiple of ``period``
+    (the buffer copies ``fn`` rotates through), so consecutive replays keep the rotation's order.
+    Returns (replay, calls, note)."""
     if not device.startswith("cuda"):
         return fn, 1, None
     import torch
@@ -381,6 +383,7 @@ def _graphed(fn: Callable[[], object], device: str) -> tuple[Callable[[], object
         torch.cuda.synchronize()
         one = (time.perf_counter() - t0) / 10
         calls = max(1, min(256, math.ceil(2e-3 / max(one, 1e-7))))  # a replay of >= ~2 ms of launches
+        calls = period * math.ceil(calls / period)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
