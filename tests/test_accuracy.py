@@ -49,9 +49,9 @@ def test_accuracy_script_on_sample(tmp_path):
     assert "predicted despite memory 1 rows" in out and re.search(r"│ +5\* │ meta-llama/Llama-3.1-8B-Instruct", out)
 
 
-def test_task_prompt_len_predicts_other_tasks(tmp_path, capsys):
+def test_task_prompt_len_predicts_other_tasks(monkeypatch, tmp_path, capsys):
     """A task outside the built-in means is predicted once its mean prompt length is given."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
     csv_path = sample(tmp_path)
@@ -64,12 +64,12 @@ def test_task_prompt_len_predicts_other_tasks(tmp_path, capsys):
     assert row.workload().prompt_len == 500
 
 
-def test_task_prefix_hit_lowers_prefill_and_is_checked(tmp_path, capsys):
+def test_task_prefix_hit_lowers_prefill_and_is_checked(monkeypatch, tmp_path, capsys):
     """``--task-prefix-hit`` prices a task's prompts as partly cached (fewer prefill tokens, less
     energy per token); a share outside [0, 1) is a usage error naming it."""
     import pytest
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
     from energylens.costmodel.fit import parse_task_shares, read_mlenergy
@@ -88,10 +88,10 @@ def test_task_prefix_hit_lowers_prefill_and_is_checked(tmp_path, capsys):
     assert exit_info.value.code == 2 and "'lm-arena-chat=1.5'" in capsys.readouterr().err
 
 
-def test_unreadable_values_skip_the_row_naming_them(tmp_path, capsys):
+def test_unreadable_values_skip_the_row_naming_them(monkeypatch, tmp_path, capsys):
     """A row whose measured values are empty, zero, nan or not numbers is skipped with the column and
     the value, not a traceback; an empty tp/ep/dp reads as 1 (and max_num_seqs is only shown)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
     with open(DEV, newline="") as fh:
@@ -121,12 +121,12 @@ def _write(path: Path, rows: list[dict], fieldnames: list[str], encoding: str = 
     return path
 
 
-def test_file_level_problems_are_one_error(tmp_path, capsys):
+def test_file_level_problems_are_one_error(monkeypatch, tmp_path, capsys):
     """A missing file, a file of another schema or another encoding: one error line (exit 2); a BOM,
     upper-case or padded header names and padded text cells are read as the plain ones."""
     import pytest
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
     with open(DEV, newline="") as fh:
@@ -148,10 +148,10 @@ def test_file_level_problems_are_one_error(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("rows=1 skipped=0")
 
 
-def test_rows_read_as_the_run_was_made(tmp_path, capsys):
+def test_rows_read_as_the_run_was_made(monkeypatch, tmp_path, capsys):
     """weight_precision fp8 prices the -FP8 twin (or skips a model without one); an MoE row with dp > 1
     spans its GPUs with tp x dp; GPUs the plan does not use, or weights that cannot fit, skip the row."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
     from energylens.costmodel.fit import read_mlenergy

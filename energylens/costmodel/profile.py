@@ -81,7 +81,7 @@ class Profile(BaseModel):
     #: price the engine of the calibration rows, vLLM 0.11.1 (ML.ENERGY v3.0), whose fused MoE runs
     #: untuned expert shapes on a fixed default tile (``costmodel.fused_moe``). False (default):
     #: vLLM >= 0.19 (the exports target 0.33.0), whose default tile grows with the token count and
-    #: whose measured fused-MoE kernels the roofline matches (benchmarks/kernels.py --op moe).
+    #: whose measured fused-MoE kernels the roofline matches (benchmarks/kernel_check.py --op moe).
     legacy_moe_tiles: bool = False
     #: fixed time per sequence in each kernel walking the paged KV cache (decode attention, KV
     #: write): block-table reads, the partial last block, split-KV combine (``costmodel.compute``)

@@ -2,7 +2,7 @@
 
 Run: pip download --no-deps aiconfigurator-core==0.12.0 -d /tmp/aic && unzip the wheel into /tmp/aic/x,
 then ``python data/public/aiconfigurator_kernels/extract.py /tmp/aic/x`` (needs pandas and pyarrow).
-Writes ``<op>_<gpu>.csv`` here (op: moe, gemm, attention); ``benchmarks/kernels.py`` compares the
+Writes ``<op>_<gpu>.csv`` here (op: moe, gemm, attention); ``benchmarks/kernel_check.py`` compares the
 cost model with them. Provenance and what is kept: README.md beside this file.
 """
 

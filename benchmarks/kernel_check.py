@@ -15,7 +15,7 @@ vLLM 0.24.0's kernels on one GPU (provenance in that folder's README), and price
 Prints measured and predicted time per row and the MAPE per group (GEMM rows per m, attention per
 batch, MoE per ep).
 
-    python benchmarks/kernels.py --op moe|gemm|attention [--gpu H100-SXM|H200|B200]
+    python benchmarks/kernel_check.py --op moe|gemm|attention [--gpu H100-SXM|H200|B200]
 """
 
 from __future__ import annotations
