@@ -122,7 +122,7 @@ class WorkAnalysis(Interpreter[OpWork]):
 
     MoE experts hit: as the graph's routing spreads the step's tokens over them (``hit_shares``:
     each expert's share of the token-slots, None: uniform), the mean over ep ranks; ``plan``'s
-    straggler rank sets its own (its hot experts' shares, at the step's tokens).
+    straggler rank sets its own (its hot experts' shares, at its own load).
 
     ``mesh`` (axis -> size, ``energylens.passes.shard.mesh_of``): the work of a sharded graph is
     that of *one GPU*, each op at its local dim sizes (``local_dim_sizes``); None or all axes 1:
@@ -130,8 +130,8 @@ class WorkAnalysis(Interpreter[OpWork]):
     of the ``OpWork`` is then an array over them (one pass prices many batch sizes).
     """
 
-    #: factor from an expert op's tokens to the step's tokens that pick experts (``plan``'s straggler
-    #: sees ``token_scale`` x the tokens per expert, its hits come from the step's own tokens)
+    #: factor from an expert op's tokens to the tokens that pick ``hit_shares``' experts (``plan``'s
+    #: straggler: as many as give its rank the straggler's slots)
     hit_token_scale: Any = 1.0
 
     def __init__(self, graph: Graph, binding: Mapping[str, float], gpu: GPUSpec,
