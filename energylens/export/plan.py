@@ -88,12 +88,11 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
     f = plan.gpu_clock_mhz
     if f is None:
         return None
-    gpus = node_gpus(plan)[0]
     from energylens.costmodel.hardware import get_gpu
 
     if get_gpu(plan.gpu).vendor == "amd":
         return f"rocm-smi --setperfdeterminism {f}", "rocm-smi --setperflevel auto"
-    ids = ",".join(str(i) for i in range(gpus))
+    ids = ",".join(str(i) for i in range(node_gpus(plan)[0]))
     return f"nvidia-smi -i {ids} -lgc {f},{f}", f"nvidia-smi -i {ids} -rgc"
 
 

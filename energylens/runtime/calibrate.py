@@ -65,11 +65,11 @@ __all__ = [
     "CalibrationResult", "calibrate_samples", "calibrate", "write_profile_to", "synthetic_records", "main",
 ]
 
-#: Microbenchmark and end-to-end kinds priced as work (time and energy).
 #: Microbenchmarks measured as several eager kernels where the cost model prices one fused kernel:
 #: validated (with this note), not fitted on.
 UNFUSED = {"norm:rms_norm_hf": "HF's unfused f32 RMSNorm: validated, not fitted",
            "elementwise:silu_mul": "eager silu then mul, two kernels (vLLM fuses them): validated, not fitted"}
+#: Microbenchmark and end-to-end kinds priced as work (time and energy).
 WORK_KINDS = ("gemm", "hbm_copy", "elementwise", "norm", "attention_prefill", "attention_decode",
               "prefill", "decode")
 #: Kinds compared on power only.

@@ -319,7 +319,7 @@ def _existing_keys(out: Path) -> dict[str | None, set[str]]:
     keys: dict[str | None, set[str]] = {}
     if not out.exists():
         return keys
-    for m in file_records(out, out.read_text(encoding="utf-8", errors="replace"))[0]:  # records only
+    for m in file_records(out, out.read_text(encoding="utf-8", errors="replace"))[0]:
         if m.rec.get("status") in ("ok", "skipped") and "key" in m.rec:
             gpu, key = m.ident
             keys.setdefault(gpu, set()).add(key)
