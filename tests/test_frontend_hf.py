@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from energylens.errors import UnknownNameError, UnsupportedOpError
+from energylens.errors import ShardingError, UnknownNameError, UnsupportedOpError
 from energylens.frontends.hf import ModelIR, cache_key, trace, trace_model
 from energylens.ir.core import Einsum, Gather, Reduce, Repeat
 from energylens.ir.stats import active_param_count, param_count
@@ -87,6 +87,27 @@ def test_gqa_keeps_kv_heads() -> None:
     scores = next(op for op, _ in g.walk() if isinstance(op, Einsum) and op.causal)
     assert scores.result.type.dims == ("B", "g", "r", "S", "K")
     assert scores.operands[1].type.dims == ("B", "g", "K", "d")  # K is not repeated
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 16), (4, 1, 16), (1, 1, 64)])
+@pytest.mark.parametrize("make", [tiny_llama_config, tiny_qwen3_config])
+def test_mha_mqa_and_one_head_trace_and_check_tp(make, heads: int, kv_heads: int, head_dim: int) -> None:
+    """MHA (no KV group), MQA (one KV head: a size-1 dim) and a single head (head_dim = hidden) trace
+    with the module's parameter count, and tp is checked against the attention heads."""
+    import torch
+    import transformers
+
+    from energylens.passes.shard import Shard, valid_tp_values
+
+    cfg = make() | {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim}
+    hf_cfg = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_config(hf_cfg).parameters())
+    g = trace_model(cfg, cache=False).decode
+    assert param_count(g) == expected
+    assert valid_tp_values(g, 8) == [t for t in (1, 2, 4, 8) if heads % t == 0]
+    with pytest.raises(ShardingError, match=rf"tp=8 does not divide the model's {heads} attention heads"):
+        Shard(tp=8)(g)
 
 
 def test_fp8_weights() -> None:

@@ -389,6 +389,7 @@ def _param_axes_for(spec: ModelSpec, roles: dict[str, int]) -> Any:
             out = None
         if out is None:
             return None
+        out = tuple(tuple(a for a in ax if roles[a] != 1) for ax in out)  # a size-1 dim is no axis
         sizes = tuple(_prod(roles, ax) for ax in out)
         if sizes != shape:
             return None  # unexpected layout: name by size
@@ -553,7 +554,8 @@ def _assemble(name: str, phase: str, ops: list[tuple[Op, bool]], decls: list[tup
     missing = sorted(used_dims - {n for n, _ in dims})
     if missing:
         raise UnsupportedOpError(f"{name}: could not name the model dims {missing} (sizes found by tracing)")
-    g = Graph(name=name, dims=tuple((n, s) for n, s in dims if n in used_dims), decls=gdecls, body=tuple(body),
+    # a size-1 model dim names no axis but stays declared: the shard pass reads the head counts off the dims
+    g = Graph(name=name, dims=tuple((n, s) for n, s in dims if n in used_dims or s == 1), decls=gdecls, body=tuple(body),
               outputs=tuple(outputs), attrs=tuple(sorted(attrs.items())))
     for op, _ in g.walk():
         op.verify()

@@ -136,7 +136,7 @@ def _heads(graph: Graph) -> tuple[int | None, int | None]:
     """(attention heads, KV heads) from the graph's dims (q or g*r or hq/d; g or hk/d)."""
     q, g, r, d = (_int_size(graph, n) for n in ("q", "g", "r", "d"))
     hq, hk = _int_size(graph, "hq"), _int_size(graph, "hk")
-    heads = q if q else (g * r if g and r else (hq // d if hq and d else None))
+    heads = q or (g * (r or 1) if g else (hq // d if hq and d else None))  # no r: as many heads as KV heads
     kv = g if g else (hk // d if hk and d else None)
     return heads, kv
 
