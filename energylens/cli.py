@@ -482,12 +482,11 @@ def compile_cmd(
                  f"InferenceWrapperConfig: {json.dumps(ex.inference_wrapper)}"]
         if ex.tp_comm_overlap_cfg:
             lines.append(f"tp_comm_overlap_cfg (YAML for --tp-comm-overlap-cfg): {json.dumps(ex.tp_comm_overlap_cfg)}")
-        if ex.gpu_clock_command:
-            from energylens.export.plan import on_each_node
+        from energylens.export.plan import clock_note
 
-            on = on_each_node(ex.node_gpus)
-            lines.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a Megatron setting: lock it first with "
-                         f"`{ex.gpu_clock_command}`{on} (needs root)")
+        clock = clock_note(plan.to_spec(), "a Megatron setting")
+        if clock is not None:
+            lines.append(clock)
         lines += [f"note: {note}" for note in ex.notes]
         print("\n".join(f"# {line}" for line in lines), file=sys.stderr)
     if plot:  # after the plan is printed, so a failed write does not lose it; .png added to a bare name

@@ -181,7 +181,8 @@ def test_cli_compile_export_megatron_says_how_many_ranks_to_launch():
     plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=8), workload=el.Workload(batch=4, prompt_len=512,
                                                                                        output_len=128))
     assert plan.gpu_clock_mhz is not None  # the same search locks a clock: it is printed, not dropped
-    assert f"# GPU clock {plan.gpu_clock_mhz} MHz" in r.stderr and "-lgc" in r.stderr
+    assert f"# GPU clock {plan.gpu_clock_mhz} MHz is not a Megatron setting" in r.stderr
+    assert "-lgc" in r.stderr and "undo with `nvidia-smi" in r.stderr  # the same wording as vLLM's note
 
 
 def test_chosen_plan_off_the_itl_frontier_is_still_shown():

@@ -13,7 +13,7 @@ from energylens.typing import Parallel, Record
 if TYPE_CHECKING:
     from energylens.models import ModelSpec
 
-__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec", "node_gpus", "on_each_node"]
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec", "clock_note", "node_gpus", "on_each_node"]
 
 QUANTIZATIONS: tuple[str, ...] = ("fp8",)
 """Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
@@ -120,6 +120,16 @@ def on_each_node(per_node: tuple[int, ...]) -> str:
         return ""
     last = "" if per_node[-1] == per_node[0] else f" (GPUs 0-{per_node[-1] - 1} only on the last)"
     return f" on each of the {len(per_node)} nodes{last}"
+
+
+def clock_note(plan: PlanLike, engine: str) -> str | None:
+    """The note that the plan's GPU clock is not a setting of ``engine`` ("a vLLM argument", "a
+    Megatron setting") and the commands that lock and unlock it; None at the default clock."""
+    clock = clock_commands(plan)
+    if clock is None:
+        return None
+    return (f"GPU clock {plan.gpu_clock_mhz} MHz is not {engine}: lock it before serving with `{clock[0]}`"
+            f"{on_each_node(node_gpus(plan))} (needs root; undo with `{clock[1]}`)")
 
 
 def model_spec(plan: PlanLike) -> ModelSpec | None:

@@ -57,7 +57,7 @@ from typing import Any, Literal, overload
 from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import InvalidWorkloadError
-from energylens.export.plan import PlanLike, check_plan, clock_commands, node_gpus, on_each_node
+from energylens.export.plan import PlanLike, check_plan, clock_note, node_gpus
 
 __all__ = [
     "VLLM_VERSION",
@@ -122,11 +122,9 @@ def vllm_notes(plan: PlanLike) -> list[str]:
             "--nnodes/--node-rank/--master-addr; data-parallel replicas with --data-parallel-size-local, "
             "--data-parallel-start-rank and --data-parallel-address); the vllm serve line is the whole plan's, "
             "to adapt per node")
-    clock = clock_commands(plan)
+    clock = clock_note(plan, "a vLLM argument")
     if clock is not None:
-        on = on_each_node(per_node)
-        notes.append(f"GPU clock {plan.gpu_clock_mhz} MHz is not a vLLM argument: lock it before serving with "
-                     f"`{clock[0]}`{on} (needs root; undo with `{clock[1]}`)")
+        notes.append(clock)
     if plan.comm_sms is not None:
         notes.append(
             f"comm_sms={plan.comm_sms} not applied: vLLM {VLLM_VERSION} has no setting that gives SMs to "
