@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -89,15 +90,17 @@ def test_gqa_keeps_kv_heads() -> None:
     assert scores.operands[1].type.dims == ("B", "g", "K", "d")  # K is not repeated
 
 
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 16), (4, 1, 16), (1, 1, 64)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 16), (4, 1, 16), (1, 1, 64), (8, 8, 8)])
 @pytest.mark.parametrize("make", [tiny_llama_config, tiny_qwen3_config])
 def test_mha_mqa_and_one_head_trace_and_check_tp(make, heads: int, kv_heads: int, head_dim: int) -> None:
-    """MHA (no KV group), MQA (one KV head: a size-1 dim) and a single head (head_dim = hidden) trace
-    with the module's parameter count, and tp is checked against the attention heads."""
+    """MHA (no KV group; also with head_dim = KV heads), MQA (one KV head: a size-1 dim) and a single
+    head (head_dim = hidden) trace with the module's parameter count, tp is checked against the
+    attention heads, and a valid tp splits the query heads (the einsum FLOPs stay those of tp=1 but
+    for MQA's one KV head, copied to every GPU as vLLM does)."""
     import torch
     import transformers
 
-    from energylens.passes.shard import Shard, valid_tp_values
+    from energylens.passes.shard import Shard, local_dim_sizes, mesh_of, valid_tp_values
 
     cfg = make() | {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim}
     hf_cfg = transformers.AutoConfig.for_model(**cfg)
@@ -106,8 +109,16 @@ def test_mha_mqa_and_one_head_trace_and_check_tp(make, heads: int, kv_heads: int
     g = trace_model(cfg, cache=False).decode
     assert param_count(g) == expected
     assert valid_tp_values(g, 8) == [t for t in (1, 2, 4, 8) if heads % t == 0]
-    with pytest.raises(ShardingError, match=rf"tp=8 does not divide the model's {heads} attention heads"):
-        Shard(tp=8)(g)
+    with pytest.raises(ShardingError, match=rf"tp={2 * heads} does not divide the model's {heads} attention heads"):
+        Shard(tp=2 * heads)(g)
+    def q_flops(graph) -> float:  # per GPU
+        sizes, mesh = graph.bind(B=4, S=1, K=64), mesh_of(graph)
+        return sum(math.prod(local_dim_sizes(op, sizes, mesh)[d] for d in op.all_dims) for op, _ in graph.walk()
+                   if isinstance(op, Einsum) and op.source.module.endswith("q_proj"))
+
+    tp = max(valid_tp_values(g, 8))
+    sharded = Shard(tp=tp)(g)
+    assert q_flops(sharded) == pytest.approx(q_flops(g) / tp)  # per GPU: the query heads are split
 
 
 def test_fp8_weights() -> None:

@@ -185,12 +185,22 @@ def test_transformers5_qwen3_moe_config_names_experts_num_local_experts() -> Non
     ("mlp_only_layers", [0, 1], r"mlp_only_layers \[0, 1\].*must be \[\]"),
     ("decoder_sparse_step", 2, r"decoder_sparse_step 2.*must be 1"),
     ("num_experts_per_tok", 9, r"num_experts_per_tok 9 exceeds num_experts 8.*1\.\.8"),
+    ("num_local_experts", 16, r"num_experts 8 and num_local_experts 16 disagree"),
 ])
 def test_moe_layers_must_all_be_moe(field: str, value, match: str) -> None:
     from energylens.testing import tiny_qwen3_moe_config
 
     with pytest.raises(ConfigError, match=match):  # one traced layer would silently price them all as it
         load_config(tiny_qwen3_moe_config() | {field: value})
+
+
+def test_one_expert_is_refused_and_moe_keys_of_a_dense_family_ignored() -> None:
+    from energylens.testing import tiny_llama_config, tiny_qwen3_moe_config
+
+    with pytest.raises(ConfigError, match=r"num_experts 1 is not a mixture of experts; it must be >= 2"):
+        load_config(tiny_qwen3_moe_config() | {"num_experts": 1, "num_experts_per_tok": 1})
+    stray = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+    assert not load_config(tiny_llama_config() | stray).is_moe  # transformers builds it dense, so is it priced
 
 
 def test_layer_types_must_be_uniform_full_attention() -> None:

@@ -477,9 +477,11 @@ def _lower(ep: Any, spec: ModelSpec | None, phase: str, sizes: list[tuple[str, i
                                param_dtype(hf, _dtype(node)), "param", inreg)
                 lw.refs[node] = Ref(v, axes, v.type.dtype)
             elif node in caches:
-                # a layer's KV cache: [B, g, K, d]
+                # a layer's KV cache: [B, g, K, d], named by position (g and d may have one size)
                 shape = _shape(node)
-                axes = lw.axes_by_size(shape, prefer=("B", "g", "K", "d"))
+                axes = (tuple(() if s == 1 else (lw.atom(s, prefer=(role,)),)
+                              for s, role in zip(shape, ("B", "g", "K", "d"), strict=True))
+                        if len(shape) == 4 else lw.axes_by_size(shape))
                 which = "key" if sum(1 for c in caches if c.name < node.name) % 2 == 0 else "value"
                 v = lw.declare(f"model.layers.self_attn.{which}_cache" if region else f"{which}_cache",
                                tuple(a for ax in axes for a in ax), cache_dtype or _dtype(node), "cache", region)

@@ -77,7 +77,7 @@ class ModelSpec:
 
     @property
     def is_moe(self) -> bool:
-        return bool(self.get("num_experts"))
+        return self.family == "qwen3_moe"  # MoE keys in a dense family's config are not its layers
 
     @property
     def fp8_moe_refine(self) -> bool:
@@ -314,6 +314,13 @@ def _check(config: Any, where: str) -> str:
 
 def _check_moe(d: dict[str, Any], where: str) -> None:
     k, e = d["num_experts_per_tok"], _field(d, "num_experts")
+    local = d.get(_ALIASES["num_experts"])
+    if local is not None and local != e:
+        raise ConfigError(f"model config {where}: num_experts {e} and num_local_experts {local} disagree; "
+                          "give one expert count")
+    if e < 2:
+        raise ConfigError(f"model config {where}: num_experts {e} is not a mixture of experts; it must be >= 2 "
+                          "(a one-expert model is a dense qwen3 model)")
     if k > e:
         raise ConfigError(f"model config {where}: num_experts_per_tok {k} exceeds num_experts {e}; "
                           f"it must be 1..{e}")

@@ -388,6 +388,8 @@ class _Sharder:
                 s[d] = "tp"
                 if self.kv and tp > self.kv and "r" in dims:  # KV heads replicated: split the group too
                     s["r"] = "tp"
+            elif d == "r" and self.kv == 1:  # one KV head (a size-1 g names no axis): the group splits
+                s[d] = "tp"
             elif d == "hk" and self.kv and tp <= self.kv:     # flattened KV heads: replicated when tp > kv
                 s[d] = "tp"
             elif d == "v" and decl.role == "param":  # vocab-parallel embedding / lm_head: vLLM pads
