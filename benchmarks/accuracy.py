@@ -7,7 +7,9 @@ energy per output token. Prints a per-row table, the skipped rows with their rea
 predicted despite the memory check (a measured run held a batch whose private KV caches would not
 fit: vLLM's prefix cache shares the blocks of multi-turn prompts; they are priced with
 ``el.estimate(..., check_memory=False)`` and marked ``*`` in the table), and ends with exactly one
-line ``MAPE itl=X% power=Y% energy_per_token=Z% rows=N skipped=M``.
+line ``MAPE itl=X% power=Y% energy_per_token=Z% rows=N skipped=M``. A row's batch is its measured
+running batch (``avg_batch_size``), so it is priced as held (``check_memory=False``) also where the
+KV cache would otherwise run fewer sequences at the workload's mean context.
 
 Dev-set error (profiles fitted on the same file)::
 
@@ -163,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prof = mlenergy_profile(r.gpu_model, profiles)  # ML.ENERGY v3.0's engine, vLLM 0.11.1
                 try:
                     est = el.estimate(*args_, profile=prof)
+                    if est.serving.kv_limited:  # the run held its measured batch: price that batch
+                        est = el.estimate(*args_, profile=prof, check_memory=False)
                 except DoesNotFitError as exc:
                     # the run held this batch (its measured avg_batch_size): vLLM's prefix cache shares
                     # the KV blocks of multi-turn prompts, which the memory estimate does not see. Weights

@@ -222,9 +222,10 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     ``check_memory=False`` prices the plan even when ``est.memory`` exceeds the GPU (instead of
     raising ``DoesNotFitError``): for comparing with a measured run whose engine held that batch
     anyway, e.g. vLLM with prefix caching sharing the KV blocks of multi-turn prompts, which this
-    memory estimate (one private KV cache per sequence) does not see. The serving view still caps
-    the mean KV length at the cache's capacity (``serving.kv_capacity_tokens``); ``est.memory``
-    reports the unshared need.
+    memory estimate (one private KV cache per sequence) does not see. The serving view then takes
+    ``batch`` as held (not cut to what the KV cache holds, as it is otherwise: ``est.serving.batch``)
+    and caps the mean KV length at the cache's capacity (``serving.kv_capacity_tokens``);
+    ``est.memory`` reports the unshared need.
 
     Raises ``ShardingError`` for an impossible plan (tp not dividing the heads, ep not dividing the
     experts, more GPUs than the cluster has), ``DoesNotFitError`` when a GPU's share does not fit in
@@ -282,7 +283,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
         memory=mem,
         ops=tuple(_op_rows("prefill", pre_ops, n) + _op_rows("decode", dec_ops, n)),
         serving=serving_estimate(prefill_g, decode_g, workload, gpu, prof, num_gpus=n, price=price,
-                                 replicas=parallel.dp, lockstep=decode_g.has_experts),
+                                 replicas=parallel.dp, lockstep=decode_g.has_experts, hold_batch=not check_memory),
         profile=prof.provenance.summary(prof.gpu) + ("" if prof.gpu == gpu.name else f", applied to {gpu.name}"),
         graphs=PlanGraphs(pipeline=pipeline_text(parallel, fused, routing, overlap), prefill=prefill_g, decode=decode_g),
         clock_mhz=clock_mhz,

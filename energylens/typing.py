@@ -282,7 +282,8 @@ class ServingEstimate(Record):
     """Steady-state continuous batching with chunked prefill (as vLLM serves), per plan.
 
     ``batch`` is the sequences that run: the workload's, or fewer where prefilling new prompts
-    cannot keep it full (``costmodel.serving.running_batch``).
+    cannot keep it full or the KV cache cannot hold it (``kv_limited``: vLLM preempts the rest;
+    ``costmodel.serving.running_batch``).
 
     Each decode step of ``batch`` sequences also carries on average ``prefill_tokens_per_step``
     prefill tokens (``batch * prefill_len / output_len``: ``Workload.prefill_len``; with dp replicas, over all of them, each
@@ -308,6 +309,9 @@ class ServingEstimate(Record):
     #: share of the ``batch`` running sequences that yield a token each step (1 unless a prompt is
     #: longer than the step's token budget: ``costmodel.serving.served_share``)
     served_share: float = 1.0
+    #: whether the KV cache, not prefill, keeps ``batch`` below the workload's (its capacity holds
+    #: no more sequences at the running batch's mean context)
+    kv_limited: bool = False
 
     @property
     def output_tokens_per_s(self) -> float:

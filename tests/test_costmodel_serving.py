@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from energylens.costmodel.serving import (
@@ -43,6 +45,34 @@ def test_running_batch_is_length_biased_and_capped_by_kv_capacity():
     assert serving_context_len(fixed) == pytest.approx(800)  # prompt + output/2
     assert serving_context_len(spread) == pytest.approx(1000)  # long requests hold slots longer
     assert serving_context_len(spread, kv_capacity=4000) == pytest.approx(500)  # 8 seqs share 4000 tokens
+
+
+def test_kv_capacity_limits_the_running_batch_not_the_context():
+    """A running sequence's KV stays until it finishes, so vLLM preempts what the cache cannot hold:
+    fewer sequences run at their mean context (the context of a sequence does not shrink)."""
+    wl = Workload(batch=8, prompt_len=600, output_len=400)  # mean context 1000 tokens
+    assert running_batch(wl, kv_capacity=8000) == 8
+    assert running_batch(wl, kv_capacity=5500) == 5
+    assert running_batch(wl, replicas=2, kv_capacity=5500) == 4  # 2 replicas of 2750 tokens: 2 each
+    assert running_batch(wl, kv_capacity=10.0) == 1  # one sequence always runs (memory checks it fits)
+
+
+def test_estimate_runs_what_the_kv_cache_holds_unless_told_the_batch_was_held():
+    import energylens as el
+    from energylens.costmodel.hardware import get_gpu
+    from energylens.costmodel.plan import plan_graph
+    from energylens.costmodel.serving import kv_capacity_tokens
+    from energylens.frontends.hf import trace_model
+
+    model, gpu = "meta-llama/Llama-3.1-8B-Instruct", el.Cluster("H100-SXM")
+    wl = el.Workload(batch=224, prompt_len=1024, output_len=2048)  # fits at prompt + output/2, not at its
+    cap = kv_capacity_tokens(plan_graph(trace_model(model).decode), get_gpu("H100-SXM"))  # mean context
+    est = el.estimate(model, gpu, wl)
+    assert est.serving.kv_limited and est.serving.batch == int(cap // wl.serving_context_len) < 224
+    fits = el.estimate(model, gpu, dataclasses.replace(wl, batch=est.serving.batch)).serving
+    assert not fits.kv_limited and fits.energy_per_output_token_j == pytest.approx(est.serving.energy_per_output_token_j)
+    held = el.estimate(model, gpu, wl, check_memory=False).serving  # a measured run held 224
+    assert held.batch == 224 and not held.kv_limited
 
 
 def test_output_len_cv_is_validated():

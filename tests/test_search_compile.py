@@ -202,7 +202,8 @@ def test_ties_in_energy_go_to_the_larger_batch():
 
     cols = {k: np.zeros(3) for k in ("tp", "ep", "comm_sms", "clock_mhz", "ttft_s", "prefill_energy_per_token_j",
                                      "power_w", "memory_bytes", "fused")}
-    cols.update(dp=np.array([1, 2, 1]), batch=np.array([104, 208, 96]), itl_s=np.array([0.024, 0.024, 0.023]),
+    cols.update(dp=np.array([1, 2, 1]), batch=np.array([104, 208, 96]), running=np.array([104, 208, 96]),
+                itl_s=np.array([0.024, 0.024, 0.023]),
                 energy_per_token_j=np.array([1.0, 1.0 + 1e-12, 1.01]))
     space = SearchSpace(cols, 3, 2, 0.0)
     assert _choose(space, el.SLO(itl_ms=25), "energy") == 1
@@ -214,6 +215,22 @@ def test_batches_prefill_cannot_fill_tie_to_the_smallest():
     plan = el.compile("Qwen/Qwen3-0.6B", el.Cluster("H100-SXM", num_gpus=1),
                       workload=el.Workload(batch=12000, prompt_len=64, output_len=64), slo=el.SLO(itl_ms=1000))
     assert plan.estimate.serving.batch == plan.batch == 8192 * 64 // (64 + 64)
+
+
+def test_batches_the_kv_cache_cannot_hold_are_not_chosen_nor_priced_as_running():
+    """Beyond what the KV cache holds at the mean context vLLM preempts: a larger max_num_seqs runs
+    no more sequences, so the search prices what runs and picks no more than that."""
+    wl = el.Workload(batch=224, prompt_len=1024, output_len=2048)
+    plan = el.compile("meta-llama/Llama-3.1-8B-Instruct", el.Cluster("H100-SXM", num_gpus=1), workload=wl)
+    asked = el.estimate("meta-llama/Llama-3.1-8B-Instruct", el.Cluster("H100-SXM"), wl).serving
+    assert asked.kv_limited and asked.batch < 224
+    # the smallest searched max_num_seqs that runs as many as fit (the batch grid is not every integer)
+    assert plan.estimate.serving.batch == asked.batch <= plan.batch < 224
+    c = plan.space.cols
+    assert (c["running"] <= c["batch"]).all() and (c["running"] < c["batch"]).any()
+    from energylens.search.report import serving_label
+
+    assert "the KV cache holds no more" in serving_label(wl, asked)
 
 
 def test_vectorised_prices_equal_scalar_estimate_when_the_median_step_prefills():

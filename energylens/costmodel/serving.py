@@ -123,20 +123,24 @@ MAX_MIXTURE_ENTRIES = 16
 
 
 def running_batch(workload: Workload, replicas: int = 1,
-                  max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS) -> int:
+                  max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS, kv_capacity: float = math.inf) -> int:
     """Sequences that run in steady state, over all ``replicas``: ``batch``, unless new prompts cannot
-    be prefilled as fast as requests finish. vLLM schedules the running decodes first and prefills
-    waiting requests with what the token budget leaves: a replica of ``b`` sequences retires
-    ``b / output_len`` requests a step and has ``budget - b`` tokens for their successors'
-    ``prefill_len`` each, so above ``budget * output_len / (output_len + prefill_len)`` sequences
-    the batch cannot stay full and settles there (every step then fills the budget).
+    be prefilled as fast as requests finish, or their KV does not fit. vLLM schedules the running
+    decodes first and prefills waiting requests with what the token budget leaves: a replica of
+    ``b`` sequences retires ``b / output_len`` requests a step and has ``budget - b`` tokens for
+    their successors' ``prefill_len`` each, so above ``budget * output_len / (output_len +
+    prefill_len)`` sequences the batch cannot stay full and settles there (every step then fills
+    the budget). And a running sequence's KV stays until it finishes, so no more run than
+    ``kv_capacity`` (tokens over the plan's GPUs, ``kv_capacity_tokens``) holds at the mean
+    context of the running batch (``Workload.serving_context_len``): vLLM preempts the others.
 
     >>> running_batch(Workload(batch=128, prompt_len=2048, output_len=16, output_len_cv=0))
     63
     >>> running_batch(Workload(batch=64, prompt_len=1024, output_len=256))
     64
     """
-    cap = max_num_batched_tokens * workload.output_len / (workload.output_len + workload.prefill_len)
+    cap = min(max_num_batched_tokens * workload.output_len / (workload.output_len + workload.prefill_len),
+              kv_capacity / replicas / workload.serving_context_len)
     if workload.batch / replicas <= cap:
         return workload.batch
     return replicas * max(1, math.floor(cap))
@@ -346,7 +350,7 @@ def step_cost(ops: Sequence[PricedOp], batch: float, profile: Profile) -> StepCo
 
 def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPUSpec, profile: Profile,
                      num_gpus: int = 1, price: Callable[..., list[PricedOp]] = price_graph,
-                     replicas: int = 1, lockstep: bool = False) -> ServingEstimate:
+                     replicas: int = 1, lockstep: bool = False, hold_batch: bool = False) -> ServingEstimate:
     """Median ITL, power and energy per output token of steady-state continuous batching.
 
     ``num_gpus``: GPUs of the plan; with a multi-GPU plan, ``price`` is its ``PlanPricer`` (costs
@@ -355,11 +359,18 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     ``lockstep``: the replicas step together (a MoE model's, whose expert layers span them): a step
     lasts as long as the busiest replica's (``lockstep_weights``), and the others wait at the power
     drawn during host overheads. The sequences that run are ``running_batch``'s (``batch`` unless
-    prefill cannot keep it full); ``ServingEstimate.batch`` is that number.
+    prefill cannot keep it full or the KV cache cannot hold it); ``ServingEstimate.batch`` is that
+    number. ``hold_batch``: ``batch`` is a measured running batch (a run that held it, e.g. with
+    prefix caching sharing KV blocks): it is not cut to the KV capacity; the mean KV length is
+    capped at the capacity instead (``serving_context_len``).
     """
-    workload = dataclasses.replace(workload, batch=running_batch(workload, replicas))
+    kv_cap = kv_capacity_tokens(decode, gpu)
+    asked = workload.batch
+    workload = dataclasses.replace(workload, batch=running_batch(workload, replicas,
+                                                                 kv_capacity=math.inf if hold_batch else kv_cap))
+    kv_limited = workload.batch < running_batch(dataclasses.replace(workload, batch=asked), replicas)
     share = served_share(workload, replicas)
-    ctx = serving_context_len(workload, kv_capacity_tokens(decode, gpu))
+    ctx = serving_context_len(workload, kv_cap)
 
     def cost(p: float) -> StepCost:
         ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile, price,
@@ -383,6 +394,7 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
         avg_power_w=mean_e / mean_t * num_gpus,
         energy_per_output_token_j=mean_e * num_gpus / (workload.batch * share),
         static_j_per_output_token=mean_static * num_gpus / (workload.batch * share), served_share=share,
+        kv_limited=kv_limited,
     )
 
 

@@ -40,7 +40,7 @@ from energylens.costmodel.clock import ClockModel, search_clocks
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.memory import kv_bytes_per_token, usable_bytes, weight_split
 from energylens.costmodel.profile import Profile, load_profile
-from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION, running_batch
+from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import (
     DoesNotFitError,
     EnergylensError,
@@ -117,8 +117,10 @@ class Pareto(Record):
         return self.rows[i]
 
 
-_COLS = ("tp", "ep", "dp", "fused", "batch", "comm_sms", "clock_mhz", "itl_s", "ttft_s", "energy_per_token_j",
-         "prefill_energy_per_token_j", "power_w", "memory_bytes")
+_METRICS = ("itl_s", "ttft_s", "energy_per_token_j", "prefill_energy_per_token_j", "power_w", "memory_bytes")
+#: columns of a SearchSpace: the knobs, "running" (the sequences serving runs of the batch:
+#: ``costmodel.serving.running_batch``) and the metrics of PlanPoint
+_COLS = ("tp", "ep", "dp", "fused", "batch", "running", "comm_sms", "clock_mhz", *_METRICS)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class SearchSpace:
         return PlanPoint(tp=int(c["tp"][i]), ep=int(c["ep"][i]), dp=int(c["dp"][i]), fused=bool(c["fused"][i]),
                          batch=int(c["batch"][i]), comm_sms=None if sms == 0 else sms,
                          clock_mhz=int(c["clock_mhz"][i]),
-                         **{k: float(c[k][i]) for k in _COLS[7:]})
+                         **{k: float(c[k][i]) for k in _METRICS})
 
     def frontier(self, x: str, y: str) -> Pareto:
         m = np.flatnonzero(pareto_mask(self.cols[x], self.cols[y]))
@@ -370,6 +372,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
         cols["dp"].append(np.full(len(bi), p.dp))
         cols["fused"].append(np.full(len(bi), v.fused))
         cols["batch"].append(np.asarray(batches)[bi])
+        cols["running"].append(np.asarray(r.extras["running"])[bi])  # what serving runs of each batch
         cols["comm_sms"].append(np.array([k or 0 for k in r.knobs.comm_sms])[ki])
         cols["clock_mhz"].append(np.asarray(clocks)[fi])
         for name, arr in (("itl_s", r.itl_s), ("ttft_s", r.ttft_s), ("energy_per_token_j", r.energy_per_token_j),
@@ -384,7 +387,7 @@ def search(traced: Any, gpu: GPUSpec, num_gpus: int, workload: Workload, profile
 # compile
 
 
-def _choose(space: SearchSpace, slo: SLO, objective: str, workload: Workload | None = None) -> int:
+def _choose(space: SearchSpace, slo: SLO, objective: str) -> int:
     c = space.cols
     ok = np.ones(len(space), dtype=bool)
     if slo.itl_ms is not None:
@@ -414,9 +417,7 @@ def _choose(space: SearchSpace, slo: SLO, objective: str, workload: Workload | N
     idx = idx[x <= x.min() * (1 + 1e-6)]
     y = c[secondary][idx]
     idx = idx[y <= y.min() * (1 + 1e-6)]
-    batch = c["batch"][idx]
-    running = batch if workload is None else np.array(
-        [running_batch(dataclasses.replace(workload, batch=int(b)), int(d)) for b, d in zip(batch, c["dp"][idx], strict=True)])
+    batch, running = c["batch"][idx], c["running"][idx]
     idx, batch = idx[running == running.max()], batch[running == running.max()]
     return int(idx[np.argmin(batch)])
 
@@ -463,7 +464,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
             f"needs {space.least_memory_bytes / 2**30:.1f} GiB per GPU (with room for one whole request's KV cache); "
             f"use more GPUs{'' if _quantization(traced) == 'fp8' else ', fp8 weights'} or a shorter context",
             required_bytes=space.least_memory_bytes, capacity_bytes=usable_bytes(gpu))
-    best = space.point(_choose(space, slo, objective, workload))
+    best = space.point(_choose(space, slo, objective))
     par = Parallel(tp=best.tp, ep=best.ep, dp=best.dp)
     wl = dataclasses.replace(workload, batch=best.batch)
     est = estimate(traced, Cluster(gpu.name, num_gpus=cluster.num_gpus, interconnect=interconnect), wl,

@@ -227,7 +227,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
     def ctx_of(b: int) -> float:
         return serving_context_len(_workload(workload, b), kv_cap)
 
-    running = [running_batch(_workload(workload, x), par.dp) for x in knobs.batches]  # what serving runs
+    running = [running_batch(_workload(workload, x), par.dp, kv_capacity=kv_cap) for x in knobs.batches]  # what runs
     pts = _serving_points(running, workload, ctx_of, par.dp, lockstep=variant.lockstep)
     batches = np.asarray(knobs.batches, dtype=float)
     s_len = float(workload.prompt_len)
@@ -269,7 +269,7 @@ def price_variant(variant: Variant, knobs: Knobs, workload: Workload, gpu: GPUSp
         ttft_s=t_pre, prefill_energy_per_token_j=e_pre * gpus / (batches[:, None, None] * s_len),
         memory_bytes=mem, fits=required <= usable_bytes(gpu), required_bytes=required,
         sms_ok=np.array([k is None or variant.has_tp_comm for k in knobs.comm_sms]),
-        extras={"points": len(b) + nb, "context_len": ctx_b})
+        extras={"points": len(b) + nb, "context_len": ctx_b, "running": run})
 
 
 # ---------------------------------------------------------------------------------------------
