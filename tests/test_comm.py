@@ -81,6 +81,19 @@ def test_links_and_trivial_cases() -> None:
     assert collective_time_s("all_reduce", 2**20, 1, GPU) == (0.0, "trivial")
 
 
+def test_beyond_a_node_any_link_is_infiniband_behind_the_gpus_pcie() -> None:
+    """More GPUs than a node holds (8) cross InfiniBand whatever the node's own link, and a GPU
+    reaches its HCA over its PCIe link: an A100 or L40S (PCIe Gen4, 32 GB/s) moves no faster."""
+    big = 2**30
+    assert collective_time_s("all_reduce", big, 16, "L40S", "pcie") == collective_time_s("all_reduce", big, 16, "L40S", "ib")
+    with pytest.raises(EstimateError, match="L40S has no NVLink"):  # refused at any size, not only within a node
+        collective_time_s("all_reduce", big, 16, "L40S", "nvlink")
+    slope = {g: (collective_time_s("all_gather", 2 * big, 16, g, "ib")[0] - collective_time_s("all_gather", big, 16, g, "ib")[0])
+             for g in ("A100-SXM-80GB", "H100-SXM")}
+    assert slope["A100-SXM-80GB"] == pytest.approx(15 / 16 * big / 32e9)  # its PCIe link, not the 50 GB/s HCA
+    assert slope["H100-SXM"] == pytest.approx(15 / 16 * big / 50e9)  # Gen5 (64 GB/s): the HCA limits
+
+
 def test_energy_parts() -> None:
     c = collective_cost("all_reduce", 32 * 2**20, 2, GPU)
     assert c.energy_j == pytest.approx(c.power_w * c.time_s * 2)

@@ -94,7 +94,7 @@ def _bus_factor(fn: str, n: int) -> float:
         return 1.0
     return (n - 1) / n
 
-#: GPUs in one NVLink domain (an HGX/DGX node); larger groups are priced over InfiniBand.
+#: GPUs in one node (an HGX/DGX NVLink domain, or a PCIe host); larger groups are priced over InfiniBand.
 GPUS_PER_NODE = 8
 #: Largest all-reduce vLLM hands to its own kernels (``CustomAllreduce``'s default ``max_size``);
 #: larger ones go to NCCL.
@@ -194,13 +194,13 @@ def collective_time_s(fn: str, bytes_: float, num_gpus: int, gpu: str,
     if num_gpus == 1 or bytes_ == 0:
         return 0.0, "trivial"
     spec = get_gpu(gpu)
-    if interconnect == "nvlink" and num_gpus > GPUS_PER_NODE:  # beyond one NVLink node: the IB hop dominates
+    if interconnect == "nvlink" and spec.nvlink_bandwidth_bytes_per_s is None:
+        raise EstimateError(f"{spec.name} has no NVLink; use `--interconnect pcie` (interconnect='pcie' in Python; "
+                            f"valid for it: {', '.join(i for i in INTERCONNECTS if i != 'nvlink')})")
+    if num_gpus > GPUS_PER_NODE:  # beyond one node (its NVLink domain or PCIe host): the IB hop dominates
         interconnect = "ib"
     if interconnect != "nvlink" or fn == "send_recv":
         return _link_time_s(fn, bytes_, num_gpus, spec, interconnect), "alpha_beta_link"
-    if spec.nvlink_bandwidth_bytes_per_s is None:
-        raise EstimateError(f"{spec.name} has no NVLink; use `--interconnect pcie` (interconnect='pcie' in Python; "
-                            f"valid for it: {', '.join(i for i in INTERCONNECTS if i != 'nvlink')})")
     profile = comm_profile(_profile_key(spec))
     tables = profile["tables"][fn]
     entry = tables.get(str(num_gpus))
@@ -228,8 +228,8 @@ def _nccl_time_s(entry: dict[str, Any], bytes_: float) -> tuple[float, str]:
 
 
 def _link_time_s(fn: str, bytes_: float, n: int, spec: GPUSpec, interconnect: str) -> float:
-    if interconnect == "ib":
-        bw, alpha = _IB_BYTES_PER_S, _IB_ALPHA_S * math.ceil(math.log2(n))
+    if interconnect == "ib":  # GPUDirect RDMA: a GPU's traffic also crosses its own PCIe link to the HCA
+        bw, alpha = min(_IB_BYTES_PER_S, spec.pcie_bandwidth_bytes_per_s), _IB_ALPHA_S * math.ceil(math.log2(n))
     elif interconnect == "pcie":
         bw, alpha = spec.pcie_bandwidth_bytes_per_s, 10e-6 * (n - 1)
     else:  # send_recv over NVLink: the 2-GPU all_gather's latency, datasheet bandwidth
