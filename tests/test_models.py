@@ -194,6 +194,13 @@ def test_moe_layers_must_all_be_moe(field: str, value, match: str) -> None:
         load_config(tiny_qwen3_moe_config() | {field: value})
 
 
+def test_only_silu_gating_is_priced() -> None:
+    from energylens.testing import tiny_llama_config
+
+    with pytest.raises(ConfigError, match=r"hidden_act 'gelu' is not supported; it must be 'silu'"):
+        load_config(tiny_llama_config() | {"hidden_act": "gelu"})
+
+
 def test_one_expert_is_refused_and_moe_keys_of_a_dense_family_ignored() -> None:
     from energylens.testing import tiny_llama_config, tiny_qwen3_moe_config
 

@@ -295,6 +295,9 @@ def _check(config: Any, where: str) -> str:
         if d.get(bias):
             raise ConfigError(f"model config {where}: {bias}=true is not supported (the supported "
                               f"{', '.join(_FAMILIES)} checkpoints have none); it must be false")
+    act = d.get("hidden_act", "silu")
+    if act != "silu":  # vLLM's Llama and Qwen MLPs run SiLU gating only (they raise on any other)
+        raise ConfigError(f"model config {where}: hidden_act {act!r} is not supported; it must be 'silu'")
     optional = ("head_dim", "num_key_value_heads")
     if mt == "qwen3_moe":
         for key in _MOE_FIELDS:
