@@ -338,8 +338,12 @@ def test_qwen_sliding_window_only_from_max_window_layers() -> None:
     base = config_dict(load_config("Qwen/Qwen3-0.6B").config)
     n = base["num_hidden_layers"]
     load_config({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": n})
-    with pytest.raises(ConfigError, match="sliding-window attention is not modelled"):
+    with pytest.raises(ConfigError, match=rf"max_window_layers 0 < num_hidden_layers {n}.*sliding-window attention is not modelled"):
         load_config({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 0})
+    moe = config_dict(load_config("Qwen/Qwen3-30B-A3B-Instruct-2507").config)  # its configs have no max_window_layers
+    with pytest.raises(ConfigError, match=r"use_sliding_window with sliding_window 4096 is not supported"):
+        load_config({**{k: v for k, v in moe.items() if k != "max_window_layers"}, "use_sliding_window": True,
+                     "sliding_window": 4096})
 
 
 def test_unsupported_quantization_names_the_file_it_is_in(tmp_path) -> None:

@@ -358,7 +358,9 @@ def _check_layers(d: dict[str, Any], where: str) -> None:
         sliding = bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None and (
             d.get("max_window_layers", 0) < n)
     if sliding:  # the IR prices attention over the whole KV length
-        got = f"layer_types {types[0]!r}" if types else "use_sliding_window with max_window_layers < num_hidden_layers"
+        got = (f"layer_types {types[0]!r}" if types else
+               f"use_sliding_window with max_window_layers {d['max_window_layers']} < num_hidden_layers {n}"
+               if "max_window_layers" in d else f"use_sliding_window with sliding_window {d['sliding_window']}")
         raise ConfigError(f"model config {where}: {got} is not supported; only full_attention layers are "
                           "(sliding-window attention is not modelled)")
 
