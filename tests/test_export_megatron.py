@@ -206,7 +206,7 @@ def test_tp_comm_overlap_with_sms() -> None:
     no_sp = plan(tp=8, comm_sms=16)
     assert to_megatron(no_sp)["tp_comm_overlap"] is False
     assert megatron_extras(no_sp).tp_comm_overlap_cfg is None
-    assert "sequence parallelism" in megatron_extras(no_sp).notes[0]
+    assert any("comm_sms=16 not applied" in n and "sequence parallelism" in n for n in megatron_extras(no_sp).notes)
 
 
 def test_ep_overlap_sms_are_a_note_not_deepep() -> None:
@@ -264,7 +264,7 @@ def test_fusion_fp8_limits_and_clock() -> None:
     }
     assert ex.gpu_clock_command == "nvidia-smi -i 0 -lgc 1200,1200"
     # AMD: performance-determinism mode caps the graphics clock
-    assert megatron_extras(plan(gpu="MI300X", gpu_clock_mhz=1500)).gpu_clock_command == "rocm-smi --setperfdeterminism 1500"
+    assert megatron_extras(plan(gpu="MI300X", gpu_clock_mhz=1500)).gpu_clock_command == "rocm-smi -d 0 --setperfdeterminism 1500"
     assert ex.to_dict()["world_size"] == 1
 
 
@@ -308,3 +308,18 @@ def test_ranks_over_several_nodes_launch_per_node() -> None:
     # split of 6 + 6 would put a tp group across the nodes)
     odd = megatron_extras(plan(tp=4, dp=3, model="meta-llama/Llama-3.1-70B-Instruct"))
     assert odd.node_gpus == (8, 4) and "--nproc-per-node 8 on each node (4 on the last)" in odd.launch
+
+
+def test_block_fp8_recipe_only_where_te_has_block_scaled_gemms() -> None:
+    """Transformer Engine's block-scaled fp8 GEMMs need compute capability 9.0: an L40S (8.9) or an
+    AMD GPU gets per-tensor scaling, and a note says why."""
+    for gpu, recipe in (("H100-SXM", "blockwise"), ("L40S", "tensorwise"), ("MI300X", "tensorwise")):
+        spec = plan(tp=2, model="Qwen/Qwen3-32B-FP8", gpu=gpu, quantization="fp8")
+        assert to_megatron(spec)["fp8_recipe"] == recipe
+        notes = megatron_extras(spec).notes
+        assert any("block-scaled GEMMs" in n for n in notes) == (recipe == "tensorwise")
+
+
+def test_moe_experts_tensor_parallel_without_ep_say_megatron_repeats_them() -> None:
+    assert any("dispatches the whole batch" in n for n in megatron_extras(plan(tp=8)).notes)
+    assert not any("dispatches the whole batch" in n for n in megatron_extras(plan(tp=8, ep=8)).notes)

@@ -273,3 +273,33 @@ def test_a_plan_over_several_nodes_says_how_to_launch_it_and_locks_each_node() -
     odd = vllm_notes(plan(tp=4, dp=3, model="meta-llama/Llama-3.1-70B-Instruct", gpu_clock_mhz=990))
     assert any("span 2 nodes of 8 (8 + 4 GPUs" in n for n in odd)
     assert any("on each of the 2 nodes (GPUs 0-3 only on the last)" in n for n in odd)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(model="meta-llama/Llama-3.1-70B-Instruct", tp=3), r"tp=3 does not suit .*64 attention heads, 8 KV heads"),
+    (dict(tp=1, dp=6, ep=6), r"ep=6 does not divide the 128 experts"),
+    (dict(model="meta-llama/Llama-3.1-8B-Instruct", tp=8, ep=8), r"ep=8 but .* has no experts"),
+])
+def test_exports_check_the_plan_against_the_model(kw, match: str) -> None:
+    """A hand-written plan the model cannot run is refused as estimate refuses it, by both exporters."""
+    from energylens.export import to_megatron
+
+    spec = plan(**kw)
+    for export in (el.export.to_vllm, to_megatron):
+        with pytest.raises(ShardingError, match=match):
+            export(spec)
+
+
+def test_exports_refuse_a_malformed_plan_with_a_typed_error() -> None:
+    from energylens.errors import InvalidTypeError
+
+    with pytest.raises(InvalidTypeError, match=r"plan.parallel must be an energylens Parallel, got \(1, 1, 1\)"):
+        el.export.to_vllm(dataclasses.replace(plan(), parallel=(1, 1, 1)))
+    with pytest.raises(InvalidTypeError, match=r"plan.model must be a model id or config path, got None"):
+        el.export.to_vllm(dataclasses.replace(plan(), model=None))
+
+
+@pytest.mark.parametrize("bad", [True, 0, 1.5, "0.9"])
+def test_gpu_memory_utilization_must_be_a_share(bad) -> None:
+    with pytest.raises(InvalidWorkloadError, match=r"gpu_memory_utilization must be in \(0, 1\]"):
+        el.export.to_vllm(plan(), cli=True, gpu_memory_utilization=bad)

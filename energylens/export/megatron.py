@@ -137,7 +137,7 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     if plan.quantization == "fp8":
         spec = model_spec(plan)
         cfg["fp8"] = "e4m3"
-        cfg["fp8_recipe"] = "blockwise" if spec is not None and spec.fp8_block else "tensorwise"
+        cfg["fp8_recipe"] = "blockwise" if spec is not None and spec.fp8_block and _block_scaled_gemms(plan) else "tensorwise"
         cfg["fp8_param"] = True
     return cfg
 
@@ -212,9 +212,30 @@ def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
     return fewer, need, notes
 
 
+def _block_scaled_gemms(plan: PlanLike) -> bool:
+    """Whether Transformer Engine runs block-scaled fp8 GEMMs on the plan's GPU: NVIDIA compute
+    capability 9.0 or above (TE's ``_compute_fp8_block_scaling_support``; not on ROCm)."""
+    from energylens.costmodel.hardware import get_gpu
+
+    cc = get_gpu(plan.gpu).compute_capability
+    return cc is not None and tuple(int(x) for x in cc.split(".")) >= (9, 0)
+
+
 def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     """What Megatron-Core's inference cannot run as the plan was priced."""
     p, notes = plan.parallel, []
+    if cfg.get("fp8_recipe") == "tensorwise" and not _block_scaled_gemms(plan):
+        spec = model_spec(plan)
+        if spec is not None and spec.fp8_block:
+            notes.append(f"fp8_recipe tensorwise: the checkpoint's {'x'.join(map(str, spec.fp8_block))} weight "
+                         f"blocks need Transformer Engine's block-scaled GEMMs, which {plan.gpu} lacks (compute "
+                         "capability 9.0+), so its weights are scaled per tensor instead")
+    if "expert_model_parallel_size" in cfg and p.ep == 1 and p.tp > 1:
+        notes.append(f"experts tensor-parallel over {p.tp * p.dp} GPUs with ep=1: Megatron-Core's all-gather "
+                     "dispatcher assumes sequence-parallel tokens ([S/TP, B, H]), which its inference runs only "
+                     f"with ep > 1, so each of the {p.tp} tp ranks dispatches the whole batch ({p.tp} copies of the "
+                     "expert work the plan prices once, as vLLM runs it; Megatron refuses this setup in training); "
+                     "prefer ep = tp x dp for Megatron")
     if plan.sequence_parallel and not _moe_sequence_parallel(plan, "expert_model_parallel_size" in cfg):
         notes.append("sequence_parallel: Megatron-Core's inference runs it only in the MoE layers of a model "
                      "with tp > 1 and ep > 1 (TextGenerationController raises NotImplementedError otherwise)")

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from energylens.costmodel.comm import GPUS_PER_NODE
-from energylens.errors import InvalidWorkloadError, ShardingError
-from energylens.passes.shard import ep_size_error, expert_parallel_sizes
+from energylens.errors import InvalidTypeError, InvalidWorkloadError, ShardingError
+from energylens.passes.shard import ep_size_error, expert_parallel_sizes, tp_ok
 from energylens.typing import Parallel, Record
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
     and ``torchrun`` take (undo ``nvidia-smi -i ... -rgc``); the node's other GPUs keep their clocks.
     A plan over more than one node runs the command on each node, on the GPUs of a full one
     (``node_gpus``; a last node with fewer GPUs locks only those).
-    AMD: ``rocm-smi --setperfdeterminism F``, performance-determinism mode
+    AMD: ``rocm-smi -d 0 .. n-1 --setperfdeterminism F``, performance-determinism mode
     with F the highest graphics clock, which any other performance level ends (undo ``rocm-smi
     --setperflevel auto``).
     """
@@ -90,9 +90,11 @@ def clock_commands(plan: PlanLike) -> tuple[str, str] | None:
         return None
     from energylens.costmodel.hardware import get_gpu
 
+    n = node_gpus(plan)[0]
     if get_gpu(plan.gpu).vendor == "amd":
-        return f"rocm-smi --setperfdeterminism {f}", "rocm-smi --setperflevel auto"
-    ids = ",".join(str(i) for i in range(node_gpus(plan)[0]))
+        ids = " ".join(str(i) for i in range(n))
+        return f"rocm-smi -d {ids} --setperfdeterminism {f}", f"rocm-smi -d {ids} --setperflevel auto"
+    ids = ",".join(str(i) for i in range(n))
     return f"nvidia-smi -i {ids} -lgc {f},{f}", f"nvidia-smi -i {ids} -rgc"
 
 
@@ -162,8 +164,14 @@ def check_plan(plan: PlanLike) -> None:
     - ``tp x dp`` must equal ``num_gpus`` (every GPU of the plan serves the model once);
     - ``ep`` is 1 or ``tp x dp`` (vLLM's meaning, which the shard pass prices: experts spread over
       all tp x dp GPUs, or tensor-sharded over them);
-    - counts are positive integers, ``quantization`` is one of :data:`QUANTIZATIONS` or None.
+    - counts are positive integers, ``quantization`` is one of :data:`QUANTIZATIONS` or None;
+    - where the model's config can be read (``model_spec``), tp suits its heads and MLP width and
+      ep its experts (``estimate``'s rules; ep > 1 needs a MoE model).
     """
+    if not isinstance(plan.parallel, Parallel):
+        raise InvalidTypeError(f"plan.parallel must be an energylens Parallel, got {plan.parallel!r}")
+    if not isinstance(plan.model, str) or not plan.model.strip():
+        raise InvalidTypeError(f"plan.model must be a model id or config path, got {plan.model!r}")
     for name in ("num_gpus", "max_num_seqs", "max_model_len"):
         _positive(name, getattr(plan, name))
     for name in ("comm_sms", "gpu_clock_mhz", "kv_cache_tokens", "request_len"):
@@ -181,3 +189,16 @@ def check_plan(plan: PlanLike) -> None:
         raise InvalidWorkloadError(
             f"unknown quantization {plan.quantization!r}; valid: None, {', '.join(map(repr, QUANTIZATIONS))}"
         )
+    spec = model_spec(plan)
+    if spec is not None:
+        heads = spec.get("num_attention_heads")
+        kv, f = spec.get("num_key_value_heads") or heads, spec.get("intermediate_size")
+        if not tp_ok(p.tp, heads, kv) or f % p.tp:
+            raise ShardingError(f"tp={p.tp} does not suit {plan.model}: {heads} attention heads, {kv} KV heads, "
+                                f"MLP width {f} (tp must divide the heads and the width, and divide the KV heads "
+                                "or be a multiple of them)")
+        experts = spec.get("num_experts") if spec.is_moe else None
+        if p.ep > 1 and not experts:
+            raise ShardingError(f"ep={p.ep} but {plan.model} has no experts; use ep=1")
+        if experts and experts % p.ep:
+            raise ShardingError(f"ep={p.ep} does not divide the {experts} experts of {plan.model}")

@@ -168,7 +168,8 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     from energylens.costmodel.serving import MAX_NUM_BATCHED_TOKENS  # the priced chunked-prefill budget
 
     check_plan(plan)
-    if not 0 < gpu_memory_utilization <= 1:
+    if isinstance(gpu_memory_utilization, bool) or not isinstance(gpu_memory_utilization, (int, float)) or not (
+            0 < gpu_memory_utilization <= 1):
         raise InvalidWorkloadError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     p = plan.parallel
     args: dict[str, Any] = {

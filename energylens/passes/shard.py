@@ -85,6 +85,7 @@ __all__ = [
     "mesh_sizes",
     "mesh_of",
     "check_parallel",
+    "tp_ok",
     "valid_tp_values",
     "valid_ep_values",
     "expert_parallel_sizes",
@@ -147,7 +148,8 @@ def _num_experts(graph: Graph) -> int | None:
     return _int_size(graph, "e")
 
 
-def _tp_ok(tp: int, heads: int | None, kv: int | None) -> bool:
+def tp_ok(tp: int, heads: int | None, kv: int | None) -> bool:
+    """Whether vLLM splits ``heads`` attention heads (``kv`` KV heads) over ``tp`` GPUs."""
     if heads and heads % tp:
         return False
     # vLLM: tp divides the KV heads, or KV heads are replicated (tp a multiple of them).
@@ -192,7 +194,7 @@ def valid_tp_values(graph: Graph, up_to: int = 64) -> list[int]:
     heads, kv = _heads(graph)
     f = _int_size(graph, "f")
     return [t for t in range(1, up_to + 1)
-            if _tp_ok(t, heads, kv) and (not f or f % t == 0) and _fp8_block_problem(graph, t) is None]
+            if tp_ok(t, heads, kv) and (not f or f % t == 0) and _fp8_block_problem(graph, t) is None]
 
 
 def expert_parallel_sizes(tp: int, dp: int) -> tuple[int, ...]:
@@ -239,7 +241,7 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
                             f"use tp x dp <= {num_gpus}")
     heads, kv = _heads(graph)
     valid_tp = ", ".join(map(str, valid_tp_values(graph, up_to=num_gpus or 64)))
-    if not _tp_ok(tp, heads, kv):
+    if not tp_ok(tp, heads, kv):
         what = f"{heads} attention heads" + (f" and {kv} KV heads" if kv else "")
         raise ShardingError(
             f"tp={tp} does not divide the model's {what} "
