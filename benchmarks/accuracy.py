@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -87,16 +88,31 @@ def _pct(pred: float, meas: float) -> float:
     return (pred / meas - 1.0) * 100.0
 
 
+def _same_model(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+def _priceable(row: Any) -> bool:
+    """Whether the row's checkpoint is known (a row of another model family cannot be fitted on)."""
+    from energylens.models import load_config
+
+    try:
+        load_config(row.priced_model())
+    except EnergylensError:
+        return False
+    return True
+
+
 def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console: Console) -> None:
-    train = [r for r in rows if r.model_id != holdout and row_skip_reason(r) is None]
+    train = [r for r in rows if not _same_model(r.model_id, holdout) and row_skip_reason(r) is None and _priceable(r)]
     gpus = sorted({get_gpu(r.gpu_model).name for r in train})
-    for gpu in sorted({g.name for r in rows if r.model_id == holdout and (g := gpu_or_none(r.gpu_model))} - set(gpus)):
+    held = [r for r in rows if _same_model(r.model_id, holdout)]
+    for gpu in sorted({g.name for r in held if (g := gpu_or_none(r.gpu_model))} - set(gpus)):
         console.print(f"[yellow]{gpu}: no single-GPU rows of the other models to fit on; the held-out rows on it "
                       "use its datasheet prior (profile.prior_profile)[/]")
     for gpu in gpus:
         try:
-            prof = fit_gpu_profile(gpu, [r for r in rows if r.model_id != holdout], resolve_model,
-                                   data_label=f"{data} without {holdout} (held-out fit)")
+            prof = fit_gpu_profile(gpu, train, resolve_model, data_label=f"{data} without {holdout} (held-out fit)")
         except EnergylensError as exc:
             console.print(f"[yellow]no held-out fit for {gpu}: {exc}; it uses its datasheet default[/]")
             continue
@@ -147,12 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     profiles = args.profiles
     tmp = None
     if args.holdout_model:
-        if args.holdout_model not in {r.model_id for r in rows}:
+        if not any(_same_model(r.model_id, args.holdout_model) for r in rows):
             ap.error(f"--holdout-model {args.holdout_model!r} has no rows in {args.data}")
         tmp = tempfile.TemporaryDirectory(prefix="energylens-holdout-")
         _fit_holdout(rows, args.holdout_model, Path(tmp.name), args.data, console)
         profiles = tmp.name
-        rows = [r for r in rows if r.model_id == args.holdout_model]
+        rows = [r for r in rows if _same_model(r.model_id, args.holdout_model)]  # any case, as the rows name it
 
     results: list[Result] = []
     skipped: list[tuple[object, str]] = []

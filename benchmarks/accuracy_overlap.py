@@ -146,22 +146,30 @@ BLOCK_OPS = 7
 
 
 def read_rows(path: str | Path) -> list[Row]:
-    """The rows of an overlap-sweep CSV, time and energy the means of its repeats. A row with a value
-    that cannot be read (empty, text, nan, a time or energy <= 0) or out of range (a window outside
-    the block's ops 0-6 or -1:-1, SMs outside 1 to the GPU's, a block size <= 0) is left out and
-    said on stderr."""
+    """The rows of an overlap-sweep CSV, time and energy the means of its repeats (those with both
+    readings; spaces around header names and a BOM ignored). A row with a value that cannot be read
+    (empty, text, nan, a time or energy <= 0; no repeat with both readings) or out of range (a
+    window outside the block's ops 0-6 or -1:-1, SMs outside 1 to the GPU's, a block size <= 0) is
+    left out and said on stderr."""
     rows: list[Row] = []
     num_sms = get_gpu(GPU).compute_units
-    with open(path, newline="") as f:
-        for line, r in enumerate(csv.DictReader(f), start=2):
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of a name
+        reader = csv.DictReader(f)
+        reader.fieldnames = [(name or "").strip() for name in (reader.fieldnames or [])]
+        for line, r in enumerate(reader, start=2):
             reps = sorted({c.split(":")[0] for c in r if c.endswith(":time (s)")})
             if not reps:
                 raise SystemExit(f"{path}: no 'k:time (s)' columns")
             ints = ("overlap_start", "overlap_end", "comm_sm_number", "comm_block_size")
             measured = [f"{k}:{what}" for k in reps for what in ("time (s)", "total energy (J)")]
             v = {c: finite_number(r.get(c)) for c in (*ints, *measured)}
+            blank = {c for c in measured if not (r.get(c) or "").strip()}
+            # the repeats with both readings: a blank repeat is left out of the mean, not the row
+            pairs = [(v[f"{k}:time (s)"], v[f"{k}:total energy (J)"]) for k in reps
+                     if not {f"{k}:time (s)", f"{k}:total energy (J)"} & blank]
             bad = [c for c in ints if v[c] is None or v[c] != int(v[c])] + \
-                  [c for c in measured if v[c] is None or v[c] <= 0]
+                  [c for c in measured if c not in blank and (v[c] is None or v[c] <= 0)] + \
+                  ([] if pairs else ["every repeat blank"])
             if not bad:
                 start, end, sms, block = (int(v[c]) for c in ints)
                 window_ok = (start, end) == (-1, -1) or 0 <= start <= end < BLOCK_OPS
@@ -170,11 +178,11 @@ def read_rows(path: str | Path) -> list[Row]:
                       ([] if block > 0 else ["comm_block_size"])
             if bad:
                 print(f"{path}: line {line} left out: unreadable or out of range "
-                      f"{', '.join(f'{c}={r.get(c)!r}' for c in bad)}",
+                      f"{', '.join(f'{c}={r.get(c)!r}' if c in r else c for c in bad)}",
                       file=sys.stderr)
                 continue
-            t = float(np.mean([v[f"{k}:time (s)"] for k in reps]))
-            e = float(np.mean([v[f"{k}:total energy (J)"] for k in reps]))
+            t = float(np.mean([t for t, _ in pairs]))
+            e = float(np.mean([e for _, e in pairs]))
             rows.append(Row(*(int(v[c]) for c in ints), t, e))  # type: ignore[arg-type]
     return rows
 
@@ -423,17 +431,18 @@ def main_overlap(args: argparse.Namespace) -> int:
     rows = read_rows(args.data)
     spec = get_gpu(GPU)
     base = build_block()
-    if args.fit_windows.lower() == "none":
+    wins = set() if args.fit_windows.lower() == "none" else set(_parse_windows(args.fit_windows))
+    train = [r for r in rows if (r.start, r.end) in wins]
+    if not train:  # nothing to fit on (or asked not to): every row is held out from the packaged fit
         prof = json.loads(PROFILE.read_text())
         p = OverlapParams.from_dict(prof, num_sms=spec.compute_units, tdp_w=spec.tdp_w)
         times, pw = prof["block_kernels"]["solo_time_s"], prof["block_kernels"]["dyn_power_w"]
         test, note = rows, "packaged profile, all rows"
+        if wins:
+            note = (f"no rows of the fit windows {args.fit_windows}: the packaged profile (fitted on "
+                    f"{prof['provenance'].get('fit_windows', 'the dev windows')}), all rows")
     else:
-        wins = set(_parse_windows(args.fit_windows))
-        train = [r for r in rows if (r.start, r.end) in wins]
         test = [r for r in rows if (r.start, r.end) not in wins]
-        if not train:
-            raise SystemExit(f"no rows of the fit windows {args.fit_windows} in {args.data}")
         if not test:
             test, note = rows, "no held-out windows: reporting the fit rows"
         else:
@@ -462,7 +471,7 @@ def main_overlap(args: argparse.Namespace) -> int:
             print(f"# pareto {name}: recall={rec_:.1f}% precision={prec_:.1f}% "
                   f"(measured front {n_meas} configurations, predicted front {n_pred})")
     rec = pooled[0]
-    if args.fit_windows.lower() != "none" and args.write_profile:
+    if train and args.write_profile:
         prof = json.loads(PROFILE.read_text())
         prof["provenance"]["held_out"] = {
             "windows": note, "rows": len(test), "time_mape_pct": t_err, "energy_mape_pct": e_err,

@@ -175,3 +175,26 @@ def test_rows_read_as_the_run_was_made(monkeypatch, tmp_path, capsys):
     assert "num_gpus=4 but tp x dp = 2 x 1 = 2" in out
     assert "weights alone need 131.4 GiB per GPU, more than the 80 GiB" in out
     assert out.strip().endswith("rows=2 skipped=3")
+
+
+def test_holdout_model_in_any_case_and_unknown_models_left_out_of_the_fit(monkeypatch, tmp_path, capsys):
+    """--holdout-model matches the file's spelling in any case, and a row of an unknown model among
+    the others is not fitted on (it made the whole GPU's held-out fit fail)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    with open(DEV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    b200 = [r for r in rows if r["gpu_model"] == "B200" and r["model_id"] == "Qwen/Qwen3-8B"][:5]
+    held = [r for r in rows if r["gpu_model"] == "B200" and r["model_id"] == "meta-llama/Llama-3.1-8B-Instruct"][:2]
+    path = tmp_path / "holdout.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([*b200, *held, dict(b200[0], model_id="acme/NoSuchModel-7B")])
+    assert main(["--dataset", "mlenergy", "--data", str(path),
+                 "--holdout-model", "META-LLAMA/llama-3.1-8b-instruct "]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"fitted B200 on \d+ rows of Qwen/Qwen3-8B\n", out) and "no held-out fit" not in out
+    assert "acme/NoSuchModel-7B" not in out  # neither fitted on nor reported
+    assert re.search(r"rows=2 skipped=0$", out.strip())

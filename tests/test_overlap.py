@@ -104,16 +104,33 @@ def test_unreadable_overlap_rows_are_left_out_and_said(tmp_path: Path) -> None:
     keep = [rows[0]] + [r for r in rows[1:] if int(r[2]) in (2, 8, 16)]
     keep[1][4], keep[2][5] = "", "abc"  # 0:time (s) and 0:total energy (J) of two rows
     keep[3][2], keep[4][0] = "0", "9"  # no SMs; a window starting past the end
+    for c in range(4, len(keep[5])):  # every repeat of a row blank
+        keep[5][c] = ""
     sample = tmp_path / "sample.csv"
     with open(sample, "w", newline="") as f:
         csv.writer(f).writerows(keep)
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--dataset", "overlap",
                           "--data", str(sample), "--fit-windows", "none"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    for line, what in ((2, "0:time (s)=''"), (3, "0:total energy (J)='abc'"), (4, "comm_sm_number='0'"),
-                       (5, "overlap_start='9', overlap_end=")):
+    for line, what in ((3, "0:total energy (J)='abc'"), (4, "comm_sm_number='0'"),
+                       (5, "overlap_start='9', overlap_end="), (6, "every repeat blank")):
         assert f"line {line} left out: unreadable or out of range {what}" in res.stderr, res.stderr
+    assert "line 2 " not in res.stderr  # a blank repeat is left out of the mean, not the row
     assert res.stdout.strip().splitlines()[-1].endswith("rows=44")
+
+
+def test_overlap_file_without_fit_windows_is_reported_on_the_packaged_profile(tmp_path: Path) -> None:
+    """A file of other windows only (the upstream windows this repository does not hold), with a BOM
+    and spaces around its header names: every row is reported on the packaged fit."""
+    rows = list(csv.reader(open(ROOT / "data/public/overlap_sweep_dev.csv")))
+    keep = [[f" {c} " for c in rows[0]]] + [["1", "3", *r[2:]] for r in rows[1:] if (r[0], r[1]) == ("0", "2")][:6]
+    sample = tmp_path / "other.csv"
+    with open(sample, "w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f).writerows(keep)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--dataset", "overlap",
+                          "--data", str(sample)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "no rows of the fit windows" in res.stdout and res.stdout.strip().splitlines()[-1].endswith("rows=6")
 
 
 def test_serial_per_block_cost_and_contended_time() -> None:
