@@ -303,3 +303,15 @@ def test_exports_refuse_a_malformed_plan_with_a_typed_error() -> None:
 def test_gpu_memory_utilization_must_be_a_share(bad) -> None:
     with pytest.raises(InvalidWorkloadError, match=r"gpu_memory_utilization must be in \(0, 1\]"):
         el.export.to_vllm(plan(), cli=True, gpu_memory_utilization=bad)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(comm_sms=500), r"comm_sms must be an SM count in 1\.\.131 on H100-SXM"),
+    (dict(gpu_clock_mhz=5000), r"5000"),
+    (dict(max_model_len=10**6), r"max_model_len 1000000 exceeds Qwen/Qwen3-30B-A3B's 40960 tokens"),
+    (dict(max_model_len=131072, kv_cache_tokens=50000), r"max_model_len 131072 exceeds the 50000 tokens its KV cache holds"),
+    (dict(max_model_len=512, request_len=1280), r"request_len 1280 exceeds max_model_len 512"),
+])
+def test_exports_check_settings_the_engine_would_refuse(kw, match: str) -> None:
+    with pytest.raises(el.EnergylensError, match=match):
+        el.export.to_vllm(plan(tp=2, **kw))

@@ -165,8 +165,11 @@ def check_plan(plan: PlanLike) -> None:
     - ``ep`` is 1 or ``tp x dp`` (vLLM's meaning, which the shard pass prices: experts spread over
       all tp x dp GPUs, or tensor-sharded over them);
     - counts are positive integers, ``quantization`` is one of :data:`QUANTIZATIONS` or None;
+    - ``comm_sms`` and ``gpu_clock_mhz`` are ones the GPU takes; ``request_len <= max_model_len <=
+      kv_cache_tokens`` where given (vLLM's start-up check);
     - where the model's config can be read (``model_spec``), tp suits its heads and MLP width and
-      ep its experts (``estimate``'s rules; ep > 1 needs a MoE model).
+      ep its experts (``estimate``'s rules; ep > 1 needs a MoE model), and ``max_model_len`` is
+      within its context.
     """
     if not isinstance(plan.parallel, Parallel):
         raise InvalidTypeError(f"plan.parallel must be an energylens Parallel, got {plan.parallel!r}")
@@ -189,8 +192,26 @@ def check_plan(plan: PlanLike) -> None:
         raise InvalidWorkloadError(
             f"unknown quantization {plan.quantization!r}; valid: None, {', '.join(map(repr, QUANTIZATIONS))}"
         )
+    from energylens.api import _max_context, check_comm_sms
+    from energylens.costmodel.clock import locked_clock
+    from energylens.costmodel.hardware import get_gpu
+
+    gpu = get_gpu(plan.gpu)
+    check_comm_sms(plan.comm_sms, gpu)
+    locked_clock(plan.gpu_clock_mhz, gpu)
+    held, need = getattr(plan, "kv_cache_tokens", None), getattr(plan, "request_len", None)
+    if need is not None and need > plan.max_model_len:
+        raise InvalidWorkloadError(f"plan.request_len {need} exceeds max_model_len {plan.max_model_len}: the engine "
+                                   "would refuse the workload's requests")
+    if held is not None and plan.max_model_len > held:
+        raise InvalidWorkloadError(f"plan.max_model_len {plan.max_model_len} exceeds the {held} tokens its KV cache "
+                                   "holds: vLLM refuses to start (one request of that length must fit)")
     spec = model_spec(plan)
     if spec is not None:
+        limit = _max_context(spec)
+        if limit is not None and plan.max_model_len > limit[0]:
+            raise InvalidWorkloadError(f"plan.max_model_len {plan.max_model_len} exceeds {plan.model}'s {limit[0]} "
+                                       f"tokens ({limit[1]}); vLLM refuses it")
         heads = spec.get("num_attention_heads")
         kv, f = spec.get("num_key_value_heads") or heads, spec.get("intermediate_size")
         if not tp_ok(p.tp, heads, kv) or f % p.tp:
