@@ -70,6 +70,8 @@ class Result:
     itl_s: float
     power_w: float
     energy_per_token_j: float
+    #: sequences priced as running when fewer than the row's batch (prefill cannot keep it full), else None
+    ran: int | None = None
 
 
 def _skip_reason(row) -> str | None:
@@ -201,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reason = f"cannot estimate: {exc}"
             else:
                 s = est.serving
-                results.append(Result(r, s.median_itl_s, s.avg_power_w, s.energy_per_output_token_j))
+                ran = s.batch if s.batch < est.workload.batch else None
+                results.append(Result(r, s.median_itl_s, s.avg_power_w, s.energy_per_output_token_j, ran))
         if reason is not None:
             skipped.append((r, reason))
 
@@ -214,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = res.row
         table.add_row(
             str(r.line) + ("*" if r.line in over_memory_lines else ""), r.model_id, r.task, r.gpu_model,
-            f"{r.avg_batch_size:.0f}",
+            f"{r.avg_batch_size:.0f}" + (f"→{res.ran}" if res.ran else ""),
             f"{r.median_itl_ms:.2f}", f"{res.itl_s * 1e3:.2f}", f"{_pct(res.itl_s * 1e3, r.median_itl_ms):+.1f}",
             f"{r.avg_power_watts_total:.0f}", f"{res.power_w:.0f}", f"{_pct(res.power_w, r.avg_power_watts_total):+.1f}",
             f"{r.energy_per_token_j:.4f}", f"{res.energy_per_token_j:.4f}",
@@ -231,6 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r, why in over_memory:
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
                           f"batch {r.avg_batch_size:.0f}: memory estimate says {why}", soft_wrap=True)
+    fewer = [res for res in results if res.ran]
+    if fewer:
+        console.print(f"priced at fewer sequences than measured {len(fewer)} rows (batch column: measured→priced; "
+                      "prefill of new prompts cannot keep more running within the step's token budget):")
+        for res in fewer:
+            r = res.row
+            console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} batch "
+                          f"{r.avg_batch_size:.0f} priced as {res.ran} running", soft_wrap=True)
     if tmp is not None:
         tmp.cleanup()
 

@@ -198,3 +198,22 @@ def test_holdout_model_in_any_case_and_unknown_models_left_out_of_the_fit(monkey
     assert re.search(r"fitted B200 on \d+ rows of Qwen/Qwen3-8B\n", out) and "no held-out fit" not in out
     assert "acme/NoSuchModel-7B" not in out  # neither fitted on nor reported
     assert re.search(r"rows=2 skipped=0$", out.strip())
+
+
+def test_rows_priced_at_fewer_sequences_than_measured_are_said(monkeypatch, tmp_path, capsys):
+    """A batch prefill cannot keep running within the 8192-token budget is priced at what runs, and
+    the table says so instead of showing only the measured batch."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    with open(DEV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    row = next(r for r in rows if r["gpu_model"] == "H100" and r["model_id"] == "Qwen/Qwen3-8B")
+    path = tmp_path / "big.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerow(dict(row, max_num_seqs="20000", avg_batch_size="20000"))
+    assert main(["--dataset", "mlenergy", "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"20000→\d+", out) and re.search(r"line 2: .* batch 20000 priced as \d+ running", out)
