@@ -69,9 +69,12 @@ _OPTION_OF = {"Workload.batch": "--batch", "Workload.prompt_len": "--prompt-len"
 
 
 def _cli_names(message: str) -> str:
-    """``message`` with the Python names of options replaced by their CLI spelling."""
+    """``message`` with the Python names of options replaced by their CLI spelling (not in an error
+    about a pass's options, whose names are the pipeline's: ``overlap{comm_sms=8}``)."""
     import re
 
+    if re.match(r"pass '\w+' has no option", message):
+        return message
     for py, cli in _OPTION_OF.items():  # not inside a longer name (Workload.output_len_cv)
         before = r"(?<![\w.{,-])" if py[0].isalnum() else ""  # not an option of a pass: overlap{comm_sms=8}
         after = r"(?!\w)" if py[-1].isalnum() else ""

@@ -222,3 +222,13 @@ def test_random_graphs_stay_valid(pipeline: str) -> None:
         except ShardingError:
             pass
         assert g == before
+
+
+def test_cli_names_a_pass_option_as_the_pipeline_spells_it():
+    """The CLI turns Python option names into flags (comm_sms -> --comm-sms), but not those of a pass."""
+    from typer.testing import CliRunner
+
+    from energylens.cli import app
+
+    r = CliRunner().invoke(app, ["ir", "Qwen/Qwen3-0.6B", "--pipeline", "overlap{sms=8}"])
+    assert r.exit_code == 2 and "Did you mean 'comm_sms'?" in r.output and "--comm-sms" not in r.output

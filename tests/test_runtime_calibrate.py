@@ -202,6 +202,21 @@ def test_sm_contention_is_predicted_on_a_gpu_without_its_own_overlap_fit():
     assert p.time_s == pytest.approx(1e-3 * (132 / 100) ** exponent)
 
 
+@pytest.mark.parametrize("blocks", [132, 140, 0, -5])
+def test_sm_contention_blocks_outside_the_gpus_sms_are_malformed(blocks):
+    gemm = {"m": 2048, "n": 8192, "k": 2048, "dtype": "bfloat16"}
+    r = rec("sm_contention", {**gemm, "blocks": blocks}, alone={"time_s": 1e-3}, sms=132)
+    samples, skipped = build_samples([Measured("synthetic", 0, r)])
+    assert not samples and skipped[0][1].startswith(f"malformed record: params.blocks {blocks} is not in 1..sms-1")
+
+
+def test_a_file_reached_twice_is_read_once(tmp_path):
+    true = load_profile(H100).with_params(**TRUE, attn_kernel_overhead_s=None)
+    path = write(tmp_path / "s.jsonl", synthetic_records("H100", true, seed=2))
+    once = read_measurements([path])
+    assert len(read_measurements([path, path, tmp_path]).records) == len(once.records)
+
+
 def test_cli_calibrate_dry_run_and_cpu_file(tmp_path):
     runner = CliRunner()
     true = load_profile(H100).with_params(**TRUE, attn_kernel_overhead_s=None)  # the datasheet base has no floor

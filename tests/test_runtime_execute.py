@@ -203,3 +203,17 @@ def test_gpu_executor_bf16_with_energy():
     m = ex.run(Workload(batch=4, prompt_len=128, output_len=32))
     assert m.prefill.energy_j is not None and m.prefill.energy_j > 0
     assert m.decode[0].energy_j is not None and m.decode[0].timing.energy_source in ("counter", "sampled")
+
+
+@pytest.mark.parametrize("args,match", [(["--batch", "0"], "Workload.batch must be a positive integer"),
+                                        (["--dtype", "float8"], "unknown dtype 'float8'")])
+def test_main_cli_bad_input_is_one_line(capsys, args, match):
+    assert main(["--model", "Qwen3-8B", "--tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and "Traceback" not in err
+
+
+def test_main_cli_out_directory_is_refused_before_the_run(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "Qwen3-8B", "--tiny", "--out", str(tmp_path)])
+    assert exc.value.code == 2

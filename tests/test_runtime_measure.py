@@ -136,3 +136,11 @@ def test_quick_suite_on_gpu_has_energy(tmp_path):
     ok = [r for r in _records(out) if r["status"] == "ok"]
     assert ok and all(r["result"].get("energy_j") is not None or r["kind"] == "sm_contention" for r in ok)
     assert ok[0]["env"]["gpu_name"] and ok[0]["env"]["meter"]["driver_version"]
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0.0])
+def test_budget_must_be_finite_and_positive(tmp_path, budget):
+    from energylens.errors import InvalidWorkloadError
+
+    with pytest.raises(InvalidWorkloadError, match="budget_s must be a finite number > 0"):
+        measure("quick", tmp_path / "m.jsonl", device="cpu", parts=["micro:memory"], budget_s=budget)

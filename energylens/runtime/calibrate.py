@@ -161,7 +161,8 @@ def _listed_in_readme(path: Path) -> str | None:
 
 
 def read_measurements(paths: Iterable[str | Path]) -> Measurements:
-    """The records of the JSONL files in ``paths`` (files, or folders: their ``*.jsonl``).
+    """The records of the JSONL files in ``paths`` (files, or folders: their ``*.jsonl``; a file
+    reached twice is read once).
 
     Within a file the newest line of a key wins (a rerun redoes errors); a torn last line of an
     interrupted run is ignored. Raises ``EnergylensError`` when ``paths`` hold no ``.jsonl`` file.
@@ -177,6 +178,10 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
             files.append(p)
         else:
             raise EnergylensError(f"{p}: no such file or folder")
+    first: dict[Path, Path] = {}
+    for f in files:  # a file reached twice (named again, or in a folder given) is read once
+        first.setdefault(f.resolve(), f)
+    files = list(first.values())
     if not files:
         where = ", ".join(map(str, paths)) or "(no path given)"
         raise EnergylensError(f"no measurement files (*.jsonl) in {where}; take a run on a "
@@ -504,6 +509,9 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
                 continue
             if alone is None:
                 skipped.append((m, "sm_contention record without the GEMM's time alone"))
+                continue
+            if not 0 < blocks < sms:  # the copy kernel must leave the GEMM some SMs
+                skipped.append((m, f"{MALFORMED}: params.blocks {blocks} is not in 1..sms-1 ({sms - 1})"))
                 continue
             contention = (sms, blocks, alone)
             energy = power = None  # the window's energy covers the copy kernel too

@@ -571,6 +571,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cuda-graphs", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="append the full record (JSON line) here")
     a = p.parse_args(argv)
+    if a.out is not None and a.out.is_dir():  # before the run, not after it
+        p.error(f"--out {a.out} is a directory; give a file to append the record to")
+    try:
+        return _run(a)
+    except EnergylensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
     model: Any = tiny_config(a.model) if a.tiny else a.model
     workload = Workload(batch=a.batch, prompt_len=a.prompt_len, output_len=a.output_len)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:

@@ -25,6 +25,7 @@ import argparse
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -381,8 +382,8 @@ def measure(
 
     if suite not in SUITES:
         raise UnknownNameError("suite", suite, SUITES)
-    if budget_s <= 0 or repeats < 1:
-        raise InvalidWorkloadError(f"budget_s must be > 0 and repeats >= 1, got {budget_s}, {repeats}")
+    if not (math.isfinite(budget_s) and budget_s > 0) or repeats < 1:  # nan or inf would never stop a part
+        raise InvalidWorkloadError(f"budget_s must be a finite number > 0 and repeats >= 1, got {budget_s}, {repeats}")
     if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):  # before any record is written
         raise UnknownNameError("device", device, ("cpu", "cuda", "cuda:N"))
     if Path(out).is_dir():
