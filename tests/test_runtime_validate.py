@@ -95,6 +95,13 @@ def test_reasons_for_missing_energy_are_counted_per_record_and_stray_lines_are_s
     measured = sum(1 for r in recs if r.get("status") == "ok")
     assert f"energy readings: 0 of {measured} measured records (the others: counter reset x{measured})" == rep.energy_note
     assert rep.other_lines == 2 and rep.compared + len(rep.not_compared) == len(recs)
+    for r in recs:  # sampled power without the energy counter: not counted as an energy reading
+        if r.get("status") == "ok":
+            r["result"]["avg_power_w"] = 300.0
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    note = validate([path], profiles={"H100-SXM": true}).energy_note
+    assert note.startswith(f"energy readings: 0 of {measured} measured records (the others: counter reset x{measured});")
+    assert note.endswith(" with power readings alone")
 
 
 def test_parity_plot_is_written(synthetic, tmp_path):

@@ -150,6 +150,8 @@ def _listed_in_readme(path: Path) -> str | None:
     """Why ``path`` may not be used (None: it may): a folder whose README.md keeps a table of its
     files (data/measurements/) must list the file (see the rule in that README)."""
     readme = path.parent / "README.md"
+    if path.name == readme.name:
+        return "the folder's README, not a measurement file"
     if not readme.is_file():
         return None
     text = readme.read_text(encoding="utf-8", errors="replace")
@@ -888,13 +890,16 @@ def write_profile_to(profile: Profile, out: str | Path) -> Path:
 
     from energylens.costmodel.fit import write_profile
 
-    if not _one_file(out):
-        return write_profile(profile, Path(out))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        path.write_text(write_profile(profile, tmp).read_text())
-    return path
+    try:
+        if not _one_file(out):
+            return write_profile(profile, Path(out))
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path.write_text(write_profile(profile, tmp).read_text())
+        return path
+    except OSError as exc:  # the check before the fit passed, the write did not (a read-only or odd place)
+        raise EnergylensError(f"cannot write the profile to {out}: {exc.strerror or exc}") from None
 
 
 def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str | Path | None = None,
@@ -911,8 +916,8 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
         raise UnknownNameError("base profile", base, ("bundled", "datasheet"))
     if write:
         if out is None:
-            raise EnergylensError("say where to write the profiles: out=FOLDER or FILE.json (out="
-                                  f"{PROFILES_DIR} replaces the bundled ones), or write=False to only fit")
+            raise EnergylensError("say where to write the profiles: --out FOLDER or FILE.json (out= in Python; "
+                                  f"{PROFILES_DIR} replaces the bundled ones), or --dry-run (write=False) to only fit")
         check_out(out)  # before the fit, not after it
     say = progress or (lambda line: None)
     ms = read_measurements(paths)
