@@ -56,8 +56,8 @@ Command line: `energylens compile MODEL --gpu H100-SXM --gpus 8 --batch 64 --pro
 | overlap SMs (`comm_sms`) | none, 8, 16, 32 (only with tensor-parallel collectives) | array axis; each collective's window simulated on arrays |
 
 Every plan is priced exactly as `energylens.estimate(model, cluster, workload, parallel, fused=...,
-comm_sms=..., profile=clock_profile(profile, gpu, clock))` prices it (the tests check this plan by
-plan): ITL is the median step of steady-state continuous batching, energy per token includes
+comm_sms=..., profile=clock_profile(profile, gpu, clock))` prices it (`clock_profile`:
+`energylens.search.evaluate`; the tests check this plan by plan): ITL is the median step of steady-state continuous batching, energy per token includes
 prefill, TTFT is the prefill of the whole batch. Plans needing more than 90% of a GPU's memory are
 dropped.
 
