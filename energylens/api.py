@@ -127,8 +127,11 @@ def _max_context(spec: Any) -> tuple[int, str] | None:
     if isinstance(rope, dict) and isinstance(rope.get("factor"), int | float):
         kind, factor = rope.get("rope_type") or rope.get("type"), rope["factor"]
         if kind == "yarn":
-            base = int(rope.get("original_max_position_embeddings") or limit)
-            return int(base * factor), f"original_max_position_embeddings {base} x yarn factor {factor} in its config"
+            original = rope.get("original_max_position_embeddings")
+            base = int(original or limit)
+            name = "original_max_position_embeddings" if original else "max_position_embeddings (no original_" \
+                "max_position_embeddings given)"
+            return int(base * factor), f"{name} {base} x yarn factor {factor} in its config"
         if kind in ("linear", "dynamic"):
             return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor} in its config"
     return limit, source

@@ -177,6 +177,9 @@ def test_max_context_follows_rope_scaling() -> None:
     assert _max_context(spec(max_position_embeddings=131072, rope_scaling=llama3))[0] == 131072  # type: ignore[index]
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # Qwen3's long context
     assert _max_context(spec(max_position_embeddings=40960, rope_scaling=yarn))[0] == 131072  # type: ignore[index]
+    bare = {"rope_type": "yarn", "factor": 2.0}  # no original length: the message says which one was used
+    assert _max_context(spec(max_position_embeddings=4096, rope_scaling=bare)) == (
+        8192, "max_position_embeddings (no original_max_position_embeddings given) 4096 x yarn factor 2.0 in its config")
 
 
 # ---- 7. batch smaller than dp ---------------------------------------------------------------------------------
