@@ -365,10 +365,10 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     capped at the capacity instead (``serving_context_len``).
     """
     kv_cap = kv_capacity_tokens(decode, gpu)
-    asked = workload.batch
-    workload = dataclasses.replace(workload, batch=running_batch(workload, replicas,
-                                                                 kv_capacity=math.inf if hold_batch else kv_cap))
-    kv_limited = workload.batch < running_batch(dataclasses.replace(workload, batch=asked), replicas)
+    prefill_bound = running_batch(workload, replicas)
+    running = prefill_bound if hold_batch else running_batch(workload, replicas, kv_capacity=kv_cap)
+    kv_limited = running < prefill_bound
+    workload = dataclasses.replace(workload, batch=running)
     share = served_share(workload, replicas)
     ctx = serving_context_len(workload, kv_cap)
 

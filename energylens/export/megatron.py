@@ -135,9 +135,8 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     if moe:
         cfg["moe_permute_fusion"] = fused
     if plan.quantization == "fp8":
-        spec = model_spec(plan)
         cfg["fp8"] = "e4m3"
-        cfg["fp8_recipe"] = "blockwise" if spec is not None and spec.fp8_block and _block_scaled_gemms(plan) else "tensorwise"
+        cfg["fp8_recipe"] = _fp8_recipe(plan)[0]
         cfg["fp8_param"] = True
     return cfg
 
@@ -212,24 +211,31 @@ def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
     return fewer, need, notes
 
 
-def _block_scaled_gemms(plan: PlanLike) -> bool:
-    """Whether Transformer Engine runs block-scaled fp8 GEMMs on the plan's GPU: NVIDIA compute
-    capability 9.0 or above (TE's ``_compute_fp8_block_scaling_support``; not on ROCm)."""
+def _fp8_recipe(plan: PlanLike) -> tuple[str, str | None]:
+    """Megatron's fp8 recipe for the plan's checkpoint on its GPU, and the note when it is not the
+    checkpoint's own: ``blockwise`` for weights scaled in blocks (Qwen's 128 x 128) where Transformer
+    Engine runs block-scaled GEMMs (NVIDIA compute capability 9.0+: TE's
+    ``_compute_fp8_block_scaling_support``; not on ROCm), else ``tensorwise``."""
     from energylens.costmodel.hardware import get_gpu
 
+    spec = model_spec(plan)
+    block = spec.fp8_block if spec is not None else None
+    if block is None:
+        return "tensorwise", None
     cc = get_gpu(plan.gpu).compute_capability
-    return cc is not None and tuple(int(x) for x in cc.split(".")) >= (9, 0)
+    if cc is not None and tuple(int(x) for x in cc.split(".")) >= (9, 0):
+        return "blockwise", None
+    return "tensorwise", (f"fp8_recipe tensorwise: the checkpoint's {'x'.join(map(str, block))} weight blocks need "
+                          f"Transformer Engine's block-scaled GEMMs, which {plan.gpu} lacks (compute capability "
+                          "9.0+), so its weights are scaled per tensor instead")
 
 
 def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     """What Megatron-Core's inference cannot run as the plan was priced."""
     p, notes = plan.parallel, []
-    if cfg.get("fp8_recipe") == "tensorwise" and not _block_scaled_gemms(plan):
-        spec = model_spec(plan)
-        if spec is not None and spec.fp8_block:
-            notes.append(f"fp8_recipe tensorwise: the checkpoint's {'x'.join(map(str, spec.fp8_block))} weight "
-                         f"blocks need Transformer Engine's block-scaled GEMMs, which {plan.gpu} lacks (compute "
-                         "capability 9.0+), so its weights are scaled per tensor instead")
+    recipe_note = _fp8_recipe(plan)[1] if "fp8_recipe" in cfg else None
+    if recipe_note is not None:
+        notes.append(recipe_note)
     if "expert_model_parallel_size" in cfg and p.ep == 1 and p.tp > 1:
         notes.append(f"experts tensor-parallel over {p.tp * p.dp} GPUs with ep=1: Megatron-Core's all-gather "
                      "dispatcher assumes sequence-parallel tokens ([S/TP, B, H]), which its inference runs only "

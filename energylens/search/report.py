@@ -35,7 +35,7 @@ def serving_label(workload: Any, serving: Any) -> str:
     keeps it below ``workload.batch`` (``costmodel.serving.running_batch``)."""
     hit = f", {workload.prefix_cache_hit:.0%} prefix hits" if workload.prefix_cache_hit else ""
     why = ("the KV cache holds no more at their mean context (vLLM preempts the rest)"
-           if getattr(serving, "kv_limited", False) else "prefill of new prompts fills every step's token budget")
+           if serving.kv_limited else "prefill of new prompts fills every step's token budget")
     run = f"; only {serving.batch} of {workload.batch} sequences run: {why}" if serving.batch < workload.batch else ""
     return f"serving (median ITL; mean step, incl. prefill{hit}{run})"
 
