@@ -162,8 +162,25 @@ def test_tp_times_dp_must_be_num_gpus() -> None:
 def test_fp8_checkpoint_method_is_left_to_vllm() -> None:
     """vLLM reads the quantization method from the checkpoint; a --quantization fp8 that differs from
     it (fbgemm_fp8, modelopt, compressed-tensors) would make vLLM refuse to start."""
-    p = plan(tp=8, quantization="fp8")
-    assert "quantization" not in to_vllm(p) and "--quantization" not in to_vllm(p, cli=True)
+    for model in ("Qwen/Qwen3-235B-A22B-Instruct-2507-FP8", "RedHatAI/Meta-Llama-3.1-70B-Instruct-FP8"):
+        p = plan(tp=8, model=model, quantization="fp8")
+        assert "quantization" not in to_vllm(p) and "--quantization" not in to_vllm(p, cli=True)
+
+
+def test_fp8_plan_of_a_bf16_checkpoint_quantizes_online() -> None:
+    """A plan priced with fp8 weights on a bf16 checkpoint must not be served in bf16: vLLM's
+    --quantization fp8 quantizes the weights as it loads them."""
+    p = plan(tp=8, model="meta-llama/Llama-3.1-70B-Instruct", quantization="fp8")
+    assert to_vllm(p)["quantization"] == "fp8"
+    argv, _ = split_cli(to_vllm(p, cli=True))
+    assert parser_from_vendored_list().parse_args(argv).quantization == "fp8"
+    assert "quantization" not in to_vllm(dataclasses.replace(p, quantization=None))
+
+
+def test_fp8_plan_of_an_unreadable_model_says_what_to_add() -> None:
+    p = plan(tp=2, model="my-llama", quantization="fp8")
+    assert "quantization" not in to_vllm(p)
+    assert any("--quantization fp8" in n for n in vllm_notes(p))
 
 
 @pytest.mark.parametrize("gpu,seqs,size", [("H100-SXM", 512, None), ("H100-SXM", 513, 528), ("H100-SXM", 768, 768),

@@ -16,10 +16,12 @@ Mapping (plan -> vLLM):
   model's chunked-prefill budget (``costmodel.serving.MAX_NUM_BATCHED_TOKENS``, at least
   ``max_num_seqs``), since vLLM 0.33's default depends on the GPU and on API server vs ``LLM``
   (``EngineArgs._set_default_args``: 8192 or 16384 on H100, 16384 on B200, 2048 on an A100).
-- ``quantization`` emits nothing: energylens prices pre-quantized checkpoints, whose method vLLM
-  reads from their config (``ModelConfig._verify_quantization``), and a ``--quantization fp8``
-  that differs from it (``fbgemm_fp8``, ``modelopt``, ``compressed-tensors``) makes vLLM refuse
-  to start.
+- ``quantization``: nothing for a pre-quantized checkpoint, whose method vLLM reads from its config
+  (``ModelConfig._verify_quantization``; a ``--quantization fp8`` that differs from it, such as
+  ``fbgemm_fp8``, ``modelopt`` or ``compressed-tensors``, makes vLLM refuse to start). A plan
+  priced with fp8 weights on a bf16 checkpoint -> ``quantization="fp8"``: vLLM's ``Fp8Config``
+  quantizes the bf16 weights to fp8 when it loads them (``is_checkpoint_fp8_serialized`` False).
+  When the model's config cannot be read, a note says to add it for a bf16 checkpoint.
 - ``max_num_seqs`` above vLLM's default CUDA-graph ceiling (``VllmConfig._set_cudagraph_sizes``:
   1024 tokens on datacenter Blackwell, compute capability 10.x, 512 elsewhere; larger decode
   batches run without CUDA graphs) -> ``max_cudagraph_capture_size``: ``max_num_seqs`` rounded up
@@ -57,7 +59,7 @@ from typing import Any, Literal, overload
 from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import InvalidWorkloadError
-from energylens.export.plan import PlanLike, check_plan, clock_note, node_gpus
+from energylens.export.plan import PlanLike, check_plan, clock_note, model_spec, node_gpus
 
 __all__ = [
     "VLLM_VERSION",
@@ -139,6 +141,9 @@ def vllm_notes(plan: PlanLike) -> list[str]:
             f"sequence_parallel not applied: vLLM {VLLM_VERSION}'s sequence-parallel pass (pass_config "
             "enable_sp) runs only under torch.compile, which the unfused plan turns off"
         )
+    if plan.quantization == "fp8" and model_spec(plan) is None:
+        notes.append(f"the plan was priced with fp8 weights, but {plan.model}'s config cannot be read: if its "
+                     "checkpoint is not FP8, add --quantization fp8 (vLLM then quantizes the weights as it loads them)")
     if plan.model.endswith(".json"):
         notes.append(
             f"{plan.model} is a bare config file; vLLM serves a hub id or a checkpoint directory: save it as "
@@ -185,6 +190,9 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     if plan.max_num_seqs > cudagraph_ceiling(plan.gpu):
         args["max_cudagraph_capture_size"] = -(-plan.max_num_seqs // 16) * 16
     args["gpu_memory_utilization"] = gpu_memory_utilization
+    spec = model_spec(plan) if plan.quantization == "fp8" else None
+    if spec is not None and spec.quantization != "fp8":  # a bf16 checkpoint served with fp8 weights
+        args["quantization"] = "fp8"
     if not plan.fused:  # CompilationMode.NONE; graphs that need no compilation
         args["compilation_config"] = {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
     elif plan.sequence_parallel and plan.parallel.tp > 1:
