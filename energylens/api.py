@@ -22,6 +22,7 @@ from energylens.costmodel.profile import Profile, load_profile
 from energylens.costmodel.serving import serving_estimate
 from energylens.errors import ConfigError, InvalidTypeError, InvalidWorkloadError, ShardingError
 from energylens.ir.core import Graph
+from energylens.models import max_context
 from energylens.passes.moe import Moe
 from energylens.passes.overlap import Overlap
 from energylens.passes.shard import check_parallel
@@ -111,42 +112,6 @@ def cluster_interconnect(cluster: Cluster, gpu: GPUSpec) -> str:
     return cluster.interconnect or default_interconnect(gpu)
 
 
-def _max_context(spec: Any) -> tuple[int, str] | None:
-    """Longest sequence (prompt + output tokens) the model's config allows, and where it comes from,
-    as vLLM derives its ``--max-model-len`` limit: ``max_position_embeddings``, times the factor of
-    a ``yarn``, ``linear`` or ``dynamic`` rope scaling (``llama3`` scaling is already in it). None: not given."""
-    if spec is None:
-        return None
-    limit, source = spec.get("max_position_embeddings"), "max_position_embeddings in its config"
-    if limit is None:  # transformers (and so vLLM) fill in the config class's default
-        limit = _default_max_positions(spec.get("model_type"))
-        source = f"not in the config: transformers' default max_position_embeddings for {spec.get('model_type')}"
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-        return None
-    rope = spec.get("rope_scaling") or spec.get("rope_parameters")  # transformers 5 writes the latter
-    if isinstance(rope, dict) and isinstance(rope.get("factor"), int | float):
-        kind, factor = rope.get("rope_type") or rope.get("type"), rope["factor"]
-        if kind == "yarn":
-            original = rope.get("original_max_position_embeddings")
-            base = int(original or limit)
-            name = "original_max_position_embeddings" if original else "max_position_embeddings (no original_" \
-                "max_position_embeddings given)"
-            return int(base * factor), f"{name} {base} x yarn factor {factor} in its config"
-        if kind in ("linear", "dynamic"):
-            return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor} in its config"
-    return limit, source
-
-
-def _default_max_positions(model_type: Any) -> int | None:
-    """``max_position_embeddings`` of ``model_type``'s transformers config class by default (None: unknown)."""
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.for_model(str(model_type)).max_position_embeddings
-    except Exception:  # an unknown model_type is reported elsewhere; here it only means no limit known
-        return None
-
-
 def check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
     """``comm_sms`` must be None (no overlap) or an SM count the GPU can spare (1 .. SMs - 1)."""
     if comm_sms is not None and not isinstance(comm_sms, numbers.Real):  # "16": a wrong type, not a bad count
@@ -178,7 +143,7 @@ def check_context(traced: Any, workload: Workload, name: str) -> int | None:
     ``InvalidWorkloadError`` when ``prompt_len + output_len`` exceeds it (the config's
     ``max_position_embeddings``): it would be priced, and exported to vLLM as a ``--max-model-len``
     that vLLM refuses."""
-    got = _max_context(getattr(traced, "spec", None))
+    got = max_context(getattr(traced, "spec", None))
     total = workload.prompt_len + workload.output_len
     if got is not None and total > got[0]:
         raise InvalidWorkloadError(

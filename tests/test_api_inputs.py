@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import energylens as el
-from energylens.api import _max_context, check_context
+from energylens.api import check_context
 from energylens.cli import app
 from energylens.costmodel.comm import normalize_interconnect
 from energylens.errors import (
@@ -21,6 +21,7 @@ from energylens.errors import (
     ShardingError,
     UnknownNameError,
 )
+from energylens.models import max_context
 
 MODEL = "Qwen/Qwen3-0.6B"
 LLAMA = "meta-llama/Llama-3.2-1B-Instruct"
@@ -168,17 +169,17 @@ def test_max_context_follows_rope_scaling() -> None:
     def spec(**cfg: object) -> SimpleNamespace:
         return SimpleNamespace(get=cfg.get)
 
-    assert _max_context(spec()) is None
+    assert max_context(spec()) is None
     # not in the config: transformers' (and so vLLM's) default for the model type
-    assert _max_context(spec(model_type="llama")) == (
+    assert max_context(spec(model_type="llama")) == (
         2048, "not in the config: transformers' default max_position_embeddings for llama")
-    assert _max_context(spec(max_position_embeddings=40960))[0] == 40960  # type: ignore[index]
+    assert max_context(spec(max_position_embeddings=40960))[0] == 40960  # type: ignore[index]
     llama3 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}
-    assert _max_context(spec(max_position_embeddings=131072, rope_scaling=llama3))[0] == 131072  # type: ignore[index]
+    assert max_context(spec(max_position_embeddings=131072, rope_scaling=llama3))[0] == 131072  # type: ignore[index]
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # Qwen3's long context
-    assert _max_context(spec(max_position_embeddings=40960, rope_scaling=yarn))[0] == 131072  # type: ignore[index]
+    assert max_context(spec(max_position_embeddings=40960, rope_scaling=yarn))[0] == 131072  # type: ignore[index]
     bare = {"rope_type": "yarn", "factor": 2.0}  # no original length: the message says which one was used
-    assert _max_context(spec(max_position_embeddings=4096, rope_scaling=bare)) == (
+    assert max_context(spec(max_position_embeddings=4096, rope_scaling=bare)) == (
         8192, "max_position_embeddings (no original_max_position_embeddings given) 4096 x yarn factor 2.0 in its config")
 
 

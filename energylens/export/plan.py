@@ -192,9 +192,10 @@ def check_plan(plan: PlanLike) -> None:
         raise InvalidWorkloadError(
             f"unknown quantization {plan.quantization!r}; valid: None, {', '.join(map(repr, QUANTIZATIONS))}"
         )
-    from energylens.api import _max_context, check_comm_sms
+    from energylens.api import check_comm_sms
     from energylens.costmodel.clock import locked_clock
     from energylens.costmodel.hardware import get_gpu
+    from energylens.models import max_context
 
     gpu = get_gpu(plan.gpu)
     check_comm_sms(plan.comm_sms, gpu)
@@ -208,7 +209,7 @@ def check_plan(plan: PlanLike) -> None:
                                    "holds: vLLM refuses to start (one request of that length must fit)")
     spec = model_spec(plan)
     if spec is not None:
-        limit = _max_context(spec)
+        limit = max_context(spec)
         if limit is not None and plan.max_model_len > limit[0]:
             raise InvalidWorkloadError(f"plan.max_model_len {plan.max_model_len} exceeds {plan.model}'s {limit[0]} "
                                        f"tokens ({limit[1]}); vLLM refuses it")

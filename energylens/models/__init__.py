@@ -32,7 +32,7 @@ from typing import Any
 
 from energylens.errors import ConfigError, UnknownNameError
 
-__all__ = ["ModelSpec", "list_models", "load_config", "REQUIRED_FIELDS", "MODEL_TYPES", "config_dict"]
+__all__ = ["ModelSpec", "list_models", "load_config", "REQUIRED_FIELDS", "MODEL_TYPES", "config_dict", "max_context"]
 
 _DIR = Path(__file__).resolve().parent
 _QUANT_SUFFIX = ".hf_quant_config.json"
@@ -498,3 +498,39 @@ def load_config(model: Any) -> ModelSpec:
         return _spec(str(name), model, f"<{type(model).__name__}>")
     raise ConfigError(f"cannot load a model config from {type(model).__name__}; give an HF id "
                       f"(one of: {', '.join(list_models())}), a path, a PretrainedConfig or a dict")
+
+
+def max_context(spec: Any) -> tuple[int, str] | None:
+    """Longest sequence (prompt + output tokens) the model's config allows, and where it comes from,
+    as vLLM derives its ``--max-model-len`` limit: ``max_position_embeddings``, times the factor of
+    a ``yarn``, ``linear`` or ``dynamic`` rope scaling (``llama3`` scaling is already in it). None: not given."""
+    if spec is None:
+        return None
+    limit, source = spec.get("max_position_embeddings"), "max_position_embeddings in its config"
+    if limit is None:  # transformers (and so vLLM) fill in the config class's default
+        limit = _default_max_positions(spec.get("model_type"))
+        source = f"not in the config: transformers' default max_position_embeddings for {spec.get('model_type')}"
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return None
+    rope = spec.get("rope_scaling") or spec.get("rope_parameters")  # transformers 5 writes the latter
+    if isinstance(rope, dict) and isinstance(rope.get("factor"), int | float):
+        kind, factor = rope.get("rope_type") or rope.get("type"), rope["factor"]
+        if kind == "yarn":
+            original = rope.get("original_max_position_embeddings")
+            base = int(original or limit)
+            name = "original_max_position_embeddings" if original else "max_position_embeddings (no original_" \
+                "max_position_embeddings given)"
+            return int(base * factor), f"{name} {base} x yarn factor {factor} in its config"
+        if kind in ("linear", "dynamic"):
+            return int(limit * factor), f"max_position_embeddings {limit} x {kind} rope factor {factor} in its config"
+    return limit, source
+
+
+def _default_max_positions(model_type: Any) -> int | None:
+    """``max_position_embeddings`` of ``model_type``'s transformers config class by default (None: unknown)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(str(model_type)).max_position_embeddings
+    except Exception:  # an unknown model_type is reported elsewhere; here it only means no limit known
+        return None
