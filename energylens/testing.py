@@ -120,6 +120,7 @@ class _Builder:
         self.c, self.max_ops = c, max_ops
         self.counter = 0
         self.kernels = KernelCollectives()  # the verifier's rule on fusion groups and collectives
+        self.has_collectives = False
         self.dims: list[tuple[str, DimSize]] = [("B", None), ("S", None), ("K", None), ("T", "B*S")]
         for name in _sample(c, _MODEL_DIMS, 2, 6):
             self.dims.append((name, _choice(c, _SIZES)))
@@ -142,7 +143,7 @@ class _Builder:
         if c.boolean(0.3):
             fields["fusion_group"] = c.integer(0, 5)
         if c.boolean(0.2):
-            fields["stream"] = 1
+            fields["stream"] = 1  # kept on collectives only (``_op``): stream 1 is the communication stream
         if c.boolean(0.2):
             fields["sm_share"] = c.fraction()
         if c.boolean(0.4):
@@ -174,7 +175,8 @@ class _Builder:
             out = x.type.dims if fn in _KEEPS_DIMS else tuple(d for d in x.type.dims if d not in rdims)
             operands = (x, *_sample(c, scope, 0, 1))
             result = Value(name, TensorType(out, dtype))
-            return Reduce(result=result, operands=operands, fn=fn, dims=rdims, **self.common(self._dims(result, operands)))
+            return Reduce(result=result, operands=operands, fn=fn, dims=rdims,
+                          **self._compute(self._dims(result, operands)))
         if kind == "gather" and any(v.type.dims for v in scope):
             table = _choice(c, [v for v in scope if v.type.dims])
             ids = _choice(c, scope)
@@ -187,8 +189,9 @@ class _Builder:
                 rtype = TensorType(ids.type.dims + rest, table.type.dtype)
             result = Value(name, rtype)
             return Gather(result=result, operands=(table, ids), dim=dim, fn=fn,
-                          **self.common(self._dims(result, (table, ids))))
+                          **self._compute(self._dims(result, (table, ids))))
         if kind == "collective":
+            self.has_collectives = True
             x = _choice(c, scope)
             result = Value(name, x.type)
             return Collective(result=result, operands=(x,), fn=_choice(c, _COLLECTIVES), axis=_choice(c, _AXES),
@@ -198,7 +201,7 @@ class _Builder:
             out = tuple(dict.fromkeys(d for v in operands for d in v.type.dims))
             result = Value(name, TensorType(out, dtype))
             return Elementwise(result=result, operands=operands, fn=_choice(c, _EW_FNS),
-                               **self.common(self._dims(result, operands)))
+                               **self._compute(self._dims(result, operands)))
         operands = tuple(_choice(c, scope) for _ in range(c.integer(1, 3)))
         letter: dict[str, str] = {}
         for v in operands:
@@ -209,7 +212,11 @@ class _Builder:
         spec = f"{ins}->{''.join(letter[d] for d in out_dims)}"
         result = Value(name, TensorType(out_dims, dtype))
         return Einsum(result=result, operands=operands, spec=spec, causal=c.boolean(0.2),
-                      **self.common(self._dims(result, operands)))
+                      **self._compute(self._dims(result, operands)))
+
+    def _compute(self, dims: set[str]) -> dict[str, Any]:
+        """``common`` fields of a compute op: on the compute stream."""
+        return {**self.common(dims), "stream": 0}
 
     @staticmethod
     def _dims(result: Value, operands: Sequence[Value]) -> set[str]:
@@ -232,7 +239,7 @@ class _Builder:
         operands = (init, last) if set(last.type.dims) <= set(init.type.dims) and last is not init else (init,)
         carry = Value(self.fresh(), init.type)
         ops.append(self._fusion_rule(Elementwise(result=carry, operands=operands, fn="add",
-                                                 **self.common(set(init.type.dims)))))
+                                                 **self._compute(set(init.type.dims)))))
         name = _choice(c, ("layers", "decoder", "odd region"))
         return Repeat(name, c.integer(1, 80), tuple(decls), tuple(ops), init.name, carry.name), carry
 
@@ -254,6 +261,8 @@ class _Builder:
                 produced.append(scope[-1])
         outputs = tuple(v.name for v in _sample(c, produced or scope, 1, 2))
         attrs: list[tuple[str, str]] = []
+        if self.has_collectives or c.boolean(0.2):  # a collective's axis must span 2+ GPUs of the mesh
+            attrs.append(("mesh", ",".join(f"{a}=2" for a in _AXES)))
         if c.boolean(0.7):
             attrs.append(("model", c.text()))
             attrs.append(("phase", _choice(c, ("prefill", "decode"))))

@@ -75,7 +75,7 @@ def test_hand_written_file_round_trips() -> None:
     verify_graph(g)
     assert print_graph(g) == text
     assert parse_graph(print_graph(g)) == g
-    assert g.attr == {"model": "meta-llama/Llama-3.1-8B-Instruct", "phase": "decode"}
+    assert g.attr == {"model": "meta-llama/Llama-3.1-8B-Instruct", "phase": "decode", "mesh": "tp=2,dp=1,ep=1,etp=2"}
     (layers,) = [item for item in g.body if isinstance(item, Repeat)]
     assert (layers.name, layers.count, layers.init, layers.carry) == ("layers", 2, "x0", "x22")
     assert [d.role for d in layers.decls][-2:] == ["cache", "cache"]

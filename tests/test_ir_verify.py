@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from energylens.errors import VerificationError
+from energylens.errors import ParseError, VerificationError
 from energylens.ir.core import (
     Collective,
     Decl,
@@ -201,6 +201,7 @@ def test_gather_dim_in_table_and_operand_counts() -> None:
     bad(with_body(g, dataclasses.replace(ok, operands=(w,))), "gather %y", "at least 2 operand")
     red = Reduce(result=y, operands=(), fn="sum", dims=())
     bad(with_body(g, red), "reduce %y", "at least 1 operand")
+    g = dataclasses.replace(g, attrs=(("mesh", "tp=2"),))
     col = Collective(result=Value("c", w.type), operands=(w,), fn="all_reduce", axis="")
     bad(with_body(g, col), "collective %c", "mesh axis '' is not one of tp, dp, ep, etp")
     bad(with_body(g, dataclasses.replace(col, axis="zz")), "collective %c", "mesh axis 'zz'")
@@ -247,3 +248,69 @@ def test_mesh_attribute_and_collectives_inside_kernels() -> None:
     fused_mlp = fused_mlp.replace('bf16[B,S,h]  {shard = {f = tp}}', 'bf16[B,S,h]  {shard = {f = tp}, fusion = 1}')
     with pytest.raises(Exception, match="collective would run inside that kernel"):
         run_pipeline(parse_graph(fused_mlp), "shard{tp=2}")
+
+
+SHARDED_MLP = """\
+graph @g attributes {mesh = "tp=2,dp=1,ep=1,etp=2"} {
+  dims {B = ?, S = ?, h = 64, f = 128}
+  input %x : bf16[B,S,h]
+  param %w1 : bf16[h,f]
+  param %w2 : bf16[f,h]
+  %a = einsum "bsh,hf->bsf" %x, %w1 : bf16[B,S,f]  {shard = {f = tp}}
+  %b = einsum "bsf,fh->bsh" %a, %w2 : bf16[B,S,h]  {shard = {f = tp}, fusion = 1}
+  %c = collective.all_reduce[tp] %b : bf16[B,S,h]  {stream = 1}
+  %d = elementwise.silu %c : bf16[B,S,h]
+  %e = elementwise.add %d, %x : bf16[B,S,h]
+  return %e
+}
+"""
+
+
+def mlp_bad(old: str, new: str, *needles: str) -> None:
+    assert old in SHARDED_MLP
+    with pytest.raises(VerificationError) as info:
+        verify_graph(parse_graph(SHARDED_MLP.replace(old, new)))
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+
+
+def test_collectives_need_a_mesh_and_keep_their_type() -> None:
+    """A collective the mesh does not split, or one that changes the type, would be priced as free or
+    as the wrong traffic."""
+    verify_graph(parse_graph(SHARDED_MLP))
+    mlp_bad(' attributes {mesh = "tp=2,dp=1,ep=1,etp=2"}', "", "collective %c",
+            "needs the graph's mesh to split 'tp'", "no mesh attribute")
+    mlp_bad("tp=2,dp=1", "tp=1,dp=2", "collective %c", "mesh 'tp=1,dp=2,ep=1,etp=2'")
+    mlp_bad("%b : bf16[B,S,h]  {stream = 1}", "%b : fp8[B,S,h]  {stream = 1}", "collective %c",
+            "result type fp8[B,S,h] differs from its operand's bf16[B,S,h]")
+    mlp_bad("%b : bf16[B,S,h]  {stream = 1}", "%b, %x : bf16[B,S,h]  {stream = 1}", "takes 1 operand, has 2")
+    mlp_bad('%d = elementwise.silu %c : bf16[B,S,h]', '%d = elementwise.silu %c : bf16[B,S,h]  {stream = 1}',
+            "elementwise %d", "only a collective runs on it")
+
+
+def test_no_collective_between_ops_of_one_fusion_group_even_indirectly() -> None:
+    direct = "%e = elementwise.add %c, %x : bf16[B,S,h]  {fusion = 1}"
+    mlp_bad("%e = elementwise.add %d, %x : bf16[B,S,h]", direct, "elementwise %e", "collective %c",
+            "fusion group 1")
+    mlp_bad("%e = elementwise.add %d, %x : bf16[B,S,h]", "%e = elementwise.add %d, %x : bf16[B,S,h]  {fusion = 1}",
+            "elementwise %e", "depends on collective %c")
+    # a group after the collective that does not reach back is fine
+    verify_graph(parse_graph(SHARDED_MLP.replace("%e = elementwise.add %d, %x : bf16[B,S,h]",
+                                                 "%e = elementwise.add %d, %x : bf16[B,S,h]  {fusion = 2}")))
+
+
+def test_reduce_and_elementwise_shapes() -> None:
+    mlp_bad("%d = elementwise.silu %c : bf16[B,S,h]", "%d = reduce.sum[h] %c : bf16[B,S,f]", "reduce %d",
+            "result dims ['f'] are not dims of its operand %c bf16[B,S,h]")
+    mlp_bad("%d = elementwise.silu %c : bf16[B,S,h]", "%d = reduce.sum[] %c : bf16[B,S,h]", "reduce %d",
+            "reduces no dim")
+    mlp_bad("%d = elementwise.silu %c : bf16[B,S,h]", "%d = elementwise.silu : bf16[B,S,h]", "elementwise %d",
+            "at least 1 operand")
+
+
+def test_dim_sizes_and_attributes_are_not_silently_dropped() -> None:
+    mlp_bad("h = 64, f = 128}", "h = 64, f = 128, T = B*0}", "dimension T = 'B*0' has a factor 0")
+    with pytest.raises(ParseError, match="op attribute 'fusion' is given twice"):
+        parse_graph(SHARDED_MLP.replace("fusion = 1}", "fusion = 1, fusion = 2}"))
+    with pytest.raises(ParseError, match="graph attribute 'mesh' is given twice"):
+        parse_graph(SHARDED_MLP.replace('etp=2"}', 'etp=2", mesh = "tp=1"}'))

@@ -341,3 +341,15 @@ def test_collective_bytes() -> None:
     assert collective_bytes(coll["moe"], sizes, mesh) == 8 / 2 * 1 * 64 * 2
     # logits all_gather: the gathered [B/dp, v] output
     assert collective_bytes(coll["logits"], sizes, mesh) == 8 / 2 * 128 * 2
+
+
+def test_a_sharded_graph_is_not_sharded_again(llama: Graph) -> None:
+    """Sharding twice (through the Python API, which a pipeline string's run-once rule does not see)
+    would split values that are already split: twice the collectives, or a dp mesh over tp splits."""
+    once = Shard(tp=2)(llama)
+    for again in (Shard(tp=2), Shard(dp=2), Shard(tp=1)):
+        with pytest.raises(ShardingError, match=r"already sharded \(mesh 'tp=2,dp=1,ep=1,etp=2'\); shard runs once"):
+            again(once)
+    no_mesh = Graph(once.name, once.dims, once.decls, once.body, once.outputs, ())
+    with pytest.raises(ShardingError, match="already sharded \\(collective %"):
+        Shard(tp=2)(no_mesh)

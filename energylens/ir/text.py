@@ -481,12 +481,16 @@ class _Parser:
         self.expect("{")
         aten = module = ""
         keys = ("causal", "shard", "fusion", "stream", "sm", "aten", "module")
+        seen: set[str] = set()
         while True:
             tok = self.tok
             key = self.name("an attribute (" + ", ".join(keys) + ")")
             if key not in keys or (key == "causal" and kind != "einsum"):
                 valid = keys if kind == "einsum" else keys[1:]
                 raise _error(tok.line, tok.col, f"unknown op attribute {key!r}; valid: {', '.join(valid)}")
+            if key in seen:
+                raise _error(tok.line, tok.col, f"op attribute {key!r} is given twice")
+            seen.add(key)
             self.expect("=", f"'=' after {key!r}")
             if key == "causal":
                 flag = self.tok
@@ -556,7 +560,10 @@ class _Parser:
             while not self.accept("}"):
                 if attrs:
                     self.expect(",", "',' or '}'")
+                tok = self.tok
                 key = self.name("an attribute name")
+                if any(k == key for k, _ in attrs):
+                    raise _error(tok.line, tok.col, f"graph attribute {key!r} is given twice")
                 self.expect("=", "'='")
                 attrs.append((key, self.string("a quoted attribute value")))
         self.expect("{", "'{' opening the graph body (or 'attributes')")

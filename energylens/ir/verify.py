@@ -15,11 +15,17 @@
 - ``repeat``: count >= 1, ``init`` defined before the region, ``carry`` defined in it, and both
   have the same type;
 - collectives: ``fn`` is one of ``COLLECTIVE_FNS``, the axis (and every sharding's) one of
-  ``MESH_AXES``; the graph's ``mesh`` attribute, if any, reads ``axis=size,...`` over those axes;
-  streams are 0 (compute) or 1 (communication);
-- a fusion group is one launched kernel: no collective is in one, and none sits inside one (an op
-  of a group cannot read a collective of a value the same group produced);
-- elementwise: the result's dims are the union of the operands' dims (broadcast by name);
+  ``MESH_AXES``; the graph's ``mesh`` attribute, if any, reads ``axis=size,...`` over those axes,
+  and a collective's axis has size >= 2 in it (no mesh, or size 1: nothing to communicate, and the
+  cost model would price it as free); one operand, and the result has its type (a collective moves
+  data, it does not reshape or convert it); stream 0 (compute) or 1 (communication), and only a
+  collective runs on stream 1;
+- a fusion group is one launched kernel: no collective is in one, and none sits inside one (no op
+  of a group depends, through a collective, on an op of the same group, directly or through other ops);
+- elementwise: at least one operand; the result's dims are the union of the operands' dims (broadcast
+  by name);
+- reduce: at least one reduced dim, all of operand 0 (a second operand is a weight, as RMSNorm's);
+  the result's dims are operand 0's (``topk`` adds its k dim);
 - gather: the gathered dim is a dim of the table (operand 0) or of the result (MoE dispatch);
 - outputs exist (are visible at the end of the graph).
 
@@ -54,7 +60,8 @@ _DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _EXPR_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 _ROLES = ("param", "input", "cache")
-_MIN_OPERANDS = {"einsum": 1, "reduce": 1, "gather": 2, "collective": 1, "elementwise": 0}
+_MIN_OPERANDS = {"einsum": 1, "reduce": 1, "gather": 2, "collective": 1, "elementwise": 1}
+_MAX_OPERANDS = {"collective": 1}
 
 
 def _fmt(t: TensorType) -> str:
@@ -87,9 +94,10 @@ def verify_dims(dims: tuple[tuple[str, DimSize], ...], where: str = "graph") -> 
                 if not a.isdigit() and a not in seen:
                     raise VerificationError(
                         f"{where}: dimension {name} = {size!r} uses {a!r}, which is not declared before it")
-            for op_, a in zip(tokens[1::2], atoms[1:], strict=True):
-                if op_ == "/" and a.isdigit() and int(a) == 0:
-                    raise VerificationError(f"{where}: dimension {name} = {size!r} divides by zero")
+            for op_, a in zip(["*", *tokens[1::2]], atoms, strict=True):
+                if a.isdigit() and int(a) == 0:
+                    raise VerificationError(f"{where}: dimension {name} = {size!r} "
+                                            + ("divides by zero" if op_ == "/" else "has a factor 0 (a size is positive)"))
         seen.add(name)
 
 
@@ -100,6 +108,7 @@ class _Verifier:
         self.visible: dict[str, TensorType] = {}   # values in scope
         self.defined: dict[str, str] = {}          # every value defined so far -> what defined it
         self.hidden: dict[str, str] = {}           # region values -> the region's name
+        self.mesh: dict[str, int] = {}             # the graph's mesh attribute, axis -> size
         self.all_names = self._all_names()
 
     def _all_names(self) -> set[str]:
@@ -154,6 +163,9 @@ class _Verifier:
         need = _MIN_OPERANDS.get(op.kind, 0)
         if len(op.operands) < need:
             raise VerificationError(f"{label}: needs at least {need} operand(s), has {len(op.operands)}")
+        most = _MAX_OPERANDS.get(op.kind)
+        if most is not None and len(op.operands) > most:
+            raise VerificationError(f"{label}: takes {most} operand, has {len(op.operands)}")
         try:
             op.verify()
         except VerificationError as e:
@@ -170,6 +182,8 @@ class _Verifier:
                 raise VerificationError(f"{label}: mesh axis {op.axis!r} is not one of {', '.join(MESH_AXES)}")
         if op.stream not in (0, 1) or not isinstance(op.stream, int) or isinstance(op.stream, bool):
             raise VerificationError(f"{label}: stream {op.stream!r} must be 0 (compute) or 1 (communication)")
+        if op.stream == 1 and not isinstance(op, Collective):
+            raise VerificationError(f"{label}: stream 1 is the communication stream; only a collective runs on it")
         sharded = [d for d, _ in op.sharding]
         if len(set(sharded)) != len(sharded):
             raise VerificationError(f"{label}: a dimension is sharded twice in {op.sharding}")
@@ -178,6 +192,8 @@ class _Verifier:
                 raise VerificationError(f"{label}: dimension {dim!r} is sharded over {axis!r}, not a mesh axis "
                                         f"({', '.join(MESH_AXES)})")
         self.fusion(op, label)
+        if isinstance(op, Collective):
+            self.collective(op, label)
         for i, v in enumerate(op.operands):
             t = self.lookup(v.name, label, f"operand {i}")
             if t != v.type:
@@ -203,6 +219,24 @@ class _Verifier:
             raise VerificationError(f"{label}: gathered dim {op.dim!r} is neither a dim of the table "
                                     f"%{op.operands[0].name} {_fmt(op.operands[0].type)} nor of the result")
         self.define(op.result, label)
+        if isinstance(op, Reduce):
+            if not op.dims:
+                raise VerificationError(f"{label}: reduces no dim (give the dims it reduces)")
+            extra = [d for d in op.result.type.dims if d not in op.operands[0].type.dims]
+            if len(extra) > (op.fn == "topk"):
+                raise VerificationError(f"{label}: result dims {extra} are not dims of its operand "
+                                        f"%{op.operands[0].name} {_fmt(op.operands[0].type)} (only topk adds one, its k)")
+
+    def collective(self, op: Collective, label: str) -> None:
+        """A collective spans 2+ GPUs of the graph's mesh and keeps its operand's type."""
+        if self.mesh.get(op.axis, 1) < 2:
+            mesh = self.g.attr.get("mesh")
+            have = "no mesh attribute" if mesh is None else f"mesh {mesh!r}"
+            raise VerificationError(f"{label}: a collective over {op.axis!r} needs the graph's mesh to split "
+                                    f"{op.axis!r} over 2 or more GPUs ({have}; the shard pass writes it)")
+        if op.result.type != op.operands[0].type:
+            raise VerificationError(f"{label}: result type {_fmt(op.result.type)} differs from its operand's "
+                                    f"{_fmt(op.operands[0].type)} (a collective keeps the type)")
 
     def fusion(self, op: Op, label: str) -> None:
         """A fusion group is one kernel: no collective in it."""
@@ -237,13 +271,12 @@ class _Verifier:
         verify_dims(g.dims, f"graph @{g.name}")
         mesh = g.attr.get("mesh")
         if mesh is not None:
-            axes: list[str] = []
             for part in str(mesh).split(","):
                 axis, eq, size = (x.strip() for x in part.partition("="))
-                axes.append(axis)
-                if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axes.count(axis) > 1:
+                if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axis in self.mesh:
                     raise VerificationError(f"graph @{g.name}: mesh {mesh!r} is not 'axis=size,...' with axes in "
                                             f"{', '.join(MESH_AXES)}, each once, and sizes >= 1 (bad part {part!r})")
+                self.mesh[axis] = int(size)
         for d in g.decls:
             self.decl(d, "")
         for item in g.body:
@@ -262,24 +295,38 @@ class _Verifier:
 
 class KernelCollectives:
     """Follows ops in program order and tells whether a collective would run inside a fused kernel:
-    an op of a fusion group that reads a collective of a value the same group produced (as ``shard``
-    after ``fuse`` makes). ``collective_inside_kernel`` and the random-graph generator share it."""
+    an op of a fusion group that depends, through a collective, on an op of the same group, directly
+    (as ``shard`` after ``fuse`` makes) or through ops outside the group. ``collective_inside_kernel``
+    and the random-graph generator share it."""
 
     def __init__(self) -> None:
-        self._group: dict[str, int | None] = {}   # op result -> its fusion group
-        self._source: dict[str, int | None] = {}  # collective result -> the group of its operand
+        self._groups: dict[str, frozenset[int]] = {}   # value -> fusion groups of the ops it depends on
+        self._through: dict[str, dict[int, str]] = {}  # value -> group -> a collective between them
+
+    def _inputs(self, op: Op) -> tuple[frozenset[int], dict[int, str]]:
+        groups: frozenset[int] = frozenset()
+        through: dict[int, str] = {}
+        for v in op.operands:
+            groups |= self._groups.get(v.name, frozenset())
+            for g, name in self._through.get(v.name, {}).items():
+                through.setdefault(g, name)
+        return groups, through
 
     def inside(self, op: Op) -> str | None:
-        """The operand of ``op`` that puts a collective inside ``op``'s kernel, or None."""
+        """The collective that ``op``'s kernel would wait for inside it, or None."""
         if isinstance(op, Collective) or op.fusion_group is None:
             return None
-        return next((v.name for v in op.operands
-                     if v.name in self._source and self._source[v.name] == op.fusion_group), None)
+        return self._inputs(op)[1].get(op.fusion_group)
 
     def add(self, op: Op) -> None:
+        groups, through = self._inputs(op)
         if isinstance(op, Collective):
-            self._source[op.result.name] = self._group.get(op.operands[0].name)
-        self._group[op.result.name] = op.fusion_group
+            for g in groups:
+                through.setdefault(g, op.result.name)
+        elif op.fusion_group is not None:
+            groups |= {op.fusion_group}
+        self._groups[op.result.name] = groups
+        self._through[op.result.name] = through
 
 
 def collective_inside_kernel(g: Graph) -> str | None:
@@ -291,9 +338,9 @@ def collective_inside_kernel(g: Graph) -> str | None:
         for op in region:
             v = kernels.inside(op)
             if v is not None:
-                return (f"{op.kind} %{op.result.name}{where}: reads %{v}, a collective of a value fusion "
-                        f"group {op.fusion_group} produced: the collective would run inside that kernel "
-                        "(shard before fuse)")
+                return (f"{op.kind} %{op.result.name}{where}: depends on collective %{v}, which depends on an "
+                        f"op of its own fusion group {op.fusion_group}: the collective would run inside that "
+                        "kernel (shard before fuse)")
             kernels.add(op)
     return None
 
