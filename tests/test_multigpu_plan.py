@@ -253,3 +253,22 @@ def test_a_vocab_tp_does_not_divide_is_still_split() -> None:
 
     # two more rows of embedding and lm_head (64 wide, bf16), split four ways; left whole they were 25 KB
     assert weights(130) - weights(128) == pytest.approx(2 * 2 * 64 * 2 / 4)
+
+
+def test_collective_groups_across_nodes_go_over_infiniband() -> None:
+    """tp groups are neighbouring GPUs, whole on a node; dp (and expert) groups take GPUs tp apart, so on
+    more GPUs than one node holds they cross nodes and are priced over InfiniBand, not NVLink."""
+    from energylens.costmodel.comm import collective_time_s
+    from energylens.costmodel.plan import price_ops
+
+    traced = resolve_model(MOE)
+    binding = {"B": 64, "S": 1, "K": 1024}
+    for par, crosses in ((el.Parallel(tp=4, ep=16, dp=4), {"tp": False, "dp": True}),
+                         (el.Parallel(tp=4, ep=8, dp=2), {"tp": False, "dp": False})):
+        recs = [r for r in plan_work(traced.decode, par, binding, gpu=GPU) if r.cls == "comm"]
+        assert {r.comm_axis for r in recs} == set(crosses)
+        for r in recs:
+            assert r.comm_across_nodes == crosses[r.comm_axis]
+            link = "ib" if crosses[r.comm_axis] else "nvlink"
+            want = collective_time_s(r.comm_fn, float(r.comm_bytes), r.comm_gpus, GPU.name, link)[0]
+            assert price_ops([r], 1, GPU, PROF).time_s[0, 0, 0] == want

@@ -10,8 +10,8 @@ inserted run over ``mesh[axis]`` GPUs. Pricing (``PlanPricer``, same call signat
 * **Compute ops**: ``WorkAnalysis`` at local sizes (fused kernels' HBM bytes and launches come
   from the fusion groups), priced by the roofline and power model of the single-GPU estimate.
 * **Collectives** (``all_reduce``/``all_gather``/``all_to_all``/...): latency from the NCCL tables
-  (``comm.collective_cost``) on the cluster's interconnect, for the message bytes per GPU
-  (``collective_bytes``); energy = static power x time + the communication power above static
+  (``comm.collective_cost``) on the cluster's interconnect (InfiniBand for a group that spans
+  nodes, ``group_spans_nodes``), for the message bytes per GPU (``collective_bytes``); energy = static power x time + the communication power above static
   (``comm_power_w - static``) x time. The dynamic part is in ``OpCost.byte_j`` and in ``comm_j``.
 * **Expert straggler** (ep > 1): under vLLM's expert parallelism every GPU runs its E/ep experts
   over all the step's tokens (gathered over dp), so its load is the token-slots routed to its
@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from energylens.costmodel.analysis import PricedOp, WorkAnalysis, _on_chip, is_attention_op
-from energylens.costmodel.comm import collective_cost
+from energylens.costmodel.comm import GPUS_PER_NODE, collective_cost
 from energylens.costmodel.compute import WORK_FIELDS, OpWork
 from energylens.costmodel.hardware import GPUSpec, get_gpu
 from energylens.costmodel.overlap import Kernel, OverlapParams, overlap_window
@@ -166,7 +166,8 @@ class PlanOp:
     expert ops under ep: their token dim ``C`` times ``straggler``). ``replication``: how many GPUs
     compute the same piece (sum over GPUs of ``work.flops`` = global FLOPs x replication).
     Collectives: ``comm_fn`` (``all_reduce``...), ``comm_axis``, ``comm_bytes`` (message bytes per
-    GPU, nccl-tests convention), ``comm_gpus`` (GPUs in one collective group).
+    GPU, nccl-tests convention), ``comm_gpus`` (GPUs in one collective group), ``comm_across_nodes``
+    (the group spans nodes, :func:`group_spans_nodes`: priced over InfiniBand).
     """
 
     op: Op
@@ -180,6 +181,23 @@ class PlanOp:
     comm_axis: str | None = None
     comm_bytes: Any = 0.0
     comm_gpus: int = 1
+    comm_across_nodes: bool = False
+
+
+def group_spans_nodes(axis: str, mesh: dict[str, int]) -> bool:
+    """Whether one collective group over mesh ``axis`` spans nodes of ``GPUS_PER_NODE`` GPUs.
+
+    Ranks are laid out as vLLM does, tensor parallel innermost (``rank = dp_rank * tp + tp_rank``),
+    so a tp group is ``tp`` neighbouring GPUs, whole on one node while ``tp <= GPUS_PER_NODE``; the
+    other axes (dp, and the MoE axes ep and etp, which spread over all tp x dp GPUs) take GPUs ``tp``
+    apart, so their groups cross nodes whenever the plan has more GPUs than a node.
+
+    >>> group_spans_nodes("tp", {"tp": 4, "dp": 4}), group_spans_nodes("dp", {"tp": 4, "dp": 4})
+    (False, True)
+    """
+    if axis == "tp":
+        return mesh.get("tp", 1) > GPUS_PER_NODE
+    return mesh.get(axis, 1) > 1 and mesh.get("tp", 1) * mesh.get("dp", 1) > GPUS_PER_NODE
 
 
 def _zero_work(peak: float) -> OpWork:
@@ -274,7 +292,8 @@ def plan_work(ir: Graph, parallel: Parallel | None, binding: Mapping[str, Any], 
         if isinstance(op, Collective):
             zero = _zero_work(peak)
             out.append(PlanOp(op, count, "comm", zero, zero, comm_fn=op.fn, comm_axis=op.axis,
-                              comm_bytes=collective_bytes(op, mean.sizes, mesh), comm_gpus=mesh.get(op.axis, 1)))
+                              comm_bytes=collective_bytes(op, mean.sizes, mesh), comm_gpus=mesh.get(op.axis, 1),
+                              comm_across_nodes=group_spans_nodes(op.axis, mesh)))
             continue
         cls = op_class(op)
         w = mean.visit(op)
@@ -412,7 +431,8 @@ def price_ops(recs: Sequence[PlanOp], n: int, gpu: GPUSpec, profile: Profile, in
         if r.cls != "comm" or int(r.comm_gpus) <= 1:
             continue
         uniq, inv = np.unique(_col(r.comm_bytes, n), return_inverse=True)
-        tp = np.array([_coll(r.comm_fn or "", float(b), int(r.comm_gpus), gpu.name, interconnect)
+        link = "ib" if r.comm_across_nodes else interconnect
+        tp = np.array([_coll(r.comm_fn or "", float(b), int(r.comm_gpus), gpu.name, link)
                        for b in uniq])[inv.reshape(-1)]
         t[i] = tp[:, :1]
         byte_j[i] = np.maximum(0.0, tp[:, 1:] - static_w) * tp[:, :1]
