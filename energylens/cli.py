@@ -465,7 +465,8 @@ def compile_cmd(
     if export:  # the figures the exported command is expected to give
         s = plan.estimate.serving
         serves = f", serving {s.batch} of the {batch} concurrent sequences asked for" if s.batch < batch else ""
-        print(f"# predicted: median ITL {s.median_itl_s * 1e3:.1f} ms, {s.energy_per_output_token_j:.3g} J per output "
+        itl = f"median ITL {s.median_itl_s * 1e3:.1f} ms, " if output_len > 1 else ""  # one token: no gap
+        print(f"# predicted: {itl}{s.energy_per_output_token_j:.3g} J per output "
               f"token, {s.avg_power_w / 1e3:.3g} kW on {plan.num_gpus} x {plan.gpu}, TTFT of the batch "
               f"{plan.estimate.prefill.latency_s:.3g} s{serves} (energylens {plan.objective} plan)",
               file=sys.stderr if export == "megatron" else sys.stdout)

@@ -325,6 +325,25 @@ def test_choice_names_take_any_case_like_gpu_names() -> None:
     assert r.exit_code == 0, r.output
 
 
+def test_export_header_gives_no_itl_for_one_output_token() -> None:
+    """One output token has no inter-token gap (the report prints '-'): the export header says none."""
+    r = run("compile", "Qwen/Qwen3-0.6B", "--gpus", "1", "--batch", "4", "--prompt-len", "16", "--output-len", "1",
+            "--export", "vllm")
+    assert r.exit_code == 0, r.output
+    assert "# predicted: " in r.output and "ITL" not in r.output.split("# predicted: ")[1].splitlines()[0]
+
+
+def test_prefix_hit_share_is_not_rounded_to_all() -> None:
+    from types import SimpleNamespace
+
+    from energylens import Workload
+    from energylens.search.report import serving_label
+
+    serving = SimpleNamespace(kv_limited=False, batch=4)
+    assert "99.9% prefix hits" in serving_label(Workload(batch=4, prompt_len=8, prefix_cache_hit=0.999), serving)
+    assert "50% prefix hits" in serving_label(Workload(batch=4, prompt_len=8, prefix_cache_hit=0.5), serving)
+
+
 def test_plot_in_a_folder_that_is_a_file_says_so(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(EnergylensError, match="is a file, not a folder"):

@@ -290,6 +290,9 @@ def test_a_plan_over_several_nodes_says_how_to_launch_it_and_locks_each_node() -
     odd = vllm_notes(plan(tp=4, dp=3, model="meta-llama/Llama-3.1-70B-Instruct", gpu_clock_mhz=990))
     assert any("span 2 nodes of 8 (8 + 4 GPUs" in n for n in odd)
     assert any("on each of the 2 nodes (GPUs 0-3 only on the last)" in n for n in odd)
+    assert any("whole tensor-parallel groups per node" in n for n in odd)
+    wide = vllm_notes(plan(tp=16, model="meta-llama/Llama-3.1-405B-Instruct"))
+    assert any("span 2 nodes of 8 (8 + 8 GPUs, each tensor-parallel group of 16 over 2 nodes)" in n for n in wide)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -117,9 +117,12 @@ def vllm_notes(plan: PlanLike) -> list[str]:
     per_node = node_gpus(plan)
     n = len(per_node)
     if n > 1:
+        tp = plan.parallel.tp
+        groups = (f"each tensor-parallel group of {tp} over {-(-tp // GPUS_PER_NODE)} nodes" if tp > GPUS_PER_NODE
+                  else "whole tensor-parallel groups per node")
         notes.append(
             f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE} ({' + '.join(map(str, per_node))} GPUs, "
-            "whole tensor-parallel groups per node): serve it as a vLLM multi-node deployment (a Ray cluster over "
+            f"{groups}): serve it as a vLLM multi-node deployment (a Ray cluster over "
             "the nodes with --distributed-executor-backend ray, or on each node the mp backend's "
             "--nnodes/--node-rank/--master-addr; data-parallel replicas with --data-parallel-size-local, "
             "--data-parallel-start-rank and --data-parallel-address); the vllm serve line is the whole plan's, "

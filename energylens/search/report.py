@@ -33,7 +33,7 @@ def serving_label(workload: Any, serving: Any) -> str:
     """The name of the steady-state serving row of a phase table (its latency is the median ITL; its
     energy and power are the mean step's), with the running batch where prefill or the KV cache
     keeps it below ``workload.batch`` (``costmodel.serving.running_batch``)."""
-    hit = f", {workload.prefix_cache_hit:.0%} prefix hits" if workload.prefix_cache_hit else ""
+    hit = f", {100 * workload.prefix_cache_hit:.4g}% prefix hits" if workload.prefix_cache_hit else ""  # 99.9, not 100
     why = ("the KV cache holds no more at their mean context (vLLM preempts the rest)"
            if serving.kv_limited else "prefill of new prompts fills every step's token budget")
     run = f"; only {serving.batch} of {workload.batch} sequences run: {why}" if serving.batch < workload.batch else ""
