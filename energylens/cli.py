@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -202,6 +203,17 @@ def estimate(
     console.print(ops)
 
 
+@contextmanager
+def _pipeline_errors() -> Iterator[None]:
+    """An error of ``--pipeline``, as one line that keeps the pipeline's option names
+    (``moe{routing=histogram,...}``), not those of the other commands' CLI options."""
+    try:
+        yield
+    except EnergylensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
 @app.command("ir")
 @_user_errors
 def ir_cmd(
@@ -219,12 +231,14 @@ def ir_cmd(
     if phase not in ("prefill", "decode"):
         raise UnknownNameError("phase", phase, ["prefill", "decode"])
     # the pipeline is read (and a bad one refused) before the model is traced
-    passes = PassManager.from_pipeline(pipeline or (), print_after_all=sys.stdout if print_after_all else None)
+    with _pipeline_errors():
+        passes = PassManager.from_pipeline(pipeline or (), print_after_all=sys.stdout if print_after_all else None)
     ir = trace_model(model)
     graph = ir.prefill if phase == "prefill" else ir.decode
     if print_after_all:
         print(f"// after trace\n{print_graph(graph)}", end="")
-    graph = passes(graph)
+    with _pipeline_errors():
+        graph = passes(graph)
     if not print_after_all:
         print(print_graph(graph), end="")
 

@@ -153,7 +153,7 @@ def test_pipeline_parsing() -> None:
     assert parse_pipeline(" shard { tp = 2 } , fuse{attention=false} ") == (Shard(tp=2), Fuse(attention=False))
     assert parse_pipeline('moe{routing="histogram", histogram=[1, 2, 3.5]}') == (
         Moe(routing="histogram", histogram=(1.0, 2.0, 3.5)),)
-    assert parse_pipeline("moe{skew=2}")[0].skew == 2.0        # int accepted for a float option
+    assert parse_pipeline("moe{routing=zipf,skew=2}")[0].skew == 2.0        # int accepted for a float option
     assert parse_pipeline("") == ()
 
 
@@ -232,3 +232,28 @@ def test_cli_names_a_pass_option_as_the_pipeline_spells_it():
 
     r = CliRunner().invoke(app, ["ir", "Qwen/Qwen3-0.6B", "--pipeline", "overlap{sms=8}"])
     assert r.exit_code == 2 and "Did you mean 'comm_sms'?" in r.output and "--comm-sms" not in r.output
+    r = CliRunner().invoke(app, ["ir", "Qwen/Qwen3-0.6B", "--pipeline", "moe{routing=histogram}"])
+    assert r.exit_code == 2 and "routing='histogram' needs histogram=" in r.output and "--routing" not in r.output
+
+
+def test_each_pass_runs_once_and_moe_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="runs pass 'fuse' 2 times"):
+        PassManager.from_pipeline("fuse{gemm=false},fuse")
+    with pytest.raises(ConfigError, match="skew=5 is only used with routing='zipf', not 'uniform'"):
+        Moe(routing="uniform", skew=5)
+    with pytest.raises(ConfigError, match="routing seed must be an integer >= 0, got -1"):
+        Moe(routing="zipf", seed=-1)
+
+
+@pytest.mark.parametrize(("pipeline", "message"), [
+    (["shard{tp=2}", "fuse"], "got the string 'shard{tp=2}': write the whole pipeline as one string"),
+    ([Shard, Fuse], "got the class Shard: give Shard(...)"),
+    ([3], "pass instances (Graph -> Graph), got int 3"),
+    (Shard(tp=2), "put a single pass in a list: [Shard(...)]"),
+])
+def test_pipeline_sequences_hold_pass_instances(pipeline: object, message: str) -> None:
+    from energylens.errors import InvalidTypeError
+
+    with pytest.raises(InvalidTypeError) as info:
+        run_pipeline(llama_decode(), pipeline)  # type: ignore[arg-type]
+    assert message in str(info.value)

@@ -134,3 +134,30 @@ def test_errors(llama: Graph) -> None:
         make_pass("overlap")  # comm_sms is required
     with pytest.raises(Exception, match="flat graph"):
         Overlap(start=0, end=1, comm_sms=8)(llama)
+
+
+FLAT = """\
+graph @flat attributes {mesh = "tp=2,dp=1,ep=1,etp=2"} {
+  dims {B = ?, S = ?, h = 64, f = 128}
+  input %x : bf16[B,S,h]
+  param %w1 : bf16[h,f]
+  param %w2 : bf16[f,h]
+  param %w3 : bf16[h,f]
+  %a = einsum "bsh,hf->bsf" %x, %w1 : bf16[B,S,f]  {shard = {f = tp}}
+  %b = einsum "bsf,fh->bsh" %a, %w2 : bf16[B,S,h]  {shard = {f = tp}}
+  %c = collective.all_reduce[tp] %b : bf16[B,S,h]
+  %d = einsum "bsh,hf->bsf" %x, %w3 : bf16[B,S,f]  {shard = {f = tp}}
+  %e = elementwise.silu %d : bf16[B,S,f]
+  %y = elementwise.add %c, %x : bf16[B,S,h]
+  return %y, %e
+}
+"""
+
+
+def test_explicit_window_cannot_start_before_the_collectives_operand() -> None:
+    with pytest.raises(InvalidWorkloadError, match=r"%c reads %b, which kernel 1 makes: the window must start "
+                                                   r"after it \(start >= 2\), got start=0"):
+        Overlap(start=0, end=0, comm_sms=SMS)(parse_graph(FLAT))
+    out = Overlap(start=2, end=3, comm_sms=SMS)(parse_graph(FLAT))
+    verify_graph(out)
+    assert [op.result.name for op in _ops(out)][2] == "c"

@@ -41,7 +41,7 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
-from energylens.errors import ConfigError, UnknownNameError, VerificationError, closest
+from energylens.errors import ConfigError, InvalidTypeError, UnknownNameError, VerificationError, closest
 from energylens.ir.core import Graph
 
 __all__ = [
@@ -79,7 +79,7 @@ _BUILTIN_MODULES = ("energylens.passes.shard", "energylens.passes.fuse", "energy
                     "energylens.passes.overlap")
 _loaded = False
 #: Passes that may run at most once in a pipeline: a second shard would split shards again.
-_ONCE = ("shard", "moe", "overlap")  # a second one would silently override the first
+_ONCE = ("shard", "fuse", "moe", "overlap")  # a second one would silently override the first
 
 
 class PassVerificationError(VerificationError):
@@ -412,7 +412,22 @@ class PassManager:
 
     @classmethod
     def from_pipeline(cls, pipeline: str | Iterable[Any], **kwargs: Any) -> PassManager:
-        passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else tuple(pipeline)
+        if isinstance(pipeline, str):
+            return cls(parse_pipeline(pipeline), **kwargs)
+        if not isinstance(pipeline, Iterable):
+            raise InvalidTypeError(f"a pipeline is a string ('shard{{tp=2}},fuse') or a sequence of passes, got "
+                                   f"{type(pipeline).__name__}; put a single pass in a list: [{type(pipeline).__name__}(...)]")
+        passes = tuple(pipeline)
+        for p in passes:
+            if isinstance(p, str):
+                raise InvalidTypeError(f"a pipeline sequence holds pass instances, got the string {p!r}: write the "
+                                       "whole pipeline as one string instead ('shard{tp=2},fuse')")
+            if isinstance(p, type):
+                raise InvalidTypeError(f"a pipeline sequence holds pass instances, got the class {p.__name__}: "
+                                       f"give {p.__name__}(...)")
+            if not callable(p):
+                raise InvalidTypeError(f"a pipeline sequence holds pass instances (Graph -> Graph), got "
+                                       f"{type(p).__name__} {p!r}")
         return cls(passes, **kwargs)
 
     def _emit(self, name: str, graph: Graph) -> None:

@@ -82,6 +82,10 @@ class Moe:
 
     def __post_init__(self) -> None:
         _check(self.routing, self.skew, self.histogram)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"routing seed must be an integer >= 0, got {self.seed!r}")
+        if self.skew != 1.0 and self.routing != "zipf":  # it would be ignored
+            raise ConfigError(f"skew={self.skew} is only used with routing='zipf', not {self.routing!r}")
 
     def __call__(self, graph: Graph) -> Graph:
         if not expert_ops(graph):

@@ -218,6 +218,11 @@ class Overlap:
         if users and min(users) <= self.end:
             raise InvalidWorkloadError(f"overlap: %{coll.result.name} is used by kernel {min(users)}, "
                                        f"inside the window {self.start}..{self.end}")
+        src = coll.operands[0].name
+        made = [k for k, kern in enumerate(kernels) if any(rest[i].result.name == src for i in kern)]
+        if made and made[0] >= self.start:  # launched before kernel start, it needs its operand by then
+            raise InvalidWorkloadError(f"overlap: %{coll.result.name} reads %{src}, which kernel {made[0]} makes: "
+                                       f"the window must start after it (start >= {made[0] + 1}), got start={self.start}")
         share = self.share
         window = {i for kern in kernels[self.start:self.end + 1] for i in kern}
         new_ops = [dataclasses.replace(op, sm_share=1 - share) if i in window else op
