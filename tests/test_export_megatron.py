@@ -234,6 +234,17 @@ def test_moe_replicas_step_together_note() -> None:
     assert not any("step together" in n for n in megatron_extras(plan(tp=8, ep=8)).notes)
 
 
+def test_dynamic_engine_limits_are_not_the_static_caches() -> None:
+    """MoE over dp replicas runs Megatron's dynamic engine, whose paged cache runs every request: its
+    limits are the plan's, not the static cache's cut to full-length requests."""
+    kw = dict(kv_cache_tokens=20_000, request_len=1280)
+    dyn = megatron_extras(plan(tp=4, dp=2, ep=8, **kw))
+    assert dyn.inference_wrapper == {"inference_max_requests": 64, "inference_max_seq_length": 1280}
+    assert any("DynamicInferenceContext(max_requests=64, max_sequence_length=1280)" in n for n in dyn.notes)
+    static = megatron_extras(plan(tp=8, ep=8, **kw))
+    assert static.inference_wrapper["inference_max_requests"] == 20_000 // 1280
+
+
 def test_fp8_keeps_fp8_weights_with_the_checkpoints_recipe() -> None:
     block = to_megatron(plan(tp=4, model="Qwen/Qwen3-235B-A22B-Instruct-2507-FP8", quantization="fp8"))
     assert block["fp8_param"] is True and block["fp8_recipe"] == "blockwise"

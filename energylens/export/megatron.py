@@ -49,8 +49,9 @@ Mapping (plan, in vLLM's meaning -> Megatron-Core):
   else ``"tensorwise"`` (one scale per tensor, current scaling; a per-channel checkpoint's scales
   are coarsened to it).
 - ``max_num_seqs`` / ``max_model_len`` -> ``InferenceWrapperConfig.inference_max_requests`` /
-  ``inference_max_seq_length`` (in :attr:`MegatronExtras.inference_wrapper`); the static inference
-  cache holds requests x that length, so with ``kv_cache_tokens`` known the length is at most
+  ``inference_max_seq_length`` (in :attr:`MegatronExtras.inference_wrapper`), as they are for a plan
+  that runs the dynamic engine (MoE over dp replicas: its paged cache is sized by a note's
+  ``DynamicInferenceContext`` arguments); the static inference cache holds requests x that length, so with ``kv_cache_tokens`` known the length is at most
   ``kv_cache_tokens // max_num_seqs``, and the requests fewer where a request of ``request_len``
   tokens would not fit (``_static_limits``). Megatron's cache is in the activations' dtype (bf16), so
   a checkpoint whose KV cache the plan priced in fp8 (ModelOpt's) holds half the tokens there.
@@ -230,6 +231,12 @@ def _fp8_recipe(plan: PlanLike) -> tuple[str, str | None]:
                           "9.0+), so its weights are scaled per tensor instead")
 
 
+def _dynamic_engine(plan: PlanLike, cfg: dict[str, Any]) -> bool:
+    """Whether the plan needs Megatron-Core's dynamic engine: experts spread over dp replicas, which
+    must step together (the dynamic engine runs dummy steps for an idle replica, the static does not)."""
+    return "expert_model_parallel_size" in cfg and plan.parallel.dp > 1
+
+
 def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     """What Megatron-Core's inference cannot run as the plan was priced."""
     p, notes = plan.parallel, []
@@ -245,9 +252,11 @@ def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     if plan.sequence_parallel and not _moe_sequence_parallel(plan, "expert_model_parallel_size" in cfg):
         notes.append("sequence_parallel: Megatron-Core's inference runs it only in the MoE layers of a model "
                      "with tp > 1 and ep > 1 (TextGenerationController raises NotImplementedError otherwise)")
-    if "expert_model_parallel_size" in cfg and p.dp > 1:
+    if _dynamic_engine(plan, cfg):
         notes.append(f"the experts span the {p.dp} data-parallel replicas, which must step together: run "
-                     "Megatron-Core's dynamic inference engine (its static engine does not)")
+                     "Megatron-Core's dynamic inference engine (its static engine does not), with "
+                     f"DynamicInferenceContext(max_requests={plan.max_num_seqs}, max_sequence_length="
+                     f"{plan.max_model_len}); its paged KV cache, like vLLM's, holds requests at their length so far")
     if plan.comm_sms is not None:
         if p.tp > 1 and not plan.sequence_parallel:
             notes.append(f"comm_sms={plan.comm_sms} not applied to tensor-parallel communication: Megatron "
@@ -275,7 +284,9 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
     tp, pp = cfg["tensor_model_parallel_size"], cfg["pipeline_model_parallel_size"]
     # a dense model: Megatron's defaults (experts, had there been any, would follow tp)
     etp, ep = cfg.get("expert_tensor_parallel_size", tp), cfg.get("expert_model_parallel_size", 1)
-    requests, length, static_notes = _static_limits(plan)
+    # the static engine's cache holds every request at full length; the dynamic one pages it
+    requests, length, static_notes = ((plan.max_num_seqs, plan.max_model_len, []) if _dynamic_engine(plan, cfg)
+                                      else _static_limits(plan))
     inference: dict[str, Any] = {"inference_max_requests": requests, "inference_max_seq_length": length}
     if "fp8" in cfg:
         inference["fp8"] = cfg["fp8"]
