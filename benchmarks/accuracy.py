@@ -59,6 +59,7 @@ from energylens.costmodel.fit import (  # noqa: E402
     write_profile,
 )
 from energylens.costmodel.hardware import get_gpu  # noqa: E402
+from energylens.costmodel.profile import PRIOR_REFERENCE_GPU, default_profile, profile_path  # noqa: E402
 from energylens.errors import DoesNotFitError, EnergylensError, UnknownNameError  # noqa: E402
 
 DATASETS = ("mlenergy", "overlap")
@@ -109,18 +110,23 @@ def _fit_holdout(rows: Sequence, holdout: str, out_dir: Path, data: str, console
     train = [r for r in rows if not _same_model(r.model_id, holdout) and row_skip_reason(r) is None and _priceable(r)]
     gpus = sorted({get_gpu(r.gpu_model).name for r in train})
     held = [r for r in rows if _same_model(r.model_id, holdout)]
+    prior = (f"its datasheet prior (profile.prior_profile, with the held-out {PRIOR_REFERENCE_GPU} fit's software "
+             "costs, or its datasheet default's where that has no fit)")
     for gpu in sorted({g.name for r in held if (g := gpu_or_none(r.gpu_model))} - set(gpus)):
         console.print(f"[yellow]{gpu}: no single-GPU rows of the other models to fit on; the held-out rows on it "
-                      "use its datasheet prior (profile.prior_profile)[/]")
+                      f"use {prior}[/]")
     for gpu in gpus:
         try:
             prof = fit_gpu_profile(gpu, train, resolve_model, data_label=f"{data} without {holdout} (held-out fit)")
         except EnergylensError as exc:
-            console.print(f"[yellow]no held-out fit for {gpu}: {exc}; it uses its datasheet default[/]")
+            console.print(f"[yellow]no held-out fit for {gpu}: {exc}; it uses {prior}[/]")
             continue
         write_profile(prof, out_dir)
         console.print(f"fitted {gpu} on {prof.provenance.rows} rows of "
                       f"{', '.join(sorted({r.model_id for r in train if get_gpu(r.gpu_model).name == gpu}))}")
+    if not profile_path(PRIOR_REFERENCE_GPU, out_dir).exists():
+        # the bundled profiles are fitted on every dev row, the held-out model's too: no fallback may use them
+        write_profile(default_profile(get_gpu(PRIOR_REFERENCE_GPU)), out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reason = f"cannot estimate: {exc}"
             else:
                 s = est.serving
-                ran = s.batch if s.batch < est.workload.batch else None
+                ran = s.batch if s.batch != round(r.avg_batch_size) else None
                 results.append(Result(r, s.median_itl_s, s.avg_power_w, s.energy_per_output_token_j, ran))
         if reason is not None:
             skipped.append((r, reason))
@@ -234,14 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r, why in over_memory:
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
                           f"batch {r.avg_batch_size:.0f}: memory estimate says {why}", soft_wrap=True)
-    fewer = [res for res in results if res.ran]
-    if fewer:
-        console.print(f"priced at fewer sequences than measured {len(fewer)} rows (batch column: measured→priced; "
-                      "prefill of new prompts cannot keep more running within the step's token budget):")
-        for res in fewer:
+    other = [res for res in results if res.ran]
+    if other:
+        console.print(f"priced at another batch than measured {len(other)} rows (batch column: measured→priced):")
+        for res in other:
             r = res.row
+            why = ("prefill of new prompts cannot keep more running within the step's token budget"
+                   if res.ran < r.avg_batch_size else
+                   f"each of the {r.parallel().dp} data-parallel replicas runs a whole number of sequences, at least one")
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} batch "
-                          f"{r.avg_batch_size:.0f} priced as {res.ran} running", soft_wrap=True)
+                          f"{r.avg_batch_size:g} priced as {res.ran} running: {why}", soft_wrap=True)
     if tmp is not None:
         tmp.cleanup()
 

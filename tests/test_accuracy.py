@@ -216,4 +216,52 @@ def test_rows_priced_at_fewer_sequences_than_measured_are_said(monkeypatch, tmp_
         w.writerow(dict(row, max_num_seqs="20000", avg_batch_size="20000"))
     assert main(["--dataset", "mlenergy", "--data", str(path)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"20000→\d+", out) and re.search(r"line 2: .* batch 20000 priced as \d+ running", out)
+    assert re.search(r"20000→\d+", out) and re.search(r"line 2: .* batch 20000 priced as \d+ running: prefill", out)
+
+
+def test_rows_priced_at_more_sequences_than_measured_are_said(monkeypatch, tmp_path, capsys):
+    """Fewer sequences than dp replicas: each replica still runs one, and the table says so."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    with open(DEV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    row = next(r for r in rows if r["num_gpus"] == "2")  # MoE on 2 GPUs: tp=2, ep=2 (the caveat's reading)
+    path = tmp_path / "dp.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerow(dict(row, tp="1", ep="2", dp="2", max_num_seqs="8", avg_batch_size="1"))
+    assert main(["--dataset", "mlenergy", "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1→2" in out and re.search(r"line 2: .* batch 1 priced as 2 running: each of the 2 data-parallel", out)
+
+
+def test_holdout_fallbacks_never_use_the_bundled_fits(monkeypatch, tmp_path):
+    """The bundled profiles are fitted on every dev row, the held-out model's too: a GPU without a
+    held-out fit takes its prior from the held-out reference fit, or from the reference GPU's
+    datasheet default when that has none, never from the bundled H100-SXM fit."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from accuracy import _fit_holdout
+    from rich.console import Console
+
+    from energylens.costmodel.fit import read_mlenergy
+    from energylens.costmodel.profile import load_profile
+
+    with open(DEV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    few_h100 = [r for r in rows if r["gpu_model"] == "H100" and r["model_id"] == "Qwen/Qwen3-8B"][:2]
+    held = [r for r in rows if r["gpu_model"] == "B200" and r["model_id"] == "meta-llama/Llama-3.1-8B-Instruct"][:2]
+    path = tmp_path / "few.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([*few_h100, *held])
+    out = tmp_path / "profiles"
+    console = Console(record=True, width=300)
+    _fit_holdout(read_mlenergy(path), "meta-llama/Llama-3.1-8B-Instruct", out, str(path), console)
+    text = console.export_text()
+    assert "no held-out fit for H100-SXM" in text and "B200: no single-GPU rows" in text
+    assert load_profile("H100-SXM", out).provenance.method == "datasheet-default"
+    b200 = load_profile("B200", out)
+    assert b200.provenance.method == "datasheet-prior" and "mlenergy" not in b200.provenance.data
