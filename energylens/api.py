@@ -114,10 +114,10 @@ def cluster_interconnect(cluster: Cluster, gpu: GPUSpec) -> str:
 
 def check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
     """``comm_sms`` must be None (no overlap) or an SM count the GPU can spare (1 .. SMs - 1)."""
-    if comm_sms is not None and not isinstance(comm_sms, numbers.Real):  # "16": a wrong type, not a bad count
+    if comm_sms is not None and (isinstance(comm_sms, bool) or not isinstance(comm_sms, numbers.Integral)):
+        # "16", 16.0, True: a wrong type, not a bad count
         raise InvalidTypeError(f"comm_sms must be an SM count (an int) or None, got {type(comm_sms).__name__} {comm_sms!r}")
-    if comm_sms is not None and (isinstance(comm_sms, bool) or not isinstance(comm_sms, numbers.Integral)
-                                 or not 0 < comm_sms < gpu.compute_units):
+    if comm_sms is not None and not 0 < comm_sms < gpu.compute_units:
         raise ConfigError(f"comm_sms must be an SM count in 1..{gpu.compute_units - 1} on {gpu.name} "
                           f"(or None: no overlap), got {comm_sms!r}")
 

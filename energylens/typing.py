@@ -120,9 +120,12 @@ class Workload(Record):
             _positive_int(self, name)
         for name, high, closed in (("output_len_cv", 10, True), ("prefix_cache_hit", 1, False)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= high if closed else 0 <= v < high):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise InvalidTypeError(f"Workload.{name} must be a number, got {type(v).__name__} {v!r}")
+            if not (0 <= v <= high if closed else 0 <= v < high):
                 raise InvalidWorkloadError(
                     f"Workload.{name} must be a number in [0, {high}{']' if closed else ')'}, got {v!r}")
+            object.__setattr__(self, name, float(v))  # a numpy scalar becomes a plain float (to_dict, JSON)
 
     @property
     def prefill_len(self) -> float:

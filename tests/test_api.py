@@ -143,6 +143,15 @@ def test_check_memory_false_prices_an_over_memory_batch():
     assert est.serving.energy_per_output_token_j < small.serving.energy_per_output_token_j
 
 
+def test_check_memory_false_with_weights_over_memory_keeps_the_context():
+    """Weights alone past the GPU leave no KV capacity to cap the context at: the serving step keeps
+    the workload's context (a cap of 0 tokens priced no KV traffic: longer prompts cost nothing)."""
+    one = el.Cluster("H100-SXM")
+    itl = [el.estimate("meta-llama/Llama-3.1-70B-Instruct", one, el.Workload(batch=32, prompt_len=p, output_len=256),
+                       check_memory=False).serving.median_itl_s for p in (1024, 8192)]
+    assert itl[1] > itl[0] * 1.1
+
+
 def test_real_model_estimate():
     est = el.estimate("meta-llama/Llama-3.1-8B-Instruct", el.Cluster("H100"),
                       el.Workload(batch=8, prompt_len=634, output_len=400))

@@ -122,7 +122,7 @@ def test_existing_profiles_folder_without_the_gpu_falls_back_visibly(tmp_path) -
 def test_compile_bad_comm_sms(sms: object) -> None:
     # the sequence itself, or an element (checked as el.estimate checks its one comm_sms)
     with pytest.raises(el.EnergylensError, match=r"comm_sms must be (a non-empty sequence of None|an SM count in "
-                                                 r"1..131 on H100-SXM)"):
+                                                 r"1..131 on H100-SXM|an SM count \(an int\) or None, got)"):
         el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=2), WL, comm_sms=sms, clocks_mhz=(1980,))  # type: ignore[arg-type]
 
 
@@ -327,3 +327,12 @@ def test_the_config_stamp_follows_the_files_load_config_reads(tmp_path, monkeypa
     assert _file_stamp("~/m.json") == (("m.json", b"{}"),)
     (tmp_path / "m.hf_quant_config.json").write_text('{"q": 1}')
     assert _file_stamp(str(tmp_path / "m.json"))[1] == ("m.hf_quant_config.json", b'{"q": 1}')
+
+
+def test_workload_shares_take_numpy_numbers() -> None:
+    import numpy as np
+
+    wl = el.Workload(8, 512, 64, output_len_cv=np.float32(0.5), prefix_cache_hit=np.int64(0))
+    assert type(wl.output_len_cv) is float and wl.output_len_cv == 0.5 and type(wl.prefix_cache_hit) is float
+    with pytest.raises(InvalidTypeError, match="Workload.output_len_cv must be a number, got str '1'"):
+        el.Workload(8, 512, 64, output_len_cv="1")

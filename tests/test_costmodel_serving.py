@@ -82,11 +82,13 @@ def test_output_len_cv_is_validated():
         Workload(batch=8, prompt_len=600, output_len=400, output_len_cv=-1.0)
 
 
-@pytest.mark.parametrize("hit", [-0.1, 1.0, True, "0.5"])
-def test_prefix_cache_hit_is_validated(hit):
-    from energylens.errors import InvalidWorkloadError
+@pytest.mark.parametrize(("hit", "match"), [(-0.1, r"must be a number in \[0, 1\)"), (1.0, r"must be a number in \[0, 1\)"),
+                                          (True, "must be a number, got bool True"),
+                                          ("0.5", "must be a number, got str '0.5'")])
+def test_prefix_cache_hit_is_validated(hit, match):
+    from energylens.errors import EnergylensError
 
-    with pytest.raises(InvalidWorkloadError, match=r"prefix_cache_hit must be a number in \[0, 1\)"):
+    with pytest.raises(EnergylensError, match=r"prefix_cache_hit " + match):
         Workload(batch=8, prompt_len=600, output_len=400, prefix_cache_hit=hit)
 
 

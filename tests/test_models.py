@@ -341,9 +341,13 @@ def test_qwen_sliding_window_only_from_max_window_layers() -> None:
     with pytest.raises(ConfigError, match=rf"max_window_layers 0 < num_hidden_layers {n}.*sliding-window attention is not modelled"):
         load_config({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 0})
     moe = config_dict(load_config("Qwen/Qwen3-30B-A3B-Instruct-2507").config)  # its configs have no max_window_layers
-    with pytest.raises(ConfigError, match=r"use_sliding_window with sliding_window 4096 is not supported"):
+    with pytest.raises(ConfigError, match=r"use_sliding_window with sliding_window 4096 \(every layer of a "
+                                          r"qwen3_moe model slides\) is not supported"):
         load_config({**{k: v for k, v in moe.items() if k != "max_window_layers"}, "use_sliding_window": True,
                      "sliding_window": 4096})
+    # transformers' Qwen3-MoE reads no max_window_layers: every layer slides whatever it says
+    with pytest.raises(ConfigError, match=r"every layer of a qwen3_moe model slides"):
+        load_config({**moe, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 48})
 
 
 def test_unsupported_quantization_names_the_file_it_is_in(tmp_path) -> None:

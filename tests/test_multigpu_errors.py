@@ -95,3 +95,17 @@ def test_pcie_is_slower_than_nvlink() -> None:
     nv = el.estimate(LLAMA, el.Cluster("H100", num_gpus=2), WL, el.Parallel(tp=2))
     pcie = el.estimate(LLAMA, el.Cluster("H100", num_gpus=2, interconnect="pcie"), WL, el.Parallel(tp=2))
     assert pcie.decode.itl_s > nv.decode.itl_s
+
+
+def test_a_comm_sms_of_the_wrong_type_says_so_and_a_histogram_list_is_taken() -> None:
+    from energylens.errors import InvalidTypeError
+    from energylens.passes.moe import Moe
+
+    for bad in (16.0, True, "16"):
+        with pytest.raises(InvalidTypeError, match=r"comm_sms must be an SM count \(an int\) or None, got"):
+            el.estimate(LLAMA, el.Cluster("H100", num_gpus=2), WL, el.Parallel(tp=2), comm_sms=bad)
+    # a histogram given as a list (as the error that asks for one spells it) works as a tuple does
+    moe = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+    listed = el.estimate(moe, el.Cluster("H100"), WL, routing=Moe(routing="histogram", histogram=[1.0] * 128))
+    tupled = el.estimate(moe, el.Cluster("H100"), WL, routing=Moe(routing="histogram", histogram=(1.0,) * 128))
+    assert listed.decode == tupled.decode

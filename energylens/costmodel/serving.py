@@ -362,7 +362,7 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     prefill cannot keep it full or the KV cache cannot hold it); ``ServingEstimate.batch`` is that
     number. ``hold_batch``: ``batch`` is a measured running batch (a run that held it, e.g. with
     prefix caching sharing KV blocks): it is not cut to the KV capacity; the mean KV length is
-    capped at the capacity instead (``serving_context_len``).
+    capped at the capacity instead (``serving_context_len``), unless the weights leave none.
     """
     kv_cap = kv_capacity_tokens(decode, gpu)
     prefill_bound = running_batch(workload, replicas)
@@ -370,7 +370,9 @@ def serving_estimate(prefill: Graph, decode: Graph, workload: Workload, gpu: GPU
     kv_limited = running < prefill_bound
     workload = dataclasses.replace(workload, batch=running)
     share = served_share(workload, replicas)
-    ctx = serving_context_len(workload, kv_cap)
+    # weights that leave no room for a cache (a held batch priced past the memory check): no capacity
+    # to cap at, so the workload's own context (a cap of 0 tokens would price no KV traffic at all)
+    ctx = serving_context_len(workload, kv_cap if kv_cap > 0 else math.inf)
 
     def cost(p: float) -> StepCost:
         ops = step_ops(prefill, decode, workload.batch, ctx, workload.prompt_len, p, gpu, profile, price,

@@ -354,13 +354,16 @@ def _check_layers(d: dict[str, Any], where: str) -> None:
     types = d.get("layer_types")
     if types is not None:  # when given, it says which layers slide
         sliding = types[0] != "full_attention"
-    else:  # Qwen-style: layers from max_window_layers on use the sliding window
+    else:  # Qwen-style: layers from max_window_layers on use the sliding window (all of a qwen3_moe's:
+        # transformers' Qwen3-MoE reads no max_window_layers)
+        every = d.get("model_type") == "qwen3_moe" or "max_window_layers" not in d
         sliding = bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None and (
-            d.get("max_window_layers", 0) < n)
+            every or d["max_window_layers"] < n)
     if sliding:  # the IR prices attention over the whole KV length
         got = (f"layer_types {types[0]!r}" if types else
-               f"use_sliding_window with max_window_layers {d['max_window_layers']} < num_hidden_layers {n}"
-               if "max_window_layers" in d else f"use_sliding_window with sliding_window {d['sliding_window']}")
+               f"use_sliding_window with sliding_window {d['sliding_window']} (every layer of a {d.get('model_type')} "
+               "model slides)" if every else
+               f"use_sliding_window with max_window_layers {d['max_window_layers']} < num_hidden_layers {n}")
         raise ConfigError(f"model config {where}: {got} is not supported; only full_attention layers are "
                           "(sliding-window attention is not modelled)")
 

@@ -81,6 +81,10 @@ class Moe:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.histogram, list):  # a list reads naturally; the pass is hashed (plan caches)
+            object.__setattr__(self, "histogram", tuple(self.histogram))
+        if isinstance(self.routing, str) and self.routing.lower() in _ROUTINGS:  # any case, as GPU names
+            object.__setattr__(self, "routing", self.routing.lower())
         _check(self.routing, self.skew, self.histogram)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"routing seed must be an integer >= 0, got {self.seed!r}")
