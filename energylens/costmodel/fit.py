@@ -141,9 +141,11 @@ class MLEnergyRow:
         return Parallel(tp=self.tp, ep=self.ep, dp=self.dp)
 
     def priced_model(self) -> str:
-        """The checkpoint to price: the row's id, or its ``-FP8`` twin when ``weight_precision`` says
-        fp8 and the id names a bf16 checkpoint; ``ConfigError`` when there is no such twin or the
-        precision is one energylens does not price."""
+        """The checkpoint to price: the row's id, or an FP8 checkpoint of it when ``weight_precision``
+        says fp8 and the id names a bf16 checkpoint: its ``-FP8`` twin (Qwen's, Meta's 405B), else
+        another publisher's (``RedHatAI/<name>-FP8``: the same config with fp8 weights, one scale per
+        channel; Meta publishes no FP8 checkpoint of its other models); ``ConfigError`` when there is
+        none or the precision is one energylens does not price."""
         from energylens.models import load_config
 
         precision = weight_format(self.weight_precision)
@@ -151,14 +153,15 @@ class MLEnergyRow:
             raise ConfigError(f"weight_precision {self.weight_precision!r} is not priced (bf16/fp16 or fp8 weights)")
         if precision == "bf16" or load_config(self.model_id).quantization == "fp8":
             return self.model_id
-        twin = f"{self.model_id}-FP8"
-        try:
-            if load_config(twin).quantization == "fp8":
-                return twin
-        except EnergylensError:
-            pass
+        twins = (f"{self.model_id}-FP8", f"RedHatAI/{self.model_id.split('/')[-1]}-FP8")
+        for twin in twins:
+            try:
+                if load_config(twin).quantization == "fp8":
+                    return twin
+            except EnergylensError:
+                pass
         raise ConfigError(f"weight_precision {self.weight_precision!r}, but {self.model_id} is a bf16 checkpoint "
-                          f"and no fp8 twin ({twin}) is known")
+                          f"and no fp8 checkpoint of it ({' or '.join(twins)}) is known")
 
     def workload(self) -> Workload:
         dp = self.parallel().dp  # each replica runs a whole number of sequences (el.estimate's rule)
