@@ -223,3 +223,28 @@ def test_real_counter_on_gpu():
         torch.cuda._sleep(int(1e8))
     assert idle.record.energy_j is not None
     meter.close()
+
+
+def test_a_failed_instant_power_field_is_no_sample_not_zero_watts():
+    """nvmlDeviceGetFieldValues reports a failed read in the field's own nvmlReturn (it does not
+    raise): such a reading is skipped, not integrated as 0 W."""
+    from types import SimpleNamespace as NS
+
+    class FlakyField(FakeNVML):
+        reads = 0
+
+        def nvmlDeviceGetFieldValues(self, handle, ids):  # the open-time probe succeeds, later reads fail
+            FlakyField.reads += 1
+            ok = FlakyField.reads == 1
+            mw = int(self._gpu(handle).power_now_w(self.clock()) * 1000) if ok else 0
+            return [NS(nvmlReturn=0 if ok else 15, valueType=1,
+                       value=NS(uiVal=mw, dVal=0, ulVal=0, ullVal=0, sllVal=0, siVal=0))]
+
+    clock = FakeClock()
+    meter = NvmlMeter(gpus=[0], nvml=FlakyField([FakeGpu(power_w=300, counter=NVML_ERROR_NOT_SUPPORTED)], clock),
+                      clock=clock, sync=lambda: None)
+    with meter.window("w") as w:
+        clock.advance(1.0)
+    gpu = w.record.gpus[0]
+    assert w.record.energy_j is None and gpu.energy_j is None and gpu.power_samples == 0
+    assert gpu.note.endswith("no power reading either")

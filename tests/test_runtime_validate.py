@@ -149,3 +149,57 @@ def test_cli_measure_delegates_to_the_campaign(tmp_path):
     assert recs and {x["part"] for x in recs} == {"micro:memory"}
     r = runner.invoke(app, ["measure", "--suite", "nope", "--out", str(out)])
     assert r.exit_code == 2 and "unknown suite" in r.output
+
+
+def test_a_copied_file_counts_once_and_a_repeated_measurement_stays_in_one_half(synthetic, tmp_path):
+    """The same record in two files (a copy) is read once; a measurement taken again (same GPU and key,
+    other readings) falls in the same holdout half, so it is never fitted on and checked against."""
+    from energylens.runtime.calibrate import build_samples, read_measurements, split_holdout
+
+    path = synthetic[0]
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(path.read_text())
+    one, two = validate([path]), validate([path, copy])
+    assert two.compared == one.compared and two.repeated_records == one.compared + len(one.not_compared)
+    out = io.StringIO()
+    two.print(Console(file=out, width=200))
+    assert "identical to one of an earlier file (a copy) read once" in out.getvalue()
+    again = tmp_path / "again.jsonl"  # the same shapes measured again: other readings
+    again.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records("H100", synthetic[2], seed=9, noise=0.02)))
+    samples, _ = build_samples(read_measurements([path, again]).records)
+    train, test = split_holdout(samples)
+    assert {(s.gpu, s.key) for s in train}.isdisjoint({(s.gpu, s.key) for s in test})
+
+
+def test_odd_records_are_malformed_not_tracebacks_nor_truncated(synthetic, tmp_path):
+    recs = [json.loads(line) for line in synthetic[0].read_text().splitlines()]
+    prefill = next(r for r in recs if r["kind"] == "prefill")
+    gemm = next(r for r in recs if r["kind"] == "gemm")
+    odd = [dict(prefill, key="half", params=dict(prefill["params"], batch=1.5)),
+           dict(prefill, key="text", params=dict(prefill["params"], batch="4")),
+           dict(gemm, key="huge", result=dict(gemm["result"], energy_j=1e300, time_s=1e-300, avg_power_w=None)),
+           dict(gemm, key="name", env=dict(gemm["env"], gpu_name={"a": 1}))]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in odd))
+    report = validate([path])
+    reasons = {r["key"]: r["reason"] for r in report.not_compared}
+    assert "batch 1.5 is not a whole positive number" in reasons["half"]
+    assert "batch '4' is not a whole positive number" in reasons["text"]
+    assert "not a finite power" in reasons["huge"]
+    assert "name" in reasons and report.compared == 0
+
+
+def test_timing_of_a_zero_length_window_has_no_power_but_no_crash():
+    from energylens.runtime.meter import Window
+    from energylens.runtime.timing import Timing
+
+    t = Timing.from_windows([Window("w", 0.0, 0.05, None, "counter"), Window("w", 0.2, 60.0, 300.0, "counter"),
+                             Window("w", 0.2, 60.0, 300.0, "counter")], 1)
+    assert t.energy_j == 60.0 and t.avg_power_w == 300.0
+
+
+def test_measure_out_under_a_file_is_one_error_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    r = runner.invoke(app, ["measure", "--device", "cpu", "--part", "micro:power", "--out",
+                            str(tmp_path / "afile" / "x.jsonl")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output

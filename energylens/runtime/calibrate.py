@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -131,7 +132,8 @@ class Measured:
         """(GPU name, key): a later line of the same key on the same GPU replaces an earlier one (a
         resumed or repeated run); the same key on another GPU is another measurement."""
         env = self.rec.get("env")
-        return (env.get("gpu_name") if isinstance(env, dict) else None), self.key
+        gpu = env.get("gpu_name") if isinstance(env, dict) else None
+        return (gpu if gpu is None or isinstance(gpu, str) else repr(gpu)), self.key  # a malformed name stays hashable
 
 
 @dataclass
@@ -143,6 +145,7 @@ class Measurements:
     excluded_files: list[tuple[str, str]] = field(default_factory=list)
     torn_lines: int = 0
     other_lines: int = 0  # lines that are neither a record nor a torn one (not JSON, or not a record)
+    repeated_records: int = 0  # records identical to one of an earlier file (a copied file), read once
     digests: dict[str, str] = field(default_factory=dict)
 
 
@@ -166,7 +169,8 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
     """The records of the JSONL files in ``paths`` (files, or folders: their ``*.jsonl``; a file
     reached twice is read once).
 
-    Within a file the newest line of a key wins (a rerun redoes errors); a torn last line of an
+    Within a file the newest line of a key wins (a rerun redoes errors); a record identical to one
+    of an earlier file (a copy) is read once (``repeated_records``); a torn last line of an
     interrupted run is ignored. Raises ``EnergylensError`` when ``paths`` hold no ``.jsonl`` file.
     """
     out = Measurements()
@@ -188,6 +192,7 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
         where = ", ".join(map(str, paths)) or "(no path given)"
         raise EnergylensError(f"no measurement files (*.jsonl) in {where}; take a run on a "
                               "GPU with `energylens measure` (see data/measurements/README.md)")
+    seen: set[str] = set()  # every record read so far, as text
     for f in files:
         reason = _listed_in_readme(f)
         if reason:
@@ -203,7 +208,13 @@ def read_measurements(paths: Iterable[str | Path]) -> Measurements:
             newest[m.ident] = m
         out.torn_lines += torn
         out.other_lines += other
-        out.records += list(newest.values())
+        for m in newest.values():
+            text = json.dumps(m.rec, sort_keys=True, default=str)
+            if text in seen:
+                out.repeated_records += 1
+                continue
+            seen.add(text)
+            out.records.append(m)
     return out
 
 
@@ -336,6 +347,13 @@ def microbench_graph(kind: str, params: dict[str, Any]) -> tuple[Graph, dict[str
                             "attention_decode"))
 
 
+def _count(v: Any, name: str) -> int:
+    """A whole positive count of a record (1.5, "4" or true is malformed, not truncated)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 1:
+        raise ValueError(f"{name} {v!r} is not a whole positive number")
+    return int(v)
+
+
 def e2e_workload(rec: dict[str, Any]) -> tuple[Workload, dict[str, float]]:
     """The ``Workload`` whose ``estimate`` prices an end-to-end record, and the record's binding.
 
@@ -344,11 +362,11 @@ def e2e_workload(rec: dict[str, Any]) -> tuple[Workload, dict[str, float]]:
     (``attended_kv_len``: the measured static cache attends over its whole allocation).
     """
     p = rec["params"]
-    b = int(p["batch"])
+    b = _count(p["batch"], "batch")
     if rec["kind"] == "prefill":
-        s = int(p["prompt_len"])
+        s = _count(p["prompt_len"], "prompt_len")
         return Workload(batch=b, prompt_len=s, output_len=1), {"B": b, "S": s, "K": s}
-    kv = int((rec.get("result") or {}).get("attended_kv_len") or p["context_len"])
+    kv = _count((rec.get("result") or {}).get("attended_kv_len") or p["context_len"], "context_len")
     return Workload(batch=b, prompt_len=kv, output_len=1), {"B": b, "S": 1, "K": kv}
 
 
@@ -483,7 +501,7 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
                     skipped.append((m, f"ran in {dtype}; the cost model prices the bf16 graphs serving engines run"))
                     continue
                 graph, binding = e2e_graph(rec, gpu)
-                tokens = int(rec["params"]["batch"]) * (int(rec["params"]["prompt_len"]) if kind == "prefill" else 1)
+                tokens = int(binding["B"] * binding["S"])
             elif kind in WORK_KINDS or kind == "sm_contention":
                 graph, binding = microbench_graph(kind, rec["params"])
                 tokens = 1
@@ -499,6 +517,9 @@ def build_samples(measured: Iterable[Measured]) -> tuple[list[Sample], list[tupl
             continue
         if energy is not None and power is None:
             power = energy / t
+        if power is not None and not math.isfinite(power):  # finite readings whose ratio overflows
+            skipped.append((m, f"{MALFORMED}: energy_j / time_s is not a finite power"))
+            continue
         contention = None
         if kind == "sm_contention":
             alone_rec = rec.get("alone")
@@ -609,17 +630,22 @@ def predict(samples: Sequence[Sample], profile: Profile, *, sm_exponent: float |
 # ---- splitting --------------------------------------------------------------------------------------
 def split_holdout(samples: Sequence[Sample], seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """(calibration half, held-out half): within each op class, samples ordered by a seeded hash
-    of their file name and key alternate between the halves, so both halves cover every op class.
-    The hash takes the file's name, not its path, so a checkout anywhere splits the same way."""
+    of their GPU and key alternate between the halves, so both halves cover every op class. The
+    hash takes no file: a checkout anywhere splits the same way, and the same measurement taken
+    again (another file of the same GPU) falls in the same half, so it cannot be fitted on and
+    checked against."""
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_class[s.op_class].append(s)
     train: list[Sample] = []
     test: list[Sample] = []
     for cls in sorted(by_class):
-        group = sorted(by_class[cls], key=lambda s: hashlib.sha256(f"{seed}:{Path(s.file).name}:{s.key}".encode()).hexdigest())
-        train += group[0::2]
-        test += group[1::2]
+        digest = {id(s): hashlib.sha256(f"{seed}:{s.gpu}:{s.key}".encode()).hexdigest() for s in by_class[cls]}
+        group = sorted(by_class[cls], key=lambda s: digest[id(s)])
+        # whole runs of one digest (repeats of a measurement) go to one half
+        runs = [list(g) for _, g in itertools.groupby(group, key=lambda s: digest[id(s)])]
+        for i, run in enumerate(runs):
+            (train if i % 2 == 0 else test).extend(run)
     return train, test
 
 

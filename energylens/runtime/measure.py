@@ -328,7 +328,10 @@ def _existing_keys(out: Path) -> dict[str | None, set[str]]:
 
 
 def _open_append(out: Path) -> Any:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise EnergylensError(f"--out {out}: {out.parent} is a file, not a folder") from None
     if out.exists() and out.stat().st_size > 0:
         with out.open("rb") as f:
             f.seek(-1, os.SEEK_END)

@@ -518,7 +518,9 @@ class NvmlMeter(Meter):
         gpu, nv = self._gpus[i], self._nvml
         try:
             if gpu.instant_power:
-                return self._field_mw(nv.nvmlDeviceGetFieldValues(gpu.handle, [_FIELD_POWER_INSTANT])[0]) / 1000
+                value = nv.nvmlDeviceGetFieldValues(gpu.handle, [_FIELD_POWER_INSTANT])[0]
+                # a field read reports its failure in its own nvmlReturn, not by raising: not a 0 W sample
+                return self._field_mw(value) / 1000 if int(value.nvmlReturn) == 0 else None
             return nv.nvmlDeviceGetPowerUsage(gpu.handle) / 1000.0
         except nv.NVMLError:
             return None
@@ -623,6 +625,8 @@ class NvmlMeter(Meter):
             energy_j, source = integrate_power_j(times, powers, t0, t1), "sampled"
         elif energy_j is None and note is None:
             note = "no energy reading"
+        elif energy_j is None and note.endswith("; power sampled instead"):  # and no power reading came
+            note = note.removesuffix("; power sampled instead") + "; no power reading either"
         avg = None if energy_j is None or duration <= 0 else energy_j / duration
         mask = None if a.throttle is None and b.throttle is None else (a.throttle or 0) | (b.throttle or 0)
         return GpuWindow(

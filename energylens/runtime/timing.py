@@ -51,7 +51,8 @@ class Timing(Record):
         sources = {w.source for w in windows}
         source = None if energy is None else ("counter" if sources == {"counter"} else "sampled")
         reason = next((w.unavailable_reason for w in windows if w.unavailable_reason), None)
-        avg = None if energy is None else statistics.median(w.avg_power_w for w in windows)  # type: ignore[type-var]
+        powers = [w.avg_power_w for w in windows if w.avg_power_w is not None]  # a 0 s window has none
+        avg = None if energy is None or not powers else statistics.median(powers)
         return cls(
             iters=iters,
             repeats=len(windows),

@@ -138,6 +138,7 @@ class ValidationReport(Record):
     excluded_files: tuple[tuple[str, str], ...] = ()
     torn_lines: int = 0
     other_lines: int = 0
+    repeated_records: int = 0
     measured_kinds: dict[str, int] = field(default_factory=dict)
     energy_note: str = ""  # how many measured records carry energy readings, and why the others do not
 
@@ -162,6 +163,8 @@ class ValidationReport(Record):
             con.print(f"[yellow]file left out[/]: {f}: {why}")
         if self.torn_lines:
             con.print(f"{self.torn_lines} torn line(s) ignored (an interrupted run)")
+        if self.repeated_records:
+            con.print(f"{self.repeated_records} record(s) identical to one of an earlier file (a copy) read once")
         if self.other_lines:
             con.print(f"[yellow]{self.other_lines} line(s) that are not measurement records ignored[/] "
                       "(not JSON, or JSON without a key or status)")
@@ -317,7 +320,7 @@ def _classes(runs: Sequence[Comparison]) -> tuple[ClassSummary, ...]:
 def validate_samples(samples: Sequence[Sample], not_compared: Sequence[tuple[Measured, str]] = (), *,
                      profiles: Mapping[str, Profile] | None = None, profiles_dir: str | Path | None = None,
                      files: Sequence[str] = (), excluded_files: Sequence[tuple[str, str]] = (),
-                     torn_lines: int = 0, other_lines: int = 0) -> ValidationReport:
+                     torn_lines: int = 0, other_lines: int = 0, repeated_records: int = 0) -> ValidationReport:
     """Compare ``samples`` with their predictions. A GPU's profile is ``profiles[gpu]`` when given,
     else the one in ``profiles_dir`` (default: the bundled profiles)."""
     by_gpu: dict[str, list[Sample]] = defaultdict(list)
@@ -354,7 +357,7 @@ def validate_samples(samples: Sequence[Sample], not_compared: Sequence[tuple[Mea
     return ValidationReport(files=tuple(files or sorted({s.file for s in samples})), runs=tuple(runs),
                             metrics=_metrics(runs), classes=_classes(runs), not_compared=nc, profiles=provs,
                             excluded_files=tuple(excluded_files), torn_lines=torn_lines, other_lines=other_lines,
-                            measured_kinds=dict(kinds), energy_note=energy_note if ok else "")
+                            repeated_records=repeated_records, measured_kinds=dict(kinds), energy_note=energy_note if ok else "")
 
 
 def validate(paths: Sequence[str | Path], *, profiles_dir: str | Path | None = None,
@@ -376,7 +379,8 @@ def validate(paths: Sequence[str | Path], *, profiles_dir: str | Path | None = N
                               + (f" ({ms.torn_lines} torn line(s) of an interrupted run)" if ms.torn_lines else ""))
     samples, skipped = build_samples(ms.records)
     return validate_samples(samples, skipped, profiles=profiles, profiles_dir=profiles_dir, files=ms.files,
-                            excluded_files=ms.excluded_files, torn_lines=ms.torn_lines, other_lines=ms.other_lines)
+                            excluded_files=ms.excluded_files, torn_lines=ms.torn_lines, other_lines=ms.other_lines,
+                            repeated_records=ms.repeated_records)
 
 
 @dataclass(frozen=True)
