@@ -245,8 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"priced at another batch than measured {len(other)} rows (batch column: measured→priced):")
         for res in other:
             r = res.row
-            why = ("prefill of new prompts cannot keep more running within the step's token budget"
-                   if res.ran < r.avg_batch_size else
+            why = ("prefill of new prompts or the KV cache keeps fewer running" if res.ran < r.workload().batch else
                    f"each of the {r.parallel().dp} data-parallel replicas runs a whole number of sequences, at least one")
             console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} batch "
                           f"{r.avg_batch_size:g} priced as {res.ran} running: {why}", soft_wrap=True)

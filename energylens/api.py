@@ -133,7 +133,8 @@ def _check_batch_and_routing(workload: Workload, parallel: Parallel, routing: An
         lo = b - b % dp
         raise ShardingError(f"batch={b} is not a multiple of dp={dp}: each data-parallel "
                             f"replica runs batch / dp sequences; use batch={lo} or {lo + dp}")
-    if routing != "uniform" and not decode.has_experts:
+    kind = routing.routing if isinstance(routing, Moe) else routing.lower() if isinstance(routing, str) else routing
+    if kind != "uniform" and not decode.has_experts:
         raise ConfigError(f"routing={routing!r} applies to MoE models, and {decode.attr.get('model', 'this model')} "
                           "has no experts; leave routing at 'uniform'")
 

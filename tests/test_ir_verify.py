@@ -314,3 +314,13 @@ def test_dim_sizes_and_attributes_are_not_silently_dropped() -> None:
         parse_graph(SHARDED_MLP.replace("fusion = 1}", "fusion = 1, fusion = 2}"))
     with pytest.raises(ParseError, match="graph attribute 'mesh' is given twice"):
         parse_graph(SHARDED_MLP.replace('etp=2"}', 'etp=2", mesh = "tp=1"}'))
+
+
+def test_fusion_ids_are_per_block() -> None:
+    """Group ids may restart in each block (the top level, each repeat region): a group of the top
+    level and a group of a region with the same id are different kernels."""
+    text = SHARDED_MLP.replace("%b = einsum", "%b = einsum").replace(
+        "  %d = elementwise.silu %c : bf16[B,S,h]\n  %e = elementwise.add %d, %x : bf16[B,S,h]\n  return %e",
+        "  repeat @layers x2 (%c -> %e) {\n    %d = elementwise.silu %c : bf16[B,S,h]  {fusion = 1}\n"
+        "    %e = elementwise.add %d, %x : bf16[B,S,h]  {fusion = 1}\n  }\n  return %e")
+    verify_graph(parse_graph(text))

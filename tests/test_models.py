@@ -345,6 +345,11 @@ def test_qwen_sliding_window_only_from_max_window_layers() -> None:
                                           r"qwen3_moe model slides\) is not supported"):
         load_config({**{k: v for k, v in moe.items() if k != "max_window_layers"}, "use_sliding_window": True,
                      "sliding_window": 4096})
+    # no max_window_layers in a dense config: transformers' default (28) decides which layers slide
+    dense = {k: v for k, v in config_dict(load_config("Qwen/Qwen3-8B").config).items() if k != "max_window_layers"}
+    load_config({**dense, "num_hidden_layers": 28, "use_sliding_window": True, "sliding_window": 4096})
+    with pytest.raises(ConfigError, match=r"max_window_layers 28 < num_hidden_layers 36"):
+        load_config({**dense, "use_sliding_window": True, "sliding_window": 4096})
     # transformers' Qwen3-MoE reads no max_window_layers: every layer slides whatever it says
     with pytest.raises(ConfigError, match=r"every layer of a qwen3_moe model slides"):
         load_config({**moe, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 48})

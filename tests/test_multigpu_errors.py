@@ -109,3 +109,14 @@ def test_a_comm_sms_of_the_wrong_type_says_so_and_a_histogram_list_is_taken() ->
     listed = el.estimate(moe, el.Cluster("H100"), WL, routing=Moe(routing="histogram", histogram=[1.0] * 128))
     tupled = el.estimate(moe, el.Cluster("H100"), WL, routing=Moe(routing="histogram", histogram=(1.0,) * 128))
     assert listed.decode == tupled.decode
+
+
+def test_routing_names_any_case_and_numpy_inputs() -> None:
+    import numpy as np
+
+    from energylens.passes.moe import Moe
+
+    dense = el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100"), WL, routing="Uniform")  # uniform on a dense model
+    assert dense.decode == el.estimate("Qwen/Qwen3-0.6B", el.Cluster("H100"), WL, routing=Moe()).decode
+    assert Moe("zipf", seed=np.int64(3)) == Moe("zipf", seed=3)
+    assert Moe("histogram", histogram=np.array([1.0, 2.0, 3.0])).histogram == (1.0, 2.0, 3.0)

@@ -33,6 +33,7 @@ from energylens.passes.manager import (
 
 @pytest.fixture
 def scratch_registry():
+    mgr._load_builtins()  # saved with every built-in pass: restoring must not drop one first loaded inside
     saved = dict(mgr._REGISTRY)
     yield
     mgr._REGISTRY.clear()

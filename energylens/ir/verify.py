@@ -25,7 +25,7 @@
 - elementwise: at least one operand; the result's dims are the union of the operands' dims (broadcast
   by name);
 - reduce: at least one reduced dim, all of operand 0 (a second operand is a weight, as RMSNorm's);
-  the result's dims are operand 0's (``topk`` adds its k dim);
+  the result has only dims of operand 0 (``topk`` adds its k dim);
 - gather: the gathered dim is a dim of the table (operand 0) or of the result (MoE dispatch);
 - outputs exist (are visible at the end of the graph).
 
@@ -296,35 +296,36 @@ class _Verifier:
 class KernelCollectives:
     """Follows ops in program order and tells whether a collective would run inside a fused kernel:
     an op of a fusion group that depends, through a collective, on an op of the same group, directly
-    (as ``shard`` after ``fuse`` makes) or through ops outside the group. ``collective_inside_kernel``
-    and the random-graph generator share it."""
+    (as ``shard`` after ``fuse`` makes) or through ops outside the group. A group is one block's (the
+    graph's top level, or one ``repeat`` region: ``block``), whatever numbering the ids follow.
+    ``collective_inside_kernel`` and the random-graph generator share it."""
 
     def __init__(self) -> None:
-        self._groups: dict[str, frozenset[int]] = {}   # value -> fusion groups of the ops it depends on
-        self._through: dict[str, dict[int, str]] = {}  # value -> group -> a collective between them
+        self._groups: dict[str, frozenset[tuple[object, int]]] = {}   # value -> (block, group) it depends on
+        self._through: dict[str, dict[tuple[object, int], str]] = {}  # value -> (block, group) -> a collective
 
-    def _inputs(self, op: Op) -> tuple[frozenset[int], dict[int, str]]:
-        groups: frozenset[int] = frozenset()
-        through: dict[int, str] = {}
+    def _inputs(self, op: Op) -> tuple[frozenset[tuple[object, int]], dict[tuple[object, int], str]]:
+        groups: frozenset[tuple[object, int]] = frozenset()
+        through: dict[tuple[object, int], str] = {}
         for v in op.operands:
             groups |= self._groups.get(v.name, frozenset())
             for g, name in self._through.get(v.name, {}).items():
                 through.setdefault(g, name)
         return groups, through
 
-    def inside(self, op: Op) -> str | None:
+    def inside(self, op: Op, block: object = None) -> str | None:
         """The collective that ``op``'s kernel would wait for inside it, or None."""
         if isinstance(op, Collective) or op.fusion_group is None:
             return None
-        return self._inputs(op)[1].get(op.fusion_group)
+        return self._inputs(op)[1].get((block, op.fusion_group))
 
-    def add(self, op: Op) -> None:
+    def add(self, op: Op, block: object = None) -> None:
         groups, through = self._inputs(op)
         if isinstance(op, Collective):
             for g in groups:
                 through.setdefault(g, op.result.name)
         elif op.fusion_group is not None:
-            groups |= {op.fusion_group}
+            groups |= {(block, op.fusion_group)}
         self._groups[op.result.name] = groups
         self._through[op.result.name] = through
 
@@ -332,16 +333,17 @@ class KernelCollectives:
 def collective_inside_kernel(g: Graph) -> str | None:
     """Why a collective of ``g`` runs inside a fused kernel (``KernelCollectives``), or None."""
     kernels = KernelCollectives()
-    for item in g.body:
+    for i, item in enumerate(g.body):
         region = item.ops if isinstance(item, Repeat) else (item,)
         where = f" in repeat @{item.name}" if isinstance(item, Repeat) else ""
+        block = i if isinstance(item, Repeat) else None
         for op in region:
-            v = kernels.inside(op)
+            v = kernels.inside(op, block)
             if v is not None:
                 return (f"{op.kind} %{op.result.name}{where}: depends on collective %{v}, which depends on an "
                         f"op of its own fusion group {op.fusion_group}: the collective would run inside that "
                         "kernel (shard before fuse)")
-            kernels.add(op)
+            kernels.add(op, block)
     return None
 
 

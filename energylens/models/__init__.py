@@ -355,15 +355,19 @@ def _check_layers(d: dict[str, Any], where: str) -> None:
     if types is not None:  # when given, it says which layers slide
         sliding = types[0] != "full_attention"
     else:  # Qwen-style: layers from max_window_layers on use the sliding window (all of a qwen3_moe's:
-        # transformers' Qwen3-MoE reads no max_window_layers)
-        every = d.get("model_type") == "qwen3_moe" or "max_window_layers" not in d
-        sliding = bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None and (
-            every or d["max_window_layers"] < n)
+        # transformers' Qwen3-MoE reads no max_window_layers); transformers' default where not given
+        every = d.get("model_type") == "qwen3_moe"
+        sliding = bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None
+        start = 0
+        if sliding and not every:  # transformers is imported only for a sliding config that omits it
+            start = d["max_window_layers"] if "max_window_layers" in d else (
+                _config_default(d.get("model_type"), "max_window_layers") or 0)
+            sliding = start < n
     if sliding:  # the IR prices attention over the whole KV length
         got = (f"layer_types {types[0]!r}" if types else
                f"use_sliding_window with sliding_window {d['sliding_window']} (every layer of a {d.get('model_type')} "
                "model slides)" if every else
-               f"use_sliding_window with max_window_layers {d['max_window_layers']} < num_hidden_layers {n}")
+               f"use_sliding_window with max_window_layers {start} < num_hidden_layers {n}")
         raise ConfigError(f"model config {where}: {got} is not supported; only full_attention layers are "
                           "(sliding-window attention is not modelled)")
 
@@ -511,7 +515,7 @@ def max_context(spec: Any) -> tuple[int, str] | None:
         return None
     limit, source = spec.get("max_position_embeddings"), "max_position_embeddings in its config"
     if limit is None:  # transformers (and so vLLM) fill in the config class's default
-        limit = _default_max_positions(spec.get("model_type"))
+        limit = _config_default(spec.get("model_type"), "max_position_embeddings")
         source = f"not in the config: transformers' default max_position_embeddings for {spec.get('model_type')}"
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         return None
@@ -529,11 +533,11 @@ def max_context(spec: Any) -> tuple[int, str] | None:
     return limit, source
 
 
-def _default_max_positions(model_type: Any) -> int | None:
-    """``max_position_embeddings`` of ``model_type``'s transformers config class by default (None: unknown)."""
+def _config_default(model_type: Any, key: str) -> Any:
+    """``key`` of ``model_type``'s transformers config class by default (None: unknown)."""
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.for_model(str(model_type)).max_position_embeddings
-    except Exception:  # an unknown model_type is reported elsewhere; here it only means no limit known
+        return getattr(AutoConfig.for_model(str(model_type)), key, None)
+    except Exception:  # an unknown model_type is reported elsewhere; here it only means no default known
         return None

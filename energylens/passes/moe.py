@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -81,13 +82,18 @@ class Moe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.histogram, list):  # a list reads naturally; the pass is hashed (plan caches)
-            object.__setattr__(self, "histogram", tuple(self.histogram))
+        if self.histogram is not None and not isinstance(self.histogram, tuple | str):
+            # a list or an array reads naturally; the pass is hashed (plan caches), so a tuple of floats
+            try:
+                object.__setattr__(self, "histogram", tuple(float(c) for c in self.histogram))
+            except (TypeError, ValueError):
+                raise ConfigError(f"histogram must be numbers, one per expert, got {self.histogram!r}") from None
         if isinstance(self.routing, str) and self.routing.lower() in _ROUTINGS:  # any case, as GPU names
             object.__setattr__(self, "routing", self.routing.lower())
         _check(self.routing, self.skew, self.histogram)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ConfigError(f"routing seed must be an integer >= 0, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
         if self.skew != 1.0 and self.routing != "zipf":  # it would be ignored
             raise ConfigError(f"skew={self.skew} is only used with routing='zipf', not {self.routing!r}")
 
