@@ -13,8 +13,7 @@ DEV = ROOT / "data" / "public" / "mlenergy_dev.csv"
 
 
 def sample(tmp_path: Path) -> Path:
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     pick = [r for r in rows if r["num_gpus"] == "1" and r["model_id"] == "meta-llama/Llama-3.1-8B-Instruct"][:2]
     pick.append(next(r for r in rows if r["num_gpus"] == "2"))  # multi-GPU: predicted as tp=N, ep=N
     # ran at batch 691 on one H100 (prefix caching shares KV blocks): predicted despite the memory check
@@ -94,8 +93,7 @@ def test_unreadable_values_skip_the_row_naming_them(monkeypatch, tmp_path, capsy
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     good = next(r for r in rows if r["num_gpus"] == "1" and r["gpu_model"] == "H100")
     bad = [dict(good, median_itl_ms=""), dict(good, output_tok_per_s="0"), dict(good, num_gpus="two"),
            dict(good, avg_power_watts_total="nan"), dict(good, tp="1.5"), dict(good, tp="-1")]
@@ -111,6 +109,11 @@ def test_unreadable_values_skip_the_row_naming_them(monkeypatch, tmp_path, capsy
     for what in ("median_itl_ms=''", "output_tok_per_s='0'", "num_gpus='two'", "avg_power_watts_total='nan'",
                  "tp='1.5'", "tp='-1'"):
         assert f"not a positive number (a whole one for counts): {what}" in text
+
+
+def _dev_rows() -> list[dict]:
+    with open(DEV, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _write(path: Path, rows: list[dict], fieldnames: list[str], encoding: str = "utf-8") -> Path:
@@ -129,8 +132,7 @@ def test_file_level_problems_are_one_error(monkeypatch, tmp_path, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     good = next(r for r in rows if r["num_gpus"] == "1" and r["gpu_model"] == "H100")
     names = list(rows[0])
     for path, message in ((tmp_path / "nothere.csv", "cannot read"),
@@ -156,8 +158,7 @@ def test_rows_read_as_the_run_was_made(monkeypatch, tmp_path, capsys):
 
     from energylens.costmodel.fit import read_mlenergy
 
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     qwen = next(r for r in rows if r["num_gpus"] == "1" and r["model_id"] == "Qwen/Qwen3-8B" and r["gpu_model"] == "H100")
     moe = next(r for r in rows if r["num_gpus"] == "2" and "30B" in r["model_id"])
     llama = next(r for r in rows if r["num_gpus"] == "1" and "Llama" in r["model_id"] and r["gpu_model"] == "H100")
@@ -184,15 +185,11 @@ def test_holdout_model_in_any_case_and_unknown_models_left_out_of_the_fit(monkey
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     b200 = [r for r in rows if r["gpu_model"] == "B200" and r["model_id"] == "Qwen/Qwen3-8B"][:5]
     held = [r for r in rows if r["gpu_model"] == "B200" and r["model_id"] == "meta-llama/Llama-3.1-8B-Instruct"][:2]
-    path = tmp_path / "holdout.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([*b200, *held, dict(b200[0], model_id="acme/NoSuchModel-7B")])
+    path = _write(tmp_path / "holdout.csv", [*b200, *held, dict(b200[0], model_id="acme/NoSuchModel-7B")],
+                  list(rows[0]))
     assert main(["--dataset", "mlenergy", "--data", str(path),
                  "--holdout-model", "META-LLAMA/llama-3.1-8b-instruct "]) == 0
     out = capsys.readouterr().out
@@ -207,14 +204,9 @@ def test_rows_priced_at_fewer_sequences_than_measured_are_said(monkeypatch, tmp_
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     row = next(r for r in rows if r["gpu_model"] == "H100" and r["model_id"] == "Qwen/Qwen3-8B")
-    path = tmp_path / "big.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerow(dict(row, max_num_seqs="20000", avg_batch_size="20000"))
+    path = _write(tmp_path / "big.csv", [dict(row, max_num_seqs="20000", avg_batch_size="20000")], list(rows[0]))
     assert main(["--dataset", "mlenergy", "--data", str(path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"20000→\d+", out) and re.search(r"line 2: .* batch 20000 priced as \d+ running: prefill", out)
@@ -225,14 +217,10 @@ def test_rows_priced_at_more_sequences_than_measured_are_said(monkeypatch, tmp_p
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from accuracy import main
 
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     row = next(r for r in rows if r["num_gpus"] == "2")  # MoE on 2 GPUs: tp=2, ep=2 (the caveat's reading)
-    path = tmp_path / "dp.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerow(dict(row, tp="1", ep="2", dp="2", max_num_seqs="8", avg_batch_size="1"))
+    path = _write(tmp_path / "dp.csv", [dict(row, tp="1", ep="2", dp="2", max_num_seqs="8", avg_batch_size="1")],
+                  list(rows[0]))
     assert main(["--dataset", "mlenergy", "--data", str(path)]) == 0
     out = capsys.readouterr().out
     assert "1→2" in out and re.search(r"line 2: .* batch 1 priced as 2 running: each of the 2 data-parallel", out)
@@ -249,15 +237,10 @@ def test_holdout_fallbacks_never_use_the_bundled_fits(monkeypatch, tmp_path):
     from energylens.costmodel.fit import read_mlenergy
     from energylens.costmodel.profile import load_profile
 
-    with open(DEV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _dev_rows()
     few_h100 = [r for r in rows if r["gpu_model"] == "H100" and r["model_id"] == "Qwen/Qwen3-8B"][:2]
     held = [r for r in rows if r["gpu_model"] == "B200" and r["model_id"] == "meta-llama/Llama-3.1-8B-Instruct"][:2]
-    path = tmp_path / "few.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([*few_h100, *held])
+    path = _write(tmp_path / "few.csv", [*few_h100, *held], list(rows[0]))
     out = tmp_path / "profiles"
     console = Console(record=True, width=300)
     _fit_holdout(read_mlenergy(path), "meta-llama/Llama-3.1-8B-Instruct", out, str(path), console)
