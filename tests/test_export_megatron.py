@@ -240,7 +240,10 @@ def test_dynamic_engine_limits_are_not_the_static_caches() -> None:
     kw = dict(kv_cache_tokens=20_000, request_len=1280)
     dyn = megatron_extras(plan(tp=4, dp=2, ep=8, **kw))
     assert dyn.inference_wrapper == {"inference_max_requests": 64, "inference_max_seq_length": 1280}
-    assert any("DynamicInferenceContext(max_requests=64, max_sequence_length=1280)" in n for n in dyn.notes)
+    # Qwen3-30B-A3B: 48 layers, 4 KV heads of 128 (one per GPU at tp=4), bf16: 24 KiB a token per GPU
+    gib = 20_000 * 2 * 48 * 1 * 128 * 2 / 2**30
+    assert any(f"DynamicInferenceContext(max_requests=64, max_sequence_length=1280, buffer_size_gb={gib:.2f})" in n
+               for n in dyn.notes)
     static = megatron_extras(plan(tp=8, ep=8, **kw))
     assert static.inference_wrapper["inference_max_requests"] == 20_000 // 1280
 

@@ -231,6 +231,19 @@ def _fp8_recipe(plan: PlanLike) -> tuple[str, str | None]:
                           "9.0+), so its weights are scaled per tensor instead")
 
 
+def _kv_buffer_gib(plan: PlanLike) -> float | None:
+    """GiB of KV cache per GPU the plan leaves (``kv_cache_tokens`` at the checkpoint's KV dtype and the
+    GPU's share of the KV heads), as ``DynamicInferenceContext``'s ``buffer_size_gb``; None if unknown."""
+    held, spec = getattr(plan, "kv_cache_tokens", None), model_spec(plan)
+    if held is None or spec is None:
+        return None
+    heads = spec.get("num_attention_heads")
+    kv, layers = spec.get("num_key_value_heads") or heads, spec.get("num_hidden_layers")
+    head_dim = spec.get("head_dim") or spec.get("hidden_size") // heads
+    per_token = 2 * layers * max(1, kv // plan.parallel.tp) * head_dim * (1 if spec.kv_cache_fp8 else 2)
+    return held * per_token / 2**30
+
+
 def _dynamic_engine(plan: PlanLike, cfg: dict[str, Any]) -> bool:
     """Whether the plan needs Megatron-Core's dynamic engine: experts spread over dp replicas, which
     must step together (the dynamic engine runs dummy steps for an idle replica, the static does not)."""
@@ -253,10 +266,12 @@ def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
         notes.append("sequence_parallel: Megatron-Core's inference runs it only in the MoE layers of a model "
                      "with tp > 1 and ep > 1 (TextGenerationController raises NotImplementedError otherwise)")
     if _dynamic_engine(plan, cfg):
+        buffer = _kv_buffer_gib(plan)
         notes.append(f"the experts span the {p.dp} data-parallel replicas, which must step together: run "
                      "Megatron-Core's dynamic inference engine (its static engine does not), with "
                      f"DynamicInferenceContext(max_requests={plan.max_num_seqs}, max_sequence_length="
-                     f"{plan.max_model_len}); its paged KV cache, like vLLM's, holds requests at their length so far")
+                     f"{plan.max_model_len}" + ("" if buffer is None else f", buffer_size_gb={buffer:.2f}")
+                     + "); its paged KV cache, like vLLM's, holds requests at their length so far")
     if plan.comm_sms is not None:
         if p.tp > 1 and not plan.sequence_parallel:
             notes.append(f"comm_sms={plan.comm_sms} not applied to tensor-parallel communication: Megatron "
