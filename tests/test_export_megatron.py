@@ -337,3 +337,14 @@ def test_block_fp8_recipe_only_where_te_has_block_scaled_gemms() -> None:
 def test_moe_experts_tensor_parallel_without_ep_say_megatron_repeats_them() -> None:
     assert any("dispatches the whole batch" in n for n in megatron_extras(plan(tp=8)).notes)
     assert not any("dispatches the whole batch" in n for n in megatron_extras(plan(tp=8, ep=8)).notes)
+
+
+def test_megatron_bf16_cache_that_holds_no_request_is_an_error() -> None:
+    """A ModelOpt checkpoint's fp8 KV cache holds twice what Megatron's bf16 one does: where that is
+    less than one request, the static limits would overflow it."""
+    from energylens.errors import InvalidWorkloadError
+
+    p = plan(model="nvidia/Llama-3.1-70B-Instruct-FP8", quantization="fp8", max_num_seqs=1, max_model_len=15_000,
+             kv_cache_tokens=19_798, request_len=15_000)
+    with pytest.raises(InvalidWorkloadError, match=r"bf16 KV cache holds 9899 tokens .* less than one request of 15000"):
+        megatron_extras(p)

@@ -296,9 +296,12 @@ def test_a_plan_over_several_nodes_says_how_to_launch_it_and_locks_each_node() -
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(model="meta-llama/Llama-3.1-70B-Instruct", tp=3), r"tp=3 does not suit .*64 attention heads, 8 KV heads"),
+    (dict(model="meta-llama/Llama-3.1-70B-Instruct", tp=3), r"tp=3 does not divide the model's 64 attention heads "
+                                                            r"and 8 KV heads"),
     (dict(tp=1, dp=6, ep=6), r"ep=6 does not divide the 128 experts"),
     (dict(model="meta-llama/Llama-3.1-8B-Instruct", tp=8, ep=8), r"ep=8 but .* has no experts"),
+    (dict(tp=1, dp=5, gpu="H200"), r"5 GPUs per expert does not divide the expert intermediate size m=768"),
+    (dict(model="Qwen/Qwen3-4B-FP8", tp=8, quantization="fp8"), r"vLLM cannot load this fp8 checkpoint so split"),
 ])
 def test_exports_check_the_plan_against_the_model(kw, match: str) -> None:
     """A hand-written plan the model cannot run is refused as estimate refuses it, by both exporters."""
@@ -335,3 +338,35 @@ def test_gpu_memory_utilization_must_be_a_share(bad) -> None:
 def test_exports_check_settings_the_engine_would_refuse(kw, match: str) -> None:
     with pytest.raises(el.EnergylensError, match=match):
         el.export.to_vllm(plan(tp=2, **kw))
+
+
+def test_exports_check_moe_fp8_and_field_types() -> None:
+    """What estimate refuses or reads from the config, the exporters refuse too (both of them)."""
+    from energylens.errors import EstimateError, InvalidTypeError
+    from energylens.export import to_megatron
+
+    bad = [(plan(tp=8, ep=8, moe=False), InvalidWorkloadError, "plan.moe=False but Qwen/Qwen3-30B-A3B has routed"),
+           (plan(tp=2, model="meta-llama/Llama-3.1-8B-Instruct", moe=True), InvalidWorkloadError, "has no routed"),
+           (plan(tp=4, model="nvidia/Llama-3.1-70B-Instruct-FP8", gpu="A100-SXM-80GB", quantization="fp8"),
+            EstimateError, "A100-SXM-80GB has no fp8 tensor cores"),
+           (plan(fused="no"), InvalidTypeError, "plan.fused must be True or False, got 'no'"),
+           (plan(sequence_parallel="yes"), InvalidTypeError, "plan.sequence_parallel must be True or False")]
+    for spec, error, match in bad:
+        for export in (to_vllm, to_megatron):
+            with pytest.raises(error, match=match):
+                export(spec)
+    import numpy as np
+
+    assert to_vllm(plan(max_num_seqs=np.int64(64)))["max_num_seqs"] == 64
+    # an FP8 checkpoint with quantization unset runs in fp8 on both engines
+    fp8 = plan(tp=4, model="Qwen/Qwen3-32B-FP8")
+    assert "quantization" not in to_vllm(fp8) and to_megatron(fp8)["fp8"] == "e4m3"
+
+
+
+def test_a_model_energylens_cannot_read_is_exported_with_a_note() -> None:
+    from energylens.export import megatron_extras
+
+    p = plan(tp=2, model="meta-llama/Llama-3.1-70B-Instruc")
+    want = "Did you mean 'meta-llama/Llama-3.1-70B-Instruct'?), so the plan was not checked against the model"
+    assert any(want in n for n in vllm_notes(p)) and any(want in n for n in megatron_extras(p).notes)

@@ -63,8 +63,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from energylens.errors import ShardingError
-from energylens.export.plan import PlanLike, check_plan, clock_commands, has_experts, model_spec, node_gpus
+from energylens.errors import InvalidWorkloadError, ShardingError
+from energylens.export.plan import (
+    PlanLike,
+    check_plan,
+    clock_commands,
+    has_experts,
+    model_spec,
+    node_gpus,
+    unchecked_note,
+    weight_quantization,
+)
 from energylens.typing import Record
 
 __all__ = ["MEGATRON_CORE_VERSION", "UB_FPROP_LAYERS", "MegatronExtras", "to_megatron", "megatron_extras"]
@@ -135,7 +144,7 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     cfg["apply_rope_fusion"] = fused
     if moe:
         cfg["moe_permute_fusion"] = fused
-    if plan.quantization == "fp8":
+    if weight_quantization(plan) == "fp8":  # an FP8 checkpoint runs in fp8 whatever the plan left unset
         cfg["fp8"] = "e4m3"
         cfg["fp8_recipe"] = _fp8_recipe(plan)[0]
         cfg["fp8_param"] = True
@@ -202,6 +211,10 @@ def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
         held //= 2
         notes.append(f"KV cache sized in bf16 ({held} tokens per replica): Megatron-Core keeps it in the "
                      "activations' dtype, not in the checkpoint's fp8 that the plan was priced with")
+    if need is not None and held < need:  # only with the halving above: check_plan holds need <= held
+        raise InvalidWorkloadError(f"Megatron-Core's bf16 KV cache holds {held} tokens per replica (half the plan's "
+                                   f"{held * 2} fp8 ones), less than one request of {need}: this plan cannot run "
+                                   "there; use more GPUs, shorter requests, or vLLM (which keeps the fp8 cache)")
     length = min(plan.max_model_len, held // plan.max_num_seqs)
     if need is None or length >= need:
         return plan.max_num_seqs, max(1, length), notes
@@ -253,6 +266,9 @@ def _dynamic_engine(plan: PlanLike, cfg: dict[str, Any]) -> bool:
 def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     """What Megatron-Core's inference cannot run as the plan was priced."""
     p, notes = plan.parallel, []
+    unchecked = unchecked_note(plan)
+    if unchecked is not None:
+        notes.append(unchecked)
     recipe_note = _fp8_recipe(plan)[1] if "fp8_recipe" in cfg else None
     if recipe_note is not None:
         notes.append(recipe_note)

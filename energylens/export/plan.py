@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.errors import InvalidTypeError, InvalidWorkloadError, ShardingError
-from energylens.passes.shard import ep_size_error, expert_parallel_sizes, tp_ok
+from energylens.passes.shard import ep_size_error, expert_parallel_sizes
 from energylens.typing import Parallel, Record
 
 if TYPE_CHECKING:
     from energylens.models import ModelSpec
 
-__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_spec", "clock_note", "node_gpus", "on_each_node"]
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "unchecked_note", "weight_quantization", "model_spec", "clock_note", "node_gpus", "on_each_node"]
 
 QUANTIZATIONS: tuple[str, ...] = ("fp8",)
 """Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
@@ -70,7 +71,7 @@ class PlanSpec(Record):
 
 
 def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise InvalidWorkloadError(f"plan.{name} must be a positive integer, got {value!r}")
 
 
@@ -146,6 +147,32 @@ def model_spec(plan: PlanLike) -> ModelSpec | None:
         return None
 
 
+def unchecked_note(plan: PlanLike) -> str | None:
+    """The note that ``plan.model`` names a checkpoint whose config energylens cannot read (a typo, a
+    model it does not know, a missing path), so nothing model-specific was checked; None otherwise."""
+    from energylens.errors import EnergylensError
+    from energylens.models import load_config
+
+    if "/" not in plan.model and not plan.model.endswith(".json"):
+        return None  # a model given as a config object or module: its name only
+    try:
+        load_config(plan.model)
+    except EnergylensError as exc:
+        why = str(exc).split(" Valid ")[0]  # the error and its closest name, not the list of all
+        return (f"{plan.model}'s config cannot be read ({why}), so the plan was not checked against the model "
+                "(heads, experts, context, fp8 blocks)")
+    return None
+
+
+def weight_quantization(plan: PlanLike) -> str | None:
+    """The plan's weight quantization: ``plan.quantization``, or the checkpoint's where the plan says
+    none (an FP8 checkpoint is served in fp8 whatever the plan left unset)."""
+    if plan.quantization is not None:
+        return plan.quantization
+    spec = model_spec(plan)
+    return spec.quantization if spec is not None else None
+
+
 def has_experts(plan: PlanLike) -> bool:
     """Whether ``plan``'s model has routed experts: its ``moe`` if set (a ``PlanLike`` need not have
     one), else ``ep > 1`` or the model's config; a model whose config cannot be read counts as dense."""
@@ -167,9 +194,11 @@ def check_plan(plan: PlanLike) -> None:
     - counts are positive integers, ``quantization`` is one of :data:`QUANTIZATIONS` or None;
     - ``comm_sms`` and ``gpu_clock_mhz`` are ones the GPU takes; ``request_len <= max_model_len <=
       kv_cache_tokens`` where given (vLLM's start-up check);
-    - where the model's config can be read (``model_spec``), tp suits its heads and MLP width and
-      ep its experts (``estimate``'s rules; ep > 1 needs a MoE model), and ``max_model_len`` is
-      within its context.
+    - ``fused`` and ``sequence_parallel`` are bools, ``moe`` a bool or None;
+    - where the model's config can be read (``model_spec``): the shard pass's rules on its traced
+      graph (``check_parallel``: tp suits its heads, MLP and expert widths and fp8 weight blocks, ep
+      its experts; ``estimate``'s rules), ``moe`` agrees with it, fp8 weights run on the GPU, and
+      ``max_model_len`` is within its context.
     """
     if not isinstance(plan.parallel, Parallel):
         raise InvalidTypeError(f"plan.parallel must be an energylens Parallel, got {plan.parallel!r}")
@@ -177,6 +206,10 @@ def check_plan(plan: PlanLike) -> None:
         raise InvalidTypeError(f"plan.model must be a model id or config path, got {plan.model!r}")
     for name in ("num_gpus", "max_num_seqs", "max_model_len"):
         _positive(name, getattr(plan, name))
+    for name, none_ok in (("fused", False), ("sequence_parallel", False), ("moe", True)):
+        v = getattr(plan, name, None)
+        if not isinstance(v, bool) and not (none_ok and v is None):
+            raise InvalidTypeError(f"plan.{name} must be True or False{' (or None)' if none_ok else ''}, got {v!r}")
     for name in ("comm_sms", "gpu_clock_mhz", "kv_cache_tokens", "request_len"):
         if getattr(plan, name, None) is not None:
             _positive(name, getattr(plan, name))
@@ -213,14 +246,15 @@ def check_plan(plan: PlanLike) -> None:
         if limit is not None and plan.max_model_len > limit[0]:
             raise InvalidWorkloadError(f"plan.max_model_len {plan.max_model_len} exceeds {plan.model}'s {limit[0]} "
                                        f"tokens ({limit[1]}); vLLM refuses it")
-        heads = spec.get("num_attention_heads")
-        kv, f = spec.get("num_key_value_heads") or heads, spec.get("intermediate_size")
-        if not tp_ok(p.tp, heads, kv) or f % p.tp:
-            raise ShardingError(f"tp={p.tp} does not suit {plan.model}: {heads} attention heads, {kv} KV heads, "
-                                f"MLP width {f} (tp must divide the heads and the width, and divide the KV heads "
-                                "or be a multiple of them)")
-        experts = spec.get("num_experts") if spec.is_moe else None
-        if p.ep > 1 and not experts:
-            raise ShardingError(f"ep={p.ep} but {plan.model} has no experts; use ep=1")
-        if experts and experts % p.ep:
-            raise ShardingError(f"ep={p.ep} does not divide the {experts} experts of {plan.model}")
+        moe = getattr(plan, "moe", None)
+        if moe is not None and moe != spec.is_moe:
+            raise InvalidWorkloadError(f"plan.moe={moe} but {plan.model} {'has' if spec.is_moe else 'has no'} "
+                                       "routed experts; leave moe=None (read from the config)")
+        if weight_quantization(plan) == "fp8":
+            gpu.peak_flops_per_s("fp8")  # EstimateError on a GPU without fp8 tensor cores, as estimate says
+        from energylens.api import resolve_model
+        from energylens.passes.shard import check_parallel
+
+        # the shard pass's own rules (heads, MLP and expert widths, experts, fp8 weight blocks), which
+        # the plan was priced with: a plan that estimate refuses is not exported either
+        check_parallel(resolve_model(plan.model).decode, p, num_gpus=plan.num_gpus)

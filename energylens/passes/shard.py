@@ -266,8 +266,11 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
     m = _int_size(graph, "m")
     etp = gpus // ep
     if experts and m and m % etp:
+        whole = [e for e in valid_ep_values(graph, gpus) if m % (gpus // e) == 0]
+        hint = (f"use ep={whole[-1]} (--enable-expert-parallel: each expert whole on one GPU)" if whole
+                else f"no ep splits it on {gpus} GPUs ({experts} experts); use another GPU count")
         raise ShardingError(f"tp x dp / ep = {etp} GPUs per expert does not divide the expert intermediate size "
-                            f"m={m}; raise ep (valid ep: {', '.join(map(str, valid_ep_values(graph, gpus)))})")
+                            f"m={m}; {hint}")
     problem = _fp8_block_problem(graph, tp, etp) if experts else None
     if problem:
         whole = experts % gpus == 0 and _fp8_block_problem(graph, tp, 1) is None
