@@ -348,3 +348,9 @@ def test_megatron_bf16_cache_that_holds_no_request_is_an_error() -> None:
              kv_cache_tokens=19_798, request_len=15_000)
     with pytest.raises(InvalidWorkloadError, match=r"bf16 KV cache holds 9899 tokens .* less than one request of 15000"):
         megatron_extras(p)
+
+
+def test_megatron_cache_with_fewer_tokens_than_requests_runs_fewer_requests() -> None:
+    ex = megatron_extras(plan(model="meta-llama/Llama-3.1-8B-Instruct", max_num_seqs=256, max_model_len=64,
+                              kv_cache_tokens=100))
+    assert ex.inference_wrapper == {"inference_max_requests": 1, "inference_max_seq_length": 64}

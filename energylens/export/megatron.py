@@ -216,8 +216,10 @@ def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
                                    f"{held * 2} fp8 ones), less than one request of {need}: this plan cannot run "
                                    "there; use more GPUs, shorter requests, or vLLM (which keeps the fp8 cache)")
     length = min(plan.max_model_len, held // plan.max_num_seqs)
+    if need is None and length < 1:  # fewer tokens than requests: a request's length unknown, take the longest
+        need = plan.max_model_len
     if need is None or length >= need:
-        return plan.max_num_seqs, max(1, length), notes
+        return plan.max_num_seqs, length, notes
     fewer = max(1, held // need)
     notes.append(f"inference_max_requests={fewer}, not the plan's {plan.max_num_seqs}: Megatron's static "
                  f"cache holds every request at full length ({need} tokens) within the {held} tokens "
