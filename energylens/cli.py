@@ -418,7 +418,7 @@ def calibrate_cmd(
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return
     for r in results:
-        table = Table(title=f"{r.gpu}: calibrated on {r.samples} records ({r.energy_samples} with energy)"
+        table = Table(title=f"{r.gpu}: calibrated on {r.samples} records ({r.energy_samples} with power readings)"
                       + (f" -> {r.path}" if r.path else " (dry run, not written)"))
         for col in ("coefficient", "value", "status"):
             table.add_column(col)

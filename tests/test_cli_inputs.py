@@ -152,7 +152,7 @@ def test_calibrate_says_too_few_valid_records(tmp_path):
                    "no positive result.time_s")
     f = write(tmp_path / "s.jsonl", [*bad, static])  # a static power reading alone calibrates static power
     r = run("calibrate", f, "--dry-run")
-    assert r.exit_code == 0 and "calibrated on 1 records (1 with energy)" in r.output, r.output
+    assert r.exit_code == 0 and "calibrated on 1 records (1 with power readings)" in r.output, r.output
 
 
 def test_a_json_document_is_not_a_measurement_file(tmp_path):

@@ -100,8 +100,10 @@ def test_reasons_for_missing_energy_are_counted_per_record_and_stray_lines_are_s
             r["result"]["avg_power_w"] = 300.0
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     note = validate([path], profiles={"H100-SXM": true}).energy_note
-    assert note.startswith(f"energy readings: 0 of {measured} measured records (the others: counter reset x{measured});")
-    assert note.endswith(" with power readings alone")
+    power = sum(1 for r in recs if r.get("status") == "ok" and r["kind"] in ("idle", "static"))  # compared by power
+    rest = measured - power
+    assert note.startswith(f"energy readings: 0 of {rest} measured records (the others: counter reset x{rest});")
+    assert f"; {rest} with power readings alone; {power} idle/static power record(s), compared by their power" in note
 
 
 def test_parity_plot_is_written(synthetic, tmp_path):

@@ -30,6 +30,7 @@ from energylens.costmodel.profile import Profile, load_profile
 from energylens.errors import EnergylensError
 from energylens.runtime.calibrate import (
     MALFORMED,
+    POWER_KINDS,
     CalibrationResult,
     Measured,
     Sample,
@@ -345,15 +346,18 @@ def validate_samples(samples: Sequence[Sample], not_compared: Sequence[tuple[Mea
     kinds = Counter(m.kind for m, _ in not_compared if m.rec.get("status") == "ok")
     ok = [r if isinstance(r := m.rec.get("result"), dict) else {} for m, _ in not_compared
           if m.rec.get("status") == "ok"]
+    # idle/static power records are compared by their power: counted apart, not as energy-less
+    power_kinds = sum(1 for s in samples if s.kind in POWER_KINDS)
     ok += [{"energy_j": s.energy_j, "avg_power_w": s.power_w,
-            "energy_unavailable_reason": s.energy_unavailable} for s in samples]
+            "energy_unavailable_reason": s.energy_unavailable} for s in samples if s.kind not in POWER_KINDS]
     with_e = sum(1 for r in ok if r.get("energy_j") is not None)
     power_only = sum(1 for r in ok if r.get("energy_j") is None and r.get("avg_power_w") is not None)
     why = Counter(str(r.get("energy_unavailable_reason")) for r in ok if r.get("energy_j") is None
                   and r.get("energy_unavailable_reason"))
     energy_note = f"energy readings: {with_e} of {len(ok)} measured records" + (
         f" (the others: {'; '.join(f'{k} x{n}' for k, n in why.most_common(3))})" if why else "") + (
-        f"; {power_only} with power readings alone" if power_only else "")
+        f"; {power_only} with power readings alone" if power_only else "") + (
+        f"; {power_kinds} idle/static power record(s), compared by their power" if power_kinds else "")
     return ValidationReport(files=tuple(files or sorted({s.file for s in samples})), runs=tuple(runs),
                             metrics=_metrics(runs), classes=_classes(runs), not_compared=nc, profiles=provs,
                             excluded_files=tuple(excluded_files), torn_lines=torn_lines, other_lines=other_lines,
