@@ -370,3 +370,23 @@ def test_a_model_energylens_cannot_read_is_exported_with_a_note() -> None:
     p = plan(tp=2, model="meta-llama/Llama-3.1-70B-Instruc")
     want = "Did you mean 'meta-llama/Llama-3.1-70B-Instruct'?), so the plan was not checked against the model"
     assert any(want in n for n in vllm_notes(p)) and any(want in n for n in megatron_extras(p).notes)
+
+
+def test_replicas_over_nodes_get_one_serve_line_per_node() -> None:
+    """vLLM's multi-node data parallel: each node runs its share of the dp ranks; node 0 the API server,
+    the others --headless with their first rank; all name node 0's address."""
+    import os
+
+    text = to_vllm(plan(tp=4, dp=3, model="meta-llama/Llama-3.1-70B-Instruct"), cli=True)
+    commands = [c for c in text.split("# node ")[1:]]
+    assert len(commands) == 2
+    parser = parser_from_vendored_list()
+    for k, (local, start) in enumerate(((2, None), (1, 2))):
+        body = commands[k].split("\n", 1)[1]
+        words = shlex.split(os.path.expandvars(body.replace("$HEAD_IP", "10.0.0.1")).replace("\\\n", " "))
+        assert words[:2] == ["vllm", "serve"] and ("--headless" in words) == (k > 0)
+        args = parser.parse_args([w for w in words[2:] if w != "--headless"])  # vllm serve's own flag
+        assert (args.data_parallel_size, args.data_parallel_size_local) == ("3", str(local))
+        assert args.data_parallel_start_rank == (None if start is None else str(start))
+        assert args.data_parallel_address == "10.0.0.1" and args.tensor_parallel_size == "4"
+    assert "# node" not in to_vllm(plan(tp=16, model="meta-llama/Llama-3.1-405B-Instruct"), cli=True)

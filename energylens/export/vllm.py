@@ -116,7 +116,12 @@ def vllm_notes(plan: PlanLike) -> list[str]:
     notes = []
     per_node = node_gpus(plan)
     n = len(per_node)
-    if n > 1:
+    if n > 1 and _per_node_lines(plan):
+        notes.append(
+            f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE} ({' + '.join(map(str, per_node))} GPUs, "
+            "whole tensor-parallel groups per node): one vllm serve line per node below, its data-parallel ranks "
+            "on it; node 0 runs the API server and HEAD_IP is its address (vLLM's multi-node data parallel)")
+    elif n > 1:
         tp = plan.parallel.tp
         groups = (f"each tensor-parallel group of {tp} over {-(-tp // GPUS_PER_NODE)} nodes" if tp > GPUS_PER_NODE
                   else "whole tensor-parallel groups per node")
@@ -210,15 +215,23 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
     return args
 
 
-def _cli(plan: PlanLike, args: dict[str, Any]) -> str:
+def _per_node_lines(plan: PlanLike) -> list[tuple[int, int]] | None:
+    """(data-parallel ranks, first rank) on each node of a plan whose replicas span nodes with whole
+    tensor-parallel groups on each (vLLM's multi-node data parallel: ``--data-parallel-size-local``,
+    ``--data-parallel-start-rank``); None on one node or with tensor-parallel groups across nodes."""
+    per_node, tp = node_gpus(plan), plan.parallel.tp
+    if len(per_node) == 1 or tp > GPUS_PER_NODE:
+        return None
+    out, start = [], 0
+    for gpus in per_node:
+        out.append((gpus // tp, start))
+        start += gpus // tp
+    return out
+
+
+def _serve_line(args: dict[str, Any], extra: str = "") -> str:
     known = load_vllm_args()
-    p = plan.parallel
-    lines = [
-        f"# energylens plan for vLLM {VLLM_VERSION}: {plan.model} on {plan.num_gpus}x {plan.gpu} "
-        f"(tp={p.tp}, ep={p.ep}, dp={p.dp})"
-    ]
-    lines += [f"# note: {n}" for n in vllm_notes(plan)]
-    parts = [f"vllm serve {shlex.quote(args['model'])}"]
+    parts = [f"vllm serve {shlex.quote(args['model'])}" + extra]
     for key, value in args.items():
         if key == "model":
             continue
@@ -230,8 +243,32 @@ def _cli(plan: PlanLike, args: dict[str, Any]) -> str:
                 parts.append("--no-" + arg.flag[2:])
             continue
         text = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
-        parts.append(f"{arg.flag} {shlex.quote(text)}")
-    lines.append(" \\\n    ".join(parts))
+        parts.append(f"{arg.flag} " + ('"$HEAD_IP"' if value == _HEAD else shlex.quote(text)))  # the shell expands it
+    return " \\\n    ".join(parts)
+
+
+#: The placeholder of node 0's address in per-node lines (a shell variable the user sets).
+_HEAD = "$HEAD_IP"
+
+
+def _cli(plan: PlanLike, args: dict[str, Any]) -> str:
+    p = plan.parallel
+    lines = [
+        f"# energylens plan for vLLM {VLLM_VERSION}: {plan.model} on {plan.num_gpus}x {plan.gpu} "
+        f"(tp={p.tp}, ep={p.ep}, dp={p.dp})"
+    ]
+    lines += [f"# note: {n}" for n in vllm_notes(plan)]
+    nodes = _per_node_lines(plan)
+    if nodes is None:
+        lines.append(_serve_line(args))
+        return "\n".join(lines) + "\n"
+    for k, (local, start) in enumerate(nodes):
+        node = dict(args, data_parallel_size_local=local, data_parallel_address=_HEAD)
+        if k:
+            node["data_parallel_start_rank"] = start
+        lines.append(f"# node {k}" + (" (API server; HEAD_IP=its address)" if k == 0 else ""))
+        # --headless is vllm serve's own option (no API server on this node), not an EngineArgs field
+        lines.append(_serve_line(node, " --headless" if k else ""))
     return "\n".join(lines) + "\n"
 
 
