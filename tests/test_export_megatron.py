@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from energylens.errors import ShardingError
+from energylens.errors import InvalidWorkloadError, ShardingError
 from energylens.export import PlanSpec, megatron_extras, to_megatron
 from energylens.export.megatron import UB_FPROP_LAYERS
 from energylens.export.plan import has_experts
@@ -354,3 +354,22 @@ def test_megatron_cache_with_fewer_tokens_than_requests_runs_fewer_requests() ->
     ex = megatron_extras(plan(model="meta-llama/Llama-3.1-8B-Instruct", max_num_seqs=256, max_model_len=64,
                               kv_cache_tokens=100))
     assert ex.inference_wrapper == {"inference_max_requests": 1, "inference_max_seq_length": 64}
+
+
+def test_numpy_counts_give_plain_json_and_fp8_needs_the_gpu_whatever_the_model() -> None:
+    import json
+
+    import numpy as np
+
+    from energylens.errors import EstimateError
+    from energylens.export import to_vllm
+
+    p = plan(tp=np.int64(2), dp=np.int64(1), max_num_seqs=np.int64(64), max_model_len=np.int64(1280),
+             num_gpus=np.int64(2), kv_cache_tokens=np.int64(100_000), request_len=np.int64(1280))
+    json.dumps(to_vllm(p)), json.dumps(to_megatron(p)), json.dumps(megatron_extras(p).inference_wrapper)
+    with pytest.raises(EstimateError, match="A100-SXM-80GB has no fp8 tensor cores"):
+        to_megatron(plan(model="someorg/unknown-model", gpu="A100-SXM-80GB", tp=2, quantization="fp8"))
+    # request length unknown, fp8 KV halved below the longest request: an error, not an overflowing limit
+    with pytest.raises(InvalidWorkloadError, match="bf16 KV cache holds 1000 tokens"):
+        megatron_extras(plan(model="nvidia/Llama-3.1-70B-Instruct-FP8", tp=4, quantization="fp8", max_num_seqs=1500,
+                             max_model_len=1800, kv_cache_tokens=2000))

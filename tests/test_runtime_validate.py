@@ -179,6 +179,7 @@ def test_odd_records_are_malformed_not_tracebacks_nor_truncated(synthetic, tmp_p
     gemm = next(r for r in recs if r["kind"] == "gemm")
     odd = [dict(prefill, key="half", params=dict(prefill["params"], batch=1.5)),
            dict(prefill, key="text", params=dict(prefill["params"], batch="4")),
+           dict(prefill, key="inf", params=dict(prefill["params"], batch=float("inf"))),
            dict(gemm, key="huge", result=dict(gemm["result"], energy_j=1e300, time_s=1e-300, avg_power_w=None)),
            dict(gemm, key="name", env=dict(gemm["env"], gpu_name={"a": 1}))]
     path = tmp_path / "odd.jsonl"
@@ -187,6 +188,7 @@ def test_odd_records_are_malformed_not_tracebacks_nor_truncated(synthetic, tmp_p
     reasons = {r["key"]: r["reason"] for r in report.not_compared}
     assert "batch 1.5 is not a whole positive number" in reasons["half"]
     assert "batch '4' is not a whole positive number" in reasons["text"]
+    assert "batch inf is not a whole positive number" in reasons["inf"]
     assert "not a finite power" in reasons["huge"]
     assert "name" in reasons and report.compared == 0
 

@@ -128,14 +128,14 @@ def to_megatron(plan: PlanLike) -> dict[str, Any]:
     p = plan.parallel
     moe = has_experts(plan)
     cfg: dict[str, Any] = {
-        "tensor_model_parallel_size": p.tp,
+        "tensor_model_parallel_size": int(p.tp),  # plain ints: the config is JSON
         "pipeline_model_parallel_size": 1,
         "sequence_parallel": plan.sequence_parallel or _moe_sequence_parallel(plan, moe),
         "tp_comm_overlap": _tp_overlap(plan),
     }
     if moe:
-        cfg["expert_model_parallel_size"] = p.ep
-        cfg["expert_tensor_parallel_size"] = p.tp * p.dp // p.ep
+        cfg["expert_model_parallel_size"] = int(p.ep)
+        cfg["expert_tensor_parallel_size"] = int(p.tp * p.dp // p.ep)
         cfg["moe_token_dispatcher_type"] = "allgather"
     fused = bool(plan.fused)
     cfg["bias_activation_fusion"] = fused
@@ -203,28 +203,30 @@ def _static_limits(plan: PlanLike) -> tuple[int, int, list[str]]:
     (half of them where the plan priced an fp8 KV cache, which Megatron keeps in bf16); fewer requests
     (and a note) where that would cut a request of ``request_len`` tokens short."""
     held, need = getattr(plan, "kv_cache_tokens", None), getattr(plan, "request_len", None)
+    seqs, longest = int(plan.max_num_seqs), int(plan.max_model_len)
     if held is None:
-        return plan.max_num_seqs, plan.max_model_len, []
+        return seqs, longest, []
     notes = []
     spec = model_spec(plan)
+    priced = held = int(held)
     if spec is not None and spec.kv_cache_fp8:
         held //= 2
         notes.append(f"KV cache sized in bf16 ({held} tokens per replica): Megatron-Core keeps it in the "
                      "activations' dtype, not in the checkpoint's fp8 that the plan was priced with")
-    if need is not None and held < need:  # only with the halving above: check_plan holds need <= held
-        raise InvalidWorkloadError(f"Megatron-Core's bf16 KV cache holds {held} tokens per replica (half the plan's "
-                                   f"{held * 2} fp8 ones), less than one request of {need}: this plan cannot run "
-                                   "there; use more GPUs, shorter requests, or vLLM (which keeps the fp8 cache)")
-    length = min(plan.max_model_len, held // plan.max_num_seqs)
+    length = min(longest, held // seqs)
     if need is None and length < 1:  # fewer tokens than requests: a request's length unknown, take the longest
-        need = plan.max_model_len
+        need = longest
     if need is None or length >= need:
-        return plan.max_num_seqs, length, notes
-    fewer = max(1, held // need)
-    notes.append(f"inference_max_requests={fewer}, not the plan's {plan.max_num_seqs}: Megatron's static "
+        return seqs, length, notes
+    if held < need:  # only with the halving above: check_plan holds need <= max_model_len <= kv_cache_tokens
+        raise InvalidWorkloadError(f"Megatron-Core's bf16 KV cache holds {held} tokens per replica (the plan priced "
+                                   f"{priced} fp8 ones), less than one request of {need}: this plan cannot run "
+                                   "there; use more GPUs, shorter requests, or vLLM (which keeps the fp8 cache)")
+    fewer = held // int(need)
+    notes.append(f"inference_max_requests={fewer}, not the plan's {seqs}: Megatron's static "
                  f"cache holds every request at full length ({need} tokens) within the {held} tokens "
                  "of KV cache the plan leaves; vLLM pages the cache and runs them all")
-    return fewer, need, notes
+    return fewer, int(need), notes
 
 
 def _fp8_recipe(plan: PlanLike) -> tuple[str, str | None]:
@@ -329,9 +331,9 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
         ub = {name: {"num_sm": plan.comm_sms, "set_sm_margin": 1} for name in UB_FPROP_LAYERS}
     clock = (clock_commands(plan) or (None,))[0]
     return MegatronExtras(
-        world_size=plan.num_gpus,
-        data_parallel_size=plan.num_gpus // (tp * pp),
-        expert_data_parallel_size=plan.num_gpus // (etp * ep * pp),
+        world_size=int(plan.num_gpus),
+        data_parallel_size=int(plan.num_gpus) // (tp * pp),
+        expert_data_parallel_size=int(plan.num_gpus) // (etp * ep * pp),
         initialize_model_parallel={
             "tensor_model_parallel_size": tp,
             "pipeline_model_parallel_size": pp,

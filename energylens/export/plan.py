@@ -153,8 +153,6 @@ def unchecked_note(plan: PlanLike) -> str | None:
     from energylens.errors import EnergylensError
     from energylens.models import load_config
 
-    if "/" not in plan.model and not plan.model.endswith(".json"):
-        return None  # a model given as a config object or module: its name only
     try:
         load_config(plan.model)
     except EnergylensError as exc:
@@ -240,6 +238,8 @@ def check_plan(plan: PlanLike) -> None:
     if held is not None and plan.max_model_len > held:
         raise InvalidWorkloadError(f"plan.max_model_len {plan.max_model_len} exceeds the {held} tokens its KV cache "
                                    "holds: vLLM refuses to start (one request of that length must fit)")
+    if weight_quantization(plan) == "fp8":
+        gpu.peak_flops_per_s("fp8")  # EstimateError on a GPU without fp8 tensor cores, as estimate says
     spec = model_spec(plan)
     if spec is not None:
         limit = max_context(spec)
@@ -250,8 +250,6 @@ def check_plan(plan: PlanLike) -> None:
         if moe is not None and moe != spec.is_moe:
             raise InvalidWorkloadError(f"plan.moe={moe} but {plan.model} {'has' if spec.is_moe else 'has no'} "
                                        "routed experts; leave moe=None (read from the config)")
-        if weight_quantization(plan) == "fp8":
-            gpu.peak_flops_per_s("fp8")  # EstimateError on a GPU without fp8 tensor cores, as estimate says
         from energylens.api import resolve_model
         from energylens.passes.shard import check_parallel
 

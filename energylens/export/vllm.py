@@ -116,11 +116,12 @@ def vllm_notes(plan: PlanLike) -> list[str]:
     notes = []
     per_node = node_gpus(plan)
     n = len(per_node)
-    if n > 1 and _per_node_lines(plan):
+    if n > 1 and plan.parallel.tp <= GPUS_PER_NODE:
         notes.append(
             f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE} ({' + '.join(map(str, per_node))} GPUs, "
-            "whole tensor-parallel groups per node): one vllm serve line per node below, its data-parallel ranks "
-            "on it; node 0 runs the API server and HEAD_IP is its address (vLLM's multi-node data parallel)")
+            "whole tensor-parallel groups per node): vLLM's multi-node data parallel, one vllm serve per node with "
+            "its --data-parallel-size-local ranks and node 0's --data-parallel-address, the others --headless "
+            "with their --data-parallel-start-rank (the CLI form writes the lines)")
     elif n > 1:
         tp = plan.parallel.tp
         groups = (f"each tensor-parallel group of {tp} over {-(-tp // GPUS_PER_NODE)} nodes" if tp > GPUS_PER_NODE
@@ -188,18 +189,18 @@ def _engine_args(plan: PlanLike, gpu_memory_utilization: float) -> dict[str, Any
             0 < gpu_memory_utilization <= 1):
         raise InvalidWorkloadError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     p = plan.parallel
-    args: dict[str, Any] = {
+    args: dict[str, Any] = {  # plain ints: a numpy count must not reach the JSON of the export
         "model": plan.model,
-        "tensor_parallel_size": p.tp,
-        "data_parallel_size": p.dp,
+        "tensor_parallel_size": int(p.tp),
+        "data_parallel_size": int(p.dp),
     }
     if p.ep > 1:
         args["enable_expert_parallel"] = True
-    args["max_num_seqs"] = plan.max_num_seqs
-    args["max_model_len"] = plan.max_model_len
-    args["max_num_batched_tokens"] = max(MAX_NUM_BATCHED_TOKENS, plan.max_num_seqs)
+    args["max_num_seqs"] = int(plan.max_num_seqs)
+    args["max_model_len"] = int(plan.max_model_len)
+    args["max_num_batched_tokens"] = max(MAX_NUM_BATCHED_TOKENS, args["max_num_seqs"])
     if plan.max_num_seqs > cudagraph_ceiling(plan.gpu):
-        args["max_cudagraph_capture_size"] = -(-plan.max_num_seqs // 16) * 16
+        args["max_cudagraph_capture_size"] = -(-args["max_num_seqs"] // 16) * 16
     args["gpu_memory_utilization"] = gpu_memory_utilization
     spec = model_spec(plan) if plan.quantization == "fp8" else None
     if spec is not None and spec.quantization != "fp8":  # a bf16 checkpoint served with fp8 weights

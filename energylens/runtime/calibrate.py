@@ -349,7 +349,7 @@ def microbench_graph(kind: str, params: dict[str, Any]) -> tuple[Graph, dict[str
 
 def _count(v: Any, name: str) -> int:
     """A whole positive count of a record (1.5, "4" or true is malformed, not truncated)."""
-    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 1:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v != int(v) or v < 1:
         raise ValueError(f"{name} {v!r} is not a whole positive number")
     return int(v)
 
@@ -643,9 +643,11 @@ def split_holdout(samples: Sequence[Sample], seed: int = 0) -> tuple[list[Sample
         digest = {id(s): hashlib.sha256(f"{seed}:{s.gpu}:{s.key}".encode()).hexdigest() for s in by_class[cls]}
         group = sorted(by_class[cls], key=lambda s: digest[id(s)])
         # whole runs of one digest (repeats of a measurement) go to one half
-        runs = [list(g) for _, g in itertools.groupby(group, key=lambda s: digest[id(s)])]
-        for i, run in enumerate(runs):
-            (train if i % 2 == 0 else test).extend(run)
+        halves: tuple[list[Sample], list[Sample]] = ([], [])
+        for _, run in itertools.groupby(group, key=lambda s: digest[id(s)]):
+            halves[len(halves[0]) > len(halves[1])].extend(run)  # the smaller half (train on a tie)
+        train += halves[0]
+        test += halves[1]
     return train, test
 
 
