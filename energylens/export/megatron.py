@@ -320,7 +320,7 @@ def megatron_extras(plan: PlanLike) -> MegatronExtras:
     # a dense model: Megatron's defaults (experts, had there been any, would follow tp)
     etp, ep = cfg.get("expert_tensor_parallel_size", tp), cfg.get("expert_model_parallel_size", 1)
     # the static engine's cache holds every request at full length; the dynamic one pages it
-    requests, length, static_notes = ((plan.max_num_seqs, plan.max_model_len, []) if _dynamic_engine(plan, cfg)
+    requests, length, static_notes = ((int(plan.max_num_seqs), int(plan.max_model_len), []) if _dynamic_engine(plan, cfg)
                                       else _static_limits(plan))
     inference: dict[str, Any] = {"inference_max_requests": requests, "inference_max_seq_length": length}
     if "fp8" in cfg:

@@ -135,31 +135,31 @@ def clock_note(plan: PlanLike, engine: str) -> str | None:
             f"{on_each_node(node_gpus(plan))} (needs root; undo with `{clock[1]}`)")
 
 
-def model_spec(plan: PlanLike) -> ModelSpec | None:
-    """The config of ``plan.model`` (a bundled id, an FP8 twin's, a config file or directory), or None
-    when it cannot be read (a model given as a config object or module keeps only its name)."""
+def _read_config(plan: PlanLike) -> tuple[ModelSpec | None, str | None]:
+    """(config of ``plan.model``, None), or (None, why it cannot be read)."""
     from energylens.errors import EnergylensError
     from energylens.models import load_config
 
     try:
-        return load_config(plan.model)
-    except EnergylensError:
-        return None
+        return load_config(plan.model), None
+    except EnergylensError as exc:
+        return None, str(exc).split(" Valid ")[0]  # the error and its closest name, not the list of all
+
+
+def model_spec(plan: PlanLike) -> ModelSpec | None:
+    """The config of ``plan.model`` (a bundled id, an FP8 twin's, a config file or directory), or None
+    when it cannot be read (a model given as a config object or module keeps only its name)."""
+    return _read_config(plan)[0]
 
 
 def unchecked_note(plan: PlanLike) -> str | None:
     """The note that ``plan.model`` names a checkpoint whose config energylens cannot read (a typo, a
     model it does not know, a missing path), so nothing model-specific was checked; None otherwise."""
-    from energylens.errors import EnergylensError
-    from energylens.models import load_config
-
-    try:
-        load_config(plan.model)
-    except EnergylensError as exc:
-        why = str(exc).split(" Valid ")[0]  # the error and its closest name, not the list of all
-        return (f"{plan.model}'s config cannot be read ({why}), so the plan was not checked against the model "
-                "(heads, experts, context, fp8 blocks)")
-    return None
+    why = _read_config(plan)[1]
+    if why is None:
+        return None
+    return (f"{plan.model}'s config cannot be read ({why}), so the plan was not checked against the model "
+            "(heads, experts, context, fp8 blocks)")
 
 
 def weight_quantization(plan: PlanLike) -> str | None:

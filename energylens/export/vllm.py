@@ -116,19 +116,17 @@ def vllm_notes(plan: PlanLike) -> list[str]:
     notes = []
     per_node = node_gpus(plan)
     n = len(per_node)
-    if n > 1 and plan.parallel.tp <= GPUS_PER_NODE:
+    if _per_node_lines(plan) is not None:
         notes.append(
             f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE} ({' + '.join(map(str, per_node))} GPUs, "
             "whole tensor-parallel groups per node): vLLM's multi-node data parallel, one vllm serve per node with "
             "its --data-parallel-size-local ranks and node 0's --data-parallel-address, the others --headless "
             "with their --data-parallel-start-rank (the CLI form writes the lines)")
-    elif n > 1:
+    elif n > 1:  # tensor-parallel groups wider than a node
         tp = plan.parallel.tp
-        groups = (f"each tensor-parallel group of {tp} over {-(-tp // GPUS_PER_NODE)} nodes" if tp > GPUS_PER_NODE
-                  else "whole tensor-parallel groups per node")
         notes.append(
             f"the plan's {plan.num_gpus} GPUs span {n} nodes of {GPUS_PER_NODE} ({' + '.join(map(str, per_node))} GPUs, "
-            f"{groups}): serve it as a vLLM multi-node deployment (a Ray cluster over "
+            f"each tensor-parallel group of {tp} over {-(-tp // GPUS_PER_NODE)} nodes): serve it as a vLLM multi-node deployment (a Ray cluster over "
             "the nodes with --distributed-executor-backend ray, or on each node the mp backend's "
             "--nnodes/--node-rank/--master-addr; data-parallel replicas with --data-parallel-size-local, "
             "--data-parallel-start-rank and --data-parallel-address); the vllm serve line is the whole plan's, "
@@ -230,6 +228,10 @@ def _per_node_lines(plan: PlanLike) -> list[tuple[int, int]] | None:
     return out
 
 
+#: The placeholder of node 0's address in per-node lines (a shell variable the user sets).
+_HEAD = "$HEAD_IP"
+
+
 def _serve_line(args: dict[str, Any], extra: str = "") -> str:
     known = load_vllm_args()
     parts = [f"vllm serve {shlex.quote(args['model'])}" + extra]
@@ -246,10 +248,6 @@ def _serve_line(args: dict[str, Any], extra: str = "") -> str:
         text = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
         parts.append(f"{arg.flag} " + ('"$HEAD_IP"' if value == _HEAD else shlex.quote(text)))  # the shell expands it
     return " \\\n    ".join(parts)
-
-
-#: The placeholder of node 0's address in per-node lines (a shell variable the user sets).
-_HEAD = "$HEAD_IP"
 
 
 def _cli(plan: PlanLike, args: dict[str, Any]) -> str:

@@ -306,10 +306,10 @@ class Shard:
         return Parallel(self.tp, self.ep, self.dp)
 
     def __call__(self, graph: Graph) -> Graph:
-        mesh = graph.attr.get("mesh")
+        done = graph.attr.get("mesh")
         coll = next((op.result.name for op, _ in graph.walk() if isinstance(op, Collective)), None)
-        if mesh is not None or coll is not None:  # a second split would price the wrong work and traffic
-            why = f"mesh {mesh!r}" if mesh is not None else f"collective %{coll}"
+        if done is not None or coll is not None:  # a second split would price the wrong work and traffic
+            why = f"mesh {done!r}" if done is not None else f"collective %{coll}"
             raise ShardingError(f"graph {graph.name!r} is already sharded ({why}); shard runs once, on the "
                                 "traced (unsharded) graph")
         check_parallel(graph, self.parallel)
