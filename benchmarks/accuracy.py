@@ -252,31 +252,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tmp is not None:
         tmp.cleanup()
 
-    def mape(key: str) -> float:
-        if not results:
-            return float("nan")
-        meas = {"itl": lambda r: r.median_itl_ms / 1e3, "power": lambda r: r.avg_power_watts_total,
-                "ept": lambda r: r.energy_per_token_j}[key]
-        pred = {"itl": lambda x: x.itl_s, "power": lambda x: x.power_w, "ept": lambda x: x.energy_per_token_j}[key]
-        return sum(abs(pred(x) / meas(x.row) - 1) for x in results) / len(results) * 100
-
-    for gpu in sorted({get_gpu(x.row.gpu_model).name for x in results}):  # "H100", "NVIDIA H100 80GB HBM3": one
-        sub = [x for x in results if get_gpu(x.row.gpu_model).name == gpu]
+    def summary(sub: Sequence[Result]) -> tuple[float, float, float]:  # MAPE of ITL, power, energy/token (%)
+        if not sub:
+            return (float("nan"),) * 3
         errs = [(abs(x.itl_s * 1e3 / x.row.median_itl_ms - 1), abs(x.power_w / x.row.avg_power_watts_total - 1),
                  abs(x.energy_per_token_j / x.row.energy_per_token_j - 1)) for x in sub]
-        console.print(f"  {gpu}: itl {sum(e[0] for e in errs) / len(errs):.1%}  power "
-                      f"{sum(e[1] for e in errs) / len(errs):.1%}  energy/token {sum(e[2] for e in errs) / len(errs):.1%}"
-                      f"  ({len(sub)} rows)")
-    multi = [x for x in results if x.row.num_gpus > 1]
-    if multi:
-        errs = [(abs(x.itl_s * 1e3 / x.row.median_itl_ms - 1), abs(x.power_w / x.row.avg_power_watts_total - 1),
-                 abs(x.energy_per_token_j / x.row.energy_per_token_j - 1)) for x in multi]
-        console.print(f"  multi-GPU: itl {sum(e[0] for e in errs) / len(errs):.1%}  power "
-                      f"{sum(e[1] for e in errs) / len(errs):.1%}  energy/token {sum(e[2] for e in errs) / len(errs):.1%}"
-                      f"  ({len(multi)} rows)")
+        return tuple(100 * sum(e[i] for e in errs) / len(errs) for i in range(3))
+
+    groups = {gpu: [x for x in results if get_gpu(x.row.gpu_model).name == gpu]  # "H100", "NVIDIA H100 80GB HBM3": one
+              for gpu in sorted({get_gpu(x.row.gpu_model).name for x in results})}
+    groups["multi-GPU"] = [x for x in results if x.row.num_gpus > 1]
+    for name, sub in groups.items():
+        if sub:
+            itl, power, ept = summary(sub)
+            console.print(f"  {name}: itl {itl:.1f}%  power {power:.1f}%  energy/token {ept:.1f}%  ({len(sub)} rows)")
     sys.stdout.flush()
-    print(f"MAPE itl={mape('itl'):.1f}% power={mape('power'):.1f}% energy_per_token={mape('ept'):.1f}% "
-          f"rows={len(results)} skipped={len(skipped)}")
+    itl, power, ept = summary(results)
+    print(f"MAPE itl={itl:.1f}% power={power:.1f}% energy_per_token={ept:.1f}% rows={len(results)} skipped={len(skipped)}")
+    if not results:
+        print(f"error: no row of {args.data} could be predicted (see the skipped rows above)", file=sys.stderr)
+        return 1
     return 0
 
 

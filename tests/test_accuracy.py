@@ -111,6 +111,20 @@ def test_unreadable_values_skip_the_row_naming_them(monkeypatch, tmp_path, capsy
         assert f"not a positive number (a whole one for counts): {what}" in text
 
 
+def test_no_predicted_row_is_a_failure_not_a_nan_line_alone(monkeypatch, tmp_path, capsys):
+    """A file whose every row is skipped still ends with the one MAPE line (nan, rows=0), says why on
+    stderr and exits 1: a script reading the exit code must not take it for a result."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from accuracy import main
+
+    good = next(r for r in _dev_rows() if r["num_gpus"] == "1")
+    path = _write(tmp_path / "none.csv", [dict(good, gpu_model="TPU-v5")], list(good))
+    assert main(["--dataset", "mlenergy", "--data", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out.strip().endswith("MAPE itl=nan% power=nan% energy_per_token=nan% rows=0 skipped=1")
+    assert "no row of" in err and "TPU-v5" in out
+
+
 def _dev_rows() -> list[dict]:
     with open(DEV, newline="") as fh:
         return list(csv.DictReader(fh))

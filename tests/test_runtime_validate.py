@@ -166,6 +166,10 @@ def test_a_copied_file_counts_once_and_a_repeated_measurement_stays_in_one_half(
     out = io.StringIO()
     two.print(Console(file=out, width=200))
     assert "identical to one of an earlier file (a copy) read once" in out.getvalue()
+    from energylens.runtime.calibrate import calibrate
+
+    (fit,) = calibrate([path, copy], write=False)  # calibrate says so too
+    assert any(f"{two.repeated_records} record(s) identical" in note for note in fit.notes)
     again = tmp_path / "again.jsonl"  # the same shapes measured again: other readings
     again.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records("H100", synthetic[2], seed=9, noise=0.02)))
     samples, _ = build_samples(read_measurements([path, again]).records)

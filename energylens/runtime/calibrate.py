@@ -148,6 +148,18 @@ class Measurements:
     repeated_records: int = 0  # records identical to one of an earlier file (a copied file), read once
     digests: dict[str, str] = field(default_factory=dict)
 
+    def notes(self) -> list[str]:
+        """One line per thing read around: files left out, torn, repeated and other lines."""
+        out = [f"file left out: {f}: {why}" for f, why in self.excluded_files]
+        if self.torn_lines:
+            out.append(f"{self.torn_lines} torn line(s) ignored (an interrupted run)")
+        if self.repeated_records:
+            out.append(f"{self.repeated_records} record(s) identical to one of an earlier file (a copy) read once")
+        if self.other_lines:
+            out.append(f"{self.other_lines} line(s) that are not measurement records ignored "
+                       "(not JSON, or JSON without a key or status)")
+        return out
+
 
 def _listed_in_readme(path: Path) -> str | None:
     """Why ``path`` may not be used (None: it may): a folder whose README.md keeps a table of its
@@ -969,8 +981,8 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
         raise EnergylensError(f"--out {out} is one file but the data hold {len(by_gpu)} GPUs ({', '.join(sorted(by_gpu))}); "
                               "give a folder, or pick one GPU with --gpu")
     malformed = [(m, r) for m, r in skipped if r.startswith(MALFORMED)]
-    note = (f"{len(malformed)} malformed record(s) skipped (first: {malformed[0][0].file}:{malformed[0][0].line}: "
-            f"{malformed[0][1][len(MALFORMED) + 2:]})") if malformed else ""
+    read_notes = ms.notes() + ([f"{len(malformed)} malformed record(s) skipped (first: {malformed[0][0].file}:"
+                                f"{malformed[0][0].line}: {malformed[0][1][len(MALFORMED) + 2:]})"] if malformed else [])
     results = []
     for name, ss in sorted(by_gpu.items()):
         spec = get_gpu(name)
@@ -981,8 +993,8 @@ def calibrate(paths: Sequence[str | Path], *, gpu: str | None = None, out: str |
             reasons = Counter(r for _m, r in skipped)
             why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
             raise EnergylensError(f"{exc}" + (f"; records left out: {why}" if why else "")) from None
-        if note:
-            res = dataclasses.replace(res, notes=(*res.notes, note))
+        if read_notes:
+            res = dataclasses.replace(res, notes=(*res.notes, *read_notes))
         if write:
             res = dataclasses.replace(res, path=str(write_profile_to(res.profile, out)))
         say(f"{name}: {len(ss)} records, fitted {', '.join(res.fitted) or 'nothing'}"

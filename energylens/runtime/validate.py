@@ -33,6 +33,7 @@ from energylens.runtime.calibrate import (
     POWER_KINDS,
     CalibrationResult,
     Measured,
+    Measurements,
     Sample,
     build_samples,
     calibrate_samples,
@@ -160,15 +161,10 @@ class ValidationReport(Record):
         n_rec = self.compared + len(self.not_compared)
         con.print(f"energylens validate: {n_rec} records in {len(self.files)} file(s); {self.compared} compared "
                   f"with the cost model, {len(self.not_compared)} not compared")
-        for f, why in self.excluded_files:
-            con.print(f"[yellow]file left out[/]: {f}: {why}")
-        if self.torn_lines:
-            con.print(f"{self.torn_lines} torn line(s) ignored (an interrupted run)")
-        if self.repeated_records:
-            con.print(f"{self.repeated_records} record(s) identical to one of an earlier file (a copy) read once")
-        if self.other_lines:
-            con.print(f"[yellow]{self.other_lines} line(s) that are not measurement records ignored[/] "
-                      "(not JSON, or JSON without a key or status)")
+        read = Measurements(excluded_files=list(self.excluded_files), torn_lines=self.torn_lines,
+                            other_lines=self.other_lines, repeated_records=self.repeated_records)
+        for line in read.notes():
+            con.print(line, markup=False)
         malformed = [r for r in self.not_compared if r["reason"].startswith(MALFORMED)]
         if malformed:
             con.print(f"{len(malformed)} malformed record(s) skipped (first: {malformed[0]['file']} "
