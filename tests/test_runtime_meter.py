@@ -52,6 +52,22 @@ def test_counter_window_energy_per_gpu_and_total():
     meter.close()
 
 
+def test_slow_nvml_reads_stay_outside_the_energy_window():
+    """Each NVML call takes time (here 1 ms); on 8 GPUs the clock, temperature and throttle reads
+    around the counters must not lengthen the energy window: the average power stays the GPUs' power
+    (it was 4% high when every GPU's reads sat between the counters and the window's clock). Each
+    GPU's counter window is as long as the timed one, which holds the start's counter pass."""
+    clock = FakeClock()
+    nvml = FakeNVML([FakeGpu(power_w=500.0) for _ in range(8)], clock, call_s=1e-3)
+    meter = NvmlMeter(nvml=nvml, clock=clock, sync=lambda: None)
+    with meter.window("step") as w:
+        clock.advance(1.0)
+    assert w.record.duration_s == pytest.approx(1.0 + 8e-3)  # the work and the start's 8 counter reads
+    assert w.record.avg_power_w == pytest.approx(8 * 500.0)
+    assert all(g.avg_power_w == pytest.approx(500.0) for g in w.record.gpus)
+    meter.close()
+
+
 def test_record_only_after_the_block_and_not_on_error():
     meter, clock, _ = _meter(FakeGpu())
     handle = meter.window("x")

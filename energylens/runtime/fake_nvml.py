@@ -105,8 +105,10 @@ class FakeNVML:
     NVML_CLOCK_MEM = 2
     NVML_TEMPERATURE_GPU = 0
 
-    def __init__(self, gpus: list[FakeGpu], clock: FakeClock | None = None, init_error: int | None = None):
+    def __init__(self, gpus: list[FakeGpu], clock: FakeClock | None = None, init_error: int | None = None,
+                 call_s: float = 0.0):
         self.gpus, self.clock, self.init_error = gpus, clock or FakeClock(), init_error
+        self.call_s = call_s  # each call takes this long on the clock (a real NVML call: tens of us)
         self.initialized = 0
         self.calls: dict[str, int] = {}
         for g in gpus:
@@ -118,6 +120,7 @@ class FakeNVML:
     def _gpu(self, handle: int) -> FakeGpu:
         if not self.initialized:
             raise FakeNVMLError(NVML_ERROR_UNINITIALIZED)
+        self.clock.advance(self.call_s)  # every device query
         return self.gpus[handle]
 
     @staticmethod

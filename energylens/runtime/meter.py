@@ -536,20 +536,38 @@ class NvmlMeter(Meter):
             mask = self._safe("nvmlDeviceGetCurrentClocksThrottleReasons", handle)
         return None if mask is None else int(mask)
 
-    def _read(self, i: int, sampling: bool) -> _Reading:
+    def _counter(self, i: int) -> tuple[int | None, str | None]:
         gpu, nv = self._gpus[i], self._nvml
-        energy, err = None, None
-        if gpu.has_counter:
-            try:
-                energy = int(nv.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
-            except nv.NVMLError as exc:
-                err = f"energy counter read failed ({exc})"
-        t = self._clock()
-        sm = self._safe("nvmlDeviceGetClockInfo", gpu.handle, getattr(nv, "NVML_CLOCK_SM", _CLOCK_SM))
-        mem = self._safe("nvmlDeviceGetClockInfo", gpu.handle, getattr(nv, "NVML_CLOCK_MEM", _CLOCK_MEM))
-        temp = self._temperature(gpu.handle)
-        power = self._power_w(i) if sampling else None
-        return _Reading(t, energy, err, sm, mem, temp, self._throttle(gpu.handle), power)
+        if not gpu.has_counter:
+            return None, None
+        try:
+            return int(nv.nvmlDeviceGetTotalEnergyConsumption(gpu.handle)), None
+        except nv.NVMLError as exc:
+            return None, f"energy counter read failed ({exc})"
+
+    def _states(self, sampling: bool) -> list[tuple[float, tuple]]:
+        """Every GPU's clocks, temperature, throttle reasons and (``sampling``) power, with the time."""
+        out = []
+        for i, gpu in enumerate(self._gpus):
+            nv = self._nvml
+            sm = self._safe("nvmlDeviceGetClockInfo", gpu.handle, getattr(nv, "NVML_CLOCK_SM", _CLOCK_SM))
+            mem = self._safe("nvmlDeviceGetClockInfo", gpu.handle, getattr(nv, "NVML_CLOCK_MEM", _CLOCK_MEM))
+            temp, throttle = self._temperature(gpu.handle), self._throttle(gpu.handle)
+            out.append((self._clock(), (sm, mem, temp, throttle, self._power_w(i) if sampling else None)))
+        return out
+
+    def _readings(self, sampling: bool, start: bool) -> tuple[float, list[_Reading]]:
+        """The window's edge time and every GPU's reading. The energy counters are read in one pass
+        right after the edge's clock at both edges (so each GPU's counter window is as long as the
+        timed one), and the other reads, several NVML calls per GPU, outside the window: read in
+        between, they lengthened every GPU's energy window by their time, more with more GPUs."""
+        states = self._states(sampling) if start else []
+        edge = self._clock()
+        counters = [self._counter(i) for i in range(len(self._gpus))]
+        if not start:
+            states = self._states(sampling)
+        return edge, [_Reading(t, energy, err, *state)
+                      for (energy, err), (t, state) in zip(counters, states, strict=True)]
 
     def _sampling(self) -> bool:
         return self.trace or any(not g.has_counter for g in self._gpus)
@@ -559,24 +577,23 @@ class NvmlMeter(Meter):
         if not self._open:
             raise DeviceUnavailableError("this NvmlMeter is closed; open a new one")
         sampling = self._sampling()
-        start = [self._read(i, sampling) for i in range(len(self._gpus))]
+        t0, start = self._readings(sampling, start=True)
         sampler = None
         if sampling:
             sampler = _Sampler(self._power_w, len(self._gpus), self.sample_interval_s, self._clock)
             sampler.start()
-        return _State(self._clock(), start, sampler)
+        return _State(t0, start, sampler)
 
     def _abort(self, state: _State | None) -> None:
         if state is not None and state.sampler is not None:
             state.sampler.stop()
 
     def _end(self, name: str, state: _State) -> Window:
-        t1 = self._clock()
+        sampling = state.sampler is not None
+        t1, end = self._readings(sampling, start=False)
         duration = t1 - state.t0
         if state.sampler is not None:
             state.sampler.stop()
-        sampling = state.sampler is not None
-        end = [self._read(i, sampling) for i in range(len(self._gpus))]
         gpus, trace = [], []
         for i, gpu in enumerate(self._gpus):
             samples: list[tuple[float, float]] = []
