@@ -373,6 +373,35 @@ def test_a_model_energylens_cannot_read_is_exported_with_a_note() -> None:
     assert any("qwen3-8bb's config cannot be read" in n for n in vllm_notes(plan(tp=3, model="qwen3-8bb")))
 
 
+def test_exports_check_the_config_that_was_priced_not_the_one_its_name_reads(tmp_path, monkeypatch) -> None:
+    """A config saved from a hub model keeps its ``_name_or_path``: a compiled plan of a changed copy
+    is checked against the changed config (no context error the plan did not have) and its exports
+    say that the name's checkpoint is not the priced model; a model folder is named by its absolute
+    path, which vLLM takes from any directory."""
+    from energylens.export import megatron_extras
+    from energylens.models import config_dict, load_config
+
+    small = config_dict(load_config("Qwen/Qwen3-0.6B").config)
+    longer = dict(small, _name_or_path="Qwen/Qwen3-0.6B", max_position_embeddings=131072, num_hidden_layers=4)
+    path = tmp_path / "longer.json"
+    path.write_text(json.dumps(longer))
+    cluster = el.Cluster("H100-SXM", num_gpus=1)
+    p = el.compile(str(path), cluster, el.Workload(batch=2, prompt_len=60000, output_len=128, output_len_cv=0))
+    assert p.model == "Qwen/Qwen3-0.6B" and p.to_vllm()["max_model_len"] == 60128  # 40,960 in the named config
+    want = ("Qwen/Qwen3-0.6B is not the model the plan was priced on", "num_hidden_layers 28 there, 4 priced",
+            "max_position_embeddings 40960 there, 131072 priced")
+    for notes in (vllm_notes(p.to_spec()), megatron_extras(p.to_spec()).notes):
+        assert any(all(w in n for w in want) for n in notes), notes
+    assert "config" not in p.to_spec().to_dict() and "traced" not in p.to_dict()
+    same = el.compile("Qwen/Qwen3-0.6B", cluster, el.Workload(batch=2, prompt_len=512, output_len=64))
+    assert not any("priced on" in n for n in vllm_notes(same.to_spec()))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(small))
+    monkeypatch.chdir(tmp_path)
+    assert load_config("ckpt").name == str(folder.resolve())
+
+
 def test_replicas_over_nodes_get_one_serve_line_per_node() -> None:
     """vLLM's multi-node data parallel: each node runs its share of the dp ranks; node 0 the API server,
     the others --headless with their first rank; all name node 0's address."""

@@ -69,9 +69,9 @@ from energylens.export.plan import (
     check_plan,
     clock_commands,
     has_experts,
+    model_note,
     model_spec,
     node_gpus,
-    unchecked_note,
     weight_quantization,
 )
 from energylens.typing import Record
@@ -270,9 +270,9 @@ def _dynamic_engine(plan: PlanLike, cfg: dict[str, Any]) -> bool:
 def _notes(plan: PlanLike, cfg: dict[str, Any]) -> list[str]:
     """What Megatron-Core's inference cannot run as the plan was priced."""
     p, notes = plan.parallel, []
-    unchecked = unchecked_note(plan)
-    if unchecked is not None:
-        notes.append(unchecked)
+    note = model_note(plan)
+    if note is not None:
+        notes.append(note)
     recipe_note = _fp8_recipe(plan)[1] if "fp8_recipe" in cfg else None
     if recipe_note is not None:
         notes.append(recipe_note)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.errors import InvalidTypeError, InvalidWorkloadError, ShardingError
@@ -14,7 +14,7 @@ from energylens.typing import Parallel, Record
 if TYPE_CHECKING:
     from energylens.models import ModelSpec
 
-__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "unchecked_note", "weight_quantization", "model_spec", "clock_note", "node_gpus", "on_each_node"]
+__all__ = ["PlanLike", "PlanSpec", "QUANTIZATIONS", "check_plan", "has_experts", "model_note", "weight_quantization", "model_spec", "clock_note", "node_gpus", "on_each_node"]
 
 QUANTIZATIONS: tuple[str, ...] = ("fp8",)
 """Quantizations a plan may carry (None: the checkpoint's dtype, usually bf16)."""
@@ -52,6 +52,7 @@ class PlanSpec(Record):
     implies it); None: read from the model's config when ``model`` is a known id or config file.
     ``kv_cache_tokens``: tokens one replica's KV cache holds (None: unknown); Megatron's static
     inference cache must hold every request at its maximum length within it.
+    ``config``: the model the plan was priced on (``Plan.to_spec`` sets it); None: what ``model`` names.
     """
 
     model: str
@@ -68,6 +69,15 @@ class PlanSpec(Record):
     moe: bool | None = None
     kv_cache_tokens: int | None = None
     request_len: int | None = None
+    #: the model the plan was priced on, when it is not simply what ``model`` names (a config file,
+    #: dict or ``PretrainedConfig`` whose ``_name_or_path`` is a checkpoint id): a traced model or
+    #: anything ``load_config`` reads. The checks use it; a note says where ``model`` differs.
+    config: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.pop("config")  # a config object or traced graphs: not plain data
+        return out
 
 
 def _positive(name: str, value: object) -> None:
@@ -135,31 +145,59 @@ def clock_note(plan: PlanLike, engine: str) -> str | None:
             f"{on_each_node(node_gpus(plan))} (needs root; undo with `{clock[1]}`)")
 
 
-def _read_config(plan: PlanLike) -> tuple[ModelSpec | None, str | None]:
-    """(config of ``plan.model``, None), or (None, why it cannot be read)."""
+#: config fields that change what is priced or served; a priced config that differs from the named
+#: checkpoint's in one of them is not that checkpoint
+_ARCHITECTURE = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "vocab_size", "num_experts", "num_experts_per_tok",
+                 "moe_intermediate_size", "max_position_embeddings")
+
+
+def _configs(plan: PlanLike) -> tuple[ModelSpec | None, ModelSpec | None, str | None]:
+    """(the config the plan was priced on, or None when the plan does not carry one; the config
+    ``plan.model`` names, or None; why that one cannot be read)."""
     from energylens.errors import EnergylensError
     from energylens.models import load_config
 
+    given = getattr(plan, "config", None)
+    priced = None
+    if given is not None:
+        priced = given.spec if hasattr(given, "spec") and hasattr(given, "decode") else load_config(given)
     try:
-        return load_config(plan.model), None
+        return priced, load_config(plan.model), None
     except EnergylensError as exc:
-        return None, str(exc).split(" Valid ")[0]  # the error and its closest name, not the list of all
+        return priced, None, str(exc).split(" Valid ")[0]  # the error and its closest name, not the list of all
 
 
 def model_spec(plan: PlanLike) -> ModelSpec | None:
-    """The config of ``plan.model`` (a bundled id, an FP8 twin's, a config file or directory), or None
-    when it cannot be read (a model given as a config object or module keeps only its name)."""
-    return _read_config(plan)[0]
+    """The config the plan was priced on (``plan.config``), else the one ``plan.model`` names (a
+    bundled id, an FP8 twin's, a config file or directory); None when neither can be read."""
+    priced, named, _ = _configs(plan)
+    return priced or named
 
 
-def unchecked_note(plan: PlanLike) -> str | None:
-    """The note that ``plan.model`` names a checkpoint whose config energylens cannot read (a typo, a
-    model it does not know, a missing path), so nothing model-specific was checked; None otherwise."""
-    why = _read_config(plan)[1]
-    if why is None:
-        return None
-    return (f"{plan.model}'s config cannot be read ({why}), so the plan was not checked against the model "
-            "(heads, experts, context, fp8 blocks)")
+def _differences(priced: ModelSpec, named: ModelSpec) -> list[str]:
+    out = [f"{k} {b} there, {a} priced" for k in _ARCHITECTURE
+           if (a := priced.get(k)) is not None and (b := named.get(k)) is not None and a != b]
+    if priced.quantization != named.quantization:
+        out.append(f"weights {named.quantization or 'bf16'} there, {priced.quantization or 'bf16'} priced")
+    return out
+
+
+def model_note(plan: PlanLike) -> str | None:
+    """The note that the model the exporters name is not the one checked and priced: ``plan.model``
+    names a checkpoint whose config energylens cannot read (a typo, a model it does not know, a
+    missing path) and the plan carries no config, so nothing model-specific was checked; or it
+    names a checkpoint whose config differs from the priced one. None otherwise."""
+    priced, named, why = _configs(plan)
+    if priced is None and named is None:
+        return (f"{plan.model}'s config cannot be read ({why}), so the plan was not checked against the model "
+                "(heads, experts, context, fp8 blocks)")
+    diff = _differences(priced, named) if priced is not None and named is not None else []
+    if diff:
+        return (f"{plan.model} is not the model the plan was priced on ({priced.source}): its config differs "
+                f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); serve the checkpoint the priced "
+                "config belongs to in its place")
+    return None
 
 
 def weight_quantization(plan: PlanLike) -> str | None:
@@ -255,4 +293,6 @@ def check_plan(plan: PlanLike) -> None:
 
         # the shard pass's own rules (heads, MLP and expert widths, experts, fp8 weight blocks), which
         # the plan was priced with: a plan that estimate refuses is not exported either
-        check_parallel(resolve_model(plan.model).decode, p, num_gpus=plan.num_gpus)
+        given = getattr(plan, "config", None)  # a traced model, or a config to trace (None: the named one)
+        traced = resolve_model(given if hasattr(given, "decode") else plan.model if given is None else spec)
+        check_parallel(traced.decode, p, num_gpus=plan.num_gpus)

@@ -59,7 +59,7 @@ from typing import Any, Literal, overload
 from energylens.costmodel.comm import GPUS_PER_NODE
 from energylens.costmodel.serving import GPU_MEMORY_UTILIZATION
 from energylens.errors import InvalidWorkloadError
-from energylens.export.plan import PlanLike, check_plan, clock_note, model_spec, node_gpus, unchecked_note
+from energylens.export.plan import PlanLike, check_plan, clock_note, model_note, model_spec, node_gpus
 
 __all__ = [
     "VLLM_VERSION",
@@ -151,9 +151,9 @@ def vllm_notes(plan: PlanLike) -> list[str]:
     if plan.quantization == "fp8" and model_spec(plan) is None:
         notes.append(f"the plan was priced with fp8 weights, but {plan.model}'s config cannot be read: if its "
                      "checkpoint is not FP8, add --quantization fp8 (vLLM then quantizes the weights as it loads them)")
-    unchecked = unchecked_note(plan)
-    if unchecked is not None:
-        notes.append(unchecked)
+    note = model_note(plan)
+    if note is not None:
+        notes.append(note)
     if plan.model.endswith(".json"):
         notes.append(
             f"{plan.model} is a bare config file; vLLM serves a hub id or a checkpoint directory: save it as "

@@ -452,8 +452,10 @@ def _from_file(path: Path, name: str | None = None) -> ModelSpec:
     quant_file = path.with_name(path.stem + _QUANT_SUFFIX) if path.name != "config.json" \
         else path.with_name("hf_quant_config.json")
     extra = _read_json(quant_file) if quant_file.is_file() else None
-    if name is None:  # a model folder is named by its path, which `vllm serve` takes (its config's
-        # _name_or_path is where it was saved from, often another machine's); a bare file by its own
+    if name is None:  # a model folder is named by its absolute path, which `vllm serve` takes from any
+        # directory (its config's _name_or_path is where it was saved from, often another machine's); a
+        # bare file by its own
+        path = path.resolve()
         name = str(path.parent) if path.name == "config.json" else d.get("_name_or_path") or str(path)
     return _spec(str(name), d, str(path), extra, str(quant_file) if extra is not None else None)
 

@@ -189,6 +189,8 @@ class Plan(Record):
     cluster_gpus: int | None = None
     #: the model's maximum context in tokens (None: its config does not say)
     max_context: int | None = None
+    #: the traced model the plan was priced on (its exports check against it, whatever ``model`` names)
+    traced: Any = field(default=None, repr=False, compare=False)
 
     # -- what exporters read (energylens.export.PlanLike) ---------------------------------------
     @property
@@ -231,6 +233,7 @@ class Plan(Record):
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         out.pop("space", None)
+        out.pop("traced", None)
         return out
 
     def to_spec(self) -> Any:
@@ -243,7 +246,7 @@ class Plan(Record):
                         quantization=self.quantization, sequence_parallel=self.sequence_parallel,
                         moe=self.graph is not None and self.graph.decode.has_experts,
                         kv_cache_tokens=self.kv_cache_tokens,
-                        request_len=self.workload.prompt_len + self.workload.output_len)
+                        request_len=self.workload.prompt_len + self.workload.output_len, config=self.traced)
 
     def to_vllm(self, cli: bool = False) -> Any:
         """vLLM engine arguments (``cli=True``: the ``vllm serve ...`` command line)."""
@@ -477,7 +480,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
                 prefill_pareto=space.frontier("ttft_s", "prefill_energy_per_token_j"),
                 plans_evaluated=space.plans_evaluated, search_s=space.search_s,
                 quantization=_quantization(traced), space=space, cluster_gpus=cluster.num_gpus,
-                max_context=max_context)
+                max_context=max_context, traced=traced)
 
 
 def _named(est: Estimate, name: str) -> Estimate:
