@@ -204,6 +204,18 @@ def test_generic_module_traces() -> None:
     verify_graph(ir.prefill)
     assert [op.kind for op, _ in ir.prefill.walk()] == ["gather", "elementwise", "einsum"]
     assert param_count(ir.prefill) == 2 * 100 * 32
+    # its dimensions have no role names, so tensor parallelism would split nothing: refused, not priced
+    # as 8 GPUs repeating the model; compile keeps tp=1, and the workload's length as the vLLM limit
+    import energylens as el
+    from energylens.errors import ShardingError
+    from energylens.passes.shard import valid_tp_values
+
+    cluster, wl = el.Cluster("H100-SXM", num_gpus=2), el.Workload(batch=2, prompt_len=64, output_len=16)
+    with pytest.raises(ShardingError, match="tp=2 splits nothing in 'Tiny.decode'.*use tp=1"):
+        el.estimate(ir, cluster, wl, el.Parallel(tp=2))
+    assert valid_tp_values(ir.decode) == [1]
+    plan = el.compile(ir, cluster, wl, objective="latency")
+    assert plan.parallel.tp == 1 and plan.max_model_len == 80
 
 
 def test_trace_phase_and_errors() -> None:

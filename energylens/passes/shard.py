@@ -191,6 +191,8 @@ def _fp8_block_problem(graph: Graph, tp: int, etp: int | None = None) -> str | N
 def valid_tp_values(graph: Graph, up_to: int = 64) -> list[int]:
     """Tensor-parallel degrees (<= ``up_to``) that the graph's heads and MLP width allow (and, for
     fp8 checkpoints scaled in blocks, whose attention and MLP slices are whole blocks)."""
+    if not _splits_by_tp(graph):
+        return [1]
     heads, kv = _heads(graph)
     f = _int_size(graph, "f")
     return [t for t in range(1, up_to + 1)
@@ -225,6 +227,16 @@ def ep_size_error(ep: int, tp: int, dp: int, valid: Sequence[int]) -> ShardingEr
                          f"valid ep: {', '.join(map(str, valid))}")
 
 
+#: weight dimensions the tensor-parallel rules split (``_Sharder.seed``)
+_TP_DIMS = frozenset({"q", "hq", "f", "g", "r", "hk", "v", "m"})
+
+
+def _splits_by_tp(graph: Graph) -> bool:
+    """Whether tensor parallelism splits any weight of ``graph`` (not so in a module outside the traced
+    families, whose dimensions have no role names)."""
+    return any(d.role == "param" and _TP_DIMS & set(d.value.type.dims) for d, _ in graph.all_decls())
+
+
 def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None) -> None:
     """Raise ``ShardingError`` if ``parallel`` cannot run ``graph`` (on ``num_gpus`` GPUs, if given).
 
@@ -239,6 +251,10 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
     if num_gpus is not None and gpus > num_gpus:
         raise ShardingError(f"tp x dp = {tp} x {dp} = {gpus} GPUs, but the cluster has {num_gpus}; "
                             f"use tp x dp <= {num_gpus}")
+    if tp > 1 and not _splits_by_tp(graph):
+        raise ShardingError(f"tp={tp} splits nothing in {graph.name!r}: the shard rules split attention heads, MLP, "
+                            "expert and vocabulary dimensions, which its weights do not name (a module outside "
+                            "the traced HF families); every GPU would repeat the whole model: use tp=1")
     heads, kv = _heads(graph)
     valid_tp = ", ".join(map(str, valid_tp_values(graph, up_to=num_gpus or 64)))
     if not tp_ok(tp, heads, kv):

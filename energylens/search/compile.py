@@ -207,15 +207,16 @@ class Plan(Record):
         length (``output_len_cv=0``) that is ``prompt_len + output_len``. When outputs vary, a request
         may run far past the mean, and a limit at the mean would cut it short (or make vLLM refuse
         it): the limit is then what vLLM itself takes by default, the model's maximum context, capped
-        by what one replica's KV cache holds (vLLM refuses to start otherwise)."""
+        by what one replica's KV cache holds (vLLM refuses to start otherwise). A model whose config
+        gives no maximum context (a module outside the traced families) keeps the workload's length."""
         wl = self.workload
         need = wl.prompt_len + wl.output_len
-        if wl.output_len_cv == 0:
+        if wl.output_len_cv == 0 or self.max_context is None:
             return need
         # headroom for what vLLM takes that the memory model does not count (CUDA graphs, NCCL
         # buffers), on vLLM's 16-token blocks; the search keeps only plans that hold ``need``
         room = KV_BLOCK_TOKENS * int(KV_HEADROOM * self.kv_cache_tokens // KV_BLOCK_TOKENS)
-        return max(need, min(self.max_context or room, room))
+        return max(need, min(self.max_context, room))
 
     @property
     def kv_cache_tokens(self) -> int:
