@@ -160,9 +160,9 @@ def vllm_notes(plan: PlanLike) -> list[str]:
             "config.json in the checkpoint's directory and serve that directory"
         )
     elif "/" not in plan.model and not Path(plan.model).is_dir():
-        notes.append(  # a model given as a config object or module has only its model_type or class name
-            f"{plan.model!r} is not a hub id or a checkpoint directory (the model was given as a config "
-            "or a module): put the checkpoint to serve in its place"
+        notes.append(  # a config's _name_or_path or model_type, or a module's class name
+            f"{plan.model!r} is not a hub id or a checkpoint directory (the name a config or module gave "
+            "the model): put the checkpoint to serve in its place"
         )
     return notes
 
