@@ -9,8 +9,6 @@ this script; rerun it after a cost-model change.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import energylens as el
@@ -92,8 +90,7 @@ def main() -> None:
     summary = []
     for model, short, png in EXAMPLES:
         plan = el.compile(model, cluster, workload=wl, objective="energy", slo=el.SLO(itl_ms=40))
-        with contextlib.redirect_stdout(io.StringIO()):
-            report = plan.report()
+        report = plan.report()
         plan.plot(DOCS / png)
         p = plan.parallel
         parts.append(f"\n## {short} on up to 8 x H100\n\n```text\n"

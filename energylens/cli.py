@@ -487,7 +487,7 @@ def compile_cmd(
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))
     elif export is None:
-        plan.report()
+        print(plan.report(), end="")
     if export == "vllm":
         print(plan.to_vllm(cli=True), end="")
     elif export == "megatron":

@@ -124,6 +124,7 @@ def test_plan_records_report_and_plot(plan, tmp_path):
     assert "// pipeline: shard{" in str(plan.graph)
     text = plan.report(file=open(tmp_path / "r.txt", "w"))  # noqa: SIM115
     assert "Pareto frontier" in text and "top 10 ops" in text
+    assert repr(plan.report()) == text.rstrip("\n")  # the prompt shows the table, not a quoted string
     png = plan.plot(tmp_path / "pareto.png")
     assert png.stat().st_size > 10_000
 
@@ -364,9 +365,9 @@ def test_report_says_when_the_plan_serves_fewer_sequences_than_asked():
     wl = el.Workload(batch=4096, prompt_len=512, output_len=128)
     plan = el.compile(MODEL, el.Cluster("H100-SXM", num_gpus=1), workload=wl, slo=el.SLO(itl_ms=10),
                       clocks_mhz=(1980,), comm_sms=(None,))
-    assert plan.estimate.serving.batch < 4096
+    assert plan.batch < 4096
     text = plan.report(file=io.StringIO())
-    assert f"serves {plan.estimate.serving.batch} of the 4096 concurrent sequences asked for" in text.replace("\n", " ")
+    assert f"serves {plan.batch} of the 4096 concurrent sequences asked for" in text.replace("\n", " ")
 
 
 def test_a_b200_plan_clock_is_accepted_back_by_compile_as_by_estimate() -> None:

@@ -132,7 +132,7 @@ def _check_range(gpu: GPUSpec, name: str, clocks: Sequence[int], got: Any) -> No
     lo, hi = ClockModel.of(gpu).grid()[0], gpu.boost_clock_mhz
     if not all(lo <= f <= hi for f in clocks):
         raise InvalidWorkloadError(f"{name} must be in {lo}..{hi:.0f} MHz on {gpu.name} (about half the maximum "
-                                   f"clock, on the 15 MHz grid, up to it, where the clock model holds), got {got!r}")
+                                   f"clock: the search's lowest 15 MHz step, up to it, where the clock model holds), got {got!r}")
 
 
 def locked_clock(clock_mhz: Any, gpu: GPUSpec) -> int | None:

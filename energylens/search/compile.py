@@ -262,8 +262,9 @@ class Plan(Record):
         return to_megatron(self.to_spec())
 
     # -- reports --------------------------------------------------------------------------------
-    def report(self, file: Any = None, top: int = 10) -> str:
-        """Print the chosen plan, a per-phase summary and the top ops by energy; return the text."""
+    def report(self, file: Any = None, top: int = 10) -> Report:
+        """The chosen plan, a per-phase summary and the top ops by energy, as text that shows as
+        itself at the prompt (``print(plan.report())`` in a script); written to ``file`` if given."""
         from rich.console import Console
 
         from energylens.search.report import render
@@ -273,8 +274,9 @@ class Plan(Record):
         buf = io.StringIO()
         con = Console(file=buf, width=140, record=False, force_terminal=False)
         render(self, con, top=top)
-        text = buf.getvalue()
-        print(text, end="", file=file)
+        text = Report(buf.getvalue())
+        if file is not None:
+            print(text, end="", file=file)
         return text
 
     def plot(self, path: str | Path) -> Path:
@@ -282,6 +284,13 @@ class Plan(Record):
         from energylens.search.report import plot
 
         return plot(self, Path(path))
+
+
+class Report(str):
+    """``Plan.report``'s text; at the prompt it shows as the table, not as a quoted string."""
+
+    def __repr__(self) -> str:
+        return str(self).rstrip("\n")
 
 
 # ---------------------------------------------------------------------------------------------

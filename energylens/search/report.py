@@ -59,9 +59,11 @@ def render(plan: Any, console: Any, top: int = 10) -> None:
                  f"{plan.plans_evaluated:,} in {plan.search_s:.2f} s")
     console.print(head)
     s = est.serving
-    if s is not None and s.batch < wl.batch:  # batch is an upper bound of the search: say what it serves
+    # batch is an upper bound of the search: say what it chose (fewer running than that is the
+    # serving row's to explain: prefill's token budget or the KV cache)
+    if s is not None and plan.batch < wl.batch:
         cost = "more energy per token" if plan.objective == "energy" else "a longer ITL"
-        console.print(f"serves {s.batch} of the {wl.batch} concurrent sequences asked for (the batch is searched up "
+        console.print(f"serves {plan.batch} of the {wl.batch} concurrent sequences asked for (the batch is searched up "
                       f"to it: more would cost {cost}, miss the SLO or not fit); more GPUs or "
                       "replicas serve the rest")
     phases = Table(title="per phase (energies and powers over all GPUs of the plan)")
