@@ -46,7 +46,7 @@ Command line: `energylens compile MODEL --gpu H100-SXM --gpus 8 --batch 64 --pro
 
 | knob | values | how it is priced |
 |---|---|---|
-| `tp` x `dp` | `tp` dividing the heads (`valid_tp_values`), `tp x dp` up to the cluster's GPUs (`dp` any size up to 8, then powers of two and all the rest; unused GPUs are not counted) | one rewritten graph per variant (`shard`) |
+| `tp` x `dp` | `tp` dividing the heads (`energylens.passes.shard.valid_tp_values`), `tp x dp` up to the cluster's GPUs (`dp` any size up to 8, then powers of two and all the rest; unused GPUs are not counted) | one rewritten graph per variant (`shard`) |
 | `ep` (MoE) | 1 or `tp x dp` (the expert-parallel sizes vLLM runs) | `shard`, expert straggler from `moe` |
 | fusion | on / off (`fuse` pass; off exports as vLLM `compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}`) | one graph per variant |
 | batch (`max_num_seqs = batch / dp`) | multiples of `dp` up to the workload's batch: every size to 16 per replica, then 8 per octave | numpy arrays over the graphs' `B`, `S`, `K` |

@@ -89,6 +89,14 @@ def _any_case(value: str | None, valid: tuple[str, ...]) -> str | None:
     return value.lower() if value is not None and value.lower() in valid else value
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _routing(routing: str, histogram: str | None) -> Any:
     """``--routing`` as ``el.estimate`` takes it: a name, or the ``Moe`` pass of a measured histogram."""
     from energylens.errors import ConfigError
@@ -101,10 +109,13 @@ def _routing(routing: str, histogram: str | None) -> Any:
         return routing
     if histogram is None:
         raise ConfigError("--routing histogram needs --routing-histogram C1,C2,... (tokens or shares per expert)")
-    try:
-        counts = tuple(float(c) for c in histogram.split(","))
-    except ValueError:
-        raise ConfigError(f"--routing-histogram must be numbers separated by commas, got {histogram!r}") from None
+    entries = histogram.split(",")
+    bad = [(i, c) for i, c in enumerate(entries, 1) if not _is_float(c)]
+    if bad:
+        i, c = bad[0]
+        raise ConfigError(f"--routing-histogram must be numbers separated by commas; entry {i} of {len(entries)} "
+                          f"is {c!r}" + (f" ({len(bad) - 1} more)" if len(bad) > 1 else ""))
+    counts = tuple(map(float, entries))
     return Moe("histogram", histogram=counts)
 
 

@@ -212,7 +212,7 @@ def test_json_and_export_together_is_an_error():
     (("estimate", LLAMA, "--comm-sms", "16"), ("--comm-sms=16", "no tensor-parallel collective to overlap")),
     (("estimate", LLAMA, "--routing", "zipf"), ("--routing 'zipf' applies to MoE models",)),
     (("estimate", MOE, "--routing", "histogram"), ("--routing histogram needs --routing-histogram",)),
-    (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,x"), ("'1,x'",)),
+    (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,x"), ("entry 2 of 2 is 'x'",)),
     (("estimate", MOE, "--routing", "histogram", "--routing-histogram", "1,2"), ("2 entries", "128 experts")),
     (("estimate", LLAMA, "--gpu", "L40S", "--tp", "2", "--interconnect", "nvlink"), ("valid for it: pcie, ib",)),
     (("estimate", "Qwen/Qwen3-8B-Instruct"), ("Did you mean 'Qwen/Qwen3-8B'?",)),
