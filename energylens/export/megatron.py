@@ -254,9 +254,10 @@ def _kv_buffer_gib(plan: PlanLike) -> float | None:
     held, spec = getattr(plan, "kv_cache_tokens", None), model_spec(plan)
     if held is None or spec is None:
         return None
-    heads = spec.get("num_attention_heads")
-    kv, layers = spec.get("num_key_value_heads") or heads, spec.get("num_hidden_layers")
-    head_dim = spec.get("head_dim") or spec.get("hidden_size") // heads
+    from energylens.models import attention_shape
+
+    _, kv, head_dim = attention_shape(spec)
+    layers = spec.get("num_hidden_layers")
     per_token = 2 * layers * max(1, kv // plan.parallel.tp) * head_dim * (1 if spec.kv_cache_fp8 else 2)
     return held * per_token / 2**30
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from energylens.errors import ConfigError, UnsupportedOpError
 from energylens.ir.core import Decl, Graph, Op, Repeat
-from energylens.models import MODEL_TYPES, ModelSpec, config_dict, load_config
+from energylens.models import MODEL_TYPES, ModelSpec, attention_shape, config_dict, load_config
 
 __all__ = ["ModelIR", "trace_model", "trace", "cache_dir", "cache_key", "PHASES", "FRONTEND_VERSION"]
 
@@ -189,9 +189,8 @@ def _ints(d: Any) -> set[int]:
 def _roles(spec: ModelSpec) -> dict[str, int]:
     """Model dimension atoms and their sizes."""
     c = spec.get
-    h, q = c("hidden_size"), c("num_attention_heads")
-    g = c("num_key_value_heads") or q
-    d = c("head_dim") or h // q
+    h = c("hidden_size")
+    q, g, d = attention_shape(spec)
     roles = {"h": h, "v": c("vocab_size"), "f": c("intermediate_size"), "g": g, "d": d}
     if q != g:
         if q % g:
@@ -318,9 +317,8 @@ class _Steps:
                 self.m = m
                 c = m.config
                 self.cache = StaticCache(config=c, max_cache_len=cache_len)
-                heads = c.num_key_value_heads or c.num_attention_heads
-                head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-                self.cache.early_initialization(batch, heads, head_dim, torch.bfloat16, torch.device("meta"))
+                _, kv_heads, head_dim = attention_shape(c)
+                self.cache.early_initialization(batch, kv_heads, head_dim, torch.bfloat16, torch.device("meta"))
 
             def forward(self, input_ids: Any, cache_position: Any) -> Any:
                 for layer in self.cache.layers:

@@ -120,6 +120,16 @@ def _field(config: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def attention_shape(config: Any) -> tuple[int, int, int]:
+    """(query heads, KV heads, head dim) of a config (a dict, a ``PretrainedConfig`` or a ``ModelSpec``),
+    with HF's defaults where a field is unset: KV heads = heads, head dim = hidden size / heads."""
+    if isinstance(config, ModelSpec):
+        config = config.config
+    heads = int(_field(config, "num_attention_heads"))
+    kv = int(_field(config, "num_key_value_heads") or heads)
+    return heads, kv, int(_field(config, "head_dim") or int(_field(config, "hidden_size")) // heads)
+
+
 @functools.cache  # the package's files do not change while it runs
 def _bundled() -> dict[str, Path]:
     """Canonical HF id -> bundled file."""

@@ -137,9 +137,10 @@ def tiny_config(model: Any, **overrides: Any) -> dict[str, Any]:
 
 def kv_cache_bytes(config: Any, batch: int, max_len: int, dtype_bytes: int = 2, tp: int = 1) -> int:
     """Bytes of a static KV cache of ``batch`` x ``max_len`` tokens on one of ``tp`` ranks."""
+    from energylens.models import attention_shape
+
     c = hf_config(config)
-    kv_heads = c.num_key_value_heads or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    _, kv_heads, head_dim = attention_shape(c)
     return 2 * c.num_hidden_layers * batch * max_len * -(-kv_heads // tp) * head_dim * dtype_bytes
 
 

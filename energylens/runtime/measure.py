@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from energylens.errors import DeviceUnavailableError, EnergylensError, InvalidWorkloadError, UnknownNameError
+from energylens.models import attention_shape
 from energylens.runtime.meter import Meter, NullMeter, open_meter
 from energylens.typing import Record
 
@@ -298,9 +299,7 @@ def _e2e_part(name: str, model: str, suite: str, device: str, meter: Meter, repe
 def _param_count(c: Any) -> int:
     """Parameters of a Llama/Qwen3/Qwen3-MoE config (for the memory check; embeddings included)."""
     h, layers, v = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    nh = c.num_attention_heads
-    nkv = c.num_key_value_heads or nh
-    hd = getattr(c, "head_dim", None) or h // nh
+    nh, nkv, hd = attention_shape(c)
     attn = h * hd * (2 * nh + 2 * nkv)
     if getattr(c, "num_experts", None):
         mlp = c.num_experts * 3 * h * c.moe_intermediate_size + h * c.num_experts

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from energylens.errors import UnknownNameError
+from energylens.models import attention_shape
 from energylens.runtime.meter import Meter
 from energylens.runtime.timing import Timing, time_windows
 
@@ -71,9 +72,8 @@ def _cfg(model: Any) -> tuple[str, dict[str, Any]]:
 
 def _linears(d: dict[str, Any]) -> list[tuple[str, int, int, float]]:
     """(op, n, k, tokens factor) of every linear layer of a decoder (HF weights are (out, in))."""
-    h, nh = int(d["hidden_size"]), int(d["num_attention_heads"])
-    nkv = int(d.get("num_key_value_heads") or nh)
-    hd = int(d.get("head_dim") or h // nh)
+    h = int(d["hidden_size"])
+    nh, nkv, hd = attention_shape(d)
     out = [("q_proj", nh * hd, h, 1.0), ("kv_proj", nkv * hd, h, 1.0), ("o_proj", h, nh * hd, 1.0)]
     if d.get("num_experts"):
         e, top, mi = int(d["num_experts"]), int(d["num_experts_per_tok"]), int(d["moe_intermediate_size"])
@@ -117,8 +117,7 @@ def attention_layouts(models: Iterable[Any]) -> list[dict[str, Any]]:
     layouts: dict[tuple[int, int, int], list[str]] = {}
     for model in models:
         name, d = _cfg(model)
-        nh = int(d["num_attention_heads"])
-        key = (nh, int(d.get("num_key_value_heads") or nh), int(d.get("head_dim") or int(d["hidden_size"]) // nh))
+        key = attention_shape(d)
         layouts.setdefault(key, []).append(("tiny:" if name.startswith("tiny:") else "") + name.split("/")[-1])
     return [{"heads": a, "kv_heads": b, "head_dim": c, "sources": s} for (a, b, c), s in sorted(layouts.items())]
 
