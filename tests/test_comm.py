@@ -58,6 +58,19 @@ def test_large_messages_monotone(fn: str, n: int) -> None:
     assert all(b >= a for a, b in zip(times, times[1:], strict=False))
 
 
+@pytest.mark.parametrize("gpu", ["A100-SXM4-40GB", "H100-SXM", "H200", "B200"])
+def test_more_bytes_never_take_less_time(gpu: str) -> None:
+    """Every collective on 2-8 GPUs, 256 B to 4 GiB: the tables dip where a kernel switches algorithms
+    (vLLM's all-reduce on 8 x B200: 26.0 us at 256 KiB, 16.7 us at 1 MiB), which priced a longer
+    prompt's prefill faster; they are read as their lower envelope over larger messages."""
+    sizes = [2 ** (k / 4) for k in range(32, 129)]
+    for fn in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all"):
+        for n in range(2, 9):
+            times = [collective_time_s(fn, b, n, gpu)[0] for b in sizes]
+            worse = [(sizes[i], times[i], times[i + 1]) for i in range(len(sizes) - 1) if times[i + 1] < times[i] * (1 - 1e-9)]
+            assert not worse, (fn, n, worse[:3])
+
+
 def test_alpha_beta_outside_the_table() -> None:
     e = comm_profile("h100_sxm")["tables"]["all_reduce"]["8"]
     big = e["bytes"][-1] * 4

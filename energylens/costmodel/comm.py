@@ -16,6 +16,9 @@ come from NCCL latency tables measured by NVIDIA and shipped in ``aiconfigurator
   table and NCCL's, standing in for whichever of its kernels vLLM picks; only the custom kernel is
   measured. Decode's all-reduces are small, where it is 1.5-3x faster than NCCL (8 x H100, 64 KiB:
   6.3 us against 18.7 us);
+* every table is read as its lower envelope over larger messages (``lower_envelope``): where a
+  kernel's measured time dips as the message grows (an algorithm switch), the smaller message is
+  priced at the larger one's time, so more bytes never cost less time;
 * ``send_recv`` (no table): alpha-beta with the 2-GPU all_gather's alpha and the link bandwidth;
 * more than 8 GPUs (beyond one NVLink node), PCIe, InfiniBand: alpha-beta with the datasheet link bandwidth (``GPUSpec``) and a NCCL bus factor.
 
@@ -51,6 +54,7 @@ __all__ = [
     "comm_power_w",
     "wait_energy_j",
     "comm_profile",
+    "lower_envelope",
     "normalize_interconnect",
     "has_peer_tables",
 ]
@@ -130,9 +134,30 @@ class CommCost(Record):
 
 @functools.cache
 def comm_profile(key: str) -> dict[str, Any]:
-    """The packaged profile ``profiles/comm_<key>.json`` (tables and alpha-beta fits)."""
+    """The packaged profile ``profiles/comm_<key>.json`` (tables and alpha-beta fits), each table's
+    latencies taken as their lower envelope over larger messages (``lower_envelope``)."""
     path = resources.files("energylens.costmodel").joinpath("profiles", f"comm_{key}.json")
-    return json.loads(path.read_text())
+    profile = json.loads(path.read_text())
+    for entry in [e for t in profile["tables"].values() for e in t.values()] + list(
+            profile.get("vllm_all_reduce", {}).values()):
+        entry["latency_s"] = lower_envelope(entry["latency_s"])
+    return profile
+
+
+def lower_envelope(latencies: list[float]) -> list[float]:
+    """Each latency (of messages in increasing size) as the least at that size or any larger one: a
+    message is never priced slower than a larger one, which the same kernel would move. The tables
+    dip where the measured kernels switch algorithms (vLLM's all-reduce on 8 x B200: 26.0 us at 256
+    and 512 KiB, 16.7 us at 1 MiB), which priced a longer prompt's prefill faster than a shorter one's.
+
+    >>> lower_envelope([5.0, 26.0, 26.0, 16.7, 20.7])
+    [5.0, 16.7, 16.7, 16.7, 20.7]
+    """
+    out, least = [], math.inf
+    for t in reversed(latencies):
+        least = min(least, t)
+        out.append(least)
+    return out[::-1]
 
 
 def _check(fn: str, bytes_: float, num_gpus: int, interconnect: str) -> None:
