@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if skipped:
         console.print(f"skipped {len(skipped)} rows:")
         for r, reason in skipped:
-            console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus} "
+            console.print(f"  line {r.line}: {r.model_id} {r.task} {r.gpu_model} x{r.num_gpus or '?'} "
                           f"max_num_seqs={r.max_num_seqs or '?'}: {reason}", soft_wrap=True)
     if over_memory:
         console.print(f"predicted despite memory {len(over_memory)} rows (measured runs that held the batch; "

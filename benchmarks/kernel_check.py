@@ -77,7 +77,9 @@ def rows_of(op: str, gpu: str) -> list[tuple[str, str, float, float]]:
     """(group, label, measured us, predicted us) of every kept row of ``op`` on ``gpu``."""
     path = DATA / f"{op}_{GPU_FILES[gpu]}.csv"
     if not path.exists():
-        raise SystemExit(f"no {op} table for {gpu} (have: {', '.join(sorted(p.name for p in DATA.glob('*.csv')))})")
+        print(f"error: no {op} table for {gpu} (have: {', '.join(sorted(p.name for p in DATA.glob('*.csv')))})",
+              file=sys.stderr)
+        raise SystemExit(2)  # a usage error, as argparse's
     out = []
     with open(path, newline="") as fh:
         for r in csv.DictReader(fh):
