@@ -270,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     itl, power, ept = summary(results)
     print(f"MAPE itl={itl:.1f}% power={power:.1f}% energy_per_token={ept:.1f}% rows={len(results)} skipped={len(skipped)}")
     if not results:
-        print(f"error: no row of {args.data} could be predicted (see the skipped rows above)", file=sys.stderr)
+        why = "see the skipped rows above" if skipped else "it has no rows"
+        print(f"error: no row of {args.data} could be predicted ({why})", file=sys.stderr)
         return 1
     return 0
 

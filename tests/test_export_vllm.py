@@ -399,7 +399,24 @@ def test_exports_check_the_config_that_was_priced_not_the_one_its_name_reads(tmp
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(small))
     monkeypatch.chdir(tmp_path)
-    assert load_config("ckpt").name == str(folder.resolve())
+    assert load_config("ckpt").name == str(folder.absolute())
+    # a hub cache's snapshot: config.json links into blobs/, and the folder keeps its own name
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "deadbeef").write_text(json.dumps(dict(small, _name_or_path="/elsewhere/ckpt")))
+    snap = tmp_path / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").symlink_to(tmp_path / "blobs" / "deadbeef")
+    assert load_config(str(snap)).name == str(snap.absolute())
+    # the priced config, not the name's, is what the checks name; a name that cannot be read is said
+    with pytest.raises(InvalidWorkloadError, match=r"exceeds the config the plan was priced on \(<dict>\)'s 4096"):
+        to_vllm(PlanSpec("Qwen/Qwen3-0.6B", "H100-SXM", 1, Parallel(), 8, 8192,
+                         config=dict(small, max_position_embeddings=4096)))
+    gone = dict(p.to_spec().to_dict(), parallel=p.parallel, model="/nowhere/ft-7")
+    notes = vllm_notes(PlanSpec(**gone, config=p.traced))
+    assert any("/nowhere/ft-7's config cannot be read" in n and "checked against the config it was priced on" in n
+               for n in notes), notes
+    with pytest.raises(el.EnergylensError, match="plan.config must be the model the plan was priced on"):
+        to_vllm(dataclasses.replace(p.to_spec(), config=123))
 
 
 def test_replicas_over_nodes_get_one_serve_line_per_node() -> None:

@@ -119,6 +119,21 @@ def test_no_counter_falls_back_to_sampled_power(code):
     assert nvml.calls["nvmlDeviceGetPowerUsage"] >= 2
 
 
+def test_the_power_sampler_stops_before_the_reads_after_the_window():
+    """The sampler stops right after the end's counters: an end read that fails after them (the
+    temperature, here interrupted) leaves no sampler thread running."""
+    import threading
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    meter, clock, nvml = _meter(FakeGpu(power_w=250.0, counter=NVML_ERROR_NOT_SUPPORTED), trace=True)
+    with pytest.raises(KeyboardInterrupt), meter.window("w"):
+        clock.advance(0.5)
+        nvml.nvmlDeviceGetTemperature = interrupted
+    assert not any(t.name == "energylens-power-sampler" and t.is_alive() for t in threading.enumerate())
+
+
 def test_sampled_energy_follows_a_changing_power():
     assert integrate_power_j([0.0, 1.0, 2.0], [100.0, 300.0, 300.0], 0.0, 2.0) == pytest.approx(500.0)
     assert integrate_power_j([0.0, 1.0, 2.0], [100.0, 300.0, 300.0], 0.5, 1.5) == pytest.approx(275.0)

@@ -138,9 +138,11 @@ def comm_profile(key: str) -> dict[str, Any]:
     latencies taken as their lower envelope over larger messages (``lower_envelope``)."""
     path = resources.files("energylens.costmodel").joinpath("profiles", f"comm_{key}.json")
     profile = json.loads(path.read_text())
-    for entry in [e for t in profile["tables"].values() for e in t.values()] + list(
-            profile.get("vllm_all_reduce", {}).values()):
+    for entry in (e for t in profile["tables"].values() for e in t.values()):
         entry["latency_s"] = lower_envelope(entry["latency_s"])
+    for entry in profile.get("vllm_all_reduce", {}).values():  # used below _VLLM_AR_MAX_BYTES only
+        used = sum(1 for b in entry["bytes"] if b < _VLLM_AR_MAX_BYTES)
+        entry["latency_s"] = lower_envelope(entry["latency_s"][:used]) + entry["latency_s"][used:]
     return profile
 
 

@@ -160,12 +160,31 @@ def _configs(plan: PlanLike) -> tuple[ModelSpec | None, ModelSpec | None, str | 
 
     given = getattr(plan, "config", None)
     priced = None
-    if given is not None:
-        priced = given.spec if hasattr(given, "spec") and hasattr(given, "decode") else load_config(given)
+    if _is_traced(given):
+        priced = getattr(given, "spec", None)  # a traced model without a spec: its name's config
+    elif given is not None:
+        try:
+            priced = load_config(given)
+        except EnergylensError as exc:
+            raise InvalidTypeError(f"plan.config must be the model the plan was priced on (a traced model, a config "
+                                   f"file, dict or PretrainedConfig) or None, got {type(given).__name__} "
+                                   f"{str(given)[:80]!r}: {str(exc).split(' Valid ')[0][:200]}") from None
     try:
         return priced, load_config(plan.model), None
     except EnergylensError as exc:
         return priced, None, str(exc).split(" Valid ")[0]  # the error and its closest name, not the list of all
+
+
+def _is_traced(model: Any) -> bool:
+    """A traced model (``resolve_model``'s test): it has both phases' graphs."""
+    return hasattr(model, "prefill") and hasattr(model, "decode")
+
+
+def _priced_label(plan: PlanLike, priced: ModelSpec | None, named: ModelSpec | None) -> str:
+    """How errors name the model: ``plan.model``, or the priced config where that is another model."""
+    if priced is None or (named is not None and not _differences(priced, named)):
+        return plan.model
+    return f"the config the plan was priced on ({priced.source})"
 
 
 def model_spec(plan: PlanLike) -> ModelSpec | None:
@@ -186,12 +205,15 @@ def _differences(priced: ModelSpec, named: ModelSpec) -> list[str]:
 def model_note(plan: PlanLike) -> str | None:
     """The note that the model the exporters name is not the one checked and priced: ``plan.model``
     names a checkpoint whose config energylens cannot read (a typo, a model it does not know, a
-    missing path) and the plan carries no config, so nothing model-specific was checked; or it
-    names a checkpoint whose config differs from the priced one. None otherwise."""
+    missing path), so nothing model-specific was checked unless the plan carries the config it was
+    priced on; or it names a checkpoint whose config differs from the priced one. None otherwise."""
     priced, named, why = _configs(plan)
     if priced is None and named is None:
         return (f"{plan.model}'s config cannot be read ({why}), so the plan was not checked against the model "
                 "(heads, experts, context, fp8 blocks)")
+    if named is None:
+        return (f"{plan.model}'s config cannot be read ({why}): the plan was checked against the config it was "
+                f"priced on ({priced.source}), so serve that config's checkpoint")
     diff = _differences(priced, named) if priced is not None and named is not None else []
     if diff:
         return (f"{plan.model} is not the model the plan was priced on ({priced.source}): its config differs "
@@ -278,15 +300,17 @@ def check_plan(plan: PlanLike) -> None:
                                    "holds: vLLM refuses to start (one request of that length must fit)")
     if weight_quantization(plan) == "fp8":
         gpu.peak_flops_per_s("fp8")  # EstimateError on a GPU without fp8 tensor cores, as estimate says
-    spec = model_spec(plan)
+    priced, named, _ = _configs(plan)
+    spec = priced or named
     if spec is not None:
+        who = _priced_label(plan, priced, named)
         limit = max_context(spec)
         if limit is not None and plan.max_model_len > limit[0]:
-            raise InvalidWorkloadError(f"plan.max_model_len {plan.max_model_len} exceeds {plan.model}'s {limit[0]} "
+            raise InvalidWorkloadError(f"plan.max_model_len {plan.max_model_len} exceeds {who}'s {limit[0]} "
                                        f"tokens ({limit[1]}); vLLM refuses it")
         moe = getattr(plan, "moe", None)
         if moe is not None and moe != spec.is_moe:
-            raise InvalidWorkloadError(f"plan.moe={moe} but {plan.model} {'has' if spec.is_moe else 'has no'} "
+            raise InvalidWorkloadError(f"plan.moe={moe} but {who} {'has' if spec.is_moe else 'has no'} "
                                        "routed experts; leave moe=None (read from the config)")
         from energylens.api import resolve_model
         from energylens.passes.shard import check_parallel
@@ -294,5 +318,5 @@ def check_plan(plan: PlanLike) -> None:
         # the shard pass's own rules (heads, MLP and expert widths, experts, fp8 weight blocks), which
         # the plan was priced with: a plan that estimate refuses is not exported either
         given = getattr(plan, "config", None)  # a traced model, or a config to trace (None: the named one)
-        traced = resolve_model(given if hasattr(given, "decode") else plan.model if given is None else spec)
+        traced = resolve_model(given if _is_traced(given) else plan.model if priced is None else spec)
         check_parallel(traced.decode, p, num_gpus=plan.num_gpus)

@@ -556,18 +556,16 @@ class NvmlMeter(Meter):
             out.append((self._clock(), (sm, mem, temp, throttle, self._power_w(i) if sampling else None)))
         return out
 
-    def _readings(self, sampling: bool, start: bool) -> tuple[float, list[_Reading]]:
-        """The window's edge time and every GPU's reading. The energy counters are read in one pass
-        right after the edge's clock at both edges (so each GPU's counter window is as long as the
-        timed one), and the other reads, several NVML calls per GPU, outside the window: read in
-        between, they lengthened every GPU's energy window by their time, more with more GPUs."""
-        states = self._states(sampling) if start else []
-        edge = self._clock()
-        counters = [self._counter(i) for i in range(len(self._gpus))]
-        if not start:
-            states = self._states(sampling)
-        return edge, [_Reading(t, energy, err, *state)
-                      for (energy, err), (t, state) in zip(counters, states, strict=True)]
+    def _edge(self) -> tuple[float, list[tuple[int | None, str | None]]]:
+        """A window's edge: its clock, then every GPU's energy counter in one pass. The other reads,
+        several NVML calls per GPU, stay outside the window (read in between, they lengthened every
+        GPU's energy window by their time, more with more GPUs); read right after the clock at both
+        edges, each GPU's counter window is as long as the timed one."""
+        return self._clock(), [self._counter(i) for i in range(len(self._gpus))]
+
+    @staticmethod
+    def _merge(counters: list[tuple[int | None, str | None]], states: list[tuple[float, tuple]]) -> list[_Reading]:
+        return [_Reading(t, energy, err, *state) for (energy, err), (t, state) in zip(counters, states, strict=True)]
 
     def _sampling(self) -> bool:
         return self.trace or any(not g.has_counter for g in self._gpus)
@@ -577,7 +575,9 @@ class NvmlMeter(Meter):
         if not self._open:
             raise DeviceUnavailableError("this NvmlMeter is closed; open a new one")
         sampling = self._sampling()
-        t0, start = self._readings(sampling, start=True)
+        states = self._states(sampling)
+        t0, counters = self._edge()
+        start = self._merge(counters, states)
         sampler = None
         if sampling:
             sampler = _Sampler(self._power_w, len(self._gpus), self.sample_interval_s, self._clock)
@@ -590,10 +590,11 @@ class NvmlMeter(Meter):
 
     def _end(self, name: str, state: _State) -> Window:
         sampling = state.sampler is not None
-        t1, end = self._readings(sampling, start=False)
-        duration = t1 - state.t0
+        t1, counters = self._edge()
         if state.sampler is not None:
             state.sampler.stop()
+        end = self._merge(counters, self._states(sampling))
+        duration = t1 - state.t0
         gpus, trace = [], []
         for i, gpu in enumerate(self._gpus):
             samples: list[tuple[float, float]] = []
