@@ -441,6 +441,29 @@ def calibrate_cmd(
             console.print(f"note: {note}")
 
 
+def _print_export(spec: Any, export: str) -> None:
+    """Print a plan for ``export``: vLLM's command line (notes as its comments), or Megatron-Core's
+    config fields as JSON on stdout with the launch, wrapper settings and notes on stderr."""
+    from energylens.export import megatron_extras, to_megatron, to_vllm
+    from energylens.export.plan import clock_note
+
+    if export == "vllm":
+        print(to_vllm(spec, cli=True), end="")
+        return
+    print(json.dumps(to_megatron(spec), indent=2), flush=True)  # before the stderr lines
+    ex = megatron_extras(spec)  # dp is not a field: Megatron derives it from the ranks launched
+    lines = [f"launch {ex.world_size} rank{'s' if ex.world_size > 1 else ''} ({ex.launch}): Megatron-Core "
+             f"derives data_parallel_size = {ex.data_parallel_size}",
+             f"InferenceWrapperConfig: {json.dumps(ex.inference_wrapper)}"]
+    if ex.tp_comm_overlap_cfg:
+        lines.append(f"tp_comm_overlap_cfg (YAML for --tp-comm-overlap-cfg): {json.dumps(ex.tp_comm_overlap_cfg)}")
+    clock = clock_note(spec, "a Megatron setting")
+    if clock is not None:
+        lines.append(clock)
+    lines += [f"note: {note}" for note in ex.notes]
+    print("\n".join(f"# {line}" for line in lines), file=sys.stderr)
+
+
 # ---- compile: plan search (energylens.search) -------------------------------------------------------
 @app.command("compile")
 @_user_errors
@@ -499,24 +522,31 @@ def compile_cmd(
         print(json.dumps(plan.to_dict(), indent=2))
     elif export is None:
         print(plan.report(), end="")
-    if export == "vllm":
-        print(plan.to_vllm(cli=True), end="")
-    elif export == "megatron":
-        from energylens.export import megatron_extras
-
-        print(json.dumps(plan.to_megatron(), indent=2), flush=True)  # before the stderr lines
-        ex = megatron_extras(plan.to_spec())  # dp is not a field: Megatron derives it from the ranks launched
-        lines = [f"launch {ex.world_size} rank{'s' if ex.world_size > 1 else ''} ({ex.launch}): Megatron-Core "
-                 f"derives data_parallel_size = {ex.data_parallel_size}",
-                 f"InferenceWrapperConfig: {json.dumps(ex.inference_wrapper)}"]
-        if ex.tp_comm_overlap_cfg:
-            lines.append(f"tp_comm_overlap_cfg (YAML for --tp-comm-overlap-cfg): {json.dumps(ex.tp_comm_overlap_cfg)}")
-        from energylens.export.plan import clock_note
-
-        clock = clock_note(plan.to_spec(), "a Megatron setting")
-        if clock is not None:
-            lines.append(clock)
-        lines += [f"note: {note}" for note in ex.notes]
-        print("\n".join(f"# {line}" for line in lines), file=sys.stderr)
+    if export is not None:
+        _print_export(plan.to_spec(), export)
     if plot:  # after the plan is printed, so a failed write does not lose it; .png added to a bare name
         print(f"Pareto plot: {plan.plot(plot)}", file=sys.stderr if as_json or export else sys.stdout)
+
+
+@app.command("export")
+@_user_errors
+def export_cmd(
+    plan_file: Annotated[str, typer.Argument(help="a plan saved as JSON: `compile --json` output, or PlanSpec fields")],
+    to: Annotated[str, typer.Option(help="vllm (a `vllm serve` command) or megatron")] = "vllm",
+) -> None:
+    """Print a saved plan for vLLM or Megatron-Core (the exporters' checks and notes, as compile --export)."""
+    from energylens.errors import ConfigError, UnknownNameError
+    from energylens.export import PlanSpec
+
+    target = _any_case(to, ("vllm", "megatron"))
+    if target not in ("vllm", "megatron"):
+        raise UnknownNameError("export target", to, ["vllm", "megatron"])
+    try:
+        data = json.loads(Path(plan_file).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the plan {plan_file}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{plan_file} is not JSON: {exc}") from None
+    if isinstance(data, dict) and "spec" in data:  # compile --json: the plan and its exporters' fields
+        data = data["spec"]
+    _print_export(PlanSpec.from_dict(data), target)

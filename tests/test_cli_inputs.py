@@ -356,3 +356,30 @@ def test_compile_clock_option_restricts_the_searched_clocks() -> None:
     assert {p["clock_mhz"] for p in json.loads(r.output)["pareto"]["rows"]} == {1980}
     one_error_line(run("compile", "Qwen/Qwen3-0.6B", "--gpus", "1", "--clock-mhz", "100"),
                    "--clock-mhz must be in 990..1980 MHz on H100-SXM", "got [100]")
+
+
+def test_a_saved_plan_exports_as_compile_does(tmp_path) -> None:
+    """`compile --json` keeps the exporters' fields under "spec"; `export` reads them back (or bare
+    PlanSpec fields) and prints what the exporters print; a file that is not a plan is one error."""
+    import json
+
+    from energylens.export import PlanSpec, to_vllm
+
+    r = run("compile", "Qwen/Qwen3-0.6B", "--gpus", "2", "--batch", "8", "--json")
+    assert r.exit_code == 0, r.output
+    saved = json.loads(r.output)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(saved))
+    spec = PlanSpec.from_dict(saved["spec"])
+    assert spec.to_dict() == saved["spec"] and spec.model == "Qwen/Qwen3-0.6B"
+    r = run("export", path)
+    assert r.exit_code == 0 and r.output == to_vllm(spec, cli=True), r.output
+    (tmp_path / "spec.json").write_text(json.dumps(saved["spec"]))
+    r = run("export", tmp_path / "spec.json", "--to", "Megatron")
+    assert r.exit_code == 0 and '"tensor_model_parallel_size"' in r.output, r.output
+    (tmp_path / "bad.json").write_text(json.dumps(dict(saved["spec"], tp=2)))
+    one_error_line(run("export", tmp_path / "bad.json"), "not a plan (unknown plan.tp)")
+    (tmp_path / "text.json").write_text("vllm serve x")
+    one_error_line(run("export", tmp_path / "text.json"), "is not JSON")
+    one_error_line(run("export", tmp_path / "none.json"), "cannot read the plan")
+    one_error_line(run("export", path, "--to", "sglang"), "unknown export target 'sglang'")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from energylens.costmodel.comm import GPUS_PER_NODE
@@ -78,6 +78,28 @@ class PlanSpec(Record):
         out = super().to_dict()
         out.pop("config")  # a config object or traced graphs: not plain data
         return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PlanSpec:
+        """The plan of ``to_dict``'s data (a saved plan: ``compile --json`` keeps it under ``"spec"``).
+        Raises ``InvalidTypeError`` naming missing or unknown fields; the exporters check the values."""
+        if not isinstance(data, dict):
+            raise InvalidTypeError(f"a plan must be a JSON object of PlanSpec fields, got {type(data).__name__}")
+        names = [f.name for f in fields(cls) if f.name != "config"]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        unknown, missing = sorted(set(data) - set(names)), [n for n in required if n not in data]
+        if unknown or missing:
+            def listed(what: str, keys: list[str]) -> list[str]:
+                return [f"{what} {', '.join(f'plan.{k}' for k in keys)}"] if keys else []
+
+            raise InvalidTypeError(f"not a plan ({'; '.join(listed('unknown', unknown) + listed('missing', missing))}): "
+                                   "give `compile --json` output or the fields of energylens.export.PlanSpec")
+        par = data["parallel"]
+        if isinstance(par, dict):
+            if set(par) - {"tp", "ep", "dp"}:
+                raise InvalidTypeError(f"plan parallel must have tp, ep and dp, got {par!r}")
+            par = Parallel(**par)
+        return cls(**dict(data, parallel=par))
 
 
 def _positive(name: str, value: object) -> None:

@@ -235,6 +235,7 @@ class Plan(Record):
         out = super().to_dict()
         out.pop("space", None)
         out.pop("traced", None)
+        out["spec"] = self.to_spec().to_dict()  # what `energylens export` reads back
         return out
 
     def to_spec(self) -> Any:
