@@ -32,6 +32,7 @@ from energylens.errors import VerificationError
 __all__ = [
     "COLLECTIVE_FNS",
     "MESH_AXES",
+    "parse_mesh",
     "DTYPE_BYTES",
     "SYMBOLS",
     "DimSize",
@@ -279,6 +280,24 @@ COLLECTIVE_FNS: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter",
 
 #: Mesh axes: tp and dp (attention and dense layers), ep and etp (MoE experts) over the same GPUs.
 MESH_AXES: tuple[str, ...] = ("tp", "dp", "ep", "etp")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """A graph's ``mesh`` attribute (``"tp=2,dp=1,ep=1,etp=2"``) as axis -> size; ``ValueError``
+    naming the bad part unless every part is ``axis=size`` with an axis of ``MESH_AXES``, each once,
+    and a size >= 1.
+
+    >>> parse_mesh("tp=2, dp=1")
+    {'tp': 2, 'dp': 1}
+    """
+    mesh: dict[str, int] = {}
+    for part in str(text).split(","):
+        axis, eq, size = (x.strip() for x in part.partition("="))
+        if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axis in mesh:
+            raise ValueError(f"mesh {text!r} is not 'axis=size,...' with axes in {', '.join(MESH_AXES)}, each once, "
+                             f"and sizes >= 1 (bad part {part!r})")
+        mesh[axis] = int(size)
+    return mesh
 
 
 @dataclass(frozen=True, slots=True)

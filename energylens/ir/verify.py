@@ -52,6 +52,7 @@ from energylens.ir.core import (
     Repeat,
     TensorType,
     Value,
+    parse_mesh,
 )
 
 __all__ = ["verify_graph", "verify_dims", "collective_inside_kernel", "KernelCollectives"]
@@ -271,12 +272,10 @@ class _Verifier:
         verify_dims(g.dims, f"graph @{g.name}")
         mesh = g.attr.get("mesh")
         if mesh is not None:
-            for part in str(mesh).split(","):
-                axis, eq, size = (x.strip() for x in part.partition("="))
-                if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axis in self.mesh:
-                    raise VerificationError(f"graph @{g.name}: mesh {mesh!r} is not 'axis=size,...' with axes in "
-                                            f"{', '.join(MESH_AXES)}, each once, and sizes >= 1 (bad part {part!r})")
-                self.mesh[axis] = int(size)
+            try:
+                self.mesh = parse_mesh(mesh)
+            except ValueError as exc:
+                raise VerificationError(f"graph @{g.name}: {exc}") from None
         for d in g.decls:
             self.decl(d, "")
         for item in g.body:

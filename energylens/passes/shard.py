@@ -74,7 +74,19 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from energylens.errors import EstimateError, ShardingError
-from energylens.ir.core import MESH_AXES, Collective, Decl, Einsum, Gather, Graph, Op, Reduce, Repeat, Value
+from energylens.ir.core import (
+    MESH_AXES,
+    Collective,
+    Decl,
+    Einsum,
+    Gather,
+    Graph,
+    Op,
+    Reduce,
+    Repeat,
+    Value,
+    parse_mesh,
+)
 from energylens.ir.verify import collective_inside_kernel
 from energylens.passes.manager import register_pass
 from energylens.typing import Parallel
@@ -120,12 +132,7 @@ def mesh_sizes(parallel: Parallel) -> dict[str, int]:
 def mesh_of(graph: Graph) -> dict[str, int]:
     """The mesh a sharded graph was built for (all axes 1 for an unsharded graph)."""
     text = graph.attr.get("mesh")
-    mesh = dict.fromkeys(MESH_AXES, 1)
-    if text:
-        for part in text.split(","):
-            axis, _, size = part.partition("=")
-            mesh[axis.strip()] = int(size)
-    return mesh
+    return dict.fromkeys(MESH_AXES, 1) | (parse_mesh(text) if text else {})
 
 
 def _int_size(graph: Graph, dim: str) -> int | None:
