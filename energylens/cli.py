@@ -531,7 +531,8 @@ def compile_cmd(
 @app.command("export")
 @_user_errors
 def export_cmd(
-    plan_file: Annotated[str, typer.Argument(help="a plan saved as JSON: `compile --json` output, or PlanSpec fields")],
+    plan_file: Annotated[str, typer.Argument(help="a plan saved as JSON (- reads stdin): `compile --json` output, "
+                                                  "or PlanSpec fields")],
     to: Annotated[str, typer.Option(help="vllm (a `vllm serve` command) or megatron")] = "vllm",
 ) -> None:
     """Print a saved plan for vLLM or Megatron-Core (the exporters' checks and notes, as compile --export)."""
@@ -542,11 +543,16 @@ def export_cmd(
     if target not in ("vllm", "megatron"):
         raise UnknownNameError("export target", to, ["vllm", "megatron"])
     try:
-        data = json.loads(Path(plan_file).read_text())
+        data = json.loads(sys.stdin.read() if plan_file == "-" else Path(plan_file).read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read the plan {plan_file}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{plan_file} is not JSON: {exc}") from None
     if isinstance(data, dict) and "spec" in data:  # compile --json: the plan and its exporters' fields
-        data = data["spec"]
+        spec = data["spec"]
+        edited = sorted(k for k in data if k != "spec" and isinstance(spec, dict) and k in spec and data[k] != spec[k])
+        if edited:  # the top-level copy was edited, or the spec: export reads the spec
+            raise ConfigError(f"{plan_file}: {', '.join(f'plan.{k}' for k in edited)} differ between the plan and its "
+                              "\"spec\" (what export reads); edit the spec, or both alike")
+        data = spec
     _print_export(PlanSpec.from_dict(data), target)

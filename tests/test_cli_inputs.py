@@ -383,3 +383,10 @@ def test_a_saved_plan_exports_as_compile_does(tmp_path) -> None:
     one_error_line(run("export", tmp_path / "text.json"), "is not JSON")
     one_error_line(run("export", tmp_path / "none.json"), "cannot read the plan")
     one_error_line(run("export", path, "--to", "sglang"), "unknown export target 'sglang'")
+    r = runner.invoke(app, ["export", "-"], input=json.dumps(saved))  # compile --json | energylens export -
+    assert r.exit_code == 0 and r.output == to_vllm(spec, cli=True), r.output
+    (tmp_path / "edited.json").write_text(json.dumps(dict(saved, parallel={"tp": 2, "ep": 1, "dp": 1})))
+    one_error_line(run("export", tmp_path / "edited.json"), "plan.parallel differ between the plan and its \"spec\"")
+    no_ep = dict(saved["spec"], parallel={"tp": 1, "dp": 2})  # a plan's parallel is whole, not defaulted
+    (tmp_path / "no_ep.json").write_text(json.dumps(no_ep))
+    one_error_line(run("export", tmp_path / "no_ep.json"), "plan.parallel must be")

@@ -392,27 +392,30 @@ def test_exports_check_the_config_that_was_priced_not_the_one_its_name_reads(tmp
             "max_position_embeddings 40960 there, 131072 priced")
     for notes in (vllm_notes(p.to_spec()), megatron_extras(p.to_spec()).notes):
         assert any(all(w in n for w in want) for n in notes), notes
-    assert "config" not in p.to_spec().to_dict() and "traced" not in p.to_dict()
+    assert "traced" not in p.to_dict()
+    saved = PlanSpec.from_dict(json.loads(json.dumps(p.to_dict()["spec"])))  # the priced config is kept
+    assert to_vllm(saved)["max_model_len"] == 60128
+    assert any(all(w in n for w in want) for n in vllm_notes(saved))
     same = el.compile("Qwen/Qwen3-0.6B", cluster, el.Workload(batch=2, prompt_len=512, output_len=64))
     assert not any("priced on" in n for n in vllm_notes(same.to_spec()))
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(small))
     monkeypatch.chdir(tmp_path)
-    assert load_config("ckpt").name == str(folder.absolute())
+    assert load_config("ckpt").name == str(folder.resolve())
     # a hub cache's snapshot: config.json links into blobs/, and the folder keeps its own name
     (tmp_path / "blobs").mkdir()
     (tmp_path / "blobs" / "deadbeef").write_text(json.dumps(dict(small, _name_or_path="/elsewhere/ckpt")))
     snap = tmp_path / "snapshots" / "abc"
     snap.mkdir(parents=True)
     (snap / "config.json").symlink_to(tmp_path / "blobs" / "deadbeef")
-    assert load_config(str(snap)).name == str(snap.absolute())
+    assert load_config(str(snap)).name == str(snap.resolve())
     # the priced config, not the name's, is what the checks name; a name that cannot be read is said
     with pytest.raises(InvalidWorkloadError, match=r"exceeds the config the plan was priced on \(<dict>\)'s 4096"):
         to_vllm(PlanSpec("Qwen/Qwen3-0.6B", "H100-SXM", 1, Parallel(), 8, 8192,
                          config=dict(small, max_position_embeddings=4096)))
-    gone = dict(p.to_spec().to_dict(), parallel=p.parallel, model="/nowhere/ft-7")
-    notes = vllm_notes(PlanSpec(**gone, config=p.traced))
+    gone = dict(p.to_spec().to_dict(), parallel=p.parallel, model="/nowhere/ft-7", config=None)
+    notes = vllm_notes(PlanSpec(**dict(gone, config=p.traced)))
     assert any("/nowhere/ft-7's config cannot be read" in n and "checked against the config it was priced on" in n
                for n in notes), notes
     with pytest.raises(el.EnergylensError, match="plan.config must be the model the plan was priced on"):

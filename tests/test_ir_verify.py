@@ -240,7 +240,7 @@ def test_mesh_attribute_and_collectives_inside_kernels() -> None:
     from energylens.passes import run_pipeline
 
     g = parse_graph(EXAMPLE)
-    for mesh in ("tp=two", "tq=2", "tp", "tp=2,tp=4"):
+    for mesh in ("tp=two", "tq=2", "tp", "tp=2,tp=4", "tp=²", "tp=２"):  # digits in ASCII only
         with pytest.raises(VerificationError, match=f"mesh '{mesh}' is not 'axis=size"):
             verify_graph(dataclasses.replace(g, attrs=(*g.attrs, ("mesh", mesh))))
     verify_graph(run_pipeline(g, "shard{tp=2},fuse"))

@@ -75,8 +75,14 @@ class PlanSpec(Record):
     config: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``config`` is the priced config's fields where ``model`` does not name that
+        config (a saved plan is checked against it again), else None."""
+        from energylens.models import config_dict
+
         out = super().to_dict()
-        out.pop("config")  # a config object or traced graphs: not plain data
+        priced, named, _ = _configs(self)
+        keep = priced is not None and priced.family != "custom" and (named is None or _differences(priced, named))
+        out["config"] = config_dict(priced.config) if keep else None
         return out
 
     @classmethod
@@ -85,7 +91,7 @@ class PlanSpec(Record):
         Raises ``InvalidTypeError`` naming missing or unknown fields; the exporters check the values."""
         if not isinstance(data, dict):
             raise InvalidTypeError(f"a plan must be a JSON object of PlanSpec fields, got {type(data).__name__}")
-        names = [f.name for f in fields(cls) if f.name != "config"]
+        names = [f.name for f in fields(cls)]
         required = [f.name for f in fields(cls) if f.default is MISSING]
         unknown, missing = sorted(set(data) - set(names)), [n for n in required if n not in data]
         if unknown or missing:
@@ -95,10 +101,9 @@ class PlanSpec(Record):
             raise InvalidTypeError(f"not a plan ({'; '.join(listed('unknown', unknown) + listed('missing', missing))}): "
                                    "give `compile --json` output or the fields of energylens.export.PlanSpec")
         par = data["parallel"]
-        if isinstance(par, dict):
-            if set(par) - {"tp", "ep", "dp"}:
-                raise InvalidTypeError(f"plan parallel must have tp, ep and dp, got {par!r}")
-            par = Parallel(**par)
+        if not isinstance(par, dict) or set(par) != {"tp", "ep", "dp"}:
+            raise InvalidTypeError(f"plan.parallel must be {{\"tp\": .., \"ep\": .., \"dp\": ..}}, got {par!r}")
+        par = Parallel(**par)
         return cls(**dict(data, parallel=par))
 
 

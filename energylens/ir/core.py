@@ -283,7 +283,7 @@ MESH_AXES: tuple[str, ...] = ("tp", "dp", "ep", "etp")
 
 
 def parse_mesh(text: str) -> dict[str, int]:
-    """A graph's ``mesh`` attribute (``"tp=2,dp=1,ep=1,etp=2"``) as axis -> size; ``ValueError``
+    """A graph's ``mesh`` attribute (``"tp=2,dp=1,ep=1,etp=2"``) as axis -> size; ``VerificationError``
     naming the bad part unless every part is ``axis=size`` with an axis of ``MESH_AXES``, each once,
     and a size >= 1.
 
@@ -293,9 +293,10 @@ def parse_mesh(text: str) -> dict[str, int]:
     mesh: dict[str, int] = {}
     for part in str(text).split(","):
         axis, eq, size = (x.strip() for x in part.partition("="))
-        if not eq or axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axis in mesh:
-            raise ValueError(f"mesh {text!r} is not 'axis=size,...' with axes in {', '.join(MESH_AXES)}, each once, "
-                             f"and sizes >= 1 (bad part {part!r})")
+        if (not eq or axis not in MESH_AXES or not (size.isascii() and size.isdigit()) or int(size) < 1
+                or axis in mesh):
+            raise VerificationError(f"mesh {text!r} is not 'axis=size,...' with axes in {', '.join(MESH_AXES)}, "
+                                    f"each once, and sizes >= 1 (bad part {part!r})")
         mesh[axis] = int(size)
     return mesh
 

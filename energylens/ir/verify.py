@@ -274,7 +274,7 @@ class _Verifier:
         if mesh is not None:
             try:
                 self.mesh = parse_mesh(mesh)
-            except ValueError as exc:
+            except VerificationError as exc:
                 raise VerificationError(f"graph @{g.name}: {exc}") from None
         for d in g.decls:
             self.decl(d, "")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -465,8 +464,9 @@ def _from_file(path: Path, name: str | None = None) -> ModelSpec:
     extra = _read_json(quant_file) if quant_file.is_file() else None
     if name is None:  # a model folder is named by its absolute path, which `vllm serve` takes from any
         # directory (its config's _name_or_path is where it was saved from, often another machine's); a
-        # bare file by its own. Not resolved: a hub cache's config.json is a link into its blobs
-        path = Path(os.path.abspath(path))
+        # bare file by its own. The folder resolved, not the file: a hub cache's config.json is a
+        # link into its blobs
+        path = path.parent.resolve() / path.name
         name = str(path.parent) if path.name == "config.json" else d.get("_name_or_path") or str(path)
     return _spec(str(name), d, str(path), extra, str(quant_file) if extra is not None else None)
 
