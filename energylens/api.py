@@ -37,7 +37,7 @@ from energylens.typing import (
     expect_type,
 )
 
-__all__ = ["estimate", "resolve_model", "default_interconnect", "cluster_interconnect", "check_context",
+__all__ = ["estimate", "resolve_model", "default_interconnect", "check_context",
            "check_comm_sms", "model_name"]
 
 
@@ -105,11 +105,6 @@ def default_interconnect(gpu: GPUSpec) -> str:
     from energylens.costmodel.comm import has_peer_tables
 
     return "nvlink" if has_peer_tables(gpu) else "pcie"
-
-
-def cluster_interconnect(cluster: Cluster, gpu: GPUSpec) -> str:
-    """The comm model's interconnect of ``cluster`` (``Cluster`` normalised its name; None: ``default_interconnect``)."""
-    return cluster.interconnect or default_interconnect(gpu)
 
 
 def check_comm_sms(comm_sms: Any, gpu: GPUSpec) -> None:
@@ -216,7 +211,7 @@ def estimate(model: Any, cluster: Cluster, workload: Workload | None = None, par
     workload = workload or Workload()
     parallel = parallel or Parallel()
     gpu: GPUSpec = get_gpu(cluster.gpu)
-    interconnect = cluster_interconnect(cluster, gpu)
+    interconnect = cluster.interconnect
     check_comm_sms(comm_sms, gpu)
     comm_sms = None if comm_sms is None else int(comm_sms)
     prof = profile or load_profile(gpu, profiles)

@@ -165,7 +165,9 @@ class Parallel(Record):
 
 @dataclass(frozen=True)
 class Cluster(Record):
-    """``num_gpus`` GPUs of one kind (a name from ``energylens gpus``), with an optional interconnect."""
+    """``num_gpus`` GPUs of one kind (a name from ``energylens gpus``) and their interconnect (None:
+    the GPU's default, ``api.default_interconnect``: NVLink where its collectives were measured, else
+    PCIe; the cluster holds the name it resolved to)."""
 
     gpu: str
     num_gpus: int = 1
@@ -173,13 +175,14 @@ class Cluster(Record):
 
     def __post_init__(self) -> None:
         _positive_int(self, "num_gpus")
+        from energylens.api import default_interconnect
+        from energylens.costmodel.comm import normalize_interconnect
         from energylens.costmodel.hardware import get_gpu  # validates the name, lists the choices
 
-        object.__setattr__(self, "gpu", get_gpu(self.gpu).name)
-        if self.interconnect is not None:  # canonical name (nvlink4 -> nvlink), as for the GPU name
-            from energylens.costmodel.comm import normalize_interconnect
-
-            object.__setattr__(self, "interconnect", normalize_interconnect(self.interconnect))
+        spec = get_gpu(self.gpu)
+        object.__setattr__(self, "gpu", spec.name)
+        object.__setattr__(self, "interconnect", default_interconnect(spec) if self.interconnect is None
+                           else normalize_interconnect(self.interconnect))  # nvlink4 -> nvlink, as GPU names
 
 
 @dataclass(frozen=True)

@@ -449,7 +449,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
     Raises ``InfeasibleSLOError`` naming the best achievable ITL when no plan meets ``slo``,
     ``DoesNotFitError`` when no plan fits in memory, ``UnknownNameError`` for an unknown model/GPU.
     """
-    from energylens.api import check_context, cluster_interconnect, estimate, model_name, resolve_model
+    from energylens.api import check_context, estimate, model_name, resolve_model
 
     # types first (a wrong one would be an AttributeError deep inside); SLO checks its own values
     expect_type("cluster", cluster, Cluster)
@@ -465,7 +465,7 @@ def compile(model: Any, cluster: Cluster, workload: Workload | None = None, *, o
         raise InvalidWorkloadError(f"unknown objective {objective!r}; valid: 'energy', 'latency'")
     gpu = get_gpu(cluster.gpu)
     prof = profile or load_profile(gpu)
-    interconnect = cluster_interconnect(cluster, gpu)  # the same names as estimate
+    interconnect = cluster.interconnect  # resolved and normalised by Cluster, as estimate takes it
     traced = resolve_model(model)
     name = model_name(model, traced.decode)
     max_context = check_context(traced, workload, name)  # before the search: its plans would export a --max-model-len vLLM refuses
