@@ -301,7 +301,7 @@ def test_a_plan_over_several_nodes_says_how_to_launch_it_and_locks_each_node() -
     (dict(tp=1, dp=6, ep=6), r"ep=6 does not divide the 128 experts"),
     (dict(model="meta-llama/Llama-3.1-8B-Instruct", tp=8, ep=8), r"ep=8 but .* has no experts"),
     (dict(tp=1, dp=5, gpu="H200"), r"5 GPUs per expert does not divide the expert intermediate size m=768"),
-    (dict(model="Qwen/Qwen3-4B-FP8", tp=8, quantization="fp8"), r"vLLM cannot load this fp8 checkpoint so split"),
+    (dict(model="Qwen/Qwen3-4B-FP8", tp=8, quantization="fp8"), r"tp=8 splits this fp8 checkpoint's weight blocks"),
 ])
 def test_exports_check_the_plan_against_the_model(kw, match: str) -> None:
     """A hand-written plan the model cannot run is refused as estimate refuses it, by both exporters."""

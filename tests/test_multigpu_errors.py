@@ -27,7 +27,7 @@ def test_fp8_block_checkpoints_need_whole_blocks_per_gpu() -> None:
     from energylens.passes.shard import _fp8_block_problem
     from energylens.search.compile import variants
 
-    with pytest.raises(ShardingError, match=r"tp=8: .*down_proj input per GPU would be 1216, not a multiple of the "
+    with pytest.raises(ShardingError, match=r"tp=8 splits .*down_proj input per GPU would be 1216, not a multiple of the "
                                             r"128x128 fp8 weight block; valid tp on 8 GPUs: 1, 2, 4$"):
         el.estimate("Qwen/Qwen3-4B-FP8", el.Cluster("H100", num_gpus=8), WL, el.Parallel(tp=8))
     moe = "Qwen/Qwen3-30B-A3B-FP8"  # experts 768 wide: 192 per GPU at tp=4 without ep, refined to 64x64 blocks

@@ -276,7 +276,7 @@ def check_parallel(graph: Graph, parallel: Parallel, num_gpus: int | None = None
                             f"valid tp{'' if num_gpus is None else f' on {num_gpus} GPUs'}: {valid_tp}")
     problem = _fp8_block_problem(graph, tp)
     if problem:
-        raise ShardingError(f"tp={tp}: vLLM cannot load this fp8 checkpoint so split: {problem}; "
+        raise ShardingError(f"tp={tp} splits this fp8 checkpoint's weight blocks (vLLM refuses to load it so): {problem}; "
                             f"valid tp{'' if num_gpus is None else f' on {num_gpus} GPUs'}: {valid_tp}")
     experts = _num_experts(graph)
     if ep > 1 and not experts:
