@@ -231,6 +231,22 @@ def test_profile_must_be_a_profile() -> None:
         el.estimate(MODEL, el.Cluster("H100-SXM", num_gpus=2), WL, el.Parallel(tp=2), comm_sms="16")  # type: ignore[arg-type]
 
 
+def test_an_edited_profile_is_checked_and_says_it_was_edited() -> None:
+    """``with_params`` checks names and bounds as a profile file is checked (negative energies priced
+    negative power; a misspelt field was taken), and the report says the profile was edited."""
+    from energylens.costmodel.profile import load_profile
+    from energylens.errors import ConfigError
+
+    base = load_profile("H100-SXM")
+    for params, match in (({"flop_pj": -1.0}, "flop_pj=-1.0: Input should be greater than or equal to 0"),
+                          ({"mem_efficiency": 0.0}, "mem_efficiency=0.0"), ({"static_pwr": 1}, "no field 'static_pwr'")):
+        with pytest.raises(ConfigError, match=match):
+            base.with_params(**params)
+    est = el.estimate(MODEL, H100, WL, profile=base.with_params(static_power_w=2 * base.static_power_w))
+    assert est.profile.endswith("then edited by hand (static_power_w)")
+    assert base.with_params(sm_clock_fraction=0.5).provenance == base.provenance  # a locked clock is no edit
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_clocks": 2.5}, r"num_clocks must be a whole number >= 1 .*got 2.5$"),
     ({"num_clocks": 0}, r"num_clocks must be a whole number >= 1"),

@@ -15,11 +15,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from energylens.costmodel.clock import MIN_CLOCK_FRACTION
 from energylens.costmodel.hardware import GPUSpec, get_gpu
-from energylens.errors import EstimateError
+from energylens.errors import ConfigError, EstimateError
 
 __all__ = ["Profile", "Provenance", "PRIOR_REFERENCE_GPU", "SOFTWARE_COSTS", "default_profile", "derived_profile", "prior_profile", "load_profile", "profile_path", "PROFILES_DIR"]
 
@@ -42,6 +42,10 @@ class Provenance(BaseModel):
 
     def summary(self, gpu: str) -> str:
         """One line for a report: how far a profile of ``gpu`` can be trusted and where it came from."""
+        edited = re.search(r"edited: ([\w, ]+)$", self.notes)  # Profile.with_params
+        return self._summary(gpu) + (f", then edited by hand ({edited.group(1)})" if edited else "")
+
+    def _summary(self, gpu: str) -> str:
         if self.method == "fit":
             return f"{gpu} profile fitted on {self.data}"
         if self.method == "derived":  # fit: "the H100-SXM profile (...) unchanged"
@@ -114,7 +118,23 @@ class Profile(BaseModel):
         return self.static_power_w if self.idle_power_w is None else self.idle_power_w
 
     def with_params(self, **params: Any) -> Profile:
-        return self.model_copy(update=params)
+        """This profile with ``params`` changed, checked as a profile file is (field names and
+        bounds): ``ConfigError`` names a bad one. A profile edited so says so in its provenance,
+        unless only its clock changed (the search's locked clocks)."""
+        unknown = sorted(set(params) - set(type(self).model_fields))
+        if unknown:
+            raise ConfigError(f"profile has no field {', '.join(map(repr, unknown))}; fields: "
+                              f"{', '.join(type(self).model_fields)}")
+        data = {**self.model_dump(), **params}
+        edited = sorted(k for k in params if k not in ("sm_clock_fraction", "provenance") and params[k] != getattr(self, k))
+        if edited and "provenance" not in params:
+            data["provenance"] = dict(data["provenance"], notes=f"{data['provenance']['notes']} edited: "
+                                      f"{', '.join(edited)}".strip())
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            bad = "; ".join(f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"{self.gpu} profile: {bad}") from None
 
 
 #: Default efficiencies for a GPU without measurements (typical of tuned inference kernels).
