@@ -324,3 +324,23 @@ def test_fusion_ids_are_per_block() -> None:
         "  repeat @layers x2 (%c -> %e) {\n    %d = elementwise.silu %c : bf16[B,S,h]  {fusion = 1}\n"
         "    %e = elementwise.add %d, %x : bf16[B,S,h]  {fusion = 1}\n  }\n  return %e")
     verify_graph(parse_graph(text))
+
+
+def test_a_fixed_dimension_is_not_rebound() -> None:
+    """A hand-written graph that fixes B prices that batch whatever the workload says: binding it
+    to another size is an error naming the dimension; the same size, or a free B, binds."""
+    from energylens.ir.text import EXAMPLE, parse_graph
+
+    fixed = parse_graph(EXAMPLE.replace("B = ?", "B = 4"))
+    with pytest.raises(VerificationError, match=r"fixes B = 4, but it is bound to 8: leave B free \('B = \?'\)"):
+        fixed.bind(B=8, S=1)
+    assert fixed.bind(B=4, S=1)["T"] == 4 and parse_graph(EXAMPLE).bind(B=8, S=1)["T"] == 8
+
+
+def test_a_graph_attribute_given_twice_is_refused() -> None:
+    """The printer would write both and the parser refuses the text: the verifier says so first."""
+    from energylens.ir.text import EXAMPLE, parse_graph
+
+    g = parse_graph(EXAMPLE)
+    with pytest.raises(VerificationError, match=r"attribute\(s\) 'note' given more than once"):
+        verify_graph(dataclasses.replace(g, attrs=(*g.attrs, ("note", "a"), ("note", "b"))))

@@ -342,11 +342,17 @@ class Graph:
         return dict(self.dims)
 
     def bind(self, **symbols: float) -> dict[str, float]:
-        """Sizes of every dimension under a binding of the free symbols (``B=8, S=1, K=1024``)."""
+        """Sizes of every dimension under a binding of the free symbols (``B=8, S=1, K=1024``). A
+        dimension the graph fixes cannot be bound to another size (a hand-written ``B = 4`` would
+        price batch 4 whatever the workload): ``VerificationError``."""
         binding: dict[str, float] = dict(symbols)
         for name, size in self.dims:
             if name not in binding or size is not None:
-                binding[name] = eval_size(size, name, binding)
+                value = eval_size(size, name, binding)
+                if name in symbols and value != symbols[name]:
+                    raise VerificationError(f"graph @{self.name} fixes {name} = {size}, but it is bound to "
+                                            f"{symbols[name]:g}: leave {name} free ('{name} = ?') for the workload to set")
+                binding[name] = value
         return binding
 
     def walk(self) -> Iterator[tuple[Op, int]]:

@@ -270,6 +270,11 @@ class _Verifier:
     def run(self) -> None:
         g = self.g
         verify_dims(g.dims, f"graph @{g.name}")
+        keys = [k for k, _ in g.attrs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:  # the text form could not say it (its parser refuses a key given twice)
+            raise VerificationError(f"graph @{g.name}: attribute(s) {', '.join(map(repr, twice))} given more than once; "
+                                    "replace an attribute's value rather than adding the key again")
         mesh = g.attr.get("mesh")
         if mesh is not None:
             try:
