@@ -138,6 +138,10 @@ def _si(x: float, unit: str) -> str:
     return f"{x:.3g} {unit}"
 
 
+_Profiles = Annotated[str | None, typer.Option(
+    help="folder of profile JSONs (<gpu>.json, as `calibrate --out` writes) to use instead of the bundled ones")]
+
+
 @app.command()
 @_user_errors
 def estimate(
@@ -162,6 +166,7 @@ def estimate(
     clock_mhz: Annotated[int | None, typer.Option(help="SM clock the GPUs are locked to, MHz (as compile "
                                                   "chooses it; default: the default clock)")] = None,
     top: Annotated[int, typer.Option(help="how many ops to list, by energy")] = 10,
+    profiles: _Profiles = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ) -> None:
     """Predict prefill and decode latency, energy and power of MODEL on GPUS GPUs with a given plan."""
@@ -177,7 +182,7 @@ def estimate(
                       el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
                                   output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),
                       el.Parallel(tp=tp, ep=ep, dp=dp), fused=fuse, comm_sms=comm_sms,
-                      routing=_routing(routing, routing_histogram), clock_mhz=clock_mhz)
+                      routing=_routing(routing, routing_histogram), clock_mhz=clock_mhz, profiles=profiles)
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
         return
@@ -484,6 +489,7 @@ def compile_cmd(
         help="GPU clock to search, MHz; repeat for several (default: every 15 MHz step from half the maximum "
              "clock up; the maximum alone: the default clock, no lock)")] = None,
     plot: Annotated[str | None, typer.Option(help="write the Pareto plot here (PNG)")] = None,
+    profiles: _Profiles = None,
     export: Annotated[str | None, typer.Option(help="print the plan for vllm (a `vllm serve` command) or megatron")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
 ) -> None:
@@ -506,6 +512,10 @@ def compile_cmd(
     sms: dict[str, Any] = {"comm_sms": (None,)} if export else {}
     if clock_mhz:
         sms["clocks_mhz"] = list(clock_mhz)
+    if profiles is not None:
+        from energylens.costmodel.profile import load_profile
+
+        sms["profile"] = load_profile(gpu, profiles)
     plan = el.compile(model, el.Cluster(gpu, num_gpus=gpus, interconnect=interconnect),
                       workload=el.Workload(batch=batch, prompt_len=prompt_len, output_len=output_len,
                                            output_len_cv=output_len_cv, prefix_cache_hit=prefix_cache_hit),

@@ -390,3 +390,21 @@ def test_a_saved_plan_exports_as_compile_does(tmp_path) -> None:
     no_ep = dict(saved["spec"], parallel={"tp": 1, "dp": 2})  # a plan's parallel is whole, not defaulted
     (tmp_path / "no_ep.json").write_text(json.dumps(no_ep))
     one_error_line(run("export", tmp_path / "no_ep.json"), "plan.parallel must be")
+
+
+def test_estimate_and_compile_take_a_profiles_folder(tmp_path) -> None:
+    """--profiles: a folder of profile JSONs (as calibrate --out writes) instead of the bundled ones."""
+    import json
+
+    from energylens.costmodel.profile import load_profile, profile_path
+
+    base = load_profile("H100-SXM")
+    hot = base.with_params(static_power_w=2 * base.static_power_w)
+    (tmp_path / profile_path("H100-SXM").name).write_text(hot.model_dump_json())
+    args = ("estimate", "Qwen/Qwen3-0.6B", "--batch", "4", "--json")
+    plain, edited = (json.loads(run(*args, *extra).output) for extra in ((), ("--profiles", tmp_path)))
+    assert edited["decode"]["avg_power_w"] > plain["decode"]["avg_power_w"] * 1.3
+    assert edited["profile"].endswith("then edited by hand (static_power_w)")
+    r = run("compile", "Qwen/Qwen3-0.6B", "--gpus", "1", "--batch", "4", "--profiles", tmp_path)
+    assert r.exit_code == 0 and "edited by hand" in r.output, r.output
+    one_error_line(run(*args, "--profiles", tmp_path / "none"), "profile directory", "leave --profiles out")
